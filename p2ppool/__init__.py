@@ -1,0 +1,92 @@
+"""p2ppool: a drop-in ``multiprocessing.Pool`` whose processes are volunteer peers.
+
+``from p2ppool import Pool`` replaces ``from multiprocessing import Pool``.  With no cluster
+configured the work runs on local processes; with one (``Pool(cluster="alice/friends")`` or
+``P2PPOOL_CLUSTER``) it runs on peers that volunteered with ``python -m p2ppool.worker``.
+
+Importing p2ppool starts nothing: the names below load their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    AccessDenied,
+    BoardAuthError,
+    BoardConnectionError,
+    BoardError,
+    BrokenPool,
+    ChunkFailed,
+    ConfigError,
+    HostKeyMismatch,
+    MaybeEncodingError,
+    NoWorkers,
+    P2PPoolError,
+    PoolNotRunning,
+    ProtocolError,
+    RemoteTraceback,
+    SessionLost,
+    TaskLimitExceeded,
+    TimeoutError,
+    TransferError,
+    TransferTimeout,
+)
+
+if TYPE_CHECKING:
+    from .localcluster import LocalCluster
+    from .pool import AsyncResult, IMapIterator, MapResult, Pool
+
+# name -> module that defines it; loaded on first attribute access (PEP 562).
+_LAZY = {
+    "Pool": "pool",
+    "AsyncResult": "pool",
+    "MapResult": "pool",
+    "IMapIterator": "pool",
+    "LocalCluster": "localcluster",
+}
+
+__all__ = sorted(
+    [
+        "AccessDenied",
+        "AsyncResult",
+        "BoardAuthError",
+        "BoardConnectionError",
+        "BoardError",
+        "BrokenPool",
+        "ChunkFailed",
+        "ConfigError",
+        "HostKeyMismatch",
+        "IMapIterator",
+        "LocalCluster",
+        "MapResult",
+        "MaybeEncodingError",
+        "NoWorkers",
+        "P2PPoolError",
+        "Pool",
+        "PoolNotRunning",
+        "ProtocolError",
+        "RemoteTraceback",
+        "SessionLost",
+        "TaskLimitExceeded",
+        "TimeoutError",
+        "TransferError",
+        "TransferTimeout",
+        "__version__",
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2ppool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
