@@ -36,7 +36,6 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .localcluster import LocalCluster
     from .pool import AsyncResult, IMapIterator, MapResult, Pool
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
@@ -45,7 +44,6 @@ _LAZY = {
     "AsyncResult": "pool",
     "MapResult": "pool",
     "IMapIterator": "pool",
-    "LocalCluster": "localcluster",
 }
 
 __all__ = sorted(
@@ -60,7 +58,6 @@ __all__ = sorted(
         "ConfigError",
         "HostKeyMismatch",
         "IMapIterator",
-        "LocalCluster",
         "MapResult",
         "MaybeEncodingError",
         "NoWorkers",

@@ -1,0 +1,17 @@
+"""Shared fixtures.  Each area's fixtures live in a module of its own (tests/_*_fixtures.py)."""
+
+from __future__ import annotations
+
+import importlib
+
+# Fixture modules of each area; star-imported so every test directory sees them.
+for _name in ("tests._board_fixtures", "tests._wormhole_fixtures", "tests._cluster_fixtures"):
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _name:
+            raise
+        continue
+    globals().update(
+        {key: value for key, value in vars(_module).items() if not key.startswith("__")}
+    )

@@ -1,0 +1,154 @@
+"""Option precedence (kwargs > env > file > default) and clear errors naming the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2ppool import defaults
+from p2ppool.config import OPTIONS, Options, config_path, resolve_options
+from p2ppool.errors import ConfigError
+
+
+def write_config(tmp_path: Path, text: str) -> dict[str, str]:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return {"P2PPOOL_CONFIG": str(path)}
+
+
+def test_defaults_without_any_source(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "none")}
+    options = resolve_options({}, environ=env)
+    assert options.progress is False
+    assert options.cluster is None
+    assert options.fallback == defaults.FALLBACK_S
+    assert options.board_address == (defaults.BOARD_HOST, defaults.BOARD_PORT)
+    assert set(options.sources.values()) == {"default"}
+
+
+def test_precedence_kwargs_then_env_then_file(tmp_path: Path) -> None:
+    env = write_config(tmp_path, 'progress = true\nfallback = 7\ncluster = "file/c"\n')
+    env["P2PPOOL_FALLBACK"] = "5"
+    env["P2PPOOL_CLUSTER"] = "env/c"
+    options = resolve_options({"cluster": "kw/c"}, environ=env)
+    assert options.cluster == "kw/c"
+    assert options.fallback == 5.0
+    assert options.progress is True
+    assert options.sources["cluster"] == "keyword argument cluster="
+    assert options.sources["fallback"] == "environment variable P2PPOOL_FALLBACK"
+    assert options.sources["progress"].startswith("config file ")
+
+
+def test_file_may_use_a_p2ppool_table(tmp_path: Path) -> None:
+    env = write_config(tmp_path, '[p2ppool]\nboard = "board.example:2222"\n')
+    assert resolve_options({}, environ=env).board_address == ("board.example", 2222)
+
+
+def test_xdg_location_is_read_when_no_explicit_file(tmp_path: Path) -> None:
+    (tmp_path / "p2ppool").mkdir()
+    (tmp_path / "p2ppool" / "config.toml").write_text("progress = 1\n")
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert config_path(env) == tmp_path / "p2ppool" / "config.toml"
+    assert resolve_options({}, environ=env).progress is True
+
+
+@pytest.mark.parametrize(
+    "name, raw, expected",
+    [
+        ("fallback", "none", None),
+        ("fallback", "NEVER", None),
+        ("fallback", "0.5", 0.5),
+        ("progress", "yes", True),
+        ("progress", "0", False),
+        ("start_method", "spawn", "spawn"),
+        ("max_attempts", "4", 4),
+        ("loopback_only", "on", True),
+    ],
+)
+def test_env_values_parse(name: str, raw: str, expected: object) -> None:
+    env = {f"P2PPOOL_{name.upper()}": raw, "P2PPOOL_CONFIG": ""}
+    assert getattr(resolve_options({}, environ=env, read_file=False), name) == expected
+
+
+def test_fallback_none_keyword_means_never() -> None:
+    assert resolve_options({"fallback": None}, environ={}, read_file=False).fallback is None
+
+
+@pytest.mark.parametrize(
+    "name, raw, fragment",
+    [
+        ("fallback", "soon", "number of seconds"),
+        ("fallback", "-1", ">= 0"),
+        ("progress", "maybe", "true/false"),
+        ("start_method", "thread", "fork, spawn, forkserver"),
+        ("cluster", "friends", "owner/name"),
+        ("cluster", "a/b c", "owner/name"),
+        ("board", "host:notaport", "host:port"),
+        ("relay", "http://x/v1", "ws://"),
+        ("max_attempts", "0", "positive integer"),
+    ],
+)
+def test_bad_env_value_names_option_and_source(name: str, raw: str, fragment: str) -> None:
+    env = {f"P2PPOOL_{name.upper()}": raw}
+    with pytest.raises(ConfigError) as info:
+        resolve_options({}, environ=env, read_file=False)
+    message = str(info.value)
+    assert message.startswith(f"{name}: ")
+    assert fragment in message
+    assert f"environment variable P2PPOOL_{name.upper()}" in message
+
+
+def test_bad_keyword_value_names_the_keyword() -> None:
+    with pytest.raises(ConfigError, match=r"progress: .*keyword argument progress="):
+        resolve_options({"progress": "maybe"}, environ={}, read_file=False)
+
+
+def test_config_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        resolve_options({"fallback": "x"}, environ={}, read_file=False)
+
+
+def test_unknown_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument.*'progres'"):
+        resolve_options({"progres": True}, environ={}, read_file=False)
+
+
+def test_bad_file_value_names_the_file(tmp_path: Path) -> None:
+    env = write_config(tmp_path, "fallback = 'later'\n")
+    with pytest.raises(ConfigError, match=r"fallback: .*config file .*config\.toml"):
+        resolve_options({}, environ=env)
+
+
+def test_unknown_file_option_is_refused(tmp_path: Path) -> None:
+    env = write_config(tmp_path, "clustr = 'a/b'\n")
+    with pytest.raises(ConfigError, match="unknown option.*clustr"):
+        resolve_options({}, environ=env)
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    env = write_config(tmp_path, "progress = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_options({}, environ=env)
+
+
+def test_missing_explicit_file_is_reported(tmp_path: Path) -> None:
+    env = {"P2PPOOL_CONFIG": str(tmp_path / "absent.toml")}
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_options({}, environ=env)
+
+
+def test_as_env_round_trips(tmp_path: Path) -> None:
+    given = {
+        "cluster": "alice/friends", "fallback": None, "progress": True,
+        "board": "127.0.0.1:2222", "relay": "ws://127.0.0.1:4000/v1", "loopback_only": True,
+    }
+    options = resolve_options(given, environ={}, read_file=False)
+    again = resolve_options({}, environ=options.as_env(), read_file=False)
+    assert again == options
+
+
+def test_every_option_is_a_field_with_the_same_default() -> None:
+    fields = {f.name: f.default for f in Options.__dataclass_fields__.values()}
+    for option in OPTIONS:
+        assert fields[option.name] == option.default, option.name
