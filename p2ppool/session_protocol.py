@@ -1,0 +1,247 @@
+"""What a client Pool and a worker say to each other over one wormhole session (pure).
+
+The transfer layer (``transfer.py``) moves opaque frames over a dilated magic-wormhole and
+keeps the session alive with heartbeats.  This module gives those frames a meaning.  The first
+byte of a frame is its kind; fixed-size fields follow in network byte order; the rest of the
+frame is the payload (pickled bytes, which only a worker's *child* process ever unpickles).
+
+::
+
+    client                                             worker
+      | Open(job, python, maxtasksperchild, init blob) ->|   once, first frame
+      |<- Ready(worker name, slots, limits)              |   or Refuse(reason) and close
+      | Func(func_key, blob) ------------------------->  |   once per function per session
+      | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight
+      |<- Result(task_id, ok, blob)                      |   ok=False: pickled exception
+      |<- Lost(task_id, retry, cause)                    |   child died / limit hit
+      | Cancel(task_ids) ----------------------------->  |   stop these tasks (terminate)
+      | Bye ------------------------------------------>  |   either side, then close
+
+Every decode error raises :class:`~p2ppool.errors.ProtocolError`; a peer that sends one is
+misbehaving and its session is closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import Any, Union
+
+from .errors import ProtocolError
+
+__all__ = [
+    "SESSION_VERSION",
+    "Bye",
+    "Cancel",
+    "Frame",
+    "Func",
+    "Lost",
+    "Open",
+    "Ready",
+    "Refuse",
+    "Result",
+    "Task",
+    "decode_frame",
+    "encode_frame",
+]
+
+#: Bumped on any incompatible change of the frames below.
+SESSION_VERSION = 1
+
+_U64 = struct.Struct("!Q")
+_U64_U64 = struct.Struct("!QQ")
+_U64_U8 = struct.Struct("!QB")
+_U32 = struct.Struct("!I")
+
+
+@dataclasses.dataclass(frozen=True)
+class Open:
+    """Client -> worker, first frame: who we are and how child processes are set up."""
+
+    job: str
+    python: str
+    maxtasksperchild: int | None = None
+    initializer: bytes = b""  # cloudpickled (initializer, initargs), or empty
+    version: int = SESSION_VERSION
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """Worker -> client: the session is accepted; up to ``slots`` tasks may be in flight."""
+
+    worker: str
+    slots: int
+    max_payload_bytes: int | None = None
+    max_task_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Refuse:
+    """Worker -> client: the session is refused (incompatible Python, protocol, limits)."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Func:
+    """Client -> worker: a function (cloudpickled), referred to later by ``func_key``."""
+
+    func_key: int
+    blob: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Client -> worker: run ``func_key`` on the pickled chunk of arguments."""
+
+    task_id: int
+    func_key: int
+    args: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Worker -> client: the outcome of a task (``ok=False``: a pickled exception)."""
+
+    task_id: int
+    ok: bool
+    blob: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Lost:
+    """Worker -> client: a task did not finish.
+
+    ``retry`` says whether running it elsewhere may help (a child crashed) or not (it hit a
+    limit of this worker, e.g. its time limit).  ``cause`` is for the person at the terminal.
+    """
+
+    task_id: int
+    retry: bool
+    cause: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel:
+    """Client -> worker: stop these tasks; their results are no longer wanted."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bye:
+    """Either side: the session ends normally."""
+
+
+Frame = Union[Open, Ready, Refuse, Func, Task, Result, Lost, Cancel, Bye]
+
+_OPEN, _READY, _REFUSE, _FUNC, _TASK, _RESULT, _LOST, _CANCEL, _BYE = b"ORXFTSLCB"
+
+
+def _json(kind: int, obj: dict[str, Any], tail: bytes = b"") -> bytes:
+    header = json.dumps(obj, separators=(",", ":")).encode()
+    return bytes([kind]) + _U32.pack(len(header)) + header + tail
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Turn a frame into bytes for ``Session.send``."""
+    if isinstance(frame, Task):
+        return bytes([_TASK]) + _U64_U64.pack(frame.task_id, frame.func_key) + frame.args
+    if isinstance(frame, Result):
+        return bytes([_RESULT]) + _U64_U8.pack(frame.task_id, frame.ok) + frame.blob
+    if isinstance(frame, Func):
+        return bytes([_FUNC]) + _U64.pack(frame.func_key) + frame.blob
+    if isinstance(frame, Lost):
+        return bytes([_LOST]) + _U64_U8.pack(frame.task_id, frame.retry) + frame.cause.encode()
+    if isinstance(frame, Cancel):
+        return bytes([_CANCEL]) + b"".join(_U64.pack(t) for t in frame.task_ids)
+    if isinstance(frame, Bye):
+        return bytes([_BYE])
+    if isinstance(frame, Open):
+        fields = {"v": frame.version, "job": frame.job, "python": frame.python,
+                  "maxtasksperchild": frame.maxtasksperchild}
+        return _json(_OPEN, fields, frame.initializer)
+    if isinstance(frame, Ready):
+        fields = {"worker": frame.worker, "slots": frame.slots,
+                  "max_payload_bytes": frame.max_payload_bytes,
+                  "max_task_seconds": frame.max_task_seconds}
+        return _json(_READY, fields)
+    if isinstance(frame, Refuse):
+        return _json(_REFUSE, {"reason": frame.reason})
+    raise TypeError(f"not a session frame: {frame!r}")
+
+
+def _split_json(data: bytes) -> tuple[dict[str, Any], bytes]:
+    if len(data) < 5:
+        raise ProtocolError("session frame too short for its header")
+    (size,) = _U32.unpack_from(data, 1)
+    if 5 + size > len(data):
+        raise ProtocolError("session frame header is longer than the frame")
+    try:
+        obj = json.loads(data[5:5 + size])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"session frame header is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("session frame header is not a JSON object")
+    return obj, data[5 + size:]
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
+           optional: bool = False) -> Any:
+    value = obj.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ProtocolError(f"session frame field {name!r} is missing or of the wrong type")
+    return value
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Parse one frame; raises ProtocolError for anything malformed or unknown."""
+    if not data:
+        raise ProtocolError("empty session frame")
+    kind, body = data[0], memoryview(data)[1:]
+    try:
+        if kind == _TASK:
+            task_id, func_key = _U64_U64.unpack_from(body)
+            return Task(task_id, func_key, bytes(body[_U64_U64.size:]))
+        if kind == _RESULT:
+            task_id, ok = _U64_U8.unpack_from(body)
+            return Result(task_id, bool(ok), bytes(body[_U64_U8.size:]))
+        if kind == _FUNC:
+            (func_key,) = _U64.unpack_from(body)
+            return Func(func_key, bytes(body[_U64.size:]))
+        if kind == _LOST:
+            task_id, retry = _U64_U8.unpack_from(body)
+            return Lost(task_id, bool(retry), bytes(body[_U64_U8.size:]).decode("utf-8", "replace"))
+        if kind == _CANCEL:
+            if len(body) % _U64.size:
+                raise ProtocolError("cancel frame is not a whole number of task ids")
+            ids = tuple(_U64.unpack_from(body, i)[0] for i in range(0, len(body), _U64.size))
+            return Cancel(ids)
+    except struct.error:
+        raise ProtocolError(f"session frame of kind {chr(kind)!r} is too short") from None
+    if kind == _BYE:
+        return Bye()
+    if kind == _OPEN:
+        obj, tail = _split_json(data)
+        version = _field(obj, "v", int)
+        if version != SESSION_VERSION:
+            raise ProtocolError(
+                f"session protocol version {version} is not supported (this p2ppool speaks "
+                f"version {SESSION_VERSION}); upgrade the older side"
+            )
+        return Open(job=_field(obj, "job", str), python=_field(obj, "python", str),
+                    maxtasksperchild=_field(obj, "maxtasksperchild", int, optional=True),
+                    initializer=tail, version=version)
+    if kind == _READY:
+        obj, _ = _split_json(data)
+        return Ready(worker=_field(obj, "worker", str), slots=_field(obj, "slots", int),
+                     max_payload_bytes=_field(obj, "max_payload_bytes", int, optional=True),
+                     max_task_seconds=_field(obj, "max_task_seconds", (int, float),
+                                             optional=True))
+    if kind == _REFUSE:
+        obj, _ = _split_json(data)
+        return Refuse(reason=_field(obj, "reason", str))
+    raise ProtocolError(f"unknown session frame kind {kind!r}")

@@ -1,0 +1,81 @@
+"""Session frames round-trip, and nothing a peer sends crashes the decoder."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2ppool.errors import ProtocolError
+from p2ppool.session_protocol import (
+    SESSION_VERSION,
+    Bye,
+    Cancel,
+    Func,
+    Lost,
+    Open,
+    Ready,
+    Refuse,
+    Result,
+    Task,
+    decode_frame,
+    encode_frame,
+)
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+frames = st.one_of(
+    st.builds(Open, job=st.text(), python=st.text(),
+              maxtasksperchild=st.none() | st.integers(1, 10**6), initializer=st.binary()),
+    st.builds(Ready, worker=st.text(), slots=st.integers(0, 10**4),
+              max_payload_bytes=st.none() | st.integers(0, 2**40),
+              max_task_seconds=st.none() | st.floats(0, 1e6)),
+    st.builds(Refuse, reason=st.text()),
+    st.builds(Func, func_key=u64, blob=st.binary()),
+    st.builds(Task, task_id=u64, func_key=u64, args=st.binary()),
+    st.builds(Result, task_id=u64, ok=st.booleans(), blob=st.binary()),
+    st.builds(Lost, task_id=u64, retry=st.booleans(), cause=st.text()),
+    st.builds(Cancel, task_ids=st.lists(u64).map(tuple)),
+    st.just(Bye()),
+)
+
+
+@given(frames)
+def test_every_frame_round_trips(frame: object) -> None:
+    assert decode_frame(encode_frame(frame)) == frame  # type: ignore[arg-type]
+
+
+@given(st.binary())
+def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    try:
+        decode_frame(data)
+    except ProtocolError:
+        pass
+
+
+def test_task_layout_is_fixed() -> None:
+    assert encode_frame(Task(1, 2, b"xy")) == b"T" + (1).to_bytes(8, "big") + (
+        2).to_bytes(8, "big") + b"xy"
+
+
+def test_wrong_session_version_is_refused_with_advice() -> None:
+    data = encode_frame(Open(job="j", python="3.11", version=SESSION_VERSION + 1))
+    with pytest.raises(ProtocolError, match="version .* not supported.*upgrade"):
+        decode_frame(data)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (b"", "empty"),
+        (b"Q", "unknown"),
+        (b"T\x00", "too short"),
+        (b"C\x00\x00\x00", "whole number"),
+        (b"O\x00\x00\x00\x09{\"v\": 1}", "longer than the frame"),
+        (b"O\x00\x00\x00\x02[]", "not a JSON object"),
+        (b"R\x00\x00\x00\x0f{\"worker\": 3.0}", "'worker'"),
+        (b"R\x00\x00\x00\x02\xff\xfe", "not JSON"),
+    ],
+)
+def test_malformed_frames_name_the_problem(data: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError, match=fragment):
+        decode_frame(data)
