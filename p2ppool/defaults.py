@@ -42,3 +42,27 @@ MAX_PAYLOAD_BYTES: int = 256 * 1024 * 1024
 MAX_TASK_S: float | None = None
 #: How long a worker announces itself for by default (None: until stopped).
 WORKER_TTL_S: float | None = None
+
+# --- Board protocol, client, host and status (issue 3) -------------------------------------
+#: A message stamped further than this in the future is dropped (peers' clocks differ).
+MAX_CLOCK_SKEW_S: float = 300.0
+#: Seconds a board write may block (the server not reading) before the session is dropped.
+BOARD_SEND_TIMEOUT_S: float = 10.0
+#: Seconds between SSH keepalives from the board client (notices dead connections).
+BOARD_KEEPALIVE_S: float = 15.0
+#: `p2ppool host`: default cluster lifetime, and how often the cluster is re-announced.
+HOST_TTL_S: float = 14 * 24 * 3600.0
+HOST_ANNOUNCE_S: float = 30.0
+#: `p2ppool status`: seconds to listen for announcements by default.
+STATUS_WAIT_S: float = 3.0
+
+# --- Transfer layer (reactor, wormhole sessions, local wormhole servers) ---------------
+#: Largest inbound frame a session accepts unless told otherwise (the header is checked
+#: before any payload is buffered).
+MAX_FRAME_BYTES: int = MAX_PAYLOAD_BYTES + 1024 * 1024
+#: Seconds a session's close() waits for the peer and the mailbox before giving up.
+SESSION_CLOSE_TIMEOUT_S: float = 3.0
+#: Seconds to wait for the local mailbox server + transit relay to report readiness.
+WORMHOLE_SERVERS_START_TIMEOUT_S: float = 20.0
+#: Seconds to wait for them to exit after SIGTERM before SIGKILL.
+WORMHOLE_SERVERS_STOP_TIMEOUT_S: float = 5.0
