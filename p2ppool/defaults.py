@@ -66,3 +66,30 @@ SESSION_CLOSE_TIMEOUT_S: float = 3.0
 WORMHOLE_SERVERS_START_TIMEOUT_S: float = 20.0
 #: Seconds to wait for them to exit after SIGTERM before SIGKILL.
 WORMHOLE_SERVERS_STOP_TIMEOUT_S: float = 5.0
+
+# --- Local engine and Pool manager (engine.py, pool.py) --------------------------------
+#: Tasks a child process may hold at once: the running one plus prefetched ones.
+ENGINE_TASKS_PER_PROCESS: int = 2
+#: Prefetch only while tasks take less than this on average (a long task would strand the
+#: prefetched one behind it while another child idles), ...
+ENGINE_PREFETCH_BELOW_S: float = 0.005
+#: ... and only messages up to this size (an idle child always reads, so big ones wait).
+ENGINE_PREFETCH_MAX_BYTES: int = 64 * 1024
+#: Functions a child keeps unpickled (one per recent job); older ones are dropped.
+ENGINE_FUNCTIONS_PER_PROCESS: int = 16
+#: Seconds to wait for children to exit on close/terminate before SIGKILL.
+ENGINE_JOIN_S: float = 5.0
+#: imap/imap_unordered read this many chunks per free slot ahead of the running ones.
+READ_AHEAD_PER_SLOT: int = 2
+
+# --- Worker board behaviour and shutdown (peer.py, worker.py) ----------------------------
+#: Seconds a worker's offer stays valid without an Accept (its slots are reserved meanwhile).
+OFFER_TTL_S: float = 10.0
+#: Seconds between a worker's periodic Hello messages, and their time-to-live.
+HELLO_INTERVAL_S: float = 30.0
+HELLO_TTL_S: float = 90.0
+#: After the first SIGINT/SIGTERM (or --ttl), seconds in-flight tasks may take to finish
+#: before they are killed and reported lost (retry elsewhere).
+WORKER_GRACE_S: float = 30.0
+#: Seconds a worker waits for the client's Open frame after the wormhole session opened.
+WORKER_OPEN_FRAME_TIMEOUT_S: float = 30.0
