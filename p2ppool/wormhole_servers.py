@@ -1,0 +1,322 @@
+"""A real magic-wormhole mailbox server and transit relay on 127.0.0.1, as one subprocess.
+
+Used by :class:`p2ppool.LocalCluster`, by ``p2ppool demo`` and by the tests, so that nothing
+contacts the public wormhole servers::
+
+    with WormholeServers() as servers:
+        servers.relay_url   # "ws://127.0.0.1:P/v1"   (the mailbox / rendezvous server)
+        servers.transit     # "tcp:127.0.0.1:Q"       (the transit relay hint)
+
+The child is ``python -m p2ppool.wormhole_servers --mailbox-port P --relay-port Q --state DIR``.
+It runs both services of the real packages (magic-wormhole-mailbox-server and
+magic-wormhole-transit-relay) in one Twisted reactor, bound to 127.0.0.1 only, with the
+channel database in DIR, and the relay patched to set TCP_NODELAY (without it, dilated
+connections through the relay stall for ~40 ms on small writes; research/wormhole.md §4c.1).
+Port 0 means "any free port".  When both services listen it prints one readiness line, a JSON
+object ``{"ready": true, "mailbox_port": P, "relay_port": Q, "pid": N}``, on stdout; the parent
+waits for that line (no sleeping).  The child exits when its stdin reaches end of file, so it
+never outlives a parent that was killed, and on SIGTERM/SIGINT.  Its logs go to
+``DIR/servers.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import TracebackType
+from typing import Any, List, Sequence, Type
+
+from p2ppool import defaults
+from p2ppool.errors import TransferError
+
+__all__ = ["WormholeServers", "main"]
+
+_READY_KEY = "ready"
+
+
+class WormholeServers:
+    """Run a mailbox server and a transit relay on 127.0.0.1 in one child process.
+
+    Starting blocks until both services listen (or raises).  Use as a context manager, or call
+    :meth:`stop` yourself; stopping is bounded and kills the child if it does not exit.
+
+    Args:
+        mailbox_port: TCP port for the mailbox server (0: a free port).
+        relay_port: TCP port for the transit relay (0: a free port).
+        state_dir: directory for the channel database and the log; default a fresh temporary
+            directory that :meth:`stop` removes.
+        start_timeout: seconds to wait for the readiness line.
+        python: the interpreter to run the child with (default: this one).
+
+    Attributes:
+        relay_url: the mailbox URL for ``wormhole.create``, ``ws://127.0.0.1:P/v1``.
+        transit: the transit relay hint for dilation, ``tcp:127.0.0.1:Q``.
+        mailbox_port: P.
+        relay_port: Q.
+        pid: the child's process id.
+
+    Raises:
+        TransferError: the servers did not start; the message includes the end of their log.
+        TransferTimeout is not used here: a start that takes too long is a TransferError too.
+    """
+
+    def __init__(
+        self,
+        mailbox_port: int = 0,
+        relay_port: int = 0,
+        *,
+        state_dir: str | None = None,
+        start_timeout: float = defaults.WORMHOLE_SERVERS_START_TIMEOUT_S,
+        python: str | None = None,
+    ) -> None:
+        self._own_state = state_dir is None
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="p2ppool-wormhole-")
+        self._log_path = os.path.join(self.state_dir, "servers.log")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.mailbox_port = 0
+        self.relay_port = 0
+        self.pid = 0
+        try:
+            self._start(mailbox_port, relay_port, start_timeout, python or sys.executable)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def relay_url(self) -> str:
+        """The mailbox server URL (``ws://127.0.0.1:P/v1``)."""
+        return f"ws://127.0.0.1:{self.mailbox_port}/v1"
+
+    @property
+    def transit(self) -> str:
+        """The transit relay hint (``tcp:127.0.0.1:Q``)."""
+        return f"tcp:127.0.0.1:{self.relay_port}"
+
+    def _start(self, mailbox_port: int, relay_port: int, timeout: float, python: str) -> None:
+        cmd = [
+            python, "-m", "p2ppool.wormhole_servers",
+            "--mailbox-port", str(mailbox_port),
+            "--relay-port", str(relay_port),
+            "--state", self.state_dir,
+        ]
+        env = dict(os.environ)
+        # The child must import this very p2ppool, wherever it comes from.
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        with open(self._log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                close_fds=True,
+            )
+        self.pid = self._proc.pid
+        line = self._read_ready_line(timeout)
+        try:
+            info = json.loads(line)
+            if not info.get(_READY_KEY):
+                raise ValueError("not ready")
+            self.mailbox_port = int(info["mailbox_port"])
+            self.relay_port = int(info["relay_port"])
+        except (ValueError, KeyError, TypeError):
+            raise TransferError(
+                f"the wormhole servers printed an unexpected line {line!r}{self._log_tail()}"
+            ) from None
+
+    def _read_ready_line(self, timeout: float) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        out = self._proc.stdout
+        deadline = time.monotonic() + timeout
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransferError(
+                        f"the wormhole servers did not become ready within {timeout:g} s"
+                        f"{self._log_tail()}"
+                    )
+                if not sel.select(left):
+                    continue
+                chunk = os.read(out.fileno(), 4096)
+                if not chunk:
+                    code = self._proc.wait(timeout=5)
+                    raise TransferError(
+                        f"the wormhole servers exited with code {code} before becoming ready"
+                        f"{self._log_tail()}"
+                    )
+                buf += chunk
+        return buf.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self._log_path, "rb") as f:
+                text = f.read()[-4000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        tail = "\n".join(text.strip().splitlines()[-lines:])
+        return f"; end of {self._log_path}:\n{tail}" if tail else ""
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = defaults.WORMHOLE_SERVERS_STOP_TIMEOUT_S) -> None:
+        """Stop the servers: SIGTERM, wait up to ``timeout``, then SIGKILL.  Idempotent.
+
+        Also removes the temporary state directory if this object created it.
+        """
+        proc = self._proc
+        if proc is not None:
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            if proc.poll() is None:
+                try:
+                    proc.terminate()
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+                except ProcessLookupError:
+                    pass
+        if self._own_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> WormholeServers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<WormholeServers {self.relay_url} {self.transit} pid={self.pid} {state}>"
+
+
+# --- the child process -------------------------------------------------------------------
+
+
+def _patch_relay_nodelay() -> None:
+    """Make the transit relay set TCP_NODELAY on every connection (idempotent)."""
+    from wormhole_transit_relay import transit_server
+
+    cls: Any = transit_server.TransitConnection
+    if getattr(cls, "_p2ppool_nodelay", False):
+        return
+    original = cls.connectionMade
+
+    def connectionMade(self: Any) -> None:
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:  # not a TCP transport: nothing to tune
+            pass
+        original(self)
+
+    cls.connectionMade = connectionMade
+    cls._p2ppool_nodelay = True
+
+
+def _listening_port(parent: Any) -> Any:
+    """Return a Deferred for the IListeningPort of the endpoint service inside ``parent``."""
+    from twisted.application.internet import StreamServerEndpointService
+
+    for svc in parent:
+        if isinstance(svc, StreamServerEndpointService):
+            return svc._waitingForPort
+    raise RuntimeError("no listening service found")
+
+
+def _serve(mailbox_port: int, relay_port: int, state: str) -> int:
+    """Run both servers until stdin closes or a signal arrives; return the exit code."""
+    from twisted.internet import defer, reactor, stdio
+    from twisted.internet.protocol import Protocol
+    from twisted.python import log
+    from wormhole_mailbox_server import server_tap as mailbox_tap
+    from wormhole_transit_relay import server_tap as relay_tap
+
+    os.makedirs(state, exist_ok=True)
+    log.startLogging(sys.stderr, setStdout=False)
+    _patch_relay_nodelay()
+    mo = mailbox_tap.Options()
+    mo.parseOptions([
+        f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
+        f"--channel-db={os.path.join(state, 'channels.sqlite')}",
+    ])
+    ro = relay_tap.Options()
+    ro.parseOptions([f"--port=tcp:{relay_port}:interface=127.0.0.1"])
+    mailbox = mailbox_tap.makeService(mo)
+    relay = relay_tap.makeService(ro)
+    mailbox.startService()
+    relay.startService()
+    status = {"code": 0}
+
+    class _ParentWatch(Protocol):
+        """Stop when the parent closes our stdin (or dies)."""
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if reactor.running:
+                reactor.stop()
+
+    def _ready(ports: List[Any]) -> None:
+        line = json.dumps({
+            _READY_KEY: True,
+            "mailbox_port": ports[0].getHost().port,
+            "relay_port": ports[1].getHost().port,
+            "pid": os.getpid(),
+        })
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        stdio.StandardIO(_ParentWatch(), stdout=os.open(os.devnull, os.O_WRONLY))
+
+    def _failed(failure: Any) -> None:
+        sys.stderr.write(f"p2ppool.wormhole_servers: could not listen: {failure.value}\n")
+        status["code"] = 1
+        reactor.stop()
+
+    d = defer.gatherResults(
+        [_listening_port(mailbox), _listening_port(relay)], consumeErrors=True
+    )
+    d.addCallbacks(_ready, _failed)
+    reactor.run()  # installs SIGTERM/SIGINT handlers that stop the reactor
+    return status["code"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m p2ppool.wormhole_servers``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m p2ppool.wormhole_servers",
+        description="Run a magic-wormhole mailbox server and transit relay on 127.0.0.1.",
+    )
+    parser.add_argument("--mailbox-port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--relay-port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--state", required=True, help="directory for the channel database")
+    args = parser.parse_args(argv)
+    for name in ("mailbox_port", "relay_port"):
+        port = getattr(args, name)
+        if not 0 <= port <= 65535:
+            parser.error(f"--{name.replace('_', '-')} must be between 0 and 65535, not {port}")
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return _serve(args.mailbox_port, args.relay_port, args.state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
