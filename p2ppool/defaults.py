@@ -93,3 +93,41 @@ HELLO_TTL_S: float = 90.0
 WORKER_GRACE_S: float = 30.0
 #: Seconds a worker waits for the client's Open frame after the wormhole session opened.
 WORKER_OPEN_FRAME_TIMEOUT_S: float = 30.0
+
+# --- Recruiting workers for a client job (recruit.py, remote.py, localcluster.py) ------
+#: Seconds between repeated Wants while a job still wants slots.
+RECRUIT_WANT_REPEAT_S: float = 5.0
+#: Least seconds between two Wants (a new worker's Hello or a higher demand asks sooner).
+RECRUIT_WANT_MIN_INTERVAL_S: float = 0.5
+#: Seconds to gather offers before choosing among them (larger offers win).
+RECRUIT_OFFER_WINDOW_S: float = 0.1
+#: Seconds an accepted worker has to open the session and answer Ready.
+RECRUIT_ACCEPT_TIMEOUT_S: float = 15.0
+#: Backoff before retrying a worker whose session failed: first, factor, cap.
+RECRUIT_RETRY_FIRST_S: float = 2.0
+RECRUIT_RETRY_FACTOR: float = 2.0
+RECRUIT_RETRY_MAX_S: float = 60.0
+#: Time-to-live of a client's Want on the board.
+RECRUIT_WANT_TTL_S: float = 30.0
+#: Seconds ClusterBackend.close()/terminate() wait for sessions and the board to close.
+REMOTE_CLOSE_TIMEOUT_S: float = 5.0
+#: Seconds LocalCluster waits for its servers and workers to become ready.
+LOCALCLUSTER_START_TIMEOUT_S: float = 60.0
+#: Seconds LocalCluster gives each child to exit after SIGTERM before SIGKILL.
+LOCALCLUSTER_STOP_TIMEOUT_S: float = 5.0
+
+# --- Board server (p2ppool board; see board_state.py for the policies) ------------------
+#: Bytes queued for one reader before writers wait for it (then the slow-reader grace runs).
+BOARD_MAX_BUFFER_BYTES: int = 4 * 1024 * 1024
+#: A reader whose full buffer keeps writers waiting this long is disconnected (exit 1).
+BOARD_SLOW_READER_GRACE_S: float = 10.0
+#: Concurrent sessions (pub/sub/pipe) one SSH key may hold.
+BOARD_MAX_SESSIONS_PER_KEY: int = 256
+#: Longest exec command the board accepts.
+BOARD_MAX_COMMAND_BYTES: int = 1024
+#: Concurrent TCP connections, authenticated or not.
+BOARD_MAX_CONNECTIONS: int = 2048
+#: Period of the ping@pico.sh channel requests that detect dead peers (None: off).
+BOARD_PING_INTERVAL_S: float = 5.0
+#: How long a final error line may wait for a client that is not reading.
+BOARD_FLUSH_TIMEOUT_S: float = 10.0

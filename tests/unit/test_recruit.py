@@ -1,0 +1,268 @@
+"""The client's recruiting logic: exact commands for given events and times (pure, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2ppool.recruit import (
+    AbandonSession,
+    AcceptOffer,
+    PublishWant,
+    PublishWithdraw,
+    Recruiter,
+)
+
+PY = "3.11"
+K1, K2, K3 = "key-one", "key-two", "key-three"  # opaque to the recruiter
+
+
+def make(**kwargs: float) -> Recruiter:
+    settings = dict(
+        want_repeat_s=5.0, want_min_interval_s=0.5, offer_window_s=0.1,
+        accept_timeout_s=10.0, retry_first_s=2.0, retry_factor=2.0, retry_max_s=5.0,
+    )
+    settings.update(kwargs)
+    return Recruiter(PY, **settings)
+
+
+def test_want_goes_out_at_once_when_demand_starts() -> None:
+    r = make()
+    assert r.next_wakeup(0.0) is None
+    assert r.set_demand(3, 100.0) == [PublishWant(3)]
+    assert r.next_wakeup(100.0) == 105.0
+
+
+def test_no_want_without_demand() -> None:
+    r = make()
+    assert r.set_demand(0, 100.0) == []
+    assert r.got_hello("w1", PY, 100.0) == []
+    assert r.next_wakeup(100.0) is None
+
+
+def test_want_repeats_while_slots_are_wanted() -> None:
+    r = make()
+    r.set_demand(2, 100.0)
+    assert r.timer_expired(104.9) == []
+    assert r.timer_expired(105.0) == [PublishWant(2)]
+    assert r.next_wakeup(105.0) == 110.0
+
+
+def test_new_worker_hello_asks_again_soon_but_not_twice_at_once() -> None:
+    r = make()
+    r.set_demand(2, 100.0)
+    assert r.got_hello("w1", PY, 100.2) == []  # within the least interval
+    assert r.next_wakeup(100.2) == 100.5
+    assert r.timer_expired(100.5) == [PublishWant(2)]
+    # The same worker's periodic Hello is not news.
+    assert r.got_hello("w1", PY, 101.5) == []
+    assert r.next_wakeup(101.5) == 105.5
+    # A second worker, after the least interval: at once.
+    assert r.got_hello("w2", PY, 101.6) == [PublishWant(2)]
+
+
+def test_higher_demand_asks_again_lower_does_not() -> None:
+    r = make()
+    r.set_demand(2, 100.0)
+    assert r.set_demand(1, 100.1) == []
+    assert r.set_demand(4, 100.2) == []  # rate limited
+    assert r.timer_expired(100.5) == [PublishWant(4)]
+
+
+def test_offers_are_gathered_for_the_window_then_largest_first() -> None:
+    r = make()
+    r.set_demand(3, 100.0)
+    assert r.got_offer("w-small", 1, K1, 200.0, 100.01) == []
+    assert r.got_offer("w-big", 4, K2, 200.0, 100.05) == []
+    assert r.next_wakeup(100.05) == pytest.approx(100.11)
+    # 4 slots cover the 3 wanted: one session, the small worker is not needed.
+    assert r.timer_expired(100.11) == [AcceptOffer("w-big", K2, 4)]
+    assert r.outstanding == 4 and r.wanted == 0
+    assert r.pending() == ["w-big"]
+
+
+def test_fewest_sessions_that_cover_the_demand() -> None:
+    r = make()
+    r.set_demand(5, 100.0)
+    r.got_offer("a", 2, K1, 200.0, 100.0)
+    r.got_offer("b", 2, K2, 200.0, 100.0)
+    r.got_offer("c", 3, K3, 200.0, 100.0)
+    assert r.timer_expired(100.1) == [AcceptOffer("c", K3, 3), AcceptOffer("a", K1, 2)]
+    assert r.wanted == 0
+
+
+def test_ties_go_to_the_earlier_offer() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("late", 2, K1, 200.0, 100.05)
+    r.got_offer("early", 2, K2, 200.0, 100.02)
+    assert r.timer_expired(100.12) == [AcceptOffer("early", K2, 2)]
+
+
+def test_partial_cover_keeps_asking_for_the_rest() -> None:
+    r = make()
+    r.set_demand(4, 100.0)
+    r.got_offer("a", 1, K1, 200.0, 100.0)
+    # One slot accepted, three still wanted: more than the last Want asked?  No: 3 < 4.
+    assert r.timer_expired(100.1) == [AcceptOffer("a", K1, 1)]
+    assert r.wanted == 3
+    assert r.timer_expired(105.0) == [PublishWant(3)]
+
+
+def test_one_session_per_worker_and_the_offer_key_is_used_once() -> None:
+    r = make()
+    r.set_demand(4, 100.0)
+    r.got_offer("a", 1, K1, 200.0, 100.0)
+    assert r.timer_expired(100.1) == [AcceptOffer("a", K1, 1)]
+    assert r.got_offer("a", 1, K2, 200.0, 100.2) == []  # it already has a session
+    assert r.timer_expired(100.4) == []
+
+
+def test_ready_slots_count_until_the_pool_is_told() -> None:
+    r = make()
+    r.set_demand(2, 100.0)
+    r.got_offer("a", 2, K1, 200.0, 100.0)
+    r.timer_expired(100.1)
+    assert r.session_ready("a", 2, 100.3) == []
+    # The pool's demand was computed before it heard of "a": no new Want.
+    assert r.set_demand(2, 100.4) == []
+    assert r.wanted == 0
+    assert r.joined_reported("a", 100.5) == []
+    assert (r.outstanding, r.demand) == (0, 0)
+    # Now a demand of 2 is on top of "a": ask for it.
+    assert r.set_demand(2, 100.6) == [PublishWant(2)]
+
+
+def test_pending_accept_times_out_and_the_worker_waits_out_a_backoff() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("a", 1, K1, 300.0, 100.0)
+    r.timer_expired(100.1)
+    assert r.next_wakeup(100.1) == pytest.approx(110.1)
+    assert r.timer_expired(110.0) == []
+    cause = "its session was not ready within 10 s"
+    # Slots are wanted again at once; the Want is older than the least interval.
+    assert r.timer_expired(110.1) == [AbandonSession("a", cause), PublishWant(1)]
+    assert r.pending() == []
+    # A fresh offer from "a" waits for the backoff (2 s).
+    assert r.got_offer("a", 1, K2, 300.0, 110.2) == []
+    assert r.next_wakeup(110.2) == pytest.approx(112.1)
+    assert r.timer_expired(112.1) == [AcceptOffer("a", K2, 1)]
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    r = make()
+    r.set_demand(1, 0.0)
+    retry_at = []
+    now = 0.0
+    for _ in range(4):
+        r.got_offer("a", 1, K1, 1000.0, now)
+        now += 0.1
+        while r.pending() != ["a"]:
+            r.timer_expired(now)
+            now = r.next_wakeup(now) or now + 1
+        r.session_failed("a", now)
+        r.got_offer("a", 1, K1, 1000.0, now)
+        retry_at.append(round(r.next_wakeup(now) - now, 3))  # type: ignore[operator]
+    assert retry_at == [2.0, 4.0, 5.0, 5.0]
+
+
+def test_ready_resets_the_backoff() -> None:
+    r = make()
+    r.set_demand(1, 0.0)
+    r.got_offer("a", 1, K1, 1000.0, 0.0)
+    r.timer_expired(0.1)
+    r.session_failed("a", 1.0)
+    r.got_offer("a", 1, K2, 1000.0, 1.0)
+    assert r.timer_expired(3.0) == [AcceptOffer("a", K2, 1)]
+    r.session_ready("a", 1, 3.5)
+    r.joined_reported("a", 3.5)
+    r.session_failed("a", 4.0)  # a lost session after Ready: first failure again
+    assert r.set_demand(1, 4.0) == [PublishWant(1)]
+    r.got_offer("a", 1, K3, 1000.0, 4.0)
+    assert r.next_wakeup(4.0) == 6.0
+
+
+def test_refusal_is_final_for_the_job() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("old", 1, K1, 300.0, 100.0)
+    r.timer_expired(100.1)
+    r.session_refused("old", "python 3.11 is not 3.12", 100.2)
+    assert r.refused_by() == {"old": "python 3.11 is not 3.12"}
+    assert r.got_offer("old", 1, K2, 300.0, 100.3) == []
+    assert r.timer_expired(1000.0) == [PublishWant(1)]  # still asking, never accepting "old"
+
+
+def test_incompatible_python_in_hello_is_never_accepted() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_hello("py27", "2.7", 100.0)
+    assert r.got_offer("py27", 8, K1, 300.0, 100.0) == []
+    assert r.timer_expired(100.1) == []
+    assert r.got_offer("ok", 1, K2, 300.0, 100.2) == []
+    assert r.timer_expired(100.3) == [AcceptOffer("ok", K2, 1)]
+
+
+def test_expired_offers_are_not_accepted() -> None:
+    r = make()
+    r.got_offer("a", 1, K1, 100.5, 100.0)
+    assert r.set_demand(1, 101.0) == [PublishWant(1)]
+    assert r.timer_expired(101.2) == []
+
+
+def test_remembered_offers_are_used_when_demand_comes_back() -> None:
+    r = make()
+    r.got_offer("a", 2, K1, 300.0, 100.0)  # no demand yet: remembered
+    assert r.set_demand(1, 101.0) == [AcceptOffer("a", K1, 2)]
+
+
+def test_withdraw_when_demand_drops_to_zero_not_when_covered() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("a", 1, K1, 300.0, 100.0)
+    assert r.timer_expired(100.1) == [AcceptOffer("a", K1, 1)]  # covered: no Withdraw
+    assert r.set_demand(0, 100.2) == [PublishWithdraw()]
+    assert r.set_demand(0, 100.3) == []
+    # Demand again (pending "a" still covers 1): nothing; 2 asks at once after a Withdraw.
+    assert r.set_demand(1, 100.4) == []
+    assert r.set_demand(2, 100.4) == [PublishWant(1)]
+
+
+def test_close_withdraws_once_and_ignores_everything_after() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    assert r.close(100.1) == [PublishWithdraw()]
+    assert r.close(100.2) == []
+    assert r.set_demand(3, 100.3) == []
+    assert r.got_offer("a", 1, K1, 300.0, 100.3) == []
+    assert r.timer_expired(200.0) == []
+    assert r.next_wakeup(200.0) is None
+
+
+def test_close_without_a_want_out_publishes_nothing() -> None:
+    assert make().close(1.0) == []
+
+
+def test_bye_abandons_a_session_being_opened() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("a", 1, K1, 300.0, 100.0)
+    r.timer_expired(100.1)
+    assert r.got_bye("a", 100.2) == [
+        AbandonSession("a", "it left the board before the session opened"),
+    ]
+    assert r.next_wakeup(100.2) == 100.5  # the Want's slot was taken, then lost again
+    assert r.timer_expired(100.5) == [PublishWant(1)]
+
+
+def test_bye_forgets_an_idle_worker_so_its_return_is_news() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    assert r.got_hello("a", PY, 100.6) == [PublishWant(1)]
+    assert r.got_bye("a", 101.0) == []
+    assert r.got_hello("a", PY, 101.2) == [PublishWant(1)]
+
+
+def test_bad_demand_is_refused() -> None:
+    with pytest.raises(ValueError, match="demand must be >= 0"):
+        make().set_demand(-1, 0.0)
