@@ -1,0 +1,997 @@
+"""The self-hosted board: a pico.sh-``pipe``-compatible SSH pub/sub server (``p2ppool board``).
+
+This is the I/O shell (paramiko, sockets, threads) around :mod:`p2ppool.board_state`, which
+holds every rule (commands, names, access lists, buffers, departure); read its docstring for
+the behaviour.  Here:
+
+* Authentication is by public key only.  ``--users FILE`` maps keys to usernames, one
+  ``<username> <key type> <base64> [comment]`` per line, like ``authorized_keys`` (several
+  lines per user allowed; ``#`` comments and blank lines ignored; the file is re-read when it
+  changes).  Unknown keys are refused at authentication.  The SSH login name is ignored.
+* The host key (``--host-key FILE``) is created (ed25519) on first start and kept.
+* PTYs are refused (pico translates ``\\n`` to ``\\r\\n`` under a PTY, which corrupts data);
+  ``keepalive@openssh.com`` is answered; every session gets a ``ping@pico.sh`` channel
+  request every 5 s, which detects dead peers.
+* Errors go to stderr as ``<message>\\n\\r`` with exit status 1; a normal end always sends
+  queued data first, then exit status 0, EOF and close (pico at HEAD may drop both).
+
+Threads::
+
+    listener ──accept──> one thread per connection (paramiko Transport + its own thread)
+                         exec request ──> one session thread per command
+                             pub : reads stdin (32 KiB reads) -> state.publish
+                             sub : drains its buffer -> channel.send (coalesced)
+                             pipe: the session thread drains, plus one reader thread
+
+All state lives in one :class:`~p2ppool.board_state.BoardState` behind one lock.  A chunk is
+appended to every receiver's buffer under that lock (cheap; this is the total order), and
+each receiver's own thread sends whatever has piled up in one write, so a slow receiver costs
+no one else anything until its buffer is full (see the slow-reader policy in board_state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import hashlib
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
+
+import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST
+
+from . import defaults
+from .board_state import (
+    ACCESS_DENIED,
+    CHUNK_BYTES,
+    INVALID_ARGS,
+    PUBLIC,
+    TIMEOUT_REACHED,
+    BoardState,
+    BufferPolicy,
+    Command,
+    UsageFailure,
+    format_duration,
+    help_text,
+    parse_command,
+    split_command,
+)
+from .errors import AccessDenied, ConfigError
+
+__all__ = [
+    "BoardServer",
+    "UserKey",
+    "add_arguments",
+    "fingerprint_sha256",
+    "load_or_create_host_key",
+    "parse_users",
+    "run",
+]
+
+log = logging.getLogger("p2ppool.board")
+
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MSG_CHANNEL_SUCCESS = 99
+_MSG_CHANNEL_FAILURE = 100
+#: Most bytes one send to a receiver takes from its buffer at once.
+_SEND_BATCH_BYTES = 256 * 1024
+#: Tick of the blocking loops (checks for closed channels and server stop).
+_TICK_S = 0.5
+
+
+def fingerprint_sha256(key_blob: bytes) -> str:
+    """``SHA256:<unpadded base64>`` of a public key blob, as ``ssh-keygen -l`` prints it."""
+    digest = hashlib.sha256(key_blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+@dataclass(frozen=True)
+class UserKey:
+    """A key the board accepts: whose it is and its fingerprint."""
+
+    username: str
+    fingerprint: str
+
+
+def _parse_key(text: str, where: str) -> bytes:
+    parts = text.split()
+    if len(parts) < 2:
+        raise ConfigError(f"{where}: expected '<key type> <base64 key>', got {text!r}")
+    key_type, b64 = parts[0], parts[1]
+    try:
+        blob = base64.b64decode(b64, validate=True)
+        paramiko.PKey.from_type_string(key_type, blob)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a config error
+        raise ConfigError(f"{where}: not a valid {key_type} public key ({exc})") from exc
+    return blob
+
+
+def parse_users(
+    source: Union[str, Mapping[str, Union[str, Sequence[str]]]], where: str = "users"
+) -> Dict[bytes, UserKey]:
+    """Parse a users file's text, or a mapping ``username -> key line(s)``.
+
+    Args:
+        source: file text (``<username> <key type> <base64> [comment]`` per line), or a
+            mapping from username to one or more ``"<key type> <base64> [comment]"`` strings.
+        where: name of the source for error messages (e.g. the file path).
+
+    Returns:
+        key blob -> :class:`UserKey`.
+
+    Raises:
+        ConfigError: a line is malformed, a username is invalid or reserved, or one key is
+            given to two users.
+    """
+    entries: List[Tuple[str, str, str]] = []
+    if isinstance(source, str):
+        for number, line in enumerate(source.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, key = line.partition(" ")
+            entries.append((name, key.strip(), f"{where}:{number}"))
+    else:
+        for name, keys in source.items():
+            for key in [keys] if isinstance(keys, str) else keys:
+                entries.append((name, key, f"{where}[{name!r}]"))
+    result: Dict[bytes, UserKey] = {}
+    for name, key, place in entries:
+        if not _USERNAME.match(name):
+            raise ConfigError(f"{place}: invalid username {name!r} (letters, digits, . _ -)")
+        if name == PUBLIC:
+            raise ConfigError(f"{place}: the username {PUBLIC!r} is reserved for public topics")
+        blob = _parse_key(key, place)
+        previous = result.get(blob)
+        if previous is not None and previous.username != name:
+            raise ConfigError(f"{place}: this key already belongs to {previous.username!r}")
+        result[blob] = UserKey(name, fingerprint_sha256(blob))
+    return result
+
+
+def load_or_create_host_key(path: str) -> paramiko.PKey:
+    """Load the host key at ``path``; create an ed25519 key there (mode 0600) if absent."""
+    if not os.path.exists(path):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        public = private.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        with open(path + ".pub", "wb") as handle:
+            handle.write(public + b" p2ppool-board\n")
+        log.info("created host key %s", path)
+    try:
+        return paramiko.PKey.from_path(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot read host key {path}: {exc}") from exc
+
+
+class _BoardTransport(paramiko.Transport):  # type: ignore[misc]
+    """A server Transport that tells us when a channel request's reply has gone out.
+
+    A session must not write (or close) before the client has its ``exec`` reply, or OpenSSH
+    sees a reply for a channel it already closed.  paramiko sends that reply right after our
+    callback returns, so the session thread waits for this hook.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.reply_hooks: Dict[int, Callable[[], None]] = {}
+
+    def _send_user_message(self, data: Any) -> None:
+        super()._send_user_message(data)
+        if not self.reply_hooks:
+            return
+        raw = data.asbytes() if hasattr(data, "asbytes") else bytes(data)
+        if raw and raw[0] in (_MSG_CHANNEL_SUCCESS, _MSG_CHANNEL_FAILURE) and len(raw) >= 5:
+            hook = self.reply_hooks.pop(int.from_bytes(raw[1:5], "big"), None)
+            if hook is not None:
+                hook()
+
+
+class _Interface(paramiko.ServerInterface):  # type: ignore[misc]
+    """paramiko callbacks of one connection."""
+
+    def __init__(self, server: BoardServer, connection: _Connection) -> None:
+        self.server = server
+        self.connection = connection
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        found = self.server._lookup_key(key.asbytes())
+        if found is None:
+            fp = fingerprint_sha256(key.asbytes())
+            log.info("%s: refused unknown key %s", self.connection.peer, fp)
+            return int(paramiko.AUTH_FAILED)
+        self.connection.user = found
+        return int(paramiko.AUTH_SUCCESSFUL)
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session":
+            return int(paramiko.OPEN_SUCCEEDED)
+        return int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+
+    def check_channel_pty_request(self, *args: Any) -> bool:
+        return False  # a PTY would translate data; pico clients must not ask for one
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        self.server._start_session(self.connection, channel, command)
+        return True
+
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        self.server._start_session(self.connection, channel, b"")
+        return True
+
+    def check_global_request(self, kind: str, msg: paramiko.Message) -> bool:
+        return kind == "keepalive@openssh.com"
+
+
+@dataclass(eq=False)
+class _Connection:
+    peer: str
+    transport: _BoardTransport | None = None
+    user: UserKey | None = None
+    sessions: int = 0
+
+
+class _SessionGone(Exception):
+    """The client closed the channel (or the server is stopping)."""
+
+
+class _Session:
+    """One exec command on one channel, run in its own thread."""
+
+    def __init__(
+        self,
+        server: BoardServer,
+        connection: _Connection,
+        channel: paramiko.Channel,
+        command: str,
+        sid: int,
+    ) -> None:
+        self.server = server
+        self.connection = connection
+        self.chan = channel
+        self.command = command
+        self.sid = sid
+        self.user = connection.user or UserKey("?", "?")
+        self.wake = threading.Event()
+        self.replied = threading.Event()
+        self.input_done = False
+        self.joined = False
+        self.last_ping = time.monotonic()
+        self.exit_status: int | None = None
+
+    # -- low-level output ---------------------------------------------------------------
+
+    def _gone(self) -> bool:
+        return self.chan.closed or self.server._stopping.is_set()
+
+    def _send(self, data: bytes, stderr: bool = False, deadline: float | None = None) -> None:
+        """Send all of ``data``; raise _SessionGone if the client left (or the deadline)."""
+        offset = 0
+        send = self.chan.send_stderr if stderr else self.chan.send
+        while offset < len(data):
+            try:
+                sent = send(data[offset : offset + CHUNK_BYTES])
+            except socket.timeout:
+                if self._gone() or self._evicted() and not stderr:
+                    raise _SessionGone() from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _SessionGone() from None
+                continue
+            except (OSError, EOFError, paramiko.SSHException):
+                raise _SessionGone() from None
+            if sent <= 0:
+                raise _SessionGone()
+            offset += sent
+
+    def _evicted(self) -> bool:
+        member = self.server._state.members.get(self.sid)
+        return member is not None and member.ending == "evicted"
+
+    def _write(self, text: str) -> None:
+        self._send(text.encode("utf-8"))
+
+    def _finish(self, status: int) -> None:
+        self.exit_status = status
+        try:
+            self.chan.send_exit_status(status)
+            self.chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        self.chan.close()
+
+    def _fatal(self, message: str, quiet: bool = False) -> None:
+        if not quiet:
+            deadline = time.monotonic() + self.server.flush_timeout_s
+            try:
+                self._send((message + "\n\r").encode("utf-8"), stderr=True, deadline=deadline)
+            except _SessionGone:
+                pass
+        log.info("%s: %s", self._who(), message or "exit 1")
+        self._finish(1)
+
+    def _who(self) -> str:
+        return f"{self.user.username}@{self.connection.peer}#{self.sid}"
+
+    def _maybe_ping(self) -> None:
+        interval = self.server.ping_interval_s
+        if interval is None:
+            return
+        now = time.monotonic()
+        if now - self.last_ping < interval:
+            return
+        self.last_ping = now
+        transport = self.chan.get_transport()
+        if transport is None or self.chan.closed:
+            return
+        msg = paramiko.Message()
+        msg.add_byte(cMSG_CHANNEL_REQUEST)
+        msg.add_int(self.chan.remote_chanid)
+        msg.add_string("ping@pico.sh")
+        msg.add_boolean(False)
+        try:
+            transport._send_user_message(msg)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    # -- main ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.replied.wait(2.0)
+        self.chan.settimeout(_TICK_S)
+        try:
+            self._dispatch()
+        except _SessionGone:
+            if self.exit_status is None:
+                self.chan.close()
+        except Exception:  # noqa: BLE001 - a bug must not kill the server
+            log.exception("%s: session failed", self._who())
+            if self.exit_status is None:
+                self._fatal("internal server error")
+        finally:
+            self.server._end_session(self)
+
+    def _dispatch(self) -> None:
+        limit = self.server.max_command_bytes
+        if len(self.command.encode("utf-8")) > limit:
+            self._fatal(f"command too long (more than {limit} bytes)")
+            return
+        parsed = parse_command(split_command(self.command))
+        log.info("%s: %s", self._who(), self.command or "(shell)")
+        if isinstance(parsed, UsageFailure):
+            self._write(parsed.output)
+            self._fatal(INVALID_ARGS)
+            return
+        if parsed.name in ("", "help"):
+            self._write(help_text(self.server.ssh_target))
+            self._finish(0)
+        elif parsed.name == "ls":
+            with self.server._lock:
+                text = self.server._state.listing(self.user.username)
+            self._write(text)
+            self._finish(0)
+        elif parsed.name in ("pub", "sub", "pipe"):
+            self._messaging(parsed)
+        else:
+            self._finish(0)  # pico: unknown commands print nothing and succeed
+
+    def _messaging(self, cmd: Command) -> None:
+        server = self.server
+        if not server._admit(self):
+            self._fatal(
+                f"too many sessions for this key (limit {server.max_sessions_per_key}); "
+                "close some and retry"
+            )
+            return
+        topic = cmd.topic
+        generated = False
+        if not topic and cmd.name in ("pub", "pipe"):
+            topic = str(uuid.uuid4())
+            generated = True
+        public = bool(cmd.flag("p"))
+        client_id = f"{uuid.uuid4()} ({self.user.username}@{self.connection.peer})"
+        try:
+            with server._cond:
+                member = server._state.join(
+                    self.sid,
+                    client_id=client_id,
+                    user=self.user.username,
+                    fingerprint=self.user.fingerprint,
+                    role=cmd.name,
+                    topic=topic,
+                    public=public,
+                    access=cmd.access,
+                    keep_alive=bool(cmd.flags.get("k", False)),
+                    replay=bool(cmd.flags.get("r", False)),
+                    dispatcher=str(cmd.flags.get("d", "multicast")),
+                )
+                self.joined = True
+                server._cond.notify_all()
+        except AccessDenied:
+            self._fatal(ACCESS_DENIED)
+            return
+        log.info("%s: %s joined %s", self._who(), cmd.name, member.channel)
+        clean = bool(cmd.flag("c"))
+        flag_msg = "-p " if public else ""
+        shown = f"{self.user.username}/{topic}" if cmd.access else topic
+        if cmd.name == "pub":
+            if not clean:
+                self._write(
+                    f"subscribe to this channel:\n  ssh {server.ssh_target} sub {flag_msg}{shown}\n"
+                )
+            self._pub(cmd, clean)
+        elif cmd.name == "sub":
+            self._drain_loop()
+        else:
+            if generated and not clean:
+                self._write(
+                    f"subscribe to this topic:\n  ssh {server.ssh_target} sub {flag_msg}{shown}\n"
+                )
+            reader = threading.Thread(
+                target=self._pipe_reader, name=f"board-pipe-{self.sid}", daemon=True
+            )
+            reader.start()
+            self._drain_loop()
+
+    # -- pub ------------------------------------------------------------------------------
+
+    def _pub(self, cmd: Command, clean: bool) -> None:
+        server = self.server
+        block = bool(cmd.flag("b"))
+        timeout_ns = int(cmd.flag("t"))
+        if block:
+            with server._cond:
+                alone = not server._state.has_receivers(self.sid)
+                if alone:
+                    server._state.members[self.sid].waiting = True
+            if alone:
+                if not clean:
+                    self._write(f"no subs found ... waiting {format_duration(timeout_ns)}\n")
+                if not self._wait_for_receiver(time.monotonic() + timeout_ns / 1e9):
+                    self._fatal(TIMEOUT_REACHED, quiet=clean)
+                    return
+        if not clean:
+            self._write("sending msg ...\n")
+        if bool(cmd.flag("e")):
+            self._publish(b"\x00", block)
+        else:
+            while True:
+                data = self._read_stdin()
+                if not data:
+                    break
+                self._publish(data, block)
+        if not clean:
+            self._write("msg sent!\n")
+        self._finish(0)
+
+    def _wait_for_receiver(self, deadline: float) -> bool:
+        server = self.server
+        with server._cond:
+            while not server._state.has_receivers(self.sid):
+                if self._gone():
+                    raise _SessionGone()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                server._cond.wait(min(remaining, _TICK_S))
+            server._state.stop_waiting(self.sid)
+        self._maybe_ping()
+        return True
+
+    def _read_stdin(self) -> bytes:
+        while True:
+            try:
+                return bytes(self.chan.recv(CHUNK_BYTES))
+            except socket.timeout:
+                if self._gone():
+                    raise _SessionGone() from None
+                self._maybe_ping()
+
+    def _publish(self, data: bytes, block: bool) -> None:
+        """Queue one chunk for the channel; wait while receivers are full (or absent and
+        ``block``).  Returns when queued, or dropped (no receiver and not blocking)."""
+        server = self.server
+        with server._cond:
+            while True:
+                if self._gone():
+                    raise _SessionGone()
+                result = server._state.publish(self.sid, data, time.monotonic())
+                for sid in result.evicted:
+                    server._wake(sid)
+                if result.delivered:
+                    for sid in result.woken:
+                        server._wake(sid)
+                    return
+                if result.no_receivers:
+                    member = server._state.members.get(self.sid)
+                    if not block or member is None or member.ending is not None:
+                        return
+                    server._cond.wait(_TICK_S)
+                    continue
+                assert result.retry_at is not None
+                server._cond.wait(max(0.0, min(_TICK_S, result.retry_at - time.monotonic())))
+
+    # -- sub / pipe -------------------------------------------------------------------------
+
+    def _pipe_reader(self) -> None:
+        try:
+            while True:
+                try:
+                    data = bytes(self.chan.recv(CHUNK_BYTES))
+                except socket.timeout:
+                    if self._gone():
+                        break
+                    continue
+                if not data:
+                    break
+                self._publish(data, block=False)
+        except _SessionGone:
+            pass
+        except Exception:  # noqa: BLE001
+            log.exception("%s: pipe reader failed", self._who())
+        self.input_done = True
+        self.wake.set()
+
+    def _drain_loop(self) -> None:
+        server = self.server
+        state = server._state
+        while True:
+            self.wake.wait(_TICK_S)
+            self.wake.clear()
+            while True:
+                with server._cond:
+                    data, was_stalled = state.take(self.sid, _SEND_BATCH_BYTES)
+                    member = state.members.get(self.sid)
+                    ending = member.ending if member is not None else "gone"
+                    if was_stalled:
+                        server._cond.notify_all()
+                if not data:
+                    break
+                self._send(data)
+            if ending == "evicted":
+                assert member is not None
+                self._fatal(member.end_message)
+                return
+            if ending is not None or self.input_done:
+                self._finish(0)
+                return
+            if self._gone():
+                raise _SessionGone()
+            self._maybe_ping()
+
+
+class BoardServer:
+    """A pico-pipe-compatible SSH board on one address.
+
+    Args:
+        listen: ``(host, port)``; port 0 picks a free port (see :attr:`port`).
+        host_key_path: the host key file, created (ed25519) when absent.
+        users_path: a users file (``<username> <key type> <base64> [comment]`` per line),
+            re-read when it changes.
+        users: instead of ``users_path``, a mapping ``username -> key line(s)``.
+        advertise_host: the host name shown in status texts (default: the listen host).
+        policy: per-receiver buffer limit and slow-reader grace period.
+        max_sessions_per_key: concurrent sessions one key may hold.
+        max_command_bytes: longest accepted exec command.
+        max_connections: concurrent TCP connections (authenticated or not).
+        ping_interval_s: period of ``ping@pico.sh`` requests (None: none).
+        flush_timeout_s: how long a final error message may wait for a full client window.
+
+    Example::
+
+        with BoardServer(host_key_path="host_key", users_path="users") as board:
+            print(board.port)
+    """
+
+    def __init__(
+        self,
+        listen: Tuple[str, int] = ("127.0.0.1", 0),
+        host_key_path: str | None = None,
+        users_path: str | None = None,
+        users: Mapping[str, Union[str, Sequence[str]]] | None = None,
+        *,
+        advertise_host: str | None = None,
+        policy: BufferPolicy | None = None,
+        max_sessions_per_key: int = defaults.BOARD_MAX_SESSIONS_PER_KEY,
+        max_command_bytes: int = defaults.BOARD_MAX_COMMAND_BYTES,
+        max_connections: int = defaults.BOARD_MAX_CONNECTIONS,
+        ping_interval_s: float | None = defaults.BOARD_PING_INTERVAL_S,
+        flush_timeout_s: float = defaults.BOARD_FLUSH_TIMEOUT_S,
+    ) -> None:
+        if host_key_path is None:
+            raise ConfigError("BoardServer needs host_key_path (created when absent)")
+        if (users_path is None) == (users is None):
+            raise ConfigError("BoardServer needs exactly one of users_path or users")
+        self.listen = listen
+        self.host_key_path = host_key_path
+        self.users_path = users_path
+        self.advertise_host = advertise_host
+        self.max_sessions_per_key = max_sessions_per_key
+        self.max_command_bytes = max_command_bytes
+        self.max_connections = max_connections
+        self.ping_interval_s = ping_interval_s
+        self.flush_timeout_s = flush_timeout_s
+        self._host_key = load_or_create_host_key(host_key_path)
+        self._users_mtime: float | None = None
+        if users is not None:
+            self._keys = parse_users(users)
+        else:
+            assert users_path is not None
+            self._keys = self._read_users_file(users_path)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._state = BoardState(
+            {k.username for k in self._keys.values()},
+            policy or BufferPolicy(
+                max_buffer_bytes=defaults.BOARD_MAX_BUFFER_BYTES,
+                slow_reader_grace_s=defaults.BOARD_SLOW_READER_GRACE_S,
+            ),
+        )
+        self._stopping = threading.Event()
+        self._sock: socket.socket | None = None
+        self._threads: List[threading.Thread] = []
+        self._connections: List[_Connection] = []
+        self._sessions: Dict[int, _Session] = {}
+        self._sessions_per_key: Dict[str, int] = {}
+        self._next_sid = 1
+        self.port = 0
+        self.host = listen[0]
+
+    # -- users -----------------------------------------------------------------------------
+
+    def _read_users_file(self, path: str) -> Dict[bytes, UserKey]:
+        try:
+            mtime = os.stat(path).st_mtime
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read users file {path}: {exc.strerror}") from exc
+        keys = parse_users(text, where=path)
+        self._users_mtime = mtime
+        return keys
+
+    def _lookup_key(self, blob: bytes) -> UserKey | None:
+        if self.users_path is not None:
+            try:
+                changed = os.stat(self.users_path).st_mtime != self._users_mtime
+            except OSError:
+                changed = False
+            if changed:
+                try:
+                    keys = self._read_users_file(self.users_path)
+                except ConfigError as exc:
+                    log.error("users file not reloaded: %s", exc)
+                else:
+                    with self._lock:
+                        self._keys = keys
+                        self._state.users = {k.username for k in keys.values()}
+                    log.info("reloaded users file %s (%d keys)", self.users_path, len(keys))
+        return self._keys.get(blob)
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def host_key(self) -> paramiko.PKey:
+        """The server's host key."""
+        return self._host_key
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        """``SHA256:...`` of the host key (what ``ssh`` shows on first contact)."""
+        return fingerprint_sha256(self._host_key.asbytes())
+
+    def known_hosts_line(self) -> str:
+        """A ``known_hosts`` line for this server's address and host key."""
+        host = self.advertise_host or self.host
+        name = host if self.port == 22 else f"[{host}]:{self.port}"
+        return f"{name} {self._host_key.get_name()} {self._host_key.get_base64()}"
+
+    @property
+    def ssh_target(self) -> str:
+        """``[-p PORT ]HOST`` as the status texts print it."""
+        host = self.advertise_host or self.host
+        return host if self.port == 22 else f"-p {self.port} {host}"
+
+    def channel_members(self, name: str) -> Dict[str, List[str]]:
+        """Snapshot of channel ``name``: role -> usernames of its members (empty if none).
+
+        Roles are ``pub``, ``waiting-pub``, ``sub`` and ``pipe``.  Meant for tests and tools.
+        """
+        with self._lock:
+            channel = self._state.channels.get(name)
+            result: Dict[str, List[str]] = {}
+            if channel is None:
+                return result
+            for member in channel.members.values():
+                if member.ending is not None:
+                    continue
+                role = "waiting-pub" if member.waiting else member.role
+                result.setdefault(role, []).append(member.user)
+            return result
+
+    def wait_for(self, predicate: Callable[[BoardServer], bool], timeout: float) -> bool:
+        """Wait until ``predicate(self)`` is true (re-checked whenever membership changes).
+
+        Returns:
+            whether it became true within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._cond:
+                self._cond.wait(min(remaining, _TICK_S))
+        return True
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> BoardServer:
+        """Bind, listen and serve in background threads.  Returns self."""
+        sock = socket.socket(socket.AF_INET6 if ":" in self.listen[0] else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(self.listen)
+        sock.listen(128)
+        sock.settimeout(_TICK_S)
+        self._sock = sock
+        self.host, self.port = sock.getsockname()[:2]
+        thread = threading.Thread(target=self._accept_loop, name="board-listener", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        log.info(
+            "board listening on %s:%d, host key %s", self.host, self.port, self.host_key_fingerprint
+        )
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving: close every session and connection, within about ``timeout`` s."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+            sessions = list(self._sessions.values())
+            connections = list(self._connections)
+        for session in sessions:
+            session.wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()) / 2)
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.close()
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._sock is not None:
+            self._sock.close()
+        log.info("board stopped")
+
+    def __enter__(self) -> BoardServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                sock, addr = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            with self._lock:
+                too_many = len(self._connections) >= self.max_connections
+            if too_many:
+                log.warning("refused %s:%d: too many connections", addr[0], addr[1])
+                sock.close()
+                continue
+            connection = _Connection(peer=f"{addr[0]}:{addr[1]}")
+            with self._lock:
+                self._connections.append(connection)
+            self._spawn(
+                functools.partial(self._serve, sock, connection), f"board-conn-{connection.peer}"
+            )
+
+    def _serve(self, sock: socket.socket, connection: _Connection) -> None:
+        sock.settimeout(None)
+        transport = _BoardTransport(sock)
+        connection.transport = transport
+        transport.add_server_key(self._host_key)
+        try:
+            transport.start_server(server=_Interface(self, connection))
+            channels: List[paramiko.Channel] = []
+            while transport.is_active() and not self._stopping.is_set():
+                # Keep accepted channels referenced: paramiko closes a collected Channel.
+                channel = transport.accept(_TICK_S)
+                channels = [c for c in channels if not c.closed]
+                if channel is not None:
+                    channels.append(channel)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            log.info("%s: connection failed: %s", connection.peer, exc or type(exc).__name__)
+        finally:
+            transport.close()
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+            who = connection.user.username if connection.user else "(not authenticated)"
+            log.info("%s: connection closed (%s)", connection.peer, who)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _start_session(
+        self, connection: _Connection, channel: paramiko.Channel, raw: bytes
+    ) -> None:
+        command = raw.decode("utf-8", errors="replace")
+        with self._lock:
+            sid = self._next_sid
+            self._next_sid += 1
+            session = _Session(self, connection, channel, command, sid)
+            self._sessions[sid] = session
+        transport = connection.transport
+        if transport is not None:
+            transport.reply_hooks[channel.remote_chanid] = session.replied.set
+        self._spawn(session.run, f"board-session-{sid}")
+
+    def _admit(self, session: _Session) -> bool:
+        key = session.user.fingerprint
+        with self._lock:
+            count = self._sessions_per_key.get(key, 0)
+            if count >= self.max_sessions_per_key:
+                return False
+            self._sessions_per_key[key] = count + 1
+            session.connection.sessions += 1
+        return True
+
+    def _wake(self, sid: int) -> None:
+        session = self._sessions.get(sid)
+        if session is not None:
+            session.wake.set()
+
+    def _end_session(self, session: _Session) -> None:
+        with self._cond:
+            self._sessions.pop(session.sid, None)
+            if session.joined:
+                key = session.user.fingerprint
+                self._sessions_per_key[key] = self._sessions_per_key.get(key, 1) - 1
+                if self._sessions_per_key[key] <= 0:
+                    del self._sessions_per_key[key]
+                for sid in self._state.leave(session.sid):
+                    self._wake(sid)
+            self._cond.notify_all()
+        log.info("%s: ended (exit %s)", session._who(), session.exit_status)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _parse_listen(text: str) -> Tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``p2ppool board`` options to ``parser``."""
+    parser.add_argument(
+        "--listen",
+        type=_parse_listen,
+        default=("127.0.0.1", 2222),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:2222)",
+    )
+    parser.add_argument(
+        "--host-key",
+        required=True,
+        metavar="FILE",
+        help="SSH host key file; an ed25519 key is created there if it does not exist",
+    )
+    parser.add_argument(
+        "--users",
+        required=True,
+        metavar="FILE",
+        help="users file: '<username> <key type> <base64 key> [comment]' per line",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        metavar="NAME",
+        help="host name shown in status texts (default: the listen host)",
+    )
+    parser.add_argument(
+        "--max-buffer",
+        type=int,
+        default=defaults.BOARD_MAX_BUFFER_BYTES,
+        metavar="BYTES",
+        help="bytes queued per reader before writers wait for it (default %(default)s)",
+    )
+    parser.add_argument(
+        "--slow-reader-grace",
+        type=float,
+        default=defaults.BOARD_SLOW_READER_GRACE_S,
+        metavar="SECONDS",
+        help="a reader whose buffer stays full this long is disconnected (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-sessions-per-key",
+        type=int,
+        default=defaults.BOARD_MAX_SESSIONS_PER_KEY,
+        metavar="N",
+        help="concurrent sessions per SSH key (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="logging level (default %(default)s)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``p2ppool board`` until SIGINT/SIGTERM.  Returns the exit status."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    try:
+        server = BoardServer(
+            listen=args.listen,
+            host_key_path=args.host_key,
+            users_path=args.users,
+            advertise_host=args.advertise_host,
+            policy=BufferPolicy(args.max_buffer, args.slow_reader_grace),
+            max_sessions_per_key=args.max_sessions_per_key,
+        )
+        server.start()
+    except (ConfigError, OSError) as exc:
+        print(f"p2ppool board: {exc}", flush=True)
+        return 2
+    print(
+        f"board listening on {server.host}:{server.port}\n"
+        f"host key {server.host_key_fingerprint}\n"
+        f"known_hosts line: {server.known_hosts_line()}",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    return 0
