@@ -131,19 +131,3 @@ BOARD_MAX_CONNECTIONS: int = 2048
 BOARD_PING_INTERVAL_S: float = 5.0
 #: How long a final error line may wait for a client that is not reading.
 BOARD_FLUSH_TIMEOUT_S: float = 10.0
-
-# --- Board server (p2ppool board; see board_state.py for the policies) ------------------
-#: Bytes queued for one reader before writers wait for it (then the slow-reader grace runs).
-BOARD_MAX_BUFFER_BYTES: int = 4 * 1024 * 1024
-#: A reader whose full buffer keeps writers waiting this long is disconnected (exit 1).
-BOARD_SLOW_READER_GRACE_S: float = 10.0
-#: Concurrent sessions (pub/sub/pipe) one SSH key may hold.
-BOARD_MAX_SESSIONS_PER_KEY: int = 256
-#: Longest exec command the board accepts.
-BOARD_MAX_COMMAND_BYTES: int = 1024
-#: Concurrent TCP connections, authenticated or not.
-BOARD_MAX_CONNECTIONS: int = 2048
-#: Period of the ping@pico.sh channel requests that detect dead peers (None: off).
-BOARD_PING_INTERVAL_S: float = 5.0
-#: How long a final error line may wait for a client that is not reading.
-BOARD_FLUSH_TIMEOUT_S: float = 10.0

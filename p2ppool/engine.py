@@ -1,0 +1,535 @@
+"""Run chunks of work in local child processes: bytes in, bytes out.
+
+``ProcessEngine`` is the local half of every Pool (local mode and local fallback) and the
+executor inside a volunteer worker.  It never unpickles client data itself: only its
+children do, so a worker can relay blobs it does not trust to open.
+
+::
+
+    owner thread (Pool manager or worker)            child process i (one task at a time)
+    ────────────────────────────────────             ────────────────────────────────────
+    submit(task_id, key, func_blob, args_blob)
+      └─> backlog ──place──> child.inflight ──Pipe(send_bytes)──> recv: F (function, once
+                                                                   per key), T (task)
+    wait(readables()) ... collect()  <──────Pipe(recv_bytes)───── R (task_id, ok, blob)
+      ├─ TaskDone(task_id, ok, blob)
+      └─ TaskLost(task_id, cause)  <── sentinel fired: died (SIGKILL(-9), exit code 3...),
+                                       or killed for overrunning max_task_seconds
+
+Each child gets its own duplex ``Pipe``; there is no shared queue and no feeder thread.  A
+child may hold ``depth`` tasks at once (the running one plus small prefetched ones, so a
+finished child never waits for the owner), but a large blob is only sent to an idle child:
+an idle child is always reading, so neither side can block the other on a full pipe.
+
+The owner thread drives everything: it waits on :meth:`ProcessEngine.readables` (together
+with its own wake-ups), then calls :meth:`ProcessEngine.collect`.  Nothing here starts a
+thread.  Timing (task limits) uses ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Hashable, Iterable, List, Set, Union
+
+from . import defaults, payload
+
+__all__ = ["EngineEvent", "ProcessEngine", "TaskDone", "TaskLost", "describe_exit"]
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A task finished.  ``ok``: ``blob`` is the pickled value; else a pickled exception."""
+
+    task_id: int
+    ok: bool
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class TaskLost:
+    """A task did not finish: its child died or was killed.  ``cause`` says why.
+
+    ``charged`` is False for a task that had not started (it waited behind the lost one).
+    """
+
+    task_id: int
+    cause: str
+    charged: bool = True
+
+
+EngineEvent = Union[TaskDone, TaskLost]
+
+# --- wire format between engine and child (private to this module) -----------------------
+# parent -> child:  F<key:u32><function blob> | f<key:u32> then <blob>    define a function
+#                   T<task:u64><key:u32><args blob> | t<task:u64><key:u32> then <blob>
+#                   D<key:u32>  forget a function;   X  exit
+# child -> parent:  R<task:u64><ok:u8><result blob> | r<task:u64><ok:u8> then <blob>
+#                   E<exception blob>  the initializer raised; the child exits
+_KEY = struct.Struct(">I")
+_TASK = struct.Struct(">QI")
+_RESULT = struct.Struct(">QB")
+#: Blobs larger than this go as a message of their own (no copy to prepend a header).
+_INLINE_MAX = 64 * 1024
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Name a child's exit code for a person: ``SIGKILL(-9)``, ``exit code 3``."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"{signal.Signals(-exitcode).name}({exitcode})"
+        except ValueError:
+            return f"signal {-exitcode}({exitcode})"
+    return f"exit code {exitcode}"
+
+
+def _send(conn: Any, kind: bytes, header: bytes, blob: bytes) -> None:
+    if len(blob) > _INLINE_MAX:
+        conn.send_bytes(kind.lower() + header)
+        conn.send_bytes(blob)
+    else:
+        conn.send_bytes(kind + header + blob)
+
+
+class _LoadFailed:
+    """Stands in for a function whose blob did not unpickle in the child."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+
+def _child_main(conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
+                max_result_bytes: int | None) -> None:
+    """The loop of one child process: read tasks, run them, write results."""
+    try:
+        os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
+    except OSError:
+        pass
+    if initializer_blob is not None:
+        try:
+            initializer, initargs = payload.loads(initializer_blob)
+            initializer(*initargs)
+        except BaseException as exc:  # report it: the owner fails tasks instead of respawning
+            conn.send_bytes(b"E" + payload.dump_exception(exc))
+            conn.close()
+            os._exit(1)
+    functions: Dict[int, Any] = {}
+    completed = 0
+    recv = conn.recv_bytes
+    while maxtasks is None or completed < maxtasks:
+        try:
+            message = recv()
+        except (EOFError, OSError):
+            break
+        kind = message[:1]
+        if kind in (b"T", b"t"):
+            task_id, key = _TASK.unpack_from(message, 1)
+            args: Any = memoryview(message)[13:] if kind == b"T" else recv()
+            ok, blob = _run(functions.get(key), args, max_result_bytes)
+            header = _RESULT.pack(task_id, ok)
+            try:
+                _send(conn, b"R", header, blob)
+            except (OSError, EOFError):
+                break
+            completed += 1
+            del args, blob
+        elif kind in (b"F", b"f"):
+            (key,) = _KEY.unpack_from(message, 1)
+            blob = memoryview(message)[5:] if kind == b"F" else recv()
+            try:
+                functions[key] = payload.loads(blob)
+            except Exception as exc:
+                functions[key] = _LoadFailed(payload.dump_exception(exc))
+            del blob
+        elif kind == b"D":
+            functions.pop(_KEY.unpack_from(message, 1)[0], None)
+        else:  # b"X"
+            break
+    conn.close()
+
+
+def _run(func: Any, args_blob: Any, max_result_bytes: int | None) -> tuple[bool, bytes]:
+    if isinstance(func, _LoadFailed):
+        return False, func.blob
+    try:
+        if func is None:
+            raise RuntimeError("p2ppool internal error: task for an unknown function")
+        value = payload.execute(func, payload.loads(args_blob))
+    except Exception as exc:
+        return False, payload.dump_exception(exc)
+    return payload.dump_result(value, max_result_bytes)
+
+
+# --- the owner's side -----------------------------------------------------------------------
+
+
+class _Task:
+    __slots__ = ("task_id", "func_key", "func_blob", "args_blob")
+
+    def __init__(self, task_id: int, func_key: Hashable, func_blob: bytes, args_blob: bytes):
+        self.task_id = task_id
+        self.func_key = func_key
+        self.func_blob = func_blob
+        self.args_blob = args_blob
+
+
+class _Child:
+    def __init__(self, process: Any, conn: Any) -> None:
+        self.process = process
+        self.conn = conn
+        self.sentinel: int = process.sentinel
+        self.inflight: Deque[_Task] = collections.deque()
+        self.functions: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
+        self.placed = 0  # tasks given to this child over its life (maxtasksperchild)
+        self.head_since: float | None = None  # when the running task started
+        self.broken = False  # a send failed: it is dying; wait for its sentinel
+
+
+class ProcessEngine:
+    """Local child processes that run tasks given as bytes.
+
+    Args:
+        processes: number of child processes (>= 1).
+        initializer_blob: ``payload.dumps((initializer, initargs))``, run once per child.
+        maxtasksperchild: replace a child after it ran this many tasks (None: never).
+        mp_context: a ``multiprocessing`` context (default: the default context).
+        max_task_seconds: kill a child whose task runs longer (the task is lost).
+        max_result_bytes: a larger result becomes a ``TaskLimitExceeded`` error.
+        depth: tasks a child may hold at once (1 running + prefetched small ones).
+    """
+
+    def __init__(
+        self,
+        processes: int,
+        initializer_blob: bytes | None = None,
+        maxtasksperchild: int | None = None,
+        mp_context: Any = None,
+        max_task_seconds: float | None = None,
+        max_result_bytes: int | None = None,
+        depth: int = defaults.ENGINE_TASKS_PER_PROCESS,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self.processes = processes
+        self._ctx = mp_context or multiprocessing.get_context()
+        self._initializer_blob = initializer_blob
+        self._maxtasks = maxtasksperchild
+        self._max_task_seconds = max_task_seconds
+        self._max_result_bytes = max_result_bytes
+        self._depth = max(1, depth)
+        self._children: List[_Child] = []
+        self._retired: List[_Child] = []  # done with work, waiting to be reaped
+        self._backlog: Deque[_Task] = collections.deque()
+        self._events: List[EngineEvent] = []
+        self._init_error: bytes | None = None
+        self._key_ids = itertools.count()
+        self._names = itertools.count(1)
+        self._closing = False
+        self._avg_task_s: float | None = None  # moving average of task run times
+        try:
+            for _ in range(processes):
+                self._start_child()
+        except BaseException:
+            self.terminate()
+            raise
+
+    # --- public API ---------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Tasks the engine runs or holds at once without backlog."""
+        return self.processes * self._depth
+
+    def free_slots(self) -> int:
+        """How many more tasks would be placed on a child right away."""
+        held = sum(len(c.inflight) for c in self._children) + len(self._backlog)
+        return max(0, self.capacity - held)
+
+    def pids(self) -> List[int]:
+        """Process ids of the live children."""
+        return [c.process.pid for c in self._children]
+
+    def submit(self, task_id: int, func_key: Hashable, func_blob: bytes, args_blob: bytes) -> None:
+        """Queue a task (never blocks).  Its outcome comes back from :meth:`collect`."""
+        if self._closing:
+            raise RuntimeError("the engine is closed")
+        task = _Task(task_id, func_key, func_blob, args_blob)
+        if self._init_error is not None:
+            self._events.append(TaskDone(task_id, False, self._init_error))
+            return
+        self._backlog.append(task)
+        self._place()
+
+    def readables(self) -> List[Any]:
+        """Connections and sentinels to pass to ``multiprocessing.connection.wait``."""
+        ready: List[Any] = []
+        for child in self._children:
+            ready.append(child.conn)
+            ready.append(child.sentinel)
+        ready.extend(c.sentinel for c in self._retired)
+        return ready
+
+    def has_events(self) -> bool:
+        """True if :meth:`collect` has something without waiting."""
+        return bool(self._events)
+
+    def next_deadline(self) -> float | None:
+        """``time.monotonic()`` value when a running task overruns its limit, if any."""
+        if self._max_task_seconds is None:
+            return None
+        starts = [c.head_since for c in self._children if c.head_since is not None]
+        return min(starts) + self._max_task_seconds if starts else None
+
+    def collect(self, ready: Iterable[Any] | None = None) -> List[EngineEvent]:
+        """Everything that finished or was lost since the last call.  Never blocks.
+
+        Args:
+            ready: what ``wait`` returned, to look only there (default: look everywhere).
+        """
+        wanted: Set[Any] | None = set(ready) if ready is not None else None
+        for child in list(self._children):
+            if wanted is None or child.sentinel in wanted:
+                self._read(child, check_exit=True)
+            elif child.conn in wanted:
+                self._read(child, check_exit=False)
+        for child in list(self._retired):
+            if wanted is None or child.sentinel in wanted:
+                if child.process.exitcode is not None:
+                    self._retired.remove(child)
+                    child.process.join()
+                    child.conn.close()
+        self._check_deadlines()
+        self._place()
+        events, self._events = self._events, []
+        return events
+
+    def cancel(self, task_ids: Iterable[int]) -> None:
+        """Forget these tasks.  A child running one is killed (and replaced); tasks that
+        only waited behind it come back as uncharged :class:`TaskLost`."""
+        doomed = set(task_ids)
+        self._backlog = collections.deque(t for t in self._backlog if t.task_id not in doomed)
+        for child in list(self._children):
+            if any(t.task_id in doomed for t in child.inflight):
+                child.inflight = collections.deque(
+                    t for t in child.inflight if t.task_id not in doomed
+                )
+                # The running task is one of them or not; either way the child goes: its
+                # pipe may hold a cancelled task we cannot take back.
+                self._lose_child(child, "cancelled", charge_head=False, kill=True)
+        self._place()
+
+    def close(self) -> None:
+        """No more tasks: children exit once idle.  Call :meth:`join` to wait for them."""
+        self._closing = True
+        for child in self._children:
+            if not child.inflight:
+                self._say_exit(child)
+
+    def join(self, timeout: float = defaults.ENGINE_JOIN_S) -> None:
+        """Wait (bounded) for children to exit; escalate to terminate, then kill."""
+        everyone = self._children + self._retired
+        deadline = time.monotonic() + timeout
+        for child in everyone:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+        self._stop(everyone, timeout)
+
+    def terminate(self, timeout: float = defaults.ENGINE_JOIN_S) -> None:
+        """Stop every child now (SIGTERM, then SIGKILL if it lingers); drop all tasks."""
+        self._closing = True
+        self._backlog.clear()
+        everyone = self._children + self._retired
+        for child in everyone:
+            child.inflight.clear()
+            if child.process.exitcode is None:
+                child.process.terminate()
+        self._stop(everyone, timeout)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _stop(self, children: List[_Child], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for child in children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.exitcode is None:
+                _kill_tree(child.process)
+                child.process.join(timeout)
+            try:
+                child.conn.close()
+            except OSError:
+                pass
+        self._children = [c for c in self._children if c not in children]
+        self._retired = [c for c in self._retired if c not in children]
+
+    def _start_child(self) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(child_conn, self._initializer_blob, self._maxtasks, self._max_result_bytes),
+            name=f"P2PPoolWorker-{next(self._names)}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            child_conn.close()
+        self._children.append(_Child(process, parent_conn))
+
+    def _accepts(self, child: _Child, task: _Task) -> bool:
+        if child.broken or len(child.inflight) >= self._depth:
+            return False
+        if self._maxtasks is not None and child.placed >= self._maxtasks:
+            return False
+        if child.inflight:
+            # Prefetch only while tasks are short (a long one would strand the next task
+            # behind it while another child idles) and small (see the module docstring).
+            if self._avg_task_s is None or self._avg_task_s > defaults.ENGINE_PREFETCH_BELOW_S:
+                return False
+            size = len(task.args_blob)
+            if task.func_key not in child.functions:
+                size += len(task.func_blob)
+            return size <= defaults.ENGINE_PREFETCH_MAX_BYTES
+        return True
+
+    def _place(self) -> None:
+        while self._backlog and not self._closing:
+            task = self._backlog[0]
+            best: _Child | None = None
+            for child in self._children:
+                if self._accepts(child, task) and (
+                    best is None or len(child.inflight) < len(best.inflight)
+                ):
+                    best = child
+                    if not child.inflight:
+                        break
+            if best is None:
+                return
+            self._backlog.popleft()
+            self._give(best, task)
+
+    def _give(self, child: _Child, task: _Task) -> None:
+        child.placed += 1
+        child.inflight.append(task)
+        if len(child.inflight) == 1:
+            child.head_since = time.monotonic()
+        try:
+            key = child.functions.get(task.func_key)
+            if key is None:
+                key = next(self._key_ids) & 0xFFFFFFFF
+                child.functions[task.func_key] = key
+                _send(child.conn, b"F", _KEY.pack(key), task.func_blob)
+                if len(child.functions) > defaults.ENGINE_FUNCTIONS_PER_PROCESS:
+                    _, old = child.functions.popitem(last=False)
+                    child.conn.send_bytes(b"D" + _KEY.pack(old))
+            else:
+                child.functions.move_to_end(task.func_key)
+            _send(child.conn, b"T", _TASK.pack(task.task_id, key), task.args_blob)
+        except OSError:
+            child.broken = True  # it died; its sentinel will fire and _read reports it
+
+    def _say_exit(self, child: _Child) -> None:
+        try:
+            child.conn.send_bytes(b"X")
+        except OSError:
+            pass
+
+    def _read(self, child: _Child, check_exit: bool = True) -> None:
+        conn = child.conn
+        try:
+            while conn.poll():
+                message = conn.recv_bytes()
+                kind = message[:1]
+                if kind in (b"R", b"r"):
+                    task_id, ok = _RESULT.unpack_from(message, 1)
+                    blob = message[10:] if kind == b"R" else conn.recv_bytes()
+                    self._finished(child, task_id, bool(ok), blob)
+                elif kind == b"E":
+                    self._init_failed(child, message[1:])
+        except (EOFError, OSError):
+            pass
+        if check_exit and child.process.exitcode is not None and child in self._children:
+            self._died(child)
+
+    def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes) -> None:
+        now = time.monotonic()
+        if child.head_since is not None:
+            took = now - child.head_since
+            avg = self._avg_task_s
+            self._avg_task_s = took if avg is None else 0.8 * avg + 0.2 * took
+        if child.inflight and child.inflight[0].task_id == task_id:
+            child.inflight.popleft()
+            self._events.append(TaskDone(task_id, ok, blob))
+        # else: a task cancelled while it was prefetched; its result is dropped.
+        child.head_since = now if child.inflight else None
+        if self._maxtasks is not None and child.placed >= self._maxtasks and not child.inflight:
+            self._retire(child)
+        elif self._closing and not child.inflight:
+            self._say_exit(child)
+
+    def _retire(self, child: _Child) -> None:
+        # It exits by itself after its last task; a fresh child takes its place now.
+        self._children.remove(child)
+        self._retired.append(child)
+        if not self._closing:
+            self._start_child()
+
+    def _init_failed(self, child: _Child, blob: bytes) -> None:
+        self._init_error = blob
+        for task in child.inflight:
+            self._events.append(TaskDone(task.task_id, False, blob))
+        child.inflight.clear()
+        while self._backlog:
+            self._events.append(TaskDone(self._backlog.popleft().task_id, False, blob))
+
+    def _died(self, child: _Child) -> None:
+        cause = f"process {child.process.pid} died with {describe_exit(child.process.exitcode)}"
+        self._lose_child(child, cause, charge_head=True, kill=False)
+
+    def _lose_child(self, child: _Child, cause: str, charge_head: bool, kill: bool) -> None:
+        if kill and child.process.exitcode is None:
+            _kill_tree(child.process)
+        for position, task in enumerate(child.inflight):
+            charged = charge_head and position == 0
+            self._events.append(
+                TaskLost(task.task_id, cause if charged else f"not started: {cause}", charged)
+            )
+        child.inflight.clear()
+        child.head_since = None
+        self._children.remove(child)
+        self._retired.append(child)
+        if not self._closing and self._init_error is None:
+            self._start_child()
+
+    def _check_deadlines(self) -> None:
+        limit = self._max_task_seconds
+        if limit is None:
+            return
+        now = time.monotonic()
+        for child in list(self._children):
+            if child.head_since is not None and now - child.head_since >= limit:
+                self._lose_child(
+                    child, f"exceeded the {limit:g} s task time limit", charge_head=True, kill=True
+                )
+
+
+def _kill_tree(process: Any) -> None:
+    """SIGKILL the child's process group (the child and anything it started)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        try:
+            process.kill()
+        except OSError:
+            pass

@@ -1,0 +1,1037 @@
+"""``p2ppool.Pool``: ``multiprocessing.Pool``'s API, run by one manager thread and a scheduler.
+
+Data flow (who touches what)::
+
+    caller threads                 manager thread (one per Pool)              executors
+    ──────────────                 ─────────────────────────────              ─────────
+    apply_async/map_async ─┐
+                           ├─> Inbox ──wake pipe──> run():                   "local":
+    imap feeder thread ────┘   (deque of calls)       wait(readables +        ProcessEngine
+      (reads the iterable         ^                   wake pipe, timeout =    child processes
+       lazily, bounded by         │                   next deadline)          (bytes in/out)
+       a semaphore)               │                   │                          ^   │
+                                  │                   ├─ Scheduler.got_chunk ─> Assign ┘
+    issue 4: remote sessions ─────┘                   ├─ executor.collect() <─────────┘
+      post their events here                          ├─ Scheduler.got_result -> Resolve
+                                                      └─ result._set(): callbacks, then
+    AsyncResult.get() <── threading.Event ──────────────  Event.set(); progress bar update
+
+The manager is the only owner of the scheduler and job state, so nothing there needs a lock.
+Callers only append to the inbox and write one byte to the wake pipe.  The thread holds the
+Pool through a weak reference; an exit hook terminates pools left open, so interpreter exit
+never hangs (as ``multiprocessing`` terminates them at exit).
+
+Executors are the seam for remote peers: anything with the :class:`Executor` methods can be
+added with :meth:`_Manager.add_executor` and is fed by the same scheduler.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+import time
+import traceback
+import types
+import warnings
+import weakref
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Protocol,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from . import chunking, defaults, payload
+from .engine import ProcessEngine, TaskDone, TaskLost
+from .errors import BrokenPool, MaybeEncodingError, PoolNotRunning, TimeoutError
+from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
+
+__all__ = ["AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult", "Pool"]
+
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+_job_counter = itertools.count()
+
+Outcome = Tuple[bool, Any]  # (success, value or exception), as multiprocessing's results
+
+
+# --- executors: where chunks run ---------------------------------------------------------
+
+
+class ChunkDone:
+    """An executor finished a chunk: ``ok`` with a value blob, or not with an error blob."""
+
+    __slots__ = ("chunk_id", "ok", "blob")
+
+    def __init__(self, chunk_id: int, ok: bool, blob: bytes) -> None:
+        self.chunk_id, self.ok, self.blob = chunk_id, ok, blob
+
+
+class ChunkLost:
+    """An executor lost a chunk (its process died, a limit killed it...)."""
+
+    __slots__ = ("chunk_id", "cause", "charged")
+
+    def __init__(self, chunk_id: int, cause: str, charged: bool = True) -> None:
+        self.chunk_id, self.cause, self.charged = chunk_id, cause, charged
+
+
+ExecutorEvent = Union[ChunkDone, ChunkLost]
+
+
+class Executor(Protocol):
+    """What the manager needs from a place that runs chunks (local engine, remote peer)."""
+
+    name: str
+
+    def slots(self) -> int: ...
+
+    def readables(self) -> List[Any]: ...
+
+    def has_events(self) -> bool: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def run(self, chunk_id: int, func_key: int, func_blob: bytes, call_blob: bytes) -> None: ...
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None: ...
+
+    def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]: ...
+
+    def close(self) -> None: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+class LocalExecutor:
+    """The local :class:`~p2ppool.engine.ProcessEngine` as an executor named ``"local"``."""
+
+    name = "local"
+
+    def __init__(self, engine: ProcessEngine) -> None:
+        self.engine = engine
+        self._task_ids = itertools.count()
+        self._chunk_of: Dict[int, int] = {}
+        self._task_of: Dict[int, int] = {}
+
+    def slots(self) -> int:
+        return self.engine.capacity
+
+    def readables(self) -> List[Any]:
+        return self.engine.readables()
+
+    def has_events(self) -> bool:
+        return self.engine.has_events()
+
+    def next_deadline(self) -> float | None:
+        return self.engine.next_deadline()
+
+    def run(self, chunk_id: int, func_key: int, func_blob: bytes, call_blob: bytes) -> None:
+        task_id = next(self._task_ids)
+        self._chunk_of[task_id] = chunk_id
+        self._task_of[chunk_id] = task_id
+        self.engine.submit(task_id, func_key, func_blob, call_blob)
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None:
+        tasks = [self._task_of.pop(c) for c in chunk_ids if c in self._task_of]
+        for task_id in tasks:
+            self._chunk_of.pop(task_id, None)
+        if tasks:
+            self.engine.cancel(tasks)
+
+    def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
+        events: List[ExecutorEvent] = []
+        for event in self.engine.collect(ready):
+            chunk_id = self._chunk_of.pop(event.task_id, None)
+            if chunk_id is None:
+                continue
+            del self._task_of[chunk_id]
+            if isinstance(event, TaskDone):
+                events.append(ChunkDone(chunk_id, event.ok, event.blob))
+            else:
+                assert isinstance(event, TaskLost)
+                events.append(ChunkLost(chunk_id, event.cause, event.charged))
+        return events
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def join(self, timeout: float) -> None:
+        self.engine.join(timeout)
+
+    def terminate(self) -> None:
+        self.engine.terminate()
+
+
+# --- the manager's inbox -------------------------------------------------------------------
+
+
+class Inbox:
+    """Thread-safe calls for the manager thread: ``post(fn, *args)`` then wake it up.
+
+    Callers' requests and (issue 4) remote session events arrive here; the manager runs
+    them in order on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._calls: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)
+        os.set_blocking(self._reader, False)
+        self._closed = False
+        self._lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
+
+    @property
+    def readable(self) -> int:
+        """The file descriptor to include in ``wait``."""
+        return self._reader
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the manager thread soon."""
+        self._calls.append((fn, args))
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the manager without a call."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._writer, b"\0")
+            except OSError:
+                pass  # the pipe is full: it is awake anyway
+
+    def drain(self) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Take every posted call (manager thread only)."""
+        try:
+            while os.read(self._reader, 65536):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        calls = []
+        while self._calls:
+            calls.append(self._calls.popleft())
+        return calls
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._reader)
+                os.close(self._writer)
+
+
+# --- jobs and chunks, as the manager sees them ------------------------------------------------
+
+
+class _Job:
+    """One apply/map/imap call: its function, its result object, its progress."""
+
+    def __init__(self, func: Callable[..., Any], how: int, result: _Result,
+                 length: int | None, progress: Any = None) -> None:
+        self.job_id = result._job
+        self.func = func
+        self.how = how  # payload.APPLY, MAP or STARMAP
+        self.result = result
+        self.length = length  # chunks in all; None until an imap input is exhausted
+        self.resolved = 0
+        self.progress = progress
+        self.func_blob: bytes | None = None
+        self.func_error: BaseException | None = None
+        self.slots: threading.Semaphore | None = None  # imap read-ahead
+        self.chunk_ids: List[int] = []
+
+    def blob(self) -> bytes:
+        """The pickled function (made once per job), or raise why it cannot be pickled."""
+        if self.func_error is not None:
+            raise self.func_error
+        if self.func_blob is None:
+            try:
+                self.func_blob = payload.dumps(self.func)
+            except Exception as exc:
+                self.func_error = exc
+                raise
+        return self.func_blob
+
+
+class _Chunk:
+    __slots__ = ("job", "index", "items", "call_blob", "size")
+
+    def __init__(self, job: _Job, index: int, items: Any, size: int) -> None:
+        self.job = job
+        self.index = index
+        self.items = items  # a payload.Call before it is pickled
+        self.call_blob: bytes | None = None
+        self.size = size  # input items in it (progress)
+
+
+def _call_for(how: int, items: Any) -> payload.Call:
+    if how == payload.MAP:
+        return payload.map_call(items)
+    if how == payload.STARMAP:
+        return payload.starmap_call(items)
+    args, kwds = items
+    return payload.Call(payload.APPLY, args, kwds)
+
+
+class _Manager:
+    """The state behind one Pool, driven by its manager thread."""
+
+    def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int) -> None:
+        self._pool_ref = weakref.ref(pool)
+        self.inbox = Inbox()
+        self.scheduler = Scheduler(max_attempts)
+        self.executors: Dict[str, Executor] = {}
+        self.jobs: Dict[int, _Job] = {}
+        self.chunks: Dict[int, _Chunk] = {}
+        self._chunk_ids = itertools.count()
+        self.state = RUN
+        self.broken: BrokenPool | None = None
+        for executor in executors:
+            self.add_executor(executor)
+        self.thread = threading.Thread(
+            target=self.run, name=f"p2ppool-manager-{id(self):x}", daemon=_DAEMON_MANAGER
+        )
+
+    # --- requests (posted by callers; run on the manager thread) ---------------------------
+
+    def add_executor(self, executor: Executor) -> None:
+        """Give the scheduler another place to run chunks (manager thread, or before start)."""
+        self.executors[executor.name] = executor
+        now = time.monotonic()
+        self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
+
+    def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
+        if self.state == TERMINATE:
+            self._fail_job(job, BrokenPool("the pool was terminated before this task started"))
+            return
+        self.jobs[job.job_id] = job
+        if job.length == 0:
+            self._job_finished(job)
+            return
+        ids = [
+            self._new_chunk(job, index, items, size) for index, (items, size) in enumerate(chunks)
+        ]
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
+
+    def start_stream(self, job: _Job) -> None:
+        """An imap job: its chunks arrive later through :meth:`got_stream_chunk`."""
+        self.jobs[job.job_id] = job
+
+    def got_stream_chunk(self, job: _Job, index: int, items: Any, size: int) -> None:
+        if job.job_id not in self.jobs:
+            return
+        chunk_id = self._new_chunk(job, index, items, size)
+        self._execute(self.scheduler.got_chunk(chunk_id, time.monotonic()))
+
+    def got_stream_error(self, job: _Job, index: int, error: BaseException) -> None:
+        if job.job_id in self.jobs:
+            self._deliver(job, index, (False, error), 0)
+
+    def got_stream_end(self, job: _Job, length: int) -> None:
+        if job.job_id not in self.jobs:
+            return
+        job.length = length
+        assert isinstance(job.result, IMapIterator)
+        job.result._set_length(length)
+        if job.resolved >= length:
+            self._job_finished(job)
+
+    def close(self) -> None:
+        if self.state == RUN:
+            self.state = CLOSE
+
+    def terminate(self) -> None:
+        self.state = TERMINATE
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The manager thread: wait, then act on whatever became ready."""
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self.broken = BrokenPool(f"the pool's manager thread failed: {exc!r}")
+            traceback.print_exc()
+            self._fail_everything(self.broken)
+            for executor in self.executors.values():
+                executor.terminate()
+        finally:
+            self.inbox.close()
+
+    def _loop(self) -> None:
+        wait = multiprocessing.connection.wait
+        while True:
+            for fn, args in self.inbox.drain():
+                fn(*args)
+            if self.state == TERMINATE:
+                self._shut_down(graceful=False)
+                return
+            if self.state == CLOSE and not self.jobs:
+                self._shut_down(graceful=True)
+                return
+            readables: List[Any] = [self.inbox.readable]
+            timeout = self._timeout()
+            for executor in self.executors.values():
+                readables += executor.readables()
+                if executor.has_events():
+                    timeout = 0.0
+            ready = wait(readables, timeout)
+            now = time.monotonic()
+            if not ready or timeout == 0.0:
+                self._execute(self.scheduler.timer_expired(now))
+                ready_arg: List[Any] | None = None  # look everywhere (deadlines, events)
+            else:
+                ready_arg = ready
+            for name, executor in list(self.executors.items()):
+                for event in executor.collect(ready_arg):
+                    self._got_event(name, event)
+
+    def _timeout(self) -> float | None:
+        deadlines = [d for d in (e.next_deadline() for e in self.executors.values()) if d]
+        scheduled = self.scheduler.next_deadline()
+        if scheduled is not None:
+            deadlines.append(scheduled)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _got_event(self, executor: str, event: ExecutorEvent) -> None:
+        now = time.monotonic()
+        if isinstance(event, ChunkDone):
+            commands = self.scheduler.got_result(event.chunk_id, executor, event, now)
+        else:
+            commands = self.scheduler.task_lost(
+                event.chunk_id, executor, event.cause, now, event.charged
+            )
+        self._execute(commands)
+
+    def _execute(self, commands: List[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Assign):
+                self._assign(command)
+            elif isinstance(command, Resolve):
+                self._resolve(command.chunk_id, command.result)
+            elif isinstance(command, Fail):
+                self._resolve_outcome(command.chunk_id, (False, command.error))
+            elif isinstance(command, Cancel):
+                executor = self.executors.get(command.executor)
+                if executor is not None:
+                    executor.cancel([command.chunk_id])
+            # WakeAt: the loop asks the scheduler for its next deadline every turn.
+
+    def _assign(self, command: Assign) -> None:
+        chunk = self.chunks[command.chunk_id]
+        try:
+            func_blob = chunk.job.blob()
+            if chunk.call_blob is None:
+                chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
+                chunk.items = None
+        except Exception as exc:  # unpicklable function or arguments: that chunk's result
+            now = time.monotonic()
+            self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
+                                                    _Failed(exc), now))
+            return
+        self.executors[command.executor].run(
+            command.chunk_id, chunk.job.job_id, func_blob, chunk.call_blob
+        )
+
+    def _resolve(self, chunk_id: int, result: Any) -> None:
+        if isinstance(result, _Failed):
+            self._resolve_outcome(chunk_id, (False, result.error))
+            return
+        assert isinstance(result, ChunkDone)
+        try:
+            value = payload.loads(result.blob)
+        except Exception as exc:
+            unreadable = MaybeEncodingError(exc, "<a result that could not be unpickled>")
+            outcome: Outcome = (False, unreadable)
+        else:
+            outcome = (result.ok, value)
+        self._resolve_outcome(chunk_id, outcome)
+
+    def _resolve_outcome(self, chunk_id: int, outcome: Outcome) -> None:
+        chunk = self.chunks.pop(chunk_id, None)
+        if chunk is None:
+            return
+        self._deliver(chunk.job, chunk.index, outcome, chunk.size)
+
+    def _deliver(self, job: _Job, index: int, outcome: Outcome, size: int) -> None:
+        if job.progress is not None:
+            job.progress.update(size)
+        try:
+            job.result._set(index, outcome)
+        except Exception:  # a callback raised: report it, keep the pool alive
+            traceback.print_exc()
+        job.resolved += 1
+        if job.slots is not None:
+            job.slots.release()
+        if job.length is not None and job.resolved >= job.length:
+            self._job_finished(job)
+
+    def _job_finished(self, job: _Job) -> None:
+        self.jobs.pop(job.job_id, None)
+        if job.progress is not None:
+            job.progress.close()
+            job.progress = None
+
+    def _new_chunk(self, job: _Job, index: int, items: Any, size: int) -> int:
+        chunk_id = next(self._chunk_ids)
+        self.chunks[chunk_id] = _Chunk(job, index, items, size)
+        return chunk_id
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def _shut_down(self, graceful: bool) -> None:
+        if graceful:
+            for executor in self.executors.values():
+                executor.close()
+            for executor in self.executors.values():
+                executor.join(defaults.ENGINE_JOIN_S)
+            return
+        for executor in self.executors.values():
+            executor.terminate()
+        self._fail_everything(BrokenPool("the pool was terminated before this task finished"))
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for job in list(self.jobs.values()):
+            self._fail_job(job, error)
+        self.jobs.clear()
+        self.chunks.clear()
+
+    def _fail_job(self, job: _Job, error: BaseException) -> None:
+        try:
+            job.result._abort(error)
+        except Exception:
+            traceback.print_exc()
+        if job.progress is not None:
+            job.progress.close()
+            job.progress = None
+        if job.slots is not None:
+            job.slots.release()
+
+
+class _Failed:
+    """A chunk that failed before it ran (its function or arguments did not pickle)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+# --- exit handling ------------------------------------------------------------------------------
+
+_live_managers: weakref.WeakSet[_Manager] = weakref.WeakSet()
+_exiting = False
+
+
+def _at_exit() -> None:
+    """Interpreter exit: terminate pools left open (as multiprocessing does) and join them."""
+    global _exiting
+    _exiting = True
+    managers = list(_live_managers)
+    for manager in managers:
+        manager.inbox.post(manager.terminate)
+    for manager in managers:
+        if manager.thread.is_alive() and manager.thread is not threading.current_thread():
+            manager.thread.join(defaults.ENGINE_JOIN_S * 2)
+
+
+# threading._register_atexit runs before non-daemon threads are joined (Python 3.9+), which is
+# what lets the manager be a regular thread without ever hanging the exit.
+_register = getattr(threading, "_register_atexit", None)
+_DAEMON_MANAGER = _register is None
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - Python < 3.9
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+# --- results: mirrors of multiprocessing.pool's ---------------------------------------------------
+
+
+class _Result:
+    _job: int
+
+    def _set(self, i: int, obj: Outcome) -> None:
+        raise NotImplementedError
+
+    def _abort(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+
+class ApplyResult(_Result):
+    """The result of ``apply_async`` (and base of :class:`MapResult`), as multiprocessing's."""
+
+    def __init__(self, pool: Pool, callback: Callable[[Any], object] | None,
+                 error_callback: Callable[[BaseException], object] | None) -> None:
+        self._pool: Pool | None = pool  # keeps the pool alive while this is pending
+        self._event = threading.Event()
+        self._job = next(_job_counter)
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """True once the call has finished (successfully or not)."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """True if the call returned without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is ready or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result when it arrives; re-raise the call's exception if it raised.
+
+        Raises:
+            multiprocessing.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, i: int, obj: Outcome) -> None:
+        self._success, self._value = obj
+        try:
+            if self._callback and self._success:
+                self._callback(self._value)
+            if self._error_callback and not self._success:
+                self._error_callback(self._value)
+        finally:
+            self._event.set()
+            self._pool = None
+
+    def _abort(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._set(0, (False, error))
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``/``starmap_async``: one list, in input order."""
+
+    def __init__(self, pool: Pool, chunksize: int, length: int,
+                 callback: Callable[[Any], object] | None,
+                 error_callback: Callable[[BaseException], object] | None) -> None:
+        ApplyResult.__init__(self, pool, callback, error_callback)
+        self._success = True
+        self._value = [None] * length
+        self._chunksize = chunksize
+        if chunksize <= 0:
+            self._number_left = 0
+            self._event.set()
+            self._pool = None
+        else:
+            self._number_left = length // chunksize + bool(length % chunksize)
+
+    def _set(self, i: int, success_result: Outcome) -> None:
+        self._number_left -= 1
+        success, result = success_result
+        if success and self._success:
+            self._value[i * self._chunksize:(i + 1) * self._chunksize] = result
+        elif not success and self._success:
+            self._success = False  # only the first exception is kept
+            self._value = result
+        if self._number_left == 0:  # ready only once every chunk is done
+            try:
+                if self._success and self._callback:
+                    self._callback(self._value)
+                elif not self._success and self._error_callback:
+                    self._error_callback(self._value)
+            finally:
+                self._event.set()
+                self._pool = None
+
+    def _abort(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._number_left = 1
+            if self._success:
+                self._success, self._value = False, error
+            self._set(-1, (False, error))
+
+
+class IMapIterator(_Result):
+    """The iterator ``imap`` returns: results in input order, ``next(timeout)`` as mp."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool: Pool | None = pool
+        self._cond = threading.Condition(threading.Lock())
+        self._job = next(_job_counter)
+        self._items: Deque[Outcome] = collections.deque()
+        self._index = 0
+        self._length: int | None = None
+        self._unsorted: Dict[int, Outcome] = {}
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result, waiting up to ``timeout`` seconds.
+
+        Raises:
+            multiprocessing.TimeoutError: nothing arrived in time.
+            StopIteration: every result was returned.
+        """
+        with self._cond:
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                if self._index == self._length:
+                    self._pool = None
+                    raise StopIteration from None
+                self._cond.wait(timeout)
+                try:
+                    item = self._items.popleft()
+                except IndexError:
+                    if self._index == self._length:
+                        self._pool = None
+                        raise StopIteration from None
+                    raise TimeoutError from None
+        success, value = item
+        if success:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _set(self, i: int, obj: Outcome) -> None:
+        with self._cond:
+            if self._index == i:
+                self._items.append(obj)
+                self._index += 1
+                while self._index in self._unsorted:
+                    self._items.append(self._unsorted.pop(self._index))
+                    self._index += 1
+                self._cond.notify()
+            else:
+                self._unsorted[i] = obj
+            if self._index == self._length:
+                self._pool = None
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            if self._index == self._length:
+                self._cond.notify()
+                self._pool = None
+
+    def _abort(self, error: BaseException) -> None:
+        with self._cond:
+            if self._length is None or self._index < self._length:
+                self._items.append((False, error))
+                self._index += 1
+                self._length = self._index
+                self._unsorted.clear()
+                self._cond.notify_all()
+                self._pool = None
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator ``imap_unordered`` returns: results as they complete."""
+
+    def _set(self, i: int, obj: Outcome) -> None:
+        with self._cond:
+            self._items.append(obj)
+            self._index += 1
+            self._cond.notify()
+            if self._index == self._length:
+                self._pool = None
+
+
+# --- the Pool ----------------------------------------------------------------------------------
+
+
+class Pool:
+    """A process pool with ``multiprocessing.Pool``'s API; functions travel with cloudpickle.
+
+    Args:
+        processes: number of worker processes (default ``os.cpu_count()``).
+        initializer: called as ``initializer(*initargs)`` once in each new process.
+        initargs: arguments for ``initializer``.
+        maxtasksperchild: replace a process after it ran this many tasks (default: never).
+        context: a ``multiprocessing`` context for the processes (default: the
+            ``start_method`` option, else multiprocessing's default).
+        **options: p2ppool options (``progress=True``, ``start_method="spawn"``, ...), which
+            override ``P2PPOOL_*`` environment variables and the config file.
+
+    Raises:
+        ValueError: ``processes < 1`` or a bad ``maxtasksperchild``.
+        TypeError: ``initializer`` is not callable, or an unknown option.
+        p2ppool.ConfigError: an option has a bad value.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        **options: Any,
+    ) -> None:
+        self._state = "INIT"  # first, so __del__ works if __init__ raises
+        self._manager: _Manager | None = None
+        from .config import resolve_options
+
+        self._options = resolve_options(options)
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if context is None:
+            context = multiprocessing.get_context(self._options.start_method)
+        self._ctx = context
+        self._processes = processes
+        init_blob = payload.dumps((initializer, tuple(initargs))) if initializer else None
+        engine = ProcessEngine(processes, init_blob, maxtasksperchild, context)
+        manager = _Manager(self, [LocalExecutor(engine)], self._options.max_attempts)
+        self._manager = manager
+        _live_managers.add(manager)
+        manager.thread.start()
+        # On garbage collection (nothing refers to the pool, no result pending): terminate.
+        self._finalizer = weakref.finalize(self, _terminate_manager, manager)
+        self._state = RUN
+
+    # --- state ------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
+                f"pool_size={self._processes}>")
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn, RUN: str = RUN) -> None:
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running p2ppool pool {self!r}", ResourceWarning, source=self)
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def _check_running(self) -> _Manager:
+        manager = self._manager
+        if self._state != RUN or manager is None:
+            raise PoolNotRunning()
+        if manager.broken is not None:
+            raise manager.broken
+        return manager
+
+    # --- the multiprocessing API ----------------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> Any:  # noqa: B006 - mirrors multiprocessing
+        """Call ``func(*args, **kwds)`` in a worker process and return its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},  # noqa: B006
+                    callback: Callable[[Any], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None,
+                    ) -> ApplyResult:
+        """Like :meth:`apply`, but return an :class:`AsyncResult` at once.
+
+        ``callback(value)`` or ``error_callback(exception)`` runs (in the pool's manager
+        thread) before the result becomes ready.
+        """
+        manager = self._check_running()
+        result = ApplyResult(self, callback, error_callback)
+        job = _Job(func, payload.APPLY, result, 1)
+        manager.inbox.post(manager.submit, job, [((tuple(args), dict(kwds)), 0)])
+        return result
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+            chunksize: int | None = None) -> List[Any]:
+        """``list(map(func, iterable))``, computed in worker processes in chunks."""
+        return self._map_async(func, iterable, payload.MAP, chunksize).get()  # type: ignore[no-any-return]
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> List[Any]:
+        """Like :meth:`map`, but each item is unpacked as arguments: ``func(*item)``."""
+        return self._map_async(func, iterable, payload.STARMAP, chunksize).get()  # type: ignore[no-any-return]
+
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                  chunksize: int | None = None,
+                  callback: Callable[[Any], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None,
+                  ) -> MapResult:
+        """Like :meth:`map`, but return a :class:`MapResult` at once."""
+        return self._map_async(func, iterable, payload.MAP, chunksize, callback, error_callback)
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[Any], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None,
+                      ) -> MapResult:
+        """Like :meth:`starmap`, but return a :class:`MapResult` at once."""
+        return self._map_async(func, iterable, payload.STARMAP, chunksize, callback,
+                               error_callback)
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], how: int,
+                   chunksize: int | None = None,
+                   callback: Callable[[Any], object] | None = None,
+                   error_callback: Callable[[BaseException], object] | None = None,
+                   ) -> MapResult:
+        manager = self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        items: Sequence[Any] = iterable  # type: ignore[assignment]
+        if chunksize is None:
+            chunksize = chunking.default_chunksize(len(items), self._processes)
+        elif len(items):
+            chunksize = chunking.validate_chunksize(chunksize)
+        if len(items) == 0:
+            chunksize = 0
+        result = MapResult(self, chunksize, len(items), callback, error_callback)
+        chunks = chunking.split(items, chunksize) if chunksize else []
+        job = _Job(func, how, result, len(chunks), self._progress(len(items)))
+        manager.inbox.post(manager.submit, job, [(c, len(c)) for c in chunks])
+        return result
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+             chunksize: int = 1) -> Iterator[Any]:
+        """Like :meth:`map`, but lazy: results come in order as they are ready.
+
+        The input is read as work is handed out (a few chunks ahead), not all at once.
+        """
+        return self._imap(IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                       chunksize: int = 1) -> Iterator[Any]:
+        """Like :meth:`imap`, but results come in the order they finish."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(self, kind: type, func: Callable[[Any], Any], iterable: Iterable[Any],
+              chunksize: int) -> Iterator[Any]:
+        manager = self._check_running()
+        if chunksize != 1:
+            chunksize = chunking.validate_chunksize(chunksize)
+        result = kind(self)
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        how = payload.APPLY if chunksize == 1 else payload.MAP
+        job = _Job(func, how, result, None, self._progress(total))
+        read_ahead = max(2, defaults.READ_AHEAD_PER_SLOT * manager.scheduler.total_slots)
+        job.slots = threading.Semaphore(read_ahead)
+        manager.inbox.post(manager.start_stream, job)
+        feeder = threading.Thread(
+            target=_feed, args=(manager, job, iterable, chunksize),
+            name=f"p2ppool-imap-feeder-{job.job_id}", daemon=True,
+        )
+        feeder.start()
+        if chunksize == 1:
+            return result  # type: ignore[no-any-return]
+        return (item for chunk in result for item in chunk)
+
+    def _progress(self, total: int | None) -> Any:
+        if not self._options.progress:
+            return None
+        from .progress import ProgressBar
+
+        return ProgressBar(total)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Take no more work; processes exit once the submitted work is done."""
+        if self._state == RUN and self._manager is not None:
+            self._state = CLOSE
+            self._manager.inbox.post(self._manager.close)
+
+    def terminate(self) -> None:
+        """Stop the processes now; unfinished work is dropped (its results fail with
+        :class:`~p2ppool.errors.BrokenPool`)."""
+        self._state = TERMINATE
+        if self._manager is not None:
+            _terminate_manager(self._manager)
+
+    def join(self) -> None:
+        """Wait until the processes have exited (after :meth:`close` or :meth:`terminate`).
+
+        Raises:
+            ValueError: the pool is still running.
+        """
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        if self._manager is not None and self._manager.thread is not threading.current_thread():
+            self._manager.thread.join()
+
+
+def _terminate_manager(manager: _Manager) -> None:
+    """Tell the manager to terminate and wait (bounded) until it has."""
+    manager.inbox.post(manager.terminate)
+    thread = manager.thread
+    if thread.ident is not None and thread is not threading.current_thread():
+        thread.join(defaults.ENGINE_JOIN_S * 2)
+
+
+def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int) -> None:
+    """imap's feeder thread: read the input lazily, a bounded number of chunks ahead."""
+    assert job.slots is not None
+    reader = chunking.ChunkReader(iterable, chunksize)
+    try:
+        while manager.state != TERMINATE:
+            job.slots.acquire()
+            if manager.state == TERMINATE:
+                return
+            found = reader.next_chunk()
+            if found is None:
+                break
+            index, chunk = found
+            if isinstance(chunk, chunking.InputError):
+                manager.inbox.post(manager.got_stream_error, job, index, chunk.error)
+                break
+            # chunksize 1 calls func(item) directly, as multiprocessing does (no list around it)
+            call_items = ((chunk[0],), None) if chunksize == 1 else chunk
+            manager.inbox.post(manager.got_stream_chunk, job, index, call_items, len(chunk))
+        manager.inbox.post(manager.got_stream_end, job, reader.count)
+    except BaseException as exc:  # pragma: no cover - ChunkReader turns input errors into data
+        manager.inbox.post(manager.got_stream_error, job, reader.count, exc)
+        manager.inbox.post(manager.got_stream_end, job, reader.count + 1)
+
+
