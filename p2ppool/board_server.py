@@ -573,7 +573,13 @@ class _Session:
                         server._cond.notify_all()
                 if not data:
                     break
-                self._send(data)
+                try:
+                    self._send(data)
+                except _SessionGone:
+                    if not self._evicted():
+                        raise
+                    ending = "evicted"
+                    break
             if ending == "evicted":
                 assert member is not None
                 self._fatal(member.end_message)
