@@ -1,0 +1,571 @@
+"""A whole p2ppool cluster on 127.0.0.1: board, wormhole servers and workers, for tests and demos.
+
+::
+
+    with LocalCluster(workers=2, processes_per_worker=2) as cluster:
+        with cluster.pool() as pool:               # a p2ppool.Pool wired to the cluster
+            print(pool.map(abs, range(-5, 5)))
+        cluster.options    # the Pool keyword options: cluster, board, board_user, ...
+        cluster.env        # the same as P2PPOOL_* variables
+
+What it starts, all bound to 127.0.0.1 on free ports, each child in its own process group:
+
+* a board server, ``python -m p2ppool board`` (our pico-pipe-compatible SSH server), with a
+  throwaway ed25519 host key, a users file and a matching ``known_hosts`` file;
+* a real magic-wormhole mailbox server and transit relay
+  (:class:`~p2ppool.wormhole_servers.WormholeServers`);
+* the cluster's host: a board session of the owner (``alice``) holding the topic open with
+  its access list (the workers' user ``volunteer`` and any ``members``), which also watches the
+  board so the cluster knows when each worker has said Hello (no sleeping);
+* ``workers`` × ``python -m p2ppool.worker --loopback-only ...`` with throwaway keys.
+
+Stopping (on leaving the ``with`` block, even after an error, or :meth:`LocalCluster.stop`)
+sends SIGTERM to every child's process group, waits a bounded time, then SIGKILLs the group,
+so grandchildren (a worker's task processes) go too.  Children also get SIGTERM from the
+kernel if the process that started them dies (Linux ``PR_SET_PDEATHSIG``).
+
+``p2ppool local`` runs one in the foreground and prints the ``export P2PPOOL_...`` lines that
+make ``Pool()`` in another shell use it (:func:`add_arguments`, :func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from types import TracebackType
+from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+from . import defaults
+from .errors import P2PPoolError
+
+__all__ = ["LocalCluster", "LocalClusterError", "WorkerProcess", "add_arguments", "run"]
+
+#: The board user who owns the cluster (and runs the Pool), and the workers' user.
+OWNER = "alice"
+VOLUNTEER = "volunteer"
+
+
+class LocalClusterError(P2PPoolError):
+    """A part of the local cluster did not start; the message names it and ends with its log."""
+
+
+@dataclasses.dataclass
+class WorkerProcess:
+    """One worker started by the cluster.
+
+    Attributes:
+        name: its name on the board (``w1``, ``w2``, ...).
+        pid: its process id.
+        log_path: where its stderr goes.
+    """
+
+    name: str
+    pid: int
+    log_path: str
+    process: subprocess.Popen[bytes] = dataclasses.field(repr=False)
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process.poll() is None
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Child setup: ask the kernel for SIGTERM when the parent dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _write_ed25519_key(path: str, comment: str) -> str:
+    """Write a fresh ed25519 private key (OpenSSH format, mode 0600); return its public line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    with open(path + ".pub", "w", encoding="ascii") as f:
+        f.write(f"{public} {comment}\n")
+    return public
+
+
+def _log_tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            text = f.read()[-6000:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    return f"; end of {path}:\n{tail}" if tail else ""
+
+
+class LocalCluster:
+    """Board, wormhole servers and workers on 127.0.0.1, started and stopped as one.
+
+    Args:
+        workers: worker processes to start.
+        processes_per_worker: slots (child processes) per worker.
+        cluster_name: the topic name; the cluster is ``alice/<cluster_name>``.
+        members: extra board users on the cluster's access list (each gets a key, see
+            :meth:`identity`); e.g. ``("carol",)`` for a third member in tests.
+        worker_args: extra command-line arguments for every worker.
+        start_timeout: seconds to wait for everything to be ready.
+        stop_timeout: seconds each child gets to exit after SIGTERM before SIGKILL.
+        worker_grace: the workers' ``--grace`` (seconds in-flight tasks get when stopping).
+        keep_dir: keep the temporary directory (keys, logs) after stopping.
+
+    Attributes:
+        directory: the temporary directory with keys, the users file and every log.
+        board: ``"127.0.0.1:PORT"`` of the board.
+        relay: the mailbox server URL; transit: the transit relay hint.
+        cluster: ``"alice/<cluster_name>"``.
+
+    Raises:
+        LocalClusterError: something did not start (the message ends with its log).
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        processes_per_worker: int = 1,
+        *,
+        cluster_name: str = "local",
+        members: Sequence[str] = (),
+        worker_args: Sequence[str] = (),
+        start_timeout: float = defaults.LOCALCLUSTER_START_TIMEOUT_S,
+        stop_timeout: float = defaults.LOCALCLUSTER_STOP_TIMEOUT_S,
+        worker_grace: float = 2.0,
+        keep_dir: bool = False,
+    ) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, not {workers!r}")
+        if processes_per_worker < 1:
+            raise ValueError(f"processes_per_worker must be >= 1, not {processes_per_worker!r}")
+        bad = [m for m in members if m in (OWNER, VOLUNTEER) or not m.isidentifier()]
+        if bad:
+            raise ValueError(f"member names must be plain words other than {OWNER!r} and "
+                             f"{VOLUNTEER!r}, got {bad!r}")
+        self.processes_per_worker = processes_per_worker
+        self.cluster = f"{OWNER}/{cluster_name}"
+        self.members = tuple(members)
+        self.worker_args = tuple(worker_args)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.worker_grace = worker_grace
+        self.keep_dir = keep_dir
+        self.directory = tempfile.mkdtemp(prefix="p2ppool-local-")
+        self.board = ""
+        self.relay = ""
+        self.transit = ""
+        self._keys: Dict[str, str] = {}
+        self._known_hosts = os.path.join(self.directory, "known_hosts")
+        self._board_proc: subprocess.Popen[bytes] | None = None
+        self._servers: Any = None
+        self._host_client: Any = None
+        self._workers: List[WorkerProcess] = []
+        self._next_worker = 1
+        self._cond = threading.Condition()
+        self._hellos: Dict[str, Any] = {}  # worker name -> its latest Hello
+        self._byes: Dict[str, int] = {}  # worker name -> Byes seen
+        self._watchers: List[Callable[[Any], None]] = []
+        self._stopped = False
+        try:
+            self._start(workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    # --- what users and tests use ---------------------------------------------------------
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        """Keyword options that make a ``p2ppool.Pool`` use this cluster."""
+        return {
+            "cluster": self.cluster,
+            "board": self.board,
+            "board_user": OWNER,
+            "identity": self._keys[OWNER],
+            "known_hosts": self._known_hosts,
+            "relay": self.relay,
+            "transit": self.transit,
+            "loopback_only": True,
+        }
+
+    @property
+    def env(self) -> Dict[str, str]:
+        """The ``P2PPOOL_*`` variables equivalent to :attr:`options`."""
+        from .config import resolve_options
+
+        resolved = resolve_options(self.options, environ={}, read_file=False)
+        return resolved.as_env()
+
+    @property
+    def known_hosts(self) -> str:
+        """The known_hosts file holding the board's host key."""
+        return self._known_hosts
+
+    @property
+    def workers(self) -> List[WorkerProcess]:
+        """Every worker started so far (including killed ones), in start order."""
+        return list(self._workers)
+
+    def identity(self, user: str) -> str:
+        """The private key file of a board user (``alice``, ``volunteer`` or a member)."""
+        return self._keys[user]
+
+    def pool(self, processes: int | None = None, **kwargs: Any) -> Any:
+        """A ``p2ppool.Pool`` using this cluster (``kwargs`` override :attr:`options`)."""
+        from .pool import Pool
+
+        return Pool(processes, **{**self.options, **kwargs})
+
+    def add_worker(self, processes: int | None = None, extra_args: Sequence[str] = ()) -> str:
+        """Start one more worker and wait for its Hello; return its name."""
+        worker = self._spawn_worker(processes or self.processes_per_worker, extra_args)
+        self.wait_for_hello(worker.name, timeout=self.start_timeout)
+        return worker.name
+
+    def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> WorkerProcess:
+        """Send ``sig`` (default SIGKILL) to worker number ``index`` (0-based) only."""
+        worker = self._workers[index]
+        try:
+            os.kill(worker.pid, sig)
+        except ProcessLookupError:
+            pass
+        return worker
+
+    def wait_for_hello(
+        self, worker: str, predicate: Callable[[Any], bool] | None = None,
+        timeout: float = 10.0, after: float | None = None,
+    ) -> Any:
+        """Wait for a Hello of ``worker`` on the board that satisfies ``predicate``.
+
+        Args:
+            worker: the worker's name.
+            predicate: a test of the :class:`~p2ppool.protocol.Hello` (default: any).
+            timeout: seconds to wait.
+            after: only Hellos stamped at or after this unix time count.
+
+        Returns:
+            The Hello.
+
+        Raises:
+            TimeoutError: none arrived in time (the message ends with the worker's log).
+        """
+        def found() -> Any:
+            hello = self._hellos.get(worker)
+            if hello is None or (after is not None and hello.ts < after):
+                return None
+            return hello if predicate is None or predicate(hello) else None
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hello = found()
+                if hello is not None:
+                    return hello
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+                self._check_worker_alive(worker)
+        log = next((w.log_path for w in self._workers if w.name == worker), "")
+        raise TimeoutError(f"worker {worker} did not say the expected Hello within "
+                           f"{timeout:g} s{_log_tail(log) if log else ''}")
+
+    def watch(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(message)`` for every board message the host sees (reader thread)."""
+        self._watchers.append(callback)
+
+    # --- starting -------------------------------------------------------------------------
+
+    def _child_env(self) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+        empty = os.path.join(self.directory, "config.toml")
+        if not os.path.exists(empty):
+            with open(empty, "w", encoding="utf-8") as f:
+                f.write("# the local cluster's processes read no user configuration\n")
+        env["P2PPOOL_CONFIG"] = empty
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False
+               ) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else log, stderr=log,
+                env=self._child_env(), close_fds=True, start_new_session=True,
+                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+            )
+
+    def _start(self, workers: int) -> None:
+        from .wormhole_servers import WormholeServers
+
+        deadline = time.monotonic() + self.start_timeout
+        for user in (OWNER, VOLUNTEER, *self.members):
+            path = os.path.join(self.directory, f"id_{user}")
+            public = _write_ed25519_key(path, user)
+            self._keys[user] = path
+            with open(os.path.join(self.directory, "users"), "a", encoding="ascii") as f:
+                f.write(f"{user} {public}\n")
+        host_key = os.path.join(self.directory, "board_host_key")
+        host_public = _write_ed25519_key(host_key, "p2ppool-local-board")
+        self._start_board(host_key, host_public, deadline)
+        os.makedirs(os.path.join(self.directory, "wormhole"))
+        self._servers = WormholeServers(
+            state_dir=os.path.join(self.directory, "wormhole"),
+            start_timeout=max(1.0, deadline - time.monotonic()),
+        )
+        self.relay, self.transit = self._servers.relay_url, self._servers.transit
+        self._start_host()
+        started = [self._spawn_worker(self.processes_per_worker) for _ in range(workers)]
+        for worker in started:
+            self.wait_for_hello(worker.name, timeout=max(0.5, deadline - time.monotonic()))
+
+    def _start_board(self, host_key: str, host_public: str, deadline: float) -> None:
+        log_path = os.path.join(self.directory, "board.log")
+        argv = [sys.executable, "-m", "p2ppool", "board", "--listen", "127.0.0.1:0",
+                "--host-key", host_key, "--users", os.path.join(self.directory, "users"),
+                "--log-level", "WARNING"]
+        self._board_proc = proc = self._popen(argv, log_path, stdout_pipe=True)
+        assert proc.stdout is not None
+        prefix = b"board listening on "
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while prefix not in buf or not buf.split(prefix, 1)[1].count(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LocalClusterError(
+                        f"the board server did not start in time{_log_tail(log_path)}")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    code = proc.wait(5)
+                    raise LocalClusterError(f"the board server exited with code {code} "
+                                            f"before listening{_log_tail(log_path)}")
+                buf += chunk
+        address = buf.split(prefix, 1)[1].split(b"\n", 1)[0].decode().strip()
+        host, _, port = address.rpartition(":")
+        if host != "127.0.0.1" or not port.isdigit():
+            raise LocalClusterError(f"the board server printed an unexpected address "
+                                    f"{address!r}{_log_tail(log_path)}")
+        self.board = address
+        with open(self._known_hosts, "w", encoding="ascii") as f:
+            f.write(f"[127.0.0.1]:{port} {host_public}\n")
+        # The rest of its output is not needed; keep the pipe from filling up.
+        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True,
+                         name="p2ppool-local-board-out").start()
+
+    def _start_host(self) -> None:
+        from .board_client import BoardClient
+        from .protocol import Bye, Hello
+
+        host, _, port = self.board.rpartition(":")
+        access = ",".join((VOLUNTEER, *self.members))
+
+        def on_message(msg: Any) -> None:
+            if isinstance(msg, Hello) and msg.role == "worker":
+                with self._cond:
+                    self._hellos[msg.sender] = msg
+                    self._cond.notify_all()
+            elif isinstance(msg, Bye) and msg.role == "worker":
+                with self._cond:
+                    self._byes[msg.sender] = self._byes.get(msg.sender, 0) + 1
+                    self._cond.notify_all()
+            for watcher in list(self._watchers):
+                watcher(msg)
+
+        self._host_client = BoardClient(
+            host, int(port), topic=self.cluster.split("/", 1)[1], flags=["-a", access],
+            username=OWNER, identity=self._keys[OWNER], known_hosts=self._known_hosts,
+            ssh_config=os.path.join(self.directory, "no_ssh_config"), on_message=on_message,
+        )
+        self._host_client.connect()
+
+    def _spawn_worker(self, processes: int, extra_args: Sequence[str] = ()) -> WorkerProcess:
+        if self._stopped:
+            raise LocalClusterError("the local cluster has been stopped")
+        name = f"w{self._next_worker}"
+        self._next_worker += 1
+        log_path = os.path.join(self.directory, f"worker-{name}.log")
+        argv = [
+            sys.executable, "-m", "p2ppool.worker", "--cluster", self.cluster,
+            "--processes", str(processes), "--board", self.board,
+            "--identity", self._keys[VOLUNTEER], "--known-hosts", self._known_hosts,
+            "--user", VOLUNTEER, "--relay", self.relay, "--transit", self.transit,
+            "--loopback-only", "--name", name, "--grace", f"{self.worker_grace:g}",
+            *self.worker_args, *extra_args,
+        ]
+        proc = self._popen(argv, log_path)
+        worker = WorkerProcess(name, proc.pid, log_path, proc)
+        self._workers.append(worker)
+        return worker
+
+    def _check_worker_alive(self, name: str) -> None:
+        for worker in self._workers:
+            if worker.name == name and worker.process.poll() is not None:
+                raise LocalClusterError(
+                    f"worker {name} exited with code {worker.process.returncode}"
+                    f"{_log_tail(worker.log_path)}")
+
+    # --- stopping -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything this cluster started (idempotent, bounded, even after errors)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._host_client is not None:
+            try:
+                self._host_client.close()
+            except Exception:  # noqa: BLE001 - stopping must go on
+                pass
+        _stop_groups([w.process for w in self._workers], self.stop_timeout)
+        if self._servers is not None:
+            self._servers.stop()
+        if self._board_proc is not None:
+            _stop_groups([self._board_proc], self.stop_timeout)
+            if self._board_proc.stdout is not None:
+                try:
+                    self._board_proc.stdout.close()
+                except OSError:
+                    pass
+        if not self.keep_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        alive = sum(w.alive for w in self._workers)
+        return (f"<LocalCluster {self.cluster} board={self.board} relay={self.relay} "
+                f"workers={alive}/{len(self._workers)}{' stopped' if self._stopped else ''}>")
+
+
+def _drain(stream: Any) -> None:
+    try:
+        while stream.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # each child leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM each process group, wait up to ``timeout``, SIGKILL what is left (groups)."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        # Also reaps grandchildren (task processes) left in the group after a leader died.
+        _signal_group(proc, signal.SIGKILL)
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# --- p2ppool local ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``p2ppool local``."""
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="worker processes to start (default 2)")
+    parser.add_argument("--processes-per-worker", type=int, default=1, metavar="K",
+                        help="slots per worker (default 1)")
+    parser.add_argument("--write-env", metavar="FILE",
+                        help="also write the export lines to FILE (source it in another shell)")
+
+
+def export_lines(env: Mapping[str, str]) -> List[str]:
+    """``export NAME=value`` lines for a POSIX shell, values quoted."""
+    import shlex
+
+    return [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``p2ppool local``: run a local cluster until SIGINT/SIGTERM."""
+    if args.workers < 0 or args.processes_per_worker < 1:
+        print("p2ppool local: --workers must be >= 0 and --processes-per-worker >= 1",
+              file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = [signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        try:
+            cluster = LocalCluster(args.workers, args.processes_per_worker)
+        except (P2PPoolError, TimeoutError, OSError) as exc:
+            print(f"p2ppool local: could not start the cluster: {exc}", file=sys.stderr)
+            return 1
+        with cluster:
+            lines = export_lines(cluster.env)
+            if args.write_env:
+                with open(args.write_env, "w", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + "\n")
+            print(f"# a p2ppool cluster on 127.0.0.1: {cluster.cluster}, board {cluster.board}, "
+                  f"{args.workers} worker(s) x {args.processes_per_worker} slot(s)")
+            print("# run this in another shell, then Pool() uses the cluster:")
+            print("\n".join(lines))
+            if args.write_env:
+                print(f"# (also written to {args.write_env})")
+            print("# Ctrl-C stops everything", flush=True)
+            while not stop.wait(3600):
+                pass
+            print("# stopping", flush=True)
+    finally:
+        for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+            signal.signal(sig, handler)
+    return 0
