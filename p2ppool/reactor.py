@@ -31,6 +31,7 @@ __all__ = [
     "call",
     "call_soon",
     "ensure_running",
+    "get_reactor",
     "in_reactor_thread",
     "translate_failure",
 ]
@@ -45,7 +46,8 @@ _thread: threading.Thread | None = None
 _reactor_thread_ident: int | None = None
 
 
-def _reactor() -> Any:
+def get_reactor() -> Any:
+    """Return Twisted's global reactor (typed as Any: Twisted's reactor stubs are partial)."""
     from twisted.internet import reactor
 
     return reactor
@@ -64,7 +66,7 @@ def ensure_running(timeout: float = 10.0) -> Any:
             reactor cannot be restarted within one process).
     """
     global _thread, _reactor_thread_ident
-    reactor = _reactor()
+    reactor = get_reactor()
     with _lock:
         if _reactor_thread_ident is not None:
             if reactor.running:
@@ -108,7 +110,7 @@ def ensure_running(timeout: float = 10.0) -> Any:
 
 def _stop_at_exit() -> None:
     """Stop the reactor when the interpreter exits, so pending connections close cleanly."""
-    reactor = _reactor()
+    reactor = get_reactor()
     thread = _thread
     if thread is None or not reactor.running:
         return

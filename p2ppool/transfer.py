@@ -243,7 +243,7 @@ def install_patches() -> None:
         def _loopback_server_from_string(reactor: Any, description: str) -> Any:
             if description == "tcp:0":
                 description = "tcp:0:interface=127.0.0.1"
-            return endpoints.serverFromString(reactor, description)
+            return endpoints.serverFromString(reactor, description)  # type: ignore[no-untyped-call]
 
         def _start_listener(self: Any, addresses: List[str]) -> None:
             if not getattr(_manager_of(self), "_p2ppool_loopback_only", False):
@@ -352,8 +352,11 @@ class Session:
         self._bye_timer: Any = None
         self._after_finish: List[Any] = []
         self._peer_hints: List[Any] = []
+        #: Complete DATA frames delivered to on_frame, and their payload bytes.
         self.frames_received = 0
         self.bytes_received = 0
+        #: Raw bytes taken from the subchannel (stops counting once a frame is refused).
+        self.wire_bytes_received = 0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -552,7 +555,9 @@ class Session:
         loopback_only: bool, timeout: float,
     ) -> Any:
         import wormhole
-        from twisted.internet import defer, protocol, reactor
+        from twisted.internet import defer, protocol
+
+        reactor = _reactor_mod.get_reactor()
 
         self._open_d = defer.Deferred()
         what = f"opening wormhole session {self.nameplate} as {self.role}"
@@ -607,7 +612,9 @@ class Session:
             d.errback(error)
 
     def _subchannel_connected(self, proto: _FrameProtocol) -> None:
-        from twisted.internet import reactor, task
+        from twisted.internet import task
+
+        reactor = _reactor_mod.get_reactor()
 
         if self._finished or self._proto is not None:
             proto.transport.loseConnection()
@@ -678,7 +685,7 @@ class Session:
             write(piece)
 
     def _beat(self) -> None:
-        from twisted.internet import reactor
+        reactor = _reactor_mod.get_reactor()
 
         if self._finished:
             return
@@ -708,11 +715,12 @@ class Session:
     # -- reactor thread: inbound -----------------------------------------------------------
 
     def _data_received(self, data: bytes) -> None:
-        from twisted.internet import reactor
+        reactor = _reactor_mod.get_reactor()
 
         if self._finished or self._refusing:
             return
         self._last_inbound = reactor.seconds()
+        self.wire_bytes_received += len(data)
         try:
             records = self._decoder.feed(data)
         except TransferError as exc:
@@ -759,7 +767,9 @@ class Session:
     # -- reactor thread: ending ------------------------------------------------------------
 
     def _close_in_reactor(self, reason: str) -> Any:
-        from twisted.internet import defer, reactor
+        from twisted.internet import defer
+
+        reactor = _reactor_mod.get_reactor()
 
         if not self._opened:
             return None
@@ -769,7 +779,7 @@ class Session:
             self._bye_timer = reactor.callLater(
                 self._close_timeout / 2, self._finish, CAUSE_CLOSED_LOCALLY, TransferError
             )
-        d = defer.Deferred()
+        d: Any = defer.Deferred()
         if self._finished:
             d.callback(None)
         else:
@@ -819,7 +829,7 @@ class Session:
 
     def _close_wormhole(self) -> None:
         """Close the wormhole in the background, bounded; errors are expected and ignored."""
-        from twisted.internet import reactor
+        reactor = _reactor_mod.get_reactor()
 
         w, self._wormhole = self._wormhole, None
         if w is None:
@@ -864,6 +874,8 @@ def _require_loopback(name: str, value: str, host: str | None) -> None:
 @implementer(IPushProducer)
 class _FrameProtocol(Protocol):
     """The Twisted protocol of the session's subchannel; also its push producer."""
+
+    transport: Any
 
     def __init__(self, session: Session) -> None:
         self.session = session

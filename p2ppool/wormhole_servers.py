@@ -247,14 +247,18 @@ def _listening_port(parent: Any) -> Any:
 
 def _serve(mailbox_port: int, relay_port: int, state: str) -> int:
     """Run both servers until stdin closes or a signal arrives; return the exit code."""
-    from twisted.internet import defer, reactor, stdio
+    from twisted.internet import defer, stdio
     from twisted.internet.protocol import Protocol
     from twisted.python import log
     from wormhole_mailbox_server import server_tap as mailbox_tap
     from wormhole_transit_relay import server_tap as relay_tap
 
+    from p2ppool.reactor import get_reactor
+
+    reactor = get_reactor()
+
     os.makedirs(state, exist_ok=True)
-    log.startLogging(sys.stderr, setStdout=False)
+    log.startLogging(sys.stderr, setStdout=False)  # type: ignore[no-untyped-call]
     _patch_relay_nodelay()
     mo = mailbox_tap.Options()
     mo.parseOptions([
@@ -277,6 +281,16 @@ def _serve(mailbox_port: int, relay_port: int, state: str) -> int:
                 reactor.stop()
 
     def _ready(ports: List[Any]) -> None:
+        # The endpoint service logs a listen failure itself and then fires with None.
+        if any(port is None for port in ports):
+            which = [name for name, port in zip(("mailbox", "relay"), ports) if port is None]
+            sys.stderr.write(
+                f"p2ppool.wormhole_servers: the {' and '.join(which)} server could not listen "
+                "(see the error above)\n"
+            )
+            status["code"] = 1
+            reactor.stop()
+            return
         line = json.dumps({
             _READY_KEY: True,
             "mailbox_port": ports[0].getHost().port,
@@ -285,17 +299,22 @@ def _serve(mailbox_port: int, relay_port: int, state: str) -> int:
         })
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
-        stdio.StandardIO(_ParentWatch(), stdout=os.open(os.devnull, os.O_WRONLY))
+        stdio.StandardIO(  # type: ignore[no-untyped-call,call-arg]
+            _ParentWatch(), stdout=os.open(os.devnull, os.O_WRONLY)
+        )
 
     def _failed(failure: Any) -> None:
         sys.stderr.write(f"p2ppool.wormhole_servers: could not listen: {failure.value}\n")
         status["code"] = 1
         reactor.stop()
 
-    d = defer.gatherResults(
-        [_listening_port(mailbox), _listening_port(relay)], consumeErrors=True
-    )
-    d.addCallbacks(_ready, _failed)
+    def _watch_ports() -> None:
+        d = defer.gatherResults(
+            [_listening_port(mailbox), _listening_port(relay)], consumeErrors=True
+        )
+        d.addCallbacks(_ready, _failed)
+
+    reactor.callWhenRunning(_watch_ports)  # so that reactor.stop() works in the callbacks
     reactor.run()  # installs SIGTERM/SIGINT handlers that stop the reactor
     return status["code"]
 

@@ -1,0 +1,110 @@
+"""WormholeServers: a real mailbox server and transit relay in one child process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from p2ppool.errors import TransferError
+from p2ppool.wormhole_servers import WormholeServers
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
+
+
+def _listening(pid: int) -> set:
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def test_servers_listen_on_loopback_only_and_stop_leaves_nothing_behind():
+    servers = WormholeServers()
+    pid = servers.pid
+    state_dir = servers.state_dir
+    assert servers.running
+    assert servers.relay_url == f"ws://127.0.0.1:{servers.mailbox_port}/v1"
+    assert servers.transit == f"tcp:127.0.0.1:{servers.relay_port}"
+    assert _listening(pid) == {
+        ("127.0.0.1", servers.mailbox_port), ("127.0.0.1", servers.relay_port)
+    }
+    assert os.path.exists(os.path.join(state_dir, "channels.sqlite"))
+    started = time.monotonic()
+    servers.stop()
+    assert time.monotonic() - started < 5
+    assert not servers.running
+    assert not psutil.pid_exists(pid)
+    assert not os.path.exists(state_dir)
+    servers.stop()  # idempotent
+
+
+def test_context_manager_stops_the_servers_after_an_error():
+    with pytest.raises(RuntimeError, match="user code failed"):
+        with WormholeServers() as servers:
+            pid = servers.pid
+            raise RuntimeError("user code failed")
+    assert not psutil.pid_exists(pid)
+
+
+def test_explicit_ports_are_used():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with WormholeServers(mailbox_port=port) as servers:
+        assert servers.mailbox_port == port
+        assert servers.relay_port not in (0, port)
+
+
+def test_a_busy_port_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(TransferError, match="exited with code 1 before becoming ready"):
+            WormholeServers(relay_port=port)
+        assert time.monotonic() - started < 10
+
+
+def test_servers_exit_when_their_parent_is_killed():
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from p2ppool.wormhole_servers import WormholeServers\n"
+         "s = WormholeServers()\n"
+         "print(s.pid, flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        child = psutil.Process(child_pid)
+        assert child.is_running()
+        parent.kill()
+        parent.wait(5)
+        child.wait(5)  # raises psutil.TimeoutExpired if the orphan lingers
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+        if psutil.pid_exists(child_pid):
+            psutil.Process(child_pid).kill()
+
+
+def test_command_line_rejects_bad_ports():
+    result = subprocess.run(
+        [sys.executable, "-m", "p2ppool.wormhole_servers", "--mailbox-port", "70000",
+         "--state", "/nonexistent"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert result.returncode == 2
+    assert "--mailbox-port must be between 0 and 65535" in result.stderr
