@@ -77,6 +77,7 @@ UNKNOWN_TYPE = "unknown_type"  #: a ``type`` this version does not know
 VERSION = "version"  #: another protocol version
 EXPIRED = "expired"  #: ``ts + ttl`` is in the past
 FUTURE = "future"  #: ``ts`` is further in the future than the allowed clock skew
+TRUNCATED = "truncated"  #: a partial line left when the connection ended (see LineDecoder.reset)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _PYTHON_RE = re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}$")
@@ -548,6 +549,13 @@ class LineDecoder:
                 continue
             self.accepted += 1
             yield msg
+
+    def reset(self) -> None:
+        """Forget a partial line (the connection ended mid-line); counted as ``truncated``."""
+        if self._buffer or self._discarding:
+            self.drops[TRUNCATED] += 1
+        self._buffer.clear()
+        self._discarding = False
 
     @property
     def pending_bytes(self) -> int:

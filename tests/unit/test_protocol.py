@@ -358,3 +358,14 @@ def test_tampered_sealed_code_does_not_open() -> None:
 def test_seal_refuses_a_bad_public_key() -> None:
     with pytest.raises(MessageRejected, match="32 bytes"):
         seal_code("7-a-b", base64.b64encode(b"short").decode())
+
+
+def test_reset_drops_a_partial_line_and_counts_it() -> None:
+    decoder = LineDecoder()
+    line = encode(hello())
+    assert decoder.feed(line[:20], NOW) == []
+    decoder.reset()
+    assert decoder.drops == {"truncated": 1}
+    assert decoder.feed(line, NOW) == [hello()]
+    decoder.reset()
+    assert decoder.drops == {"truncated": 1}

@@ -1,0 +1,499 @@
+"""The paramiko board client against the real board server (and the real OpenSSH client)."""
+
+from __future__ import annotations
+
+import base64
+import queue
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, List
+
+import pytest
+
+from p2ppool import protocol
+from p2ppool.board_client import (
+    BoardClient,
+    State,
+    backoff_delay,
+    learn_username,
+    run_command,
+)
+from p2ppool.errors import AccessDenied, BoardAuthError, BoardConnectionError, HostKeyMismatch
+from p2ppool.protocol import Accept, Hello, Message, Want, encode
+
+pytestmark = pytest.mark.system
+
+WAIT = 15.0  # upper bound of every wait in these tests (they normally take milliseconds)
+
+
+def hello(sender: str, slots: int = 1) -> Hello:
+    return Hello(
+        sender=sender, ts=time.time(), ttl=60.0, role="worker", python="3.11",
+        version="0.1", slots=slots,
+    )
+
+
+def client(board: Any, user: str, topic: str, *flags: str, **kwargs: Any) -> BoardClient:
+    kwargs.setdefault("known_hosts", board.known_hosts)
+    kwargs.setdefault("identity", board.key_path(user))
+    return BoardClient(
+        board.host, board.port, topic=topic, flags=list(flags), username=user,
+        ssh_config="/dev/null", rng=random.Random(1), **kwargs,
+    )
+
+
+def wait_members(board: Any, channel: str, role: str, count: int) -> None:
+    assert board.server.wait_for(
+        lambda s: len(s.channel_members(channel).get(role, [])) == count, WAIT
+    ), f"{channel} never had {count} {role}(s): {board.server.channel_members(channel)}"
+
+
+@pytest.fixture
+def clients() -> Any:
+    made: List[BoardClient] = []
+
+    def make(board: Any, user: str, topic: str, *flags: str, **kwargs: Any) -> BoardClient:
+        c = client(board, user, topic, *flags, **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def pair(board: Any, clients: Callable[..., BoardClient], **kwargs: Any) -> Any:
+    alice = clients(board, "alice", "alice/t", "-a", "alice,bob", **kwargs).connect()
+    wait_members(board, "alice/t", "pipe", 1)
+    bob = clients(board, "bob", "alice/t", **kwargs).connect()
+    wait_members(board, "alice/t", "pipe", 2)
+    return alice, bob
+
+
+# --- delivery --------------------------------------------------------------------------------
+
+
+def test_two_clients_exchange_messages(board_server: Any, clients: Any) -> None:
+    alice, bob = pair(board_server, clients)
+    assert alice.state is State.CONNECTED and bob.state is State.CONNECTED
+    sent = hello("alice-1", slots=3)
+    alice.publish(sent)
+    assert bob.get(timeout=WAIT) == sent
+    reply = Want(sender="bob-1", ts=time.time(), ttl=60, job="j1", slots=2, python="3.11",
+                 session=1)
+    bob.publish(reply)
+    assert alice.get(timeout=WAIT) == reply
+    with pytest.raises(queue.Empty):
+        alice.get(timeout=0.05)  # a pipe does not get its own lines back
+    assert alice.drops == {} and bob.drops == {}
+
+
+def test_openssh_client_is_an_independent_peer(board_server: Any, clients: Any) -> None:
+    alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    ssh = board_server.popen("bob", "pipe alice/t")
+    wait_members(board_server, "alice/t", "pipe", 2)
+    lines: queue.Queue[bytes] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in iter(ssh.stdout.readline, b"")], daemon=True
+    ).start()
+
+    sent = hello("alice-1")
+    alice.publish(sent)
+    assert protocol.decode(lines.get(timeout=WAIT), time.time()) == sent
+
+    from_ssh = hello("bob-ssh", slots=7)
+    ssh.stdin.write(encode(from_ssh))
+    ssh.stdin.flush()
+    assert alice.get(timeout=WAIT) == from_ssh
+    ssh.stdin.close()
+    assert ssh.wait(timeout=WAIT) == 0
+
+
+def test_burst_of_1000_messages_arrives_complete_and_in_order(
+    board_server: Any, clients: Any
+) -> None:
+    alice, bob = pair(board_server, clients)
+    sent = [hello(f"w{i}", slots=i) for i in range(1000)]
+    for msg in sent:
+        alice.publish(msg)
+    got = [bob.get(timeout=WAIT) for _ in sent]
+    assert got == sent
+    assert bob.drops == {}
+
+
+def test_concurrent_publishers_never_interleave_lines(board_server: Any, clients: Any) -> None:
+    alice, bob = pair(board_server, clients)
+    per_thread = 200
+    # Long lines (2.8 to 3.9 KiB) make a torn write show up as a malformed or oversized line.
+
+    def send(thread: int) -> None:
+        for i in range(per_thread):
+            code = base64.b64encode(bytes([thread]) * (2100 + 3 * i)).decode()
+            alice.publish(Accept(sender=f"t{thread}-{i}", ts=time.time(), ttl=60.0, job="j",
+                                 worker="w", code=code))
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    got = [bob.get(timeout=WAIT) for _ in range(4 * per_thread)]
+    assert bob.drops == {}
+    for thread in range(4):
+        mine = [m.sender for m in got if m.sender.startswith(f"t{thread}-")]
+        assert mine == [f"t{thread}-{i}" for i in range(per_thread)]
+
+
+def test_callback_delivery_and_pings_are_ignored(
+    board_factory: Any, clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server sends ping@pico.sh channel requests; five pass and nothing is disturbed."""
+    import paramiko
+
+    from paramiko.common import MSG_CHANNEL_REQUEST
+
+    pings = threading.Semaphore(0)
+    table = paramiko.Transport._channel_handler_table
+    original = table[MSG_CHANNEL_REQUEST]
+
+    def counting(channel: Any, m: Any) -> Any:
+        if b"ping@pico.sh" in m.asbytes()[:40]:
+            pings.release()
+        return original(channel, m)
+
+    monkeypatch.setitem(table, MSG_CHANNEL_REQUEST, counting)
+    board = board_factory(ping_interval_s=0.02)
+    arrived: queue.Queue[Message] = queue.Queue()
+    states: List[State] = []
+    alice = clients(board, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board, "alice/t", "pipe", 1)
+    bob = clients(board, "bob", "alice/t", on_message=arrived.put, on_state=states.append)
+    bob.connect()
+    wait_members(board, "alice/t", "pipe", 2)
+    for i in range(5):
+        assert pings.acquire(timeout=WAIT), "the server sent no ping"
+        msg = hello(f"a{i}")
+        alice.publish(msg)
+        assert arrived.get(timeout=WAIT) == msg
+    assert states == [State.CONNECTING, State.CONNECTED]
+    assert bob.reconnects == 0 and bob.drops == {} and alice.drops == {}
+
+
+# --- garbage from a peer -----------------------------------------------------------------------
+
+
+def test_garbage_and_oversized_lines_are_dropped_and_counted(
+    board_server: Any, clients: Any
+) -> None:
+    alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    ssh = board_server.popen("bob", "pipe alice/t")
+    wait_members(board_server, "alice/t", "pipe", 2)
+    good = hello("bob-1")
+    payload = (
+        b"subscribe to this topic:\n"  # pico-style status text
+        + bytes(range(256)) + b"\n"  # binary garbage (holds one newline in the middle too)
+        + b'{"v":1,"type":"hello"\n'  # malformed JSON
+        + b'{"v":99,"type":"hello","from":"x","ts":1,"ttl":1}\n'  # another protocol version
+        + b"A" * (10 * 1024 * 1024) + b"\n"  # a 10 MB line
+        + encode(good)
+    )
+    ssh.stdin.write(payload)
+    ssh.stdin.flush()
+    assert alice.get(timeout=WAIT) == good
+    drops = alice.drops
+    assert drops["oversized"] == 1
+    assert drops["version"] == 1
+    assert drops["malformed"] >= 1 and drops["text"] >= 2
+    # The decoder is not disturbed: later messages still arrive.
+    later = hello("bob-2")
+    ssh.stdin.write(encode(later))
+    ssh.stdin.flush()
+    assert alice.get(timeout=WAIT) == later
+    ssh.stdin.close()
+    ssh.wait(timeout=WAIT)
+
+
+def test_peer_dying_mid_line_does_not_corrupt_the_next_line(
+    board_server: Any, clients: Any
+) -> None:
+    alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    bob = clients(board_server, "bob", "alice/t").connect()
+    ssh = board_server.popen("bob", "pipe alice/t")
+    wait_members(board_server, "alice/t", "pipe", 3)
+    ssh.stdin.write(encode(hello("half"))[:30])
+    ssh.stdin.flush()
+    ssh.kill()
+    ssh.wait(timeout=WAIT)
+    wait_members(board_server, "alice/t", "pipe", 2)
+    whole = hello("whole")
+    bob.publish(whole)
+    # alice got the dangling half first: it is glued to the next line, which is then invalid
+    # JSON; the line after that is clean again.  pico behaves the same (raw bytes).
+    after = hello("after")
+    bob.publish(after)
+    got = alice.get(timeout=WAIT)
+    assert got in (whole, after)
+    if got == whole:
+        assert alice.get(timeout=WAIT) == after
+    else:
+        assert alice.drops.get("malformed", 0) + alice.drops.get("text", 0) == 1
+
+
+# --- reconnect ------------------------------------------------------------------------------
+
+
+def test_reconnects_after_the_server_restarts_on_the_same_port(
+    board_server: Any, clients: Any
+) -> None:
+    from p2ppool.board_server import BoardServer
+
+    alice, bob = pair(board_server, clients)
+    before = hello("before")
+    alice.publish(before)
+    assert bob.get(timeout=WAIT) == before
+    port = board_server.port
+    board_server.server.stop()
+    assert alice.wait_for_state({State.RECONNECTING}, WAIT)
+    assert bob.wait_for_state({State.RECONNECTING}, WAIT)
+    with pytest.raises(BoardConnectionError, match="not connected"):
+        alice.publish(hello("lost"))
+    restarted = BoardServer(
+        listen=("127.0.0.1", port),
+        host_key_path=board_server.host_key_path,
+        users_path=board_server.users_path,
+    ).start()
+    try:
+        board_server.server = restarted
+        assert alice.wait_for_state({State.CONNECTED}, WAIT)
+        # bob may be refused while alice's channel (and its access list) is not back yet;
+        # that refusal is transient after a working session, so bob keeps retrying.
+        wait_members(board_server, "alice/t", "pipe", 2)
+        assert bob.wait_for_state({State.CONNECTED}, WAIT)
+        after = hello("after-restart")
+        alice.publish(after)
+        assert bob.get(timeout=WAIT) == after
+        assert alice.reconnects >= 1 and bob.reconnects >= 1
+    finally:
+        restarted.stop()
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    delays = [backoff_delay(n, 0.0) for n in range(10)]
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(delays) == 30.0
+    assert backoff_delay(3, 0.999) == pytest.approx(4.0 * 1.24975)
+    assert backoff_delay(10**6, 0.5) == pytest.approx(30.0 * 1.125)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_key_is_refused_with_board_auth_error(board_server: Any) -> None:
+    mallory = client(board_server, "alice", "alice/t", identity=board_server.key_path("mallory"))
+    with pytest.raises(BoardAuthError, match=r"127\.0\.0\.1:\d+ refused the key"):
+        mallory.connect()
+    assert mallory.state is State.FAILED
+
+
+def test_missing_identity_file_is_a_clear_error(board_server: Any, tmp_path: Path) -> None:
+    c = client(board_server, "alice", "alice/t", identity=str(tmp_path / "nope"))
+    with pytest.raises(BoardAuthError, match="does not exist"):
+        c.connect()
+
+
+def test_unreachable_port_fails_promptly_naming_host_and_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connection refused
+        started = time.monotonic()
+        c = BoardClient("127.0.0.1", port, topic="x", ssh_config="/dev/null",
+                        known_hosts="/dev/null", identity=None)
+        with pytest.raises(BoardConnectionError, match=f"127.0.0.1:{port}"):
+            c.connect()
+    assert time.monotonic() - started < 5.0
+
+
+def test_silent_server_times_out_within_the_connect_timeout() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)  # accepts TCP but never speaks SSH
+        port = s.getsockname()[1]
+        started = time.monotonic()
+        c = BoardClient("127.0.0.1", port, topic="x", ssh_config="/dev/null",
+                        known_hosts="/dev/null", connect_timeout=1.0)
+        with pytest.raises(BoardConnectionError, match=f"127.0.0.1:{port}"):
+            c.connect()
+    assert time.monotonic() - started < 5.0
+
+
+def test_changed_host_key_is_refused(board_server: Any, tmp_path: Path) -> None:
+    import paramiko
+
+    other = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("carol"))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{board_server.port} ssh-ed25519 {other.get_base64()}\n")
+    before = known.read_text()
+    c = client(board_server, "alice", "alice/t", known_hosts=str(known))
+    with pytest.raises(HostKeyMismatch) as info:
+        c.connect()
+    text = str(info.value)
+    assert board_server.host_key_fingerprint in text
+    assert "ssh-keygen -R" in text and str(known) in text
+    assert known.read_text() == before
+
+
+def test_first_contact_is_remembered_in_known_hosts(board_server: Any, tmp_path: Path) -> None:
+    known = tmp_path / "sub" / "known_hosts"
+    c = client(board_server, "alice", "alice/t", known_hosts=str(known)).connect()
+    c.close()
+    lines = known.read_text().splitlines()
+    assert lines == [board_server.server.known_hosts_line()]
+    # The second contact uses (and does not duplicate) the remembered key.
+    client(board_server, "alice", "alice/t", known_hosts=str(known)).connect().close()
+    assert known.read_text().splitlines() == lines
+    # OpenSSH accepts the line we wrote.
+    result = board_server.ssh("alice", "help", known_hosts=str(known))
+    assert result.returncode == 0, result.stderr
+
+
+def test_denied_topic_raises_access_denied(board_server: Any, clients: Any) -> None:
+    clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    carol = clients(board_server, "carol", "alice/t").connect()
+    assert carol.wait_for_state({State.FAILED}, WAIT)
+    assert isinstance(carol.error, AccessDenied)
+    assert "access denied" in str(carol.error)
+    with pytest.raises(AccessDenied):
+        carol.publish(hello("carol"))
+    with pytest.raises(AccessDenied):
+        carol.get(timeout=WAIT)
+    assert board_server.server.channel_members("alice/t") == {"pipe": ["alice"]}
+
+
+def test_bad_topic_and_flags_are_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match="topic"):
+        BoardClient("127.0.0.1", 1, topic="a b", ssh_config="/dev/null")
+    with pytest.raises(ValueError, match="flag"):
+        BoardClient("127.0.0.1", 1, topic="t", flags=["-a", "x y"], ssh_config="/dev/null")
+
+
+# --- one-shot commands, username --------------------------------------------------------------
+
+
+def test_run_command_ls_lists_the_topic(board_server: Any, clients: Any) -> None:
+    clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    result = run_command(
+        board_server.host, board_server.port, "ls", identity=board_server.key_path("alice"),
+        known_hosts=board_server.known_hosts, ssh_config="/dev/null",
+    )
+    assert result.status == 0
+    assert "- alice/t: (Access List: alice, bob)" in result.stdout
+
+
+def test_learn_username_is_none_when_the_board_has_no_user_command(board_server: Any) -> None:
+    # p2ppool's board has no `user` command (pico's does); the name must then be configured.
+    assert learn_username(
+        board_server.host, board_server.port, identity=board_server.key_path("alice"),
+        known_hosts=board_server.known_hosts, ssh_config="/dev/null",
+    ) is None
+
+
+# --- ~/.ssh/config ------------------------------------------------------------------------------
+
+
+def test_ssh_config_hostname_port_user_identity(
+    board_server: Any, clients: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "Host myboard\n"
+        f"  HostName 127.0.0.1\n  Port {board_server.port}\n  User bob\n"
+        f"  IdentityFile {board_server.key_path('bob')}\n"
+        f"  UserKnownHostsFile {board_server.known_hosts}\n"
+    )
+    alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    bob = BoardClient("myboard", topic="alice/t", ssh_config=str(config)).connect()
+    try:
+        assert bob.target.user == "bob" and bob.target.port == board_server.port
+        wait_members(board_server, "alice/t", "pipe", 2)
+        assert sorted(board_server.server.channel_members("alice/t")["pipe"]) == ["alice", "bob"]
+        msg = hello("a")
+        alice.publish(msg)
+        assert bob.get(timeout=WAIT) == msg
+    finally:
+        bob.close()
+
+
+def test_proxyjump_goes_through_the_jump_host(
+    board_server: Any, clients: Any, tmp_path: Path
+) -> None:
+    """ProxyJump through a real paramiko SSH jump host (direct-tcpip forwarding)."""
+    import paramiko
+
+    from tests.board_client._jumphost import JumpHost
+
+    jump_key = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("carol"))
+    bob_key = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("bob"))
+    jump = JumpHost(host_key=jump_key, allowed_keys=[bob_key])
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(Path(board_server.known_hosts).read_text())  # board known, jump not
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            "Host jumpy\n  HostName 127.0.0.1\n"
+            f"  Port {jump.port}\n  User hopper\n  IdentityFile {board_server.key_path('bob')}\n"
+            "Host board\n  HostName 127.0.0.1\n"
+            f"  Port {board_server.port}\n  ProxyJump jumpy\n"
+            f"  IdentityFile {board_server.key_path('bob')}\n"
+        )
+        alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
+        wait_members(board_server, "alice/t", "pipe", 1)
+        bob = BoardClient("board", topic="alice/t", ssh_config=str(config),
+                          known_hosts=str(known)).connect()
+        try:
+            wait_members(board_server, "alice/t", "pipe", 2)
+            assert jump.forwarded == 1
+            msg = hello("through-jump")
+            alice.publish(msg)
+            assert bob.get(timeout=WAIT) == msg
+            back = hello("back")
+            bob.publish(back)
+            assert alice.get(timeout=WAIT) == back
+        finally:
+            bob.close()
+        # accept-new remembered the jump host too
+        assert f"[127.0.0.1]:{jump.port} ssh-ed25519 {jump_key.get_base64()}" in known.read_text()
+    finally:
+        jump.close()
+
+
+def test_proxyjump_to_a_refusing_jump_host_is_an_auth_error(
+    board_server: Any, tmp_path: Path
+) -> None:
+    import paramiko
+
+    from tests.board_client._jumphost import JumpHost
+
+    jump_key = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("carol"))
+    jump = JumpHost(host_key=jump_key, allowed_keys=[])
+    try:
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host board\n  HostName 127.0.0.1\n  Port {board_server.port}\n"
+            f"  ProxyJump hopper@127.0.0.1:{jump.port}\n"
+            f"  IdentityFile {board_server.key_path('bob')}\n"
+        )
+        c = BoardClient("board", topic="alice/t", ssh_config=str(config),
+                        known_hosts=str(tmp_path / "kh"), identity=board_server.key_path("bob"))
+        with pytest.raises(BoardAuthError, match=f"127.0.0.1:{jump.port}"):
+            c.connect()
+    finally:
+        jump.close()
