@@ -786,6 +786,11 @@ class BoardServer:
             connections = list(self._connections)
         for session in sessions:
             session.wake.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once on Linux
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()) / 2)

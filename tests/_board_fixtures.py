@@ -21,8 +21,11 @@ Example::
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Sequence
@@ -33,6 +36,8 @@ __all__ = [
     "BOARD_USERS",
     "BoardFixture",
     "BoardKey",
+    "SshSession",
+    "StreamReader",
     "board_factory",
     "board_keys",
     "board_server",
@@ -161,6 +166,22 @@ class BoardFixture:
         self.processes.append(process)
         return process
 
+    def session(self, user: str, command: str, **kwargs: Any) -> SshSession:
+        """Start ``ssh`` running ``command``; returns an :class:`SshSession` to drive it."""
+        return SshSession(self.popen(user, command, **kwargs))
+
+    def members(self, channel: str, role: str) -> List[str]:
+        """Usernames of the members of ``channel`` in ``role`` (``pub``, ``sub``, ``pipe``,
+        ``waiting-pub``) right now."""
+        return list(self.server.channel_members(channel).get(role, []))
+
+    def wait_members(self, channel: str, role: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``channel`` has exactly ``count`` members in ``role`` (or fail)."""
+        ok = self.server.wait_for(
+            lambda server: len(server.channel_members(channel).get(role, [])) == count, timeout
+        )
+        assert ok, f"{channel}: wanted {count} {role}(s), have {self.members(channel, role)}"
+
     def cleanup(self) -> None:
         """Kill leftover ssh processes (started by :meth:`popen`)."""
         for process in self.processes:
@@ -176,6 +197,123 @@ class BoardFixture:
                         stream.close()
                     except OSError:
                         pass
+
+
+class StreamReader:
+    """Reads a pipe (e.g. an ssh process's stdout) in a background thread, with timeouts.
+
+    Nothing is read before the first read call (or :meth:`start`).
+
+    Example::
+
+        out = StreamReader(process.stdout)
+        line = out.read_line(timeout=10)
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._fd = stream.fileno()
+        self._queue: queue.Queue[bytes] = queue.Queue()
+        self._buffer = bytearray()
+        self.eof = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start reading (the first read does it; until then the pipe is left unread, so a
+        test can play a reader that does not keep up)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pump, daemon=True)
+            self._thread.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except OSError:
+                data = b""
+            self._queue.put(data)
+            if not data:
+                return
+
+    def _fill(self, deadline: float) -> bool:
+        self.start()
+        remaining = deadline - time.monotonic()
+        if self.eof or remaining <= 0:
+            return False
+        try:
+            data = self._queue.get(timeout=remaining)
+        except queue.Empty:
+            return False
+        if not data:
+            self.eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def read_exactly(self, size: int, timeout: float = 10.0) -> bytes:
+        """The next ``size`` bytes; raises TimeoutError (with what came) if they do not come."""
+        deadline = time.monotonic() + timeout
+        while len(self._buffer) < size:
+            if not self._fill(deadline):
+                raise TimeoutError(
+                    f"wanted {size} bytes, got {len(self._buffer)} (eof={self.eof}): "
+                    f"{bytes(self._buffer[:200])!r}"
+                )
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def read_line(self, timeout: float = 10.0) -> bytes:
+        """The next line, with its newline."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            if not self._fill(deadline):
+                raise TimeoutError(
+                    f"no complete line (eof={self.eof}): {bytes(self._buffer[:200])!r}"
+                )
+        end = self._buffer.index(b"\n") + 1
+        data = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return data
+
+    def read_to_eof(self, timeout: float = 10.0) -> bytes:
+        """Everything until the stream closes."""
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            if not self._fill(deadline) and not self.eof:
+                raise TimeoutError(f"no EOF; got {bytes(self._buffer[:200])!r}")
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+class SshSession:
+    """A running ``ssh`` command: write to its stdin, read its stdout/stderr with timeouts."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        assert process.stdout is not None and process.stderr is not None
+        self.out = StreamReader(process.stdout)
+        self.err = StreamReader(process.stderr)
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the command's stdin and flush."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def close_stdin(self) -> None:
+        """Send EOF on the command's stdin."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for ssh to exit; its exit status (255: ssh's own failure)."""
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the ssh process (a peer that dies without a goodbye)."""
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 def start_board(
