@@ -202,7 +202,6 @@ def install_patches() -> None:
     with _patch_lock:
         if _patched:
             return
-        from twisted.internet import endpoints
         from wormhole._dilation import connector as connector_mod
         from wormhole._dilation.connection import DilatedConnectionProtocol
 
@@ -211,7 +210,8 @@ def install_patches() -> None:
         for cls, name in ((conn_cls, "connectionMade"),
                           (connector_cls, "_get_listener_addresses"),
                           (connector_cls, "_start_listener"),
-                          (connector_cls, "_use_hints")):
+                          (connector_cls, "_use_hints"),
+                          (connector_cls, "_publish_hints")):
             if not callable(getattr(cls, name, None)):
                 raise ImportError(
                     f"p2ppool.transfer: wormhole's {cls.__name__}.{name} is missing; this "
@@ -240,20 +240,26 @@ def install_patches() -> None:
 
         original_start = connector_cls._start_listener
 
-        def _loopback_server_from_string(reactor: Any, description: str) -> Any:
-            if description == "tcp:0":
-                description = "tcp:0:interface=127.0.0.1"
-            return endpoints.serverFromString(reactor, description)  # type: ignore[no-untyped-call]
-
         def _start_listener(self: Any, addresses: List[str]) -> None:
-            if not getattr(_manager_of(self), "_p2ppool_loopback_only", False):
+            manager = _manager_of(self)
+            loopback = bool(getattr(manager, "_p2ppool_loopback_only", False))
+            record = getattr(manager, "_p2ppool_listeners", None)
+            if not loopback and record is None:
                 original_start(self, addresses)
                 return
-            # The library listens with serverFromString(reactor, "tcp:0") (all interfaces);
-            # swap in a loopback-bound version for this synchronous call only.  The reactor
-            # is single-threaded, so no other session can observe the swap.
+            # The library listens with serverFromString(reactor, "tcp:0") (all interfaces).
+            # For this synchronous call only, swap in a version that binds 127.0.0.1 (in
+            # loopback mode) and records the listening address.  The reactor is
+            # single-threaded, so no other session can observe the swap.
             saved = connector_mod.serverFromString
-            connector_mod.serverFromString = _loopback_server_from_string
+
+            def _server_from_string(reactor: Any, description: str) -> Any:
+                if loopback and description == "tcp:0":
+                    description = "tcp:0:interface=127.0.0.1"
+                endpoint = saved(reactor, description)
+                return endpoint if record is None else _RecordingEndpoint(endpoint, record)
+
+            connector_mod.serverFromString = _server_from_string
             try:
                 original_start(self, addresses)
             finally:
@@ -271,7 +277,33 @@ def install_patches() -> None:
             return original_use_hints(self, hints)
 
         connector_cls._use_hints = _use_hints
+
+        original_publish = connector_cls._publish_hints
+
+        def _publish_hints(self: Any, hints: Any) -> Any:
+            record = getattr(_manager_of(self), "_p2ppool_advertised_hints", None)
+            if record is not None:
+                record.extend(hints)
+            return original_publish(self, hints)
+
+        connector_cls._publish_hints = _publish_hints
         _patched = True
+
+
+class _RecordingEndpoint:
+    """Wraps a server endpoint and records ``host:port`` of each port it listens on."""
+
+    def __init__(self, endpoint: Any, record: List[str]) -> None:
+        self._endpoint = endpoint
+        self._record = record
+
+    def listen(self, factory: Any) -> Any:
+        def _listening(port: Any) -> Any:
+            host = port.getHost()
+            self._record.append(f"{host.host}:{host.port}")
+            return port
+
+        return self._endpoint.listen(factory).addCallback(_listening)
 
 
 def describe_hint(hint: Any) -> str:
@@ -352,6 +384,8 @@ class Session:
         self._bye_timer: Any = None
         self._after_finish: List[Any] = []
         self._peer_hints: List[Any] = []
+        self._advertised_hints: List[Any] = []
+        self._listen_addresses: List[str] = []
         #: Complete DATA frames delivered to on_frame, and their payload bytes.
         self.frames_received = 0
         self.bytes_received = 0
@@ -504,6 +538,19 @@ class Session:
         """Connection hints received from the peer (diagnostics), e.g. ``tcp:127.0.0.1:PORT``."""
         return [describe_hint(h) for h in list(self._peer_hints)]
 
+    @property
+    def advertised_hints(self) -> List[str]:
+        """Connection hints this side sent to the peer (diagnostics)."""
+        return [describe_hint(h) for h in list(self._advertised_hints)]
+
+    @property
+    def listen_addresses(self) -> List[str]:
+        """``host:port`` of every listener dilation opened for this session (diagnostics).
+
+        Dilation closes them once a connection wins, so they are usually gone by now.
+        """
+        return list(self._listen_addresses)
+
     def close(self, reason: str = "") -> None:
         """End the session: flush queued frames, say goodbye, close the wormhole.
 
@@ -581,6 +628,8 @@ class Session:
         if manager is not None:
             manager._p2ppool_loopback_only = bool(loopback_only)
             manager._p2ppool_peer_hints = self._peer_hints
+            manager._p2ppool_advertised_hints = self._advertised_hints
+            manager._p2ppool_listeners = self._listen_addresses
         elif loopback_only:
             self._fail_open(TransferError(f"{what}: cannot enforce loopback_only on this "
                                           "magic-wormhole version"))

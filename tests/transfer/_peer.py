@@ -72,7 +72,10 @@ def main() -> int:
         report(event="error", type=type(exc).__name__, message=str(exc))
         return 2
     holder["s"] = session
-    report(event="opened", pid=os.getpid(), peer_hints=session.peer_hints)
+    report(
+        event="opened", pid=os.getpid(), advertised_hints=session.advertised_hints,
+        listen_addresses=session.listen_addresses,
+    )
     for frame in early:
         handle(session, frame)
     if args.mode == "send":
