@@ -1,0 +1,504 @@
+"""``python -m p2ppool.worker`` against a real board, mailbox server and transit relay.
+
+Everything runs on 127.0.0.1: the board server (SSH), the wormhole mailbox server and transit
+relay, the worker as a subprocess, and a minimal real client (``_worker_driver``) that speaks
+the board protocol and the session frames like a Pool does.  The board's channel
+``alice/friends`` is held open by alice with an access list for bob and carol (as
+``p2ppool host`` does); workers log in as bob, the test client as carol.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import cloudpickle
+import psutil
+import pytest
+
+from p2ppool import payload
+from p2ppool.errors import RemoteTraceback, TransferError
+from p2ppool.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
+from p2ppool.session_protocol import Bye as ByeFrame
+from p2ppool.session_protocol import Lost, Ready, Refuse, Result
+from p2ppool.transfer import CLIENT, Session
+
+from ._worker_driver import (
+    PYTHON,
+    ROOT,
+    BoardAccess,
+    Driver,
+    WorkerProcess,
+    is_hello,
+    result_value,
+)
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
+
+# Functions shipped to the worker travel by value (the worker's children need not import
+# this test module).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+# --- functions that run on the worker -------------------------------------------------------
+
+
+def raise_value_error(x: int) -> int:
+    raise ValueError(f"bad input {x}")
+
+
+def record_init(tag: str) -> None:
+    count = int(os.environ.get("P2PPOOL_TEST_INITS", "0")) + 1
+    os.environ["P2PPOOL_TEST_INITS"] = str(count)
+    os.environ["P2PPOOL_TEST_TAG"] = tag
+
+
+def init_state(_: int) -> tuple:
+    return (os.getpid(), os.environ.get("P2PPOOL_TEST_INITS"),
+            os.environ.get("P2PPOOL_TEST_TAG"))
+
+
+def getpid(_: int) -> int:
+    return os.getpid()
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self(_: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, board: Any, servers: Any, tmp: Path) -> None:
+        self.board = board
+        self.servers = servers
+        self.tmp = tmp
+        self.host = self.access("alice").client(flags=["-a", "alice,bob,carol"])
+        # The board ends a channel's last pipe when everyone else left (pico's departure
+        # rule) and refuses bob and carol while the channel does not exist; a second pipe
+        # of alice keeps the channel alive between tests, as a long-running host would.
+        self.keeper = self.access("alice").client(flags=["-a", "alice,bob,carol"])
+
+    def access(self, user: str) -> BoardAccess:
+        return BoardAccess(self.board.host, self.board.port, user,
+                           self.board.key_path(user), self.board.known_hosts)
+
+    def env(self) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+        env["XDG_CONFIG_HOME"] = str(self.tmp / "xdg")  # no user config file
+        env["PYTHONPATH"] = ROOT
+        return env
+
+    def worker(self, name: str, *extra: str, processes: int = 2) -> WorkerProcess:
+        argv = ["--cluster", "alice/friends", "--name", name, "--processes", str(processes),
+                "--relay", self.servers.relay_url, "--transit", self.servers.transit,
+                "--loopback-only", *self.access("bob").argv(), *extra]
+        worker = WorkerProcess(argv, self.env())
+        try:
+            self.host.wait_for(is_hello(name, processes), 20.0, f"hello of worker {name}")
+        except BaseException:
+            worker.kill()
+            raise AssertionError(
+                f"worker {name} did not announce itself:\n{worker.log}") from None
+        return worker
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, board_keys: Any,
+            wormhole_servers: Any) -> Iterator[Cluster]:
+    from tests._board_fixtures import start_board
+
+    tmp = tmp_path_factory.mktemp("worker-cluster")
+    board = start_board(tmp / "board", board_keys)
+    cl = Cluster(board, wormhole_servers, tmp)
+    try:
+        yield cl
+    finally:
+        cl.host.close()
+        cl.keeper.close()
+        board.cleanup()
+        board.server.stop()
+
+
+@pytest.fixture
+def start_worker(cluster: Cluster) -> Iterator[Callable[..., WorkerProcess]]:
+    started: List[WorkerProcess] = []
+
+    def start(name: str, *extra: str, processes: int = 2) -> WorkerProcess:
+        worker = cluster.worker(name, *extra, processes=processes)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_worker(cluster: Cluster) -> Iterator[WorkerProcess]:
+    worker = cluster.worker("w-shared", processes=2)
+    yield worker
+    worker.kill()
+
+
+@pytest.fixture
+def driver(cluster: Cluster) -> Iterator[Driver]:
+    listener = cluster.access("carol").client()
+    yield Driver(listener, cluster.servers.relay_url, cluster.servers.transit,
+                 sender="carol-test")
+    listener.close()
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+def test_announce_offer_accept_open_and_a_chunk_of_pow_runs(
+    cluster: Cluster, shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    job = driver.want(slots=2)
+    offer = driver.wait_offer(job, worker="w-shared")
+    assert (offer.worker, offer.slots, offer.sender) == ("w-shared", 2, "w-shared")
+    # the free slots went down while the offer is pending
+    cluster.host.wait_for(is_hello("w-shared", 0), 10.0, "hello with 0 free slots")
+    cs = _session_from_offer(driver, offer)
+    ready = cs.open()
+    assert ready == Ready(worker="w-shared", slots=2, max_payload_bytes=256 * 1024 * 1024,
+                          max_task_seconds=None)
+    shared_worker.wait_log(f"session 1 with carol-test's job {job} opened (2 slot(s))")
+    task = cs.submit(pow, payload.starmap_call([(2, 3), (3, 2), (10, 4)]))
+    frame = cs.next_frame()
+    assert isinstance(frame, Result) and frame.task_id == task and frame.ok
+    assert result_value(frame) == [8, 9, 10000]
+    cs.close()
+    # Bye frees the slots again
+    cluster.host.wait_for(is_hello("w-shared", 2), 10.0, "hello with 2 free slots")
+
+
+def _session_from_offer(driver: Driver, offer: Offer) -> Any:
+    import queue
+
+    from p2ppool.session_protocol import decode_frame
+    from p2ppool.transfer import new_code
+
+    from ._worker_driver import ClientSession
+
+    code = new_code()
+    accept = driver.accept(offer, code)
+    frames: Any = queue.Queue()
+    lost: Any = queue.Queue()
+    session = Session.open(code, driver.relay_url, driver.transit, role=CLIENT,
+                           loopback_only=True, on_frame=lambda d: frames.put(decode_frame(d)),
+                           on_lost=lost.put, timeout=15.0)
+    return ClientSession(session, frames, lost, offer.job, offer.worker, offer, accept, code)
+
+
+def test_a_task_that_raises_returns_the_exception_with_its_remote_traceback(
+    shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        cs.submit(raise_value_error, payload.map_call([7]))
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and not frame.ok
+        exc = result_value(frame)
+        assert type(exc) is ValueError and str(exc) == "bad input 7"
+        assert isinstance(exc.__cause__, RemoteTraceback)
+        assert "raise_value_error" in str(exc.__cause__)
+        # the session goes on
+        cs.submit(pow, payload.starmap_call([(2, 5)]), func_key=2)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and frame.ok and result_value(frame) == [32]
+    finally:
+        cs.close()
+
+
+def test_initializer_runs_once_per_child(shared_worker: WorkerProcess, driver: Driver) -> None:
+    cs = driver.ready_session(slots=2, worker="w-shared", initializer=record_init,
+                              initargs=("hi",))
+    try:
+        for _ in range(6):
+            cs.submit(init_state, payload.map_call([0]))
+        states = []
+        for _ in range(6):
+            frame = cs.next_frame()
+            assert isinstance(frame, Result) and frame.ok, frame
+            states.extend(result_value(frame))
+        pids = {pid for pid, _, _ in states}
+        assert 1 <= len(pids) <= 2
+        assert {(inits, tag) for _, inits, tag in states} == {("1", "hi")}
+    finally:
+        cs.close()
+
+
+def test_maxtasksperchild_replaces_children(shared_worker: WorkerProcess, driver: Driver) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared", maxtasksperchild=1,
+                              initializer=record_init, initargs=("m",))
+    try:
+        pids = []
+        for _ in range(3):
+            cs.submit(init_state, payload.map_call([0]))
+            frame = cs.next_frame()
+            assert isinstance(frame, Result) and frame.ok, frame
+            [(pid, inits, tag)] = result_value(frame)
+            assert (inits, tag) == ("1", "m")  # every new child ran the initializer once
+            pids.append(pid)
+        assert len(set(pids)) == 3, pids
+    finally:
+        cs.close()
+
+
+@pytest.mark.parametrize(("crash", "arg", "named"),
+                         [(exit_hard, 3, "exit code 3"), (kill_self, 0, "SIGKILL(-9)")])
+def test_a_crashing_child_is_lost_with_retry_and_the_worker_keeps_serving(
+    shared_worker: WorkerProcess, driver: Driver, crash: Any, arg: int, named: str
+) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        task = cs.submit(crash, payload.map_call([arg]))
+        frame = cs.next_frame()
+        assert isinstance(frame, Lost) and frame.task_id == task, frame
+        assert frame.retry is True
+        assert named in frame.cause and "w-shared" in frame.cause
+        cs.submit(pow, payload.starmap_call([(3, 3)]), func_key=2)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [27]
+    finally:
+        cs.close()
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+def test_time_limit_kills_the_task_and_says_so(start_worker: Any, driver: Driver) -> None:
+    worker = start_worker("w-limit", "--max-task-seconds", "1", "--max-payload-mb", "1",
+                          processes=1)
+    cs = driver.ready_session(slots=1, worker="w-limit")
+    try:
+        started = time.monotonic()
+        task = cs.submit(sleep_for, payload.apply_call((30.0,), {}))
+        frame = cs.next_frame(timeout=10)
+        assert time.monotonic() - started < 8
+        assert isinstance(frame, Lost) and frame.task_id == task
+        assert frame.retry is False
+        assert "1 s task time limit" in frame.cause and "w-limit" in frame.cause
+        # an oversized payload is refused before it runs
+        big = payload.dumps(payload.map_call([b"x" * 1_500_000]))
+        task = cs.submit(length, payload.map_call([]), func_key=2, args_blob=big)
+        frame = cs.next_frame()
+        assert frame == Lost(task, False, f"worker w-limit: task {task}'s arguments "
+                             f"({len(big) / 1e6:.1f} MB) exceeds this worker's 1 MB "
+                             "payload limit")
+        worker.wait_log(f"refused task {task}")
+        # a payload under the limit still runs
+        cs.submit(length, payload.map_call([b"y" * 500_000]), func_key=2)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [500_000]
+    finally:
+        cs.close()
+
+
+# --- compatibility ------------------------------------------------------------------------------
+
+
+def test_incompatible_python_is_never_offered_and_is_refused_at_open(
+    shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    old = driver.want(slots=1, python="2.7")
+    new = driver.want(slots=1)
+    # the worker answers the compatible want (sent after the old one) but never the old one
+    offer = driver.wait_offer(new, worker="w-shared")
+    assert not any(isinstance(m, Offer) and m.job == old for m in driver.board.seen)
+    shared_worker.wait_log(f"not offering to job {old} of carol-test: it needs Python 2.7")
+    cs = _session_from_offer(driver, offer)
+    try:
+        reply = cs.open(python="2.7")
+        assert isinstance(reply, Refuse)
+        assert "the client runs Python 2.7" in reply.reason and PYTHON in reply.reason
+        assert cs.session.wait_ended(10), "the worker did not close a refused session"
+        shared_worker.wait_log("refused session")
+    finally:
+        cs.session.close()
+
+
+# --- security -----------------------------------------------------------------------------------
+
+
+def test_a_third_board_member_reading_the_accept_cannot_claim_the_wormhole(
+    cluster: Cluster, shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    cs = driver.connect(slots=1, worker="w-shared")  # Want, Offer, Accept, session open
+    try:
+        # alice's host connection is a third member of the board: she saw the Accept
+        seen = cluster.host.wait_for(
+            lambda m: isinstance(m, Accept) and m.job == cs.job, 10.0, "the accept")
+        assert isinstance(seen, Accept) and cs.code not in seen.code
+        with pytest.raises(MessageRejected, match="does not open with this offer's key"):
+            open_code(seen.code, new_offer_keypair()[0])
+        # a real attempt with the right nameplate and a guessed password fails
+        nameplate = cs.code.split("-", 1)[0]
+        with pytest.raises(TransferError):
+            Session.open(f"{nameplate}-guessed", driver.relay_url, driver.transit,
+                         role=CLIENT, loopback_only=True, on_frame=lambda d: None,
+                         timeout=3.0)
+        # the real session is untouched
+        assert isinstance(cs.open(), Ready)
+        cs.submit(pow, payload.starmap_call([(2, 2)]))
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [4]
+    finally:
+        cs.close()
+
+
+# --- failures and shutdown ------------------------------------------------------------------
+
+
+def test_a_client_that_disappears_frees_the_slots_within_10_s(
+    cluster: Cluster, start_worker: Any
+) -> None:
+    worker = start_worker("w-orphan", processes=2)
+    carol = cluster.access("carol")
+    driver_proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.system._worker_driver",
+         f"--board={carol.host}:{carol.port}", f"--user={carol.user}",
+         f"--identity={carol.identity}", f"--known-hosts={carol.known_hosts}",
+         f"--relay={cluster.servers.relay_url}", f"--transit={cluster.servers.transit}",
+         "--slots=2", "--worker=w-orphan"],
+        cwd=ROOT, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert driver_proc.stdout is not None
+        line = driver_proc.stdout.readline().decode()  # bounded by pytest-timeout
+        assert line.startswith("READY w-orphan"), (line, driver_proc.stderr)
+        worker.wait_log("opened (2 slot(s))")
+        # two children are busy with 60 s sleeps for the client
+        busy = _engine_children(worker, 2)
+        driver_proc.kill()
+        driver_proc.wait(10)
+        killed_at = time.monotonic()
+        cluster.host.wait_for(is_hello("w-orphan", 2), 10.0, "hello with 2 free slots again")
+        assert time.monotonic() - killed_at < 10
+        worker.wait_log("lost")
+        _, alive = psutil.wait_procs(busy, timeout=5)
+        assert not alive, f"the lost session's children still run: {alive}"
+    finally:
+        if driver_proc.poll() is None:
+            driver_proc.kill()
+        driver_proc.wait(10)
+        for stream in (driver_proc.stdout, driver_proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _engine_children(worker: WorkerProcess, n: int, timeout: float = 10.0) -> List[Any]:
+    """The worker's task processes (named P2PPoolWorker-*), waiting until there are n."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in worker.descendants():
+            try:
+                if "p2ppool" in " ".join(proc.cmdline()).lower() or proc.name():
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        # the fork server is a descendant too; the task children are its children
+        tasks = [p for p in found if _parent_pid(p) != worker.proc.pid]
+        if len(tasks) >= n:
+            return tasks
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {n} task processes, found {tasks}")
+        time.sleep(0.05)  # polling the process table: there is no event to wait on
+
+
+def _parent_pid(proc: Any) -> int:
+    try:
+        return int(proc.ppid())
+    except psutil.Error:
+        return -1
+
+
+def test_sigterm_finishes_in_flight_work_says_bye_and_leaves_no_children(
+    cluster: Cluster, start_worker: Any, driver: Driver
+) -> None:
+    worker = start_worker("w-term", processes=1)
+    cs = driver.ready_session(slots=1, worker="w-term")
+    try:
+        task = cs.submit(sleep_for, payload.apply_call((1.5,), {}))
+        tree = _engine_children(worker, 1) + worker.descendants()
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.wait_log("withdrawing")
+        # new work is sent back, in-flight work finishes and is delivered
+        late = cs.submit(pow, payload.starmap_call([(2, 2)]), func_key=2)
+        frames = [cs.next_frame(), cs.next_frame()]
+        assert Lost(late, True, "worker w-term is shutting down") in frames
+        done = [f for f in frames if isinstance(f, Result)]
+        assert len(done) == 1 and done[0].task_id == task and result_value(done[0]) == 1.5
+        assert isinstance(cs.next_frame(), ByeFrame)
+        cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-term", 10.0,
+                              "bye of w-term")
+        assert worker.proc.wait(15) == 0
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert not alive, f"left behind: {alive}"
+        assert "WARNING: a p2ppool worker runs code sent by other members" in worker.log
+    finally:
+        cs.session.close()
+
+
+def test_second_signal_kills_children_and_reports_tasks_lost(
+    start_worker: Any, driver: Driver
+) -> None:
+    worker = start_worker("w-force", processes=1)
+    cs = driver.ready_session(slots=1, worker="w-force")
+    try:
+        task = cs.submit(sleep_for, payload.apply_call((60.0,), {}))
+        tree = _engine_children(worker, 1) + worker.descendants()
+        worker.proc.send_signal(signal.SIGINT)
+        worker.wait_log("withdrawing")
+        worker.proc.send_signal(signal.SIGINT)
+        frame = cs.next_frame()
+        assert frame == Lost(task, True, "worker w-force was stopped")
+        assert worker.proc.wait(15) == 1
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        cs.session.close()
+
+
+def test_ttl_ends_the_worker_gracefully(start_worker: Any, cluster: Cluster) -> None:
+    worker = start_worker("w-ttl", "--ttl", "2s", processes=1)
+    cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-ttl", 10.0,
+                          "bye of w-ttl")
+    assert worker.proc.wait(10) == 0
+    worker.wait_log("--ttl of 2 s reached")
+
+
+def test_bad_options_are_clear_errors(cluster: Cluster) -> None:
+    cases = [
+        ([], "no cluster given"),
+        (["--cluster", "nope"], "expected 'owner/name'"),
+        (["--cluster", "a/b", "--ttl", "soon"], "--ttl: expected a positive duration"),
+        (["--cluster", "a/b", "--processes", "0"], "--processes must be at least 1"),
+    ]
+    for argv, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "p2ppool.worker", *argv], cwd=ROOT,
+                              env=cluster.env(), capture_output=True, timeout=30)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert message in proc.stderr.decode(), (argv, proc.stderr)
