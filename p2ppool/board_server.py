@@ -255,7 +255,6 @@ class _Connection:
     peer: str
     transport: _BoardTransport | None = None
     user: UserKey | None = None
-    sessions: int = 0
 
 
 class _SessionGone(Exception):
@@ -282,9 +281,11 @@ class _Session:
         self.wake = threading.Event()
         self.replied = threading.Event()
         self.input_done = False
+        self.admitted = False
         self.joined = False
         self.last_ping = time.monotonic()
         self.exit_status: int | None = None
+        self.channel_name = ""
 
     # -- low-level output ---------------------------------------------------------------
 
@@ -436,7 +437,7 @@ class _Session:
         except AccessDenied:
             self._fatal(ACCESS_DENIED)
             return
-        log.info("%s: %s joined %s", self._who(), cmd.name, member.channel)
+        self.channel_name = member.channel
         clean = bool(cmd.flag("c"))
         flag_msg = "-p " if public else ""
         shown = f"{self.user.username}/{topic}" if cmd.access else topic
@@ -885,7 +886,7 @@ class BoardServer:
             if count >= self.max_sessions_per_key:
                 return False
             self._sessions_per_key[key] = count + 1
-            session.connection.sessions += 1
+            session.admitted = True
         return True
 
     def _wake(self, sid: int) -> None:
@@ -896,15 +897,17 @@ class BoardServer:
     def _end_session(self, session: _Session) -> None:
         with self._cond:
             self._sessions.pop(session.sid, None)
-            if session.joined:
+            if session.admitted:
                 key = session.user.fingerprint
                 self._sessions_per_key[key] = self._sessions_per_key.get(key, 1) - 1
                 if self._sessions_per_key[key] <= 0:
                     del self._sessions_per_key[key]
+            if session.joined:
                 for sid in self._state.leave(session.sid):
                     self._wake(sid)
             self._cond.notify_all()
-        log.info("%s: ended (exit %s)", session._who(), session.exit_status)
+        where = f" on {session.channel_name}" if session.channel_name else ""
+        log.info("%s: ended%s (exit %s)", session._who(), where, session.exit_status)
 
 
 # --- command line ------------------------------------------------------------------------

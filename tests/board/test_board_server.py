@@ -429,6 +429,28 @@ def test_sessions_per_key_limit(board_factory: Callable[..., Any]) -> None:
     first.kill()
 
 
+def test_refused_sessions_do_not_count_against_the_limit(
+    board_factory: Callable[..., Any],
+) -> None:
+    board = board_factory(max_sessions_per_key=1)
+    for _ in range(2):
+        assert board.ssh("alice", "sub bob/x").stderr == b"access denied\n\r"
+    sub = board.session("alice", "sub t -k")
+    board.wait_members("alice/t", "sub", 1)
+    sub.kill()
+
+
+def test_ping_requests_every_interval(board_factory: Callable[..., Any]) -> None:
+    board = board_factory(ping_interval_s=0.2)
+    sub = board.session("alice", "sub t -k", options=["-v"])
+    pings = 0
+    while pings < 2:  # OpenSSH logs each channel request it receives at debug level
+        line = sub.err.read_line(timeout=10)
+        pings += b"ping@pico.sh" in line
+    assert sub.process.poll() is None
+    sub.kill()
+
+
 def test_stop_is_bounded_with_sessions_open(board_factory: Callable[..., Any]) -> None:
     board = board_factory()
     sub = board.session("alice", "sub t -k")
