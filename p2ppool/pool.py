@@ -255,7 +255,7 @@ class _Job:
         self.func_blob: bytes | None = None
         self.func_error: BaseException | None = None
         self.slots: threading.Semaphore | None = None  # imap read-ahead
-        self.chunk_ids: List[int] = []
+        self.input_error: tuple[int, BaseException] | None = None  # held for its turn
 
     def blob(self) -> bytes:
         """The pickled function (made once per job), or raise why it cannot be pickled."""
@@ -341,7 +341,11 @@ class _Manager:
         self._execute(self.scheduler.got_chunk(chunk_id, time.monotonic()))
 
     def got_stream_error(self, job: _Job, index: int, error: BaseException) -> None:
-        if job.job_id in self.jobs:
+        if job.job_id not in self.jobs:
+            return
+        if job.resolved < index:  # after the chunks read before it (imap_unordered too)
+            job.input_error = (index, error)
+        else:
             self._deliver(job, index, (False, error), 0)
 
     def got_stream_end(self, job: _Job, length: int) -> None:
@@ -482,6 +486,10 @@ class _Manager:
         job.resolved += 1
         if job.slots is not None:
             job.slots.release()
+        if job.input_error is not None and job.resolved == job.input_error[0]:
+            (index, error), job.input_error = job.input_error, None
+            self._deliver(job, index, (False, error), 0)
+            return
         if job.length is not None and job.resolved >= job.length:
             self._job_finished(job)
 
