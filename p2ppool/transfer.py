@@ -425,7 +425,8 @@ class Session:
             role: ``"client"`` opens the subchannel, ``"worker"`` accepts it.  The two ends
                 of a session must have different roles.
             on_frame: called with each complete inbound frame, in order, in the reactor
-                thread.
+                thread.  On the worker side the first frames may arrive before ``open``
+                has returned to the calling thread.
             on_lost: called exactly once with a readable cause when the open session ends
                 for any reason, including :meth:`close` (cause ``"closed locally"``) and a
                 goodbye from the peer (cause starting with ``"closed by peer"``).  Runs in
@@ -555,12 +556,16 @@ class Session:
         """End the session: flush queued frames, say goodbye, close the wormhole.
 
         Bounded by ``close_timeout`` (plus a small margin) even if the peer is gone.
-        Idempotent; safe after the session was lost.
+        Idempotent; safe after the session was lost.  Called from the reactor thread (for
+        example inside ``on_frame``), it starts closing and returns without waiting.
 
         Args:
             reason: optional words for the peer's ``on_lost`` cause.
         """
-        if self._ended.is_set() and self._close_d is None:
+        if self._ended.is_set():
+            return  # already ended; the wormhole is closing in the background
+        if _reactor_mod.in_reactor_thread():  # e.g. from on_frame: do not wait for ourselves
+            self._close_in_reactor(reason)
             return
         try:
             _reactor_mod.call(

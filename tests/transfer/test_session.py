@@ -352,3 +352,18 @@ def test_unreachable_mailbox_server_is_a_transfer_error():
         Session.open(new_code(), relay_url, transit, role=CLIENT, on_frame=lambda f: None,
                      loopback_only=True, timeout=5)
     assert time.monotonic() - started < 5
+
+
+def test_close_from_inside_on_frame_does_not_deadlock(wormhole_servers: WormholeServers):
+    client, cc, worker, wc = open_pair(wormhole_servers)
+    calls: queue.Queue[str] = queue.Queue()
+
+    def close_on_frame(frame: bytes) -> None:
+        worker.close("seen " + frame.decode())  # runs in the reactor thread
+        calls.put("returned")
+
+    worker._on_frame = close_on_frame
+    client.send(b"last")
+    assert calls.get(timeout=5) == "returned"
+    assert cc.wait_lost(5) == "closed by peer: seen last"
+    assert wc.wait_lost(5) == "closed locally"
