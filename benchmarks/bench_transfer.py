@@ -36,35 +36,37 @@ from p2ppool.wormhole_servers import WormholeServers  # noqa: E402
 def run_peer(relay_url: str, transit: str) -> int:
     """The worker side: one session per code read from stdin."""
     for line in sys.stdin:
-        code = line.strip()
-        if not code:
-            continue
-        ended = threading.Event()
-        holder: Dict[str, Session] = {}
-        early: List[bytes] = []
-
-        def reply(session: Session, frame: bytes) -> None:
-            if frame[:1] == b"A":
-                session.send(b"ok %d" % len(frame))
-            else:
-                session.send(frame)
-
-        def on_frame(frame: bytes) -> None:
-            session = holder.get("s")
-            if session is None:
-                early.append(frame)
-            else:
-                reply(session, frame)
-
-        print("waiting", flush=True)
-        session = Session.open(code, relay_url, transit, role=WORKER, loopback_only=True,
-                               on_frame=on_frame, on_lost=lambda cause: ended.set(),
-                               timeout=30)
-        holder["s"] = session
-        for frame in early:
-            reply(session, frame)
-        ended.wait(600)
+        if line.strip():
+            serve_one(line.strip(), relay_url, transit)
     return 0
+
+
+def serve_one(code: str, relay_url: str, transit: str) -> None:
+    """Open one worker session and answer frames until the client closes it."""
+    ended = threading.Event()
+    holder: Dict[str, Session] = {}
+    early: List[bytes] = []
+
+    def reply(session: Session, frame: bytes) -> None:
+        if frame[:1] == b"A":
+            session.send(b"ok %d" % len(frame))
+        else:
+            session.send(frame)
+
+    def on_frame(frame: bytes) -> None:
+        session = holder.get("s")
+        if session is None:
+            early.append(frame)
+        else:
+            reply(session, frame)
+
+    print("waiting", flush=True)
+    session = Session.open(code, relay_url, transit, role=WORKER, loopback_only=True,
+                           on_frame=on_frame, on_lost=lambda cause: ended.set(), timeout=30)
+    holder["s"] = session
+    for frame in early:
+        reply(session, frame)
+    ended.wait(600)
 
 
 def median_ms(samples: List[float]) -> float:
