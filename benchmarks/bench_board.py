@@ -284,12 +284,15 @@ def main(argv: List[str] | None = None) -> int:
     if shutil.which("ssh") is None:
         print("bench_board needs the OpenSSH client (ssh)", file=sys.stderr)
         return 2
-    results = {
+    load_before = os.getloadavg()
+    results: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "line_bytes": LINE_BYTES,
         "duration_s": args.duration,
         "runs": [bench(p, args.rates, args.duration) for p in args.peers],
     }
+    # The machine may be shared: a high load average means the numbers understate the server.
+    results["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(results, indent=2))
     return 0
 

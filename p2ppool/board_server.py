@@ -565,11 +565,14 @@ class _Session:
         while True:
             self.wake.wait(_TICK_S)
             self.wake.clear()
-            while True:
+            more = True
+            while more:
                 with server._cond:
                     data, was_stalled = state.take(self.sid, _SEND_BATCH_BYTES)
                     member = state.members.get(self.sid)
                     ending = member.ending if member is not None else "gone"
+                    # Data that arrives later re-sets self.wake (its buffer was empty).
+                    more = member is not None and member.buffered > 0
                     if was_stalled:
                         server._cond.notify_all()
                 if not data:
@@ -841,6 +844,8 @@ class BoardServer:
 
     def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         sock.settimeout(None)
+        # Board lines are small and latency matters: no Nagle delay (40 ms with delayed ACKs).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = _BoardTransport(sock)
         connection.transport = transport
         transport.add_server_key(self._host_key)
