@@ -329,12 +329,24 @@ class BoardClient:
             return self._cond.wait_for(lambda: self._state in wanted, timeout)
 
     def close(self) -> None:
-        """Close the session and stop the reader thread (idempotent, bounded)."""
-        self._stop.set()
-        if self._state not in (State.FAILED,):
+        """End the session and stop the reader thread (idempotent, bounded).
+
+        Sends EOF first and waits (at most ``_STATUS_WAIT_S``) for the board to end the
+        session, so that lines published just before are delivered before we leave.
+        """
+        with self._send_lock:  # no publish() is half-way through a write after this
+            connected = self._state is State.CONNECTED
+            self._stop.set()
+        if self._state is not State.FAILED:
             self._set_state(State.CLOSED)
         session = self._session
         if session is not None:
+            if connected:
+                try:
+                    session.channel.shutdown_write()
+                    session.channel.status_event.wait(_STATUS_WAIT_S)
+                except (OSError, EOFError, paramiko.SSHException):
+                    pass
             session.close()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -585,18 +597,24 @@ class BoardSettings:
         self.cluster = cluster
 
     @classmethod
-    def from_args(cls, args: object) -> BoardSettings:
+    def from_args(cls, args: object, cluster_option: bool = True) -> BoardSettings:
         """Resolve from parsed arguments (see :func:`add_board_arguments`), env and config.
+
+        Args:
+            args: the parsed arguments.
+            cluster_option: whether ``args.cluster`` is an ``owner/name`` cluster option
+                (False for ``p2ppool host``, whose ``--cluster`` is a bare name).
 
         Raises:
             ConfigError: a value does not parse; the message names its source.
         """
         from .config import resolve_options
 
+        names = ["board", "board_user", "identity", "known_hosts"]
+        if cluster_option:
+            names.append("cluster")
         given = {
-            name: getattr(args, name)
-            for name in ("board", "board_user", "identity", "known_hosts", "cluster")
-            if getattr(args, name, None) is not None
+            name: getattr(args, name) for name in names if getattr(args, name, None) is not None
         }
         options = resolve_options(given)
         host, sep, port = options.board.rpartition(":")

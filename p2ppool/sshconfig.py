@@ -343,6 +343,12 @@ def _connect_one(
     except (OSError, EOFError) as exc:
         client.close()
         reason = str(exc) or type(exc).__name__
+        errors = getattr(exc, "errors", None)  # paramiko's NoValidConnectionsError
+        if isinstance(errors, dict) and errors:
+            first = next(iter(errors.values()))
+            reason = getattr(first, "strerror", None) or str(first)
+        elif isinstance(exc, socket.timeout):
+            reason = f"no answer within {timeout:g} s"
         raise BoardConnectionError(f"cannot reach the board {where}: {reason}") from None
     return client
 

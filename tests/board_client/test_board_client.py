@@ -153,7 +153,6 @@ def test_callback_delivery_and_pings_are_ignored(
 ) -> None:
     """The server sends ping@pico.sh channel requests; five pass and nothing is disturbed."""
     import paramiko
-
     from paramiko.common import MSG_CHANNEL_REQUEST
 
     pings = threading.Semaphore(0)
