@@ -304,6 +304,7 @@ class _Session:
                     raise _SessionGone() from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise _SessionGone() from None
+                self._maybe_ping()  # a dead peer with a full window shows up as a failed write
                 continue
             except (OSError, EOFError, paramiko.SSHException):
                 raise _SessionGone() from None

@@ -393,7 +393,7 @@ def test_slow_reader_is_disconnected_and_others_keep_receiving(
     board_factory: Callable[..., Any],
 ) -> None:
     board = board_factory(
-        policy=BufferPolicy(max_buffer_bytes=256 * 1024, slow_reader_grace_s=1.0),
+        policy=BufferPolicy(max_buffer_bytes=1024 * 1024, slow_reader_grace_s=3.0),
         flush_timeout_s=30.0,
     )
     slow = board.session("alice", "sub t -k")
@@ -412,7 +412,7 @@ def test_slow_reader_is_disconnected_and_others_keep_receiving(
     assert 0 < len(prefix) < len(data) and data.startswith(prefix)
     assert slow.wait(timeout=30) == 1
     message = slow.err.read_to_eof(timeout=10)
-    assert message.startswith(b"you fell behind on alice/t: more than 262144 bytes")
+    assert message.startswith(b"you fell behind on alice/t: more than 1048576 bytes")
     assert message.endswith(b"\n\r")
     assert fast.process.poll() is None  # -k: still subscribed
     fast.kill()
