@@ -29,7 +29,10 @@ Workarounds for magic-wormhole 0.24 (research/wormhole.md §4c), applied once at
   127.0.0.1 and advertises only 127.0.0.1 as its direct hint.  Other sessions in the same
   process keep the library's behaviour (listen on all interfaces, advertise the LAN
   addresses, race the relay).  The switch is a marker on the session's dilation manager that
-  the patched ``Connector`` methods read, so it cannot leak between sessions.
+  the patched ``Connector`` methods read, so it cannot leak between sessions.  (The marker
+  is set right after ``dilate()``, before the PAKE can finish, so it is always in place
+  before dilation starts listening.)  Only dilation is patched; classic Transit
+  (``wormhole.transit``) is not used by p2ppool and keeps its defaults.
 """
 
 from __future__ import annotations

@@ -56,8 +56,9 @@ def open_session(
     servers: WormholeServers, code: str, role: str, collector: Collector, **kwargs: Any
 ) -> Session:
     kwargs.setdefault("timeout", 10.0)
+    transit = kwargs.pop("transit", servers.transit)
     return Session.open(
-        code, servers.relay_url, servers.transit, role=role, loopback_only=True,
+        code, servers.relay_url, transit, role=role, loopback_only=True,
         on_frame=collector.on_frame, on_lost=collector.on_lost, **kwargs,
     )
 
@@ -304,6 +305,24 @@ def test_both_ends_in_one_process_exchange_frames(wormhole_servers: WormholeServ
     assert wc.wait_lost(5) == "closed locally"
     client.close()  # already ended: a no-op
     assert cc.lost_calls == 1 and wc.lost_calls == 1
+
+
+def test_direct_path_without_relay_uses_the_loopback_listener(
+    wormhole_servers: WormholeServers,
+):
+    """With no relay, only the direct loopback listener can carry the session."""
+    client, cc, worker, wc = open_pair(
+        wormhole_servers, client_kwargs={"transit": None}, worker_kwargs={"transit": None}
+    )
+    for session in (client, worker):
+        assert session.listen_addresses and all(
+            a.startswith("127.0.0.1:") for a in session.listen_addresses
+        )
+        assert not any(h.startswith("relay:") for h in session.advertised_hints)
+    client.send(b"direct")
+    assert wc.next_frame() == b"direct"
+    client.close()
+    assert wc.wait_lost(5) == "closed by peer"
 
 
 def test_on_frame_errors_end_the_session_with_a_clear_cause(wormhole_servers: WormholeServers):
