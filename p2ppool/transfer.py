@@ -433,7 +433,8 @@ class Session:
             on_lost: called exactly once with a readable cause when the open session ends
                 for any reason, including :meth:`close` (cause ``"closed locally"``) and a
                 goodbye from the peer (cause starting with ``"closed by peer"``).  Runs in
-                the reactor thread.  Not called when ``open`` itself raises.
+                the reactor thread.  Not called when ``open`` itself raises; like
+                ``on_frame`` it may run before ``open`` has returned to the calling thread.
             loopback_only: listen on and advertise only 127.0.0.1 (LocalCluster, tests).
                 The mailbox and relay must then be on loopback too.
             timeout: seconds to wait for the peer, the PAKE and dilation.
