@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,13 @@ def exit_hard(code: int) -> None:
 
 def kill_self(_: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def ping_then_sleep(port: int, seconds: float) -> float:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"started", ("127.0.0.1", port))
+    time.sleep(seconds)
+    return seconds
 
 
 def sleep_for(seconds: float) -> float:
@@ -390,7 +398,7 @@ def test_a_client_that_disappears_frees_the_slots_within_10_s(
         assert line.startswith("READY w-orphan"), (line, driver_proc.stderr)
         worker.wait_log("opened (2 slot(s))")
         # two children are busy with 60 s sleeps for the client
-        busy = _engine_children(worker, 2)
+        busy = _task_processes(worker, 2)
         driver_proc.kill()
         driver_proc.wait(10)
         killed_at = time.monotonic()
@@ -408,24 +416,35 @@ def test_a_client_that_disappears_frees_the_slots_within_10_s(
                 stream.close()
 
 
-def _engine_children(worker: WorkerProcess, n: int, timeout: float = 10.0) -> List[Any]:
-    """The worker's task processes (named P2PPoolWorker-*), waiting until there are n."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = []
-        for proc in worker.descendants():
-            try:
-                if "p2ppool" in " ".join(proc.cmdline()).lower() or proc.name():
-                    found.append(proc)
-            except psutil.Error:
-                continue
-        # the fork server is a descendant too; the task children are its children
-        tasks = [p for p in found if _parent_pid(p) != worker.proc.pid]
-        if len(tasks) >= n:
-            return tasks
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {n} task processes, found {tasks}")
-        time.sleep(0.05)  # polling the process table: there is no event to wait on
+def _task_processes(worker: WorkerProcess, n: int) -> List[Any]:
+    """The worker's task processes: children of its fork server (started before Ready)."""
+    tasks = [p for p in worker.descendants() if _parent_pid(p) != worker.proc.pid]
+    assert len(tasks) == n, f"expected {n} task processes, found {tasks}"
+    return tasks
+
+
+class StartSignal:
+    """A UDP socket on 127.0.0.1 that a task pings when it starts (no polling)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(15.0)
+        self.port = self.sock.getsockname()[1]
+
+    def wait(self) -> None:
+        data, _ = self.sock.recvfrom(64)  # socket.timeout after 15 s
+        assert data == b"started"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def start_signal() -> Iterator[StartSignal]:
+    signal_ = StartSignal()
+    yield signal_
+    signal_.close()
 
 
 def _parent_pid(proc: Any) -> int:
@@ -436,13 +455,14 @@ def _parent_pid(proc: Any) -> int:
 
 
 def test_sigterm_finishes_in_flight_work_says_bye_and_leaves_no_children(
-    cluster: Cluster, start_worker: Any, driver: Driver
+    cluster: Cluster, start_worker: Any, driver: Driver, start_signal: StartSignal
 ) -> None:
     worker = start_worker("w-term", processes=1)
     cs = driver.ready_session(slots=1, worker="w-term")
     try:
-        task = cs.submit(sleep_for, payload.apply_call((1.5,), {}))
-        tree = _engine_children(worker, 1) + worker.descendants()
+        task = cs.submit(ping_then_sleep, payload.apply_call((start_signal.port, 1.5), {}))
+        start_signal.wait()
+        tree = _task_processes(worker, 1) + worker.descendants()
         worker.proc.send_signal(signal.SIGTERM)
         worker.wait_log("withdrawing")
         # new work is sent back, in-flight work finishes and is delivered
@@ -463,13 +483,14 @@ def test_sigterm_finishes_in_flight_work_says_bye_and_leaves_no_children(
 
 
 def test_second_signal_kills_children_and_reports_tasks_lost(
-    start_worker: Any, driver: Driver
+    start_worker: Any, driver: Driver, start_signal: StartSignal
 ) -> None:
     worker = start_worker("w-force", processes=1)
     cs = driver.ready_session(slots=1, worker="w-force")
     try:
-        task = cs.submit(sleep_for, payload.apply_call((60.0,), {}))
-        tree = _engine_children(worker, 1) + worker.descendants()
+        task = cs.submit(ping_then_sleep, payload.apply_call((start_signal.port, 60.0), {}))
+        start_signal.wait()
+        tree = _task_processes(worker, 1) + worker.descendants()
         worker.proc.send_signal(signal.SIGINT)
         worker.wait_log("withdrawing")
         worker.proc.send_signal(signal.SIGINT)
