@@ -41,6 +41,7 @@ import re
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -986,6 +987,10 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
+        if args.max_buffer < CHUNK_BYTES:
+            raise ConfigError(f"--max-buffer must be at least {CHUNK_BYTES} bytes")
+        if args.slow_reader_grace <= 0 or args.max_sessions_per_key < 1:
+            raise ConfigError("--slow-reader-grace and --max-sessions-per-key must be positive")
         server = BoardServer(
             listen=args.listen,
             host_key_path=args.host_key,
@@ -996,7 +1001,7 @@ def run(args: argparse.Namespace) -> int:
         )
         server.start()
     except (ConfigError, OSError) as exc:
-        print(f"p2ppool board: {exc}", flush=True)
+        print(f"p2ppool board: {exc}", file=sys.stderr, flush=True)
         return 2
     print(
         f"board listening on {server.host}:{server.port}\n"

@@ -513,4 +513,58 @@ def test_cli_reports_bad_users_file(tmp_path: Path) -> None:
         cwd=str(Path(__file__).resolve().parents[2]),
     )
     assert result.returncode == 2
-    assert b"reserved for public topics" in result.stdout
+    assert b"users:1: the username 'public' is reserved for public topics" in result.stderr
+
+
+# --- users file ------------------------------------------------------------------------------
+
+
+def test_parse_users_file_forms(board_keys: Any) -> None:
+    from p2ppool.board_server import parse_users
+
+    alice, bob = board_keys["alice"], board_keys["bob"]
+    text = (
+        "# comment\n\n"
+        f"alice {alice.public_line}\n"
+        f"alice {board_keys['carol'].public_line}\n"  # a second key for alice
+        f"bob {bob.public_line.split()[0]} {bob.public_line.split()[1]}\n"  # no comment
+    )
+    keys = parse_users(text, where="users")
+    by_name = sorted((k.username, k.fingerprint) for k in keys.values())
+    assert by_name == sorted(
+        [
+            ("alice", alice.fingerprint),
+            ("alice", board_keys["carol"].fingerprint),
+            ("bob", bob.fingerprint),
+        ]
+    )
+    mapping = parse_users({"alice": alice.public_line, "bob": [bob.public_line]})
+    assert {k.username for k in mapping.values()} == {"alice", "bob"}
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("alice", "users:1: expected '<key type> <base64 key>'"),
+        ("alice ssh-ed25519 not-base64!", "users:1: not a valid ssh-ed25519 public key"),
+        ("al ice ssh-ed25519 AAAA", "users:1: not a valid"),
+        ("-x ssh-ed25519 AAAA", "users:1: invalid username '-x'"),
+        ("public ssh-ed25519 AAAA", "users:1: the username 'public' is reserved"),
+    ],
+)
+def test_parse_users_errors(line: str, message: str) -> None:
+    from p2ppool.board_server import parse_users
+    from p2ppool.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_users(line + "\n", where="users")
+    assert str(info.value).startswith(message)
+
+
+def test_one_key_for_two_users_is_refused(board_keys: Any) -> None:
+    from p2ppool.board_server import parse_users
+    from p2ppool.errors import ConfigError
+
+    line = board_keys["alice"].public_line
+    with pytest.raises(ConfigError, match="users:2: this key already belongs to 'alice'"):
+        parse_users(f"alice {line}\nbob {line}\n", where="users")
