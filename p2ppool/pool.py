@@ -295,6 +295,7 @@ class _Manager:
 
     def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int) -> None:
         self._pool_ref = weakref.ref(pool)
+        self.pid = os.getpid()
         self.inbox = Inbox()
         self.scheduler = Scheduler(max_attempts)
         self.executors: Dict[str, Executor] = {}
@@ -552,7 +553,9 @@ def _at_exit() -> None:
     """Interpreter exit: terminate pools left open (as multiprocessing does) and join them."""
     global _exiting
     _exiting = True
-    managers = list(_live_managers)
+    # Only the process that made a manager may touch it: a forked child inherits this set
+    # (and maybe a lock some other thread held at fork time) but not the manager thread.
+    managers = [m for m in _live_managers if m.pid == os.getpid()]
     for manager in managers:
         manager.inbox.post(manager.terminate)
     for manager in managers:
@@ -572,7 +575,7 @@ else:  # pragma: no cover - Python < 3.9
     atexit.register(_at_exit)
 
 
-# --- results: mirrors of multiprocessing.pool's ---------------------------------------------------
+# --- results: mirrors of multiprocessing.pool's ---------------------------------------------
 
 
 class _Result:

@@ -1,0 +1,328 @@
+"""What p2ppool.Pool does beyond (or deliberately unlike) multiprocessing.Pool, on real processes.
+
+* cloudpickle: lambdas, closures and ``__main__`` functions work, also with spawn;
+* progress bars: on with ``progress=True`` / ``P2PPOOL_PROGRESS=1``, silent by default;
+* lost processes (SIGKILL, ``os._exit``): retried on a fresh process, then ``ChunkFailed``
+  naming the exit signal (multiprocessing waits forever there);
+* results never hang: terminate fails pending results with ``BrokenPool``; a failing
+  initializer fails the tasks; a raising callback does not stop the pool;
+* the engine's own limits (task time, result size) and cancel.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.pool
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+import p2ppool
+from p2ppool import defaults, payload
+from p2ppool.engine import ProcessEngine, TaskDone, TaskLost
+from tests import _pool_fixtures as fx
+
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
+WAIT_S = 20.0
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[p2ppool.Pool]:
+    with p2ppool.Pool(2, context=FORK) as shared:
+        yield shared
+
+
+def run_script(body: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` as ``__main__`` of a fresh interpreter (bounded by a timeout)."""
+    script = f"import sys\nsys.path.insert(0, {ROOT!r})\n" + textwrap.dedent(body)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=environment)
+
+
+# --- cloudpickle ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("context", [FORK, SPAWN], ids=["fork", "spawn"])
+def test_lambdas_and_closures(context: Any) -> None:
+    offset = 10
+
+    def closure(x: int) -> int:
+        return x + offset
+
+    with p2ppool.Pool(2, context=context) as pool:
+        assert pool.map(lambda x: x * 3, range(5)) == [0, 3, 6, 9, 12]
+        assert pool.apply(closure, (1,)) == 11
+        assert list(pool.imap(closure, range(3))) == [10, 11, 12]
+        assert pool.starmap(lambda a, b: a - b, [(5, 2)]) == [3]
+
+
+MAIN_SCRIPT = """
+from {module} import Pool
+import multiprocessing
+
+def triple(x):
+    return 3 * x
+
+if __name__ == "__main__":
+    with Pool(2, context=multiprocessing.get_context("spawn")) as pool:
+        print(pool.map(triple, range(4)), pool.apply(lambda: "lambda ok"))
+"""
+
+
+def test_functions_of_main_work_with_spawn() -> None:
+    done = run_script(MAIN_SCRIPT.format(module="p2ppool"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 3, 6, 9] lambda ok"
+
+
+def test_multiprocessing_cannot_send_a_lambda_which_is_why_cloudpickle() -> None:
+    with multiprocessing.pool.Pool(1, context=FORK) as pool:
+        with pytest.raises(Exception, match="(?i)pickle"):
+            pool.apply(lambda: 1)
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+def test_progress_bar_shows_items_done_and_the_total(capsys: pytest.CaptureFixture[str]) -> None:
+    with p2ppool.Pool(2, context=FORK, progress=True) as pool:
+        assert pool.map(fx.square, range(40)) == [x * x for x in range(40)]
+        assert sorted(pool.imap_unordered(fx.square, range(7), 2)) == sorted(
+            x * x for x in range(7)
+        )
+        assert list(pool.imap(fx.square, (x for x in range(5)))) == [0, 1, 4, 9, 16]
+        assert pool.starmap_async(fx.add, [(1, 2)] * 3).get(WAIT_S) == [3, 3, 3]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "40/40" in captured.err
+    assert "7/7" in captured.err
+    assert "3/3" in captured.err
+    assert "5item" in captured.err  # unknown total: counts up
+
+
+def test_progress_from_the_environment_and_silence_by_default() -> None:
+    body = """
+    from p2ppool import Pool
+    from tests import _pool_fixtures as fx
+    if __name__ == "__main__":
+        with Pool(2) as pool:
+            print(sum(pool.map(fx.square, range(100))))
+            print(len(list(pool.imap(fx.square, range(30)))))
+    """
+    on = run_script(body, {"P2PPOOL_PROGRESS": "1"})
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.split() == ["328350", "30"]
+    assert "100/100" in on.stderr and "30/30" in on.stderr and "item/s" in on.stderr
+    off = run_script(body)
+    assert off.returncode == 0
+    assert off.stdout.split() == ["328350", "30"]
+    assert off.stderr == ""
+
+
+# --- lost processes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("func,args,cause", [
+    (fx.kill_self, (None,), "SIGKILL(-9)"),
+    (fx.exit_hard, (3,), "exit code 3"),
+])
+def test_a_lost_process_is_retried_then_fails_the_chunk(func: Any, args: Any, cause: str) -> None:
+    with p2ppool.Pool(2, context=FORK, max_attempts=2) as pool:
+        with pytest.raises(p2ppool.ChunkFailed) as info:
+            pool.apply(func, args)
+        assert info.value.attempts == 2
+        assert len(info.value.causes) == 2
+        assert all(cause in c and c.startswith("local: process ") for c in info.value.causes)
+        # the pool replaced the process and keeps working
+        assert pool.map(fx.square, range(10)) == [x * x for x in range(10)]
+
+
+def test_a_crash_fails_only_its_own_chunk_of_a_map() -> None:
+    with p2ppool.Pool(2, context=FORK, max_attempts=1) as pool:
+        results = [pool.apply_async(fx.square, (i,)) for i in range(5)]
+        crashed = pool.apply_async(fx.kill_self)
+        more = pool.map_async(fx.square, range(20), 1)
+        assert [r.get(WAIT_S) for r in results] == [0, 1, 4, 9, 16]
+        with pytest.raises(p2ppool.ChunkFailed, match="SIGKILL"):
+            crashed.get(WAIT_S)
+        assert more.get(WAIT_S) == [x * x for x in range(20)]
+
+
+def test_a_failing_initializer_fails_tasks_instead_of_hanging() -> None:
+    with p2ppool.Pool(1, context=FORK, initializer=fx.raise_custom, initargs=("init",)) as pool:
+        with pytest.raises(fx.CustomError, match="custom 'init'") as info:
+            pool.apply(fx.square, (2,))
+        assert "raise_custom" in str(info.value.__cause__)
+        with pytest.raises(fx.CustomError):
+            pool.map(fx.square, range(3))
+
+
+# --- never hang, never go quiet -------------------------------------------------------------
+
+
+def test_terminate_fails_pending_results_with_broken_pool(tmp_path: Path) -> None:
+    pool = p2ppool.Pool(1, context=FORK)
+    stuck = pool.apply_async(fx.wait_for_file, (str(tmp_path / "never"),))
+    queued = pool.map_async(fx.square, range(4))
+    it = pool.imap(fx.square, range(3))
+    pool.terminate()
+    for result in (stuck, queued):
+        with pytest.raises(p2ppool.BrokenPool, match="terminated"):
+            result.get(WAIT_S)
+    with pytest.raises(p2ppool.BrokenPool):
+        list(it)
+    pool.join()
+
+
+def test_a_raising_callback_is_reported_and_the_pool_goes_on(
+    pool: p2ppool.Pool, capfd: pytest.CaptureFixture[str]
+) -> None:
+    def bad_callback(value: Any) -> None:
+        raise RuntimeError("callback broke")
+
+    result = pool.apply_async(fx.square, (3,), callback=bad_callback)
+    assert result.get(WAIT_S) == 9
+    assert pool.apply(fx.square, (4,)) == 16
+    assert "callback broke" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_map_rejects_chunksize_below_one(pool: p2ppool.Pool, bad: int) -> None:
+    # multiprocessing silently returns [None] * len(items) here; p2ppool refuses.
+    with pytest.raises(ValueError, match="Chunksize must be 1"):
+        pool.map(fx.square, range(3), bad)
+
+
+def test_imap_reads_ahead_a_bounded_number_of_chunks(pool: p2ppool.Pool) -> None:
+    source = fx.Recorder()  # endless
+    it = pool.imap(fx.square, source, 1)
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    slots = 2 * defaults.ENGINE_TASKS_PER_PROCESS
+    bound = 5 + slots + defaults.READ_AHEAD_PER_SLOT * slots + 1
+    assert source.taken <= bound
+
+
+def test_imap_unordered_input_error_comes_after_the_earlier_chunks(pool: p2ppool.Pool) -> None:
+    it = pool.imap_unordered(fx.square, fx.raising_iter(5, KeyError("broke")), 2)
+    got: List[int] = []
+    with pytest.raises(KeyError):
+        for value in it:
+            got.append(value)
+    assert sorted(got) == [0, 1, 4, 9]
+
+
+def test_an_unclosed_pool_warns_and_is_terminated_when_collected() -> None:
+    pool = p2ppool.Pool(1, context=FORK)
+    manager = pool._manager
+    assert manager is not None
+    with pytest.warns(ResourceWarning, match="unclosed running p2ppool pool"):
+        del pool
+        gc.collect()
+    manager.thread.join(WAIT_S)
+    assert not manager.thread.is_alive()
+
+
+def test_options_reach_the_pool() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        p2ppool.Pool(1, no_such_option=1)
+    with pytest.raises(p2ppool.ConfigError, match="start_method"):
+        p2ppool.Pool(1, start_method="teleport")
+    with p2ppool.Pool(1, start_method="spawn") as pool:
+        assert pool._ctx.get_start_method() == "spawn"
+        assert pool.apply(fx.square, (3,)) == 9
+
+
+# --- the engine on its own ------------------------------------------------------------------
+
+
+def _collect(engine: ProcessEngine, count: int) -> List[Any]:
+    events: List[Any] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(events) < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"only {events} arrived"
+        engine_deadline = engine.next_deadline()
+        timeout = remaining if engine_deadline is None else max(
+            0.0, min(remaining, engine_deadline - time.monotonic())
+        )
+        ready = multiprocessing.connection.wait(engine.readables(), timeout)
+        events += engine.collect(ready or None)
+    return events
+
+
+def _task(func: Any, *args: Any) -> tuple[bytes, bytes]:
+    return payload.dumps(func), payload.dumps(payload.apply_call(args, {}))
+
+
+def test_engine_speaks_bytes_and_runs_the_function_once_sent() -> None:
+    engine = ProcessEngine(2, mp_context=FORK)
+    try:
+        func_blob, _ = _task(fx.square)
+        for i in range(6):
+            engine.submit(i, "job", func_blob, payload.dumps(payload.apply_call((i,), {})))
+        events = _collect(engine, 6)
+        assert all(isinstance(e, TaskDone) and e.ok and isinstance(e.blob, bytes) for e in events)
+        assert sorted(payload.loads(e.blob) for e in events) == [i * i for i in range(6)]
+    finally:
+        engine.terminate()
+
+
+def test_engine_time_limit_kills_the_process_tree() -> None:
+    engine = ProcessEngine(1, mp_context=FORK, max_task_seconds=0.3)
+    try:
+        engine.submit(1, "k", *_task(fx.burn, 30.0))
+        [lost] = _collect(engine, 1)
+        assert lost == TaskLost(1, "exceeded the 0.3 s task time limit", True)
+        engine.submit(2, "k2", *_task(fx.square, 5))
+        [done] = _collect(engine, 1)
+        assert isinstance(done, TaskDone) and payload.loads(done.blob) == 25
+    finally:
+        engine.terminate()
+
+
+def test_engine_result_size_limit() -> None:
+    engine = ProcessEngine(1, mp_context=FORK, max_result_bytes=1000)
+    try:
+        engine.submit(1, "k", *_task(fx.echo, b"x" * 5000))
+        [done] = _collect(engine, 1)
+        assert isinstance(done, TaskDone) and not done.ok
+        error = payload.loads(done.blob)
+        assert isinstance(error, p2ppool.TaskLimitExceeded)
+        assert "over the limit of 1,000 bytes" in str(error)
+    finally:
+        engine.terminate()
+
+
+def test_engine_cancel_kills_and_replaces_the_child(tmp_path: Path) -> None:
+    engine = ProcessEngine(1, mp_context=FORK)
+    try:
+        [old_pid] = engine.pids()
+        engine.submit(1, "k", *_task(fx.wait_for_file, str(tmp_path / "never")))
+        engine.cancel([1])
+        [new_pid] = engine.pids()
+        assert new_pid != old_pid
+        engine.submit(2, "k", *_task(fx.square, 4))
+        [done] = _collect(engine, 1)
+        assert done.task_id == 2 and payload.loads(done.blob) == 16
+    finally:
+        engine.terminate()
+
+
+def test_engine_close_lets_children_exit() -> None:
+    engine = ProcessEngine(2, mp_context=FORK)
+    processes = [c.process for c in engine._children]
+    engine.close()
+    engine.join(WAIT_S)
+    assert [p.exitcode for p in processes] == [0, 0]
