@@ -224,9 +224,11 @@ class Scheduler:
         if found is None:
             return []
         commands: List[Command] = []
+        back: List[ChunkId] = []
         for chunk_id in sorted(found.running, key=_order_key):
             chunk = self._chunks[chunk_id]
-            commands += self._lose(chunk, f"{name} lost: {cause}", True, released=True)
+            commands += self._lose(chunk, f"{name} lost: {cause}", True, released=True, back=back)
+        self._pending.extendleft(reversed(back))
         return self._with_wake(now, commands + self._dispatch(now))
 
     def got_heartbeat(self, executor: str, now: float) -> List[Command]:
@@ -245,12 +247,15 @@ class Scheduler:
             key=lambda c: _order_key(c.chunk_id),
         )
         commands: List[Command] = []
+        back: List[ChunkId] = []
         for chunk in expired:
             executor = chunk.executor
             assert executor is not None
             lease = self._executors[executor].lease_s
             commands.append(Cancel(chunk.chunk_id, executor))
-            commands += self._lose(chunk, f"{executor}: no heartbeat for {lease:g} s", True)
+            commands += self._lose(chunk, f"{executor}: no heartbeat for {lease:g} s", True,
+                                   back=back)
+        self._pending.extendleft(reversed(back))
         return self._with_wake(now, commands + self._dispatch(now))
 
     def cancel(self, chunk_ids: Iterable[ChunkId], now: float) -> List[Command]:
@@ -270,8 +275,11 @@ class Scheduler:
     # --- internals --------------------------------------------------------------------------
 
     def _lose(
-        self, chunk: _Chunk, cause: str, charged: bool, released: bool = False
+        self, chunk: _Chunk, cause: str, charged: bool, released: bool = False,
+        back: List[ChunkId] | None = None,
     ) -> List[Command]:
+        """Record a lost attempt: back to the front of the line (or into ``back``, which the
+        caller puts in front in order), or Fail when no attempt is left."""
         if not released:
             self._release(chunk)
         else:
@@ -285,7 +293,10 @@ class Scheduler:
             del self._chunks[chunk.chunk_id]
             error = ChunkFailed(chunk.chunk_id, chunk.attempts, chunk.causes)
             return [Fail(chunk.chunk_id, error)]
-        self._pending.appendleft(chunk.chunk_id)
+        if back is None:
+            self._pending.appendleft(chunk.chunk_id)
+        else:
+            back.append(chunk.chunk_id)
         return []
 
     def _release(self, chunk: _Chunk) -> None:
