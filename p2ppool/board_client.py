@@ -123,10 +123,16 @@ class _Session:
         self.channel = channel
 
     def close(self) -> None:
+        """Close the channel and the connection; never raises (the peer may be gone)."""
         try:
             self.channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the transport is already dead
         finally:
-            self.connection.close()
+            try:
+                self.connection.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
 
     def ending(self) -> Tuple[int | None, str]:
         """After EOF: (exit status or None, stderr text).  Waits a bounded time for both."""
@@ -301,12 +307,19 @@ class BoardClient:
                 )
             try:
                 session.channel.sendall(line)
+                return
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                # Closing the session wakes the reader, which reconnects.
-                session.close()
-                raise BoardConnectionError(
-                    f"writing to the board {self.where} failed: {exc or type(exc).__name__}"
-                ) from None
+                failure = exc
+                if not session.channel.closed:
+                    session.close()  # wakes the reader, which reconnects
+        # The write failed.  If the board ended the session on purpose (access denied), the
+        # reader is about to say so: give it a moment, so the caller gets the real reason.
+        self.wait_for_state({State.FAILED, State.RECONNECTING, State.CLOSED}, _STATUS_WAIT_S + 1)
+        if self.state is State.FAILED and self.error is not None:
+            raise self.error
+        raise BoardConnectionError(
+            f"writing to the board {self.where} failed: {failure or type(failure).__name__}"
+        )
 
     def get(self, timeout: float | None = None) -> Message:
         """The next queued message (when no ``on_message`` callback was given).
@@ -409,6 +422,13 @@ class BoardClient:
         return got_data
 
     def _reader(self) -> None:
+        try:
+            self._read_and_reconnect()
+        except Exception as exc:  # noqa: BLE001 - never die silently with state CONNECTED
+            log.exception("board reader thread failed")
+            self._fail(BoardConnectionError(f"the board client for {self.where} failed: {exc!r}"))
+
+    def _read_and_reconnect(self) -> None:
         first_session = True
         attempt = 0
         while not self._stop.is_set():

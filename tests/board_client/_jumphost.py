@@ -67,7 +67,10 @@ class JumpHost:
             transport = paramiko.Transport(conn)
             transport.add_server_key(self.host_key)
             self._transports.append(transport)
-            transport.start_server(server=_Server(self))
+            try:
+                transport.start_server(server=_Server(self))
+            except (paramiko.SSHException, EOFError, OSError):
+                continue  # the client gave up during the handshake
             thread = threading.Thread(target=self._serve, args=(transport,), daemon=True)
             thread.start()
             self._threads.append(thread)
