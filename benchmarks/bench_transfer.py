@@ -29,6 +29,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from p2ppool import defaults  # noqa: E402
 from p2ppool.transfer import CLIENT, WORKER, Session, new_code  # noqa: E402
 from p2ppool.wormhole_servers import WormholeServers  # noqa: E402
 
@@ -79,6 +80,8 @@ def main() -> int:
     parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--bulk-mb", type=int, default=50)
     parser.add_argument("--bulk-repeats", type=int, default=3)
+    parser.add_argument("--piece-kb", type=int, default=defaults.WRITE_PIECE_BYTES // 1024,
+                        help="client write piece size in KiB (default: defaults.WRITE_PIECE_BYTES)")
     parser.add_argument("--peer", nargs=2, metavar=("RELAY_URL", "TRANSIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
@@ -104,7 +107,7 @@ def measure(args: Any, servers: WormholeServers, peer: subprocess.Popen[str]) ->
     assert peer.stdin is not None and peer.stdout is not None
     setups: List[float] = []
     closes: List[float] = []
-    result: Dict[str, Any] = {"sessions": args.sessions}
+    result: Dict[str, Any] = {"sessions": args.sessions, "piece_kb": args.piece_kb}
     for index in range(args.sessions):
         code = new_code()
         peer.stdin.write(code + "\n")
@@ -114,7 +117,8 @@ def measure(args: Any, servers: WormholeServers, peer: subprocess.Popen[str]) ->
         frames: queue.Queue[bytes] = queue.Queue()
         started = time.perf_counter()
         session = Session.open(code, servers.relay_url, servers.transit, role=CLIENT,
-                               loopback_only=True, on_frame=frames.put, timeout=30)
+                               loopback_only=True, on_frame=frames.put, timeout=30,
+                               write_piece_bytes=args.piece_kb * 1024)
         setups.append(time.perf_counter() - started)
         if index == 0:
             result.update(steady_state(args, session, frames))

@@ -386,3 +386,21 @@ def test_close_from_inside_on_frame_does_not_deadlock(wormhole_servers: Wormhole
     assert calls.get(timeout=5) == "returned"
     assert cc.wait_lost(5) == "closed by peer: seen last"
     assert wc.wait_lost(5) == "closed locally"
+
+
+def test_an_open_session_survives_the_mailbox_server_going_away():
+    """After dilation the direct connection no longer needs the mailbox server."""
+    servers = WormholeServers()
+    try:
+        client, cc, worker, wc = open_pair(
+            servers, client_kwargs={"transit": None}, worker_kwargs={"transit": None}
+        )
+    finally:
+        servers.stop()
+    for i in range(100):
+        client.send(b"%d" % i)
+    assert [wc.next_frame() for _ in range(100)] == [b"%d" % i for i in range(100)]
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < defaults.SESSION_CLOSE_TIMEOUT_S + 1.5
+    assert wc.wait_lost(5) == "closed by peer"
