@@ -89,7 +89,7 @@ class ChunkReader:
 def split(items: Any, chunksize: int) -> List[Chunk]:
     """Cut a sized sequence into chunks of ``chunksize`` (the last one may be shorter)."""
     it = iter(items)
-    chunks = []
+    chunks: List[Chunk] = []
     while True:
         chunk = tuple(itertools.islice(it, chunksize))
         if not chunk:

@@ -144,12 +144,12 @@ def _child_main(conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
             del args, blob
         elif kind in (b"F", b"f"):
             (key,) = _KEY.unpack_from(message, 1)
-            blob = memoryview(message)[5:] if kind == b"F" else recv()
+            fblob: Any = memoryview(message)[5:] if kind == b"F" else recv()
             try:
-                functions[key] = payload.loads(blob)
+                functions[key] = payload.loads(fblob)
             except Exception as exc:
                 functions[key] = _LoadFailed(payload.dump_exception(exc))
-            del blob
+            del fblob
         elif kind == b"D":
             functions.pop(_KEY.unpack_from(message, 1)[0], None)
         else:  # b"X"

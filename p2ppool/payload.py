@@ -58,7 +58,8 @@ class Call(NamedTuple):
 
 def dumps(obj: Any) -> bytes:
     """Serialise ``obj`` with cloudpickle (protocol 5)."""
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    blob: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return blob
 
 
 def loads(blob: bytes | bytearray | memoryview) -> Any:

@@ -43,6 +43,7 @@ from typing import (
     Callable,
     Deque,
     Dict,
+    Hashable,
     Iterable,
     Iterator,
     List,
@@ -432,17 +433,18 @@ class _Manager:
             if isinstance(command, Assign):
                 self._assign(command)
             elif isinstance(command, Resolve):
-                self._resolve(command.chunk_id, command.result)
+                self._resolve(_cid(command.chunk_id), command.result)
             elif isinstance(command, Fail):
-                self._resolve_outcome(command.chunk_id, (False, command.error))
+                self._resolve_outcome(_cid(command.chunk_id), (False, command.error))
             elif isinstance(command, Cancel):
                 executor = self.executors.get(command.executor)
                 if executor is not None:
-                    executor.cancel([command.chunk_id])
+                    executor.cancel([_cid(command.chunk_id)])
             # WakeAt: the loop asks the scheduler for its next deadline every turn.
 
     def _assign(self, command: Assign) -> None:
-        chunk = self.chunks[command.chunk_id]
+        chunk_id = _cid(command.chunk_id)
+        chunk = self.chunks[chunk_id]
         try:
             func_blob = chunk.job.blob()
             if chunk.call_blob is None:
@@ -453,9 +455,7 @@ class _Manager:
             self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
                                                     _Failed(exc), now))
             return
-        self.executors[command.executor].run(
-            command.chunk_id, chunk.job.job_id, func_blob, chunk.call_blob
-        )
+        self.executors[command.executor].run(chunk_id, chunk.job.job_id, func_blob, chunk.call_blob)
 
     def _resolve(self, chunk_id: int, result: Any) -> None:
         if isinstance(result, _Failed):
@@ -534,6 +534,12 @@ class _Manager:
             job.progress = None
         if job.slots is not None:
             job.slots.release()
+
+
+def _cid(chunk_id: Hashable) -> int:
+    """The Pool numbers its chunks with ints (the scheduler accepts any hashable id)."""
+    assert isinstance(chunk_id, int)
+    return chunk_id
 
 
 class _Failed:
@@ -647,7 +653,7 @@ class ApplyResult(_Result):
         if not self._event.is_set():
             self._set(0, (False, error))
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__ = classmethod(types.GenericAlias)  # type: ignore[var-annotated]
 
 
 AsyncResult = ApplyResult
