@@ -665,11 +665,16 @@ class BoardSettings:
         )
 
     def username(self) -> str | None:
-        """Our board username: configured, else what the board's ``user`` command says."""
+        """Our board username: configured, else what the board's ``user`` command says.
+
+        For ``pipe.pico.sh`` the question goes to ``pico.sh``, as ``ssh pico.sh user``.
+        """
         if self.board_user:
             return self.board_user
+        # pico answers `user` on its main host, not on the pipe service.
+        host = "pico.sh" if self.host == "pipe.pico.sh" else self.host
         return learn_username(
-            self.host,
+            host,
             self.port,
             identity=self.identity,
             known_hosts=self.known_hosts,

@@ -89,6 +89,12 @@ def test_two_clients_exchange_messages(board_server: Any, clients: Any) -> None:
     with pytest.raises(queue.Empty):
         alice.get(timeout=0.05)  # a pipe does not get its own lines back
     assert alice.drops == {} and bob.drops == {}
+    alice.close()
+    bob.close()
+    assert alice.state is State.CLOSED and bob.state is State.CLOSED
+    assert not alice._thread.is_alive() and not bob._thread.is_alive()  # type: ignore[union-attr]
+    with pytest.raises(BoardConnectionError, match="closed"):
+        alice.publish(sent)
 
 
 def test_openssh_client_is_an_independent_peer(board_server: Any, clients: Any) -> None:
