@@ -248,3 +248,41 @@ def test_status_with_an_unknown_key_fails_clearly(board_server: Any, tmp_path: P
     )
     assert result.returncode == 1
     assert "refused the key" in result.stderr
+
+
+def test_host_keeps_hosting_across_a_board_restart(
+    board_server: Any, tmp_path: Path, processes: List[Any]
+) -> None:
+    from p2ppool.board_server import BoardServer
+
+    host = start_host(board_server, tmp_path, processes, "--cluster", "sturdy", "--users", "bob",
+                      "--announce-every", "1h")
+    stderr = Lines(host.stderr)
+    stderr.wait_for("hosting cluster alice/sturdy")
+    port = board_server.port
+    board_server.server.stop()
+    stderr.wait_for("reconnecting")
+    restarted = BoardServer(
+        listen=("127.0.0.1", port),
+        host_key_path=board_server.host_key_path,
+        users_path=board_server.users_path,
+    ).start()
+    try:
+        assert restarted.wait_for(
+            lambda s: s.channel_members("alice/sturdy") == {"pipe": ["alice"]}, WAIT
+        )
+        bob = Peer(board_server, "alice/sturdy")
+        bob.client.connect()
+        try:
+            # The period is an hour: this announcement answers bob's hello after the restart.
+            bob.client.publish(Hello(sender="bob-w", ts=time.time(), ttl=60, role="worker",
+                                     python="3.11", version="0.1", slots=2))
+            announced = bob.wait_for(Cluster)
+            assert isinstance(announced, Cluster) and announced.name == "alice/sturdy"
+            assert host.poll() is None
+        finally:
+            bob.client.close()
+        host.send_signal(signal.SIGINT)
+        assert host.wait(timeout=WAIT) == 0
+    finally:
+        restarted.stop()
