@@ -404,3 +404,31 @@ def test_an_open_session_survives_the_mailbox_server_going_away():
     client.close()
     assert time.monotonic() - started < defaults.SESSION_CLOSE_TIMEOUT_S + 1.5
     assert wc.wait_lost(5) == "closed by peer"
+
+
+def test_a_dropped_tcp_connection_is_resumed_without_losing_frames(
+    wormhole_servers: WormholeServers,
+):
+    """Dilation reconnects after a transient TCP loss and replays unacknowledged data; the
+    session (and its frame order) survives."""
+    from p2ppool import reactor as rx
+
+    client, cc, worker, wc = open_pair(wormhole_servers)
+
+    aborted = []
+
+    def abort_connection() -> None:
+        connection = client._dilated._manager._connection  # the current TCP generation
+        aborted.append(connection)
+        connection.transport.abortConnection()
+
+    for i in range(200):
+        client.send(b"%d" % i + bytes(10_000))
+        if i == 50:
+            rx.call(abort_connection, timeout=5)
+    got = [wc.next_frame(timeout=10)[:3] for _ in range(200)]
+    assert got == [(b"%d" % i + bytes(10_000))[:3] for i in range(200)]
+    assert client.is_open and worker.is_open
+    current = rx.call(lambda: client._dilated._manager._connection, timeout=5)
+    assert current is not None and current is not aborted[0]  # a new generation carried on
+    client.close()
