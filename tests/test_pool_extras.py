@@ -205,13 +205,20 @@ def test_map_rejects_chunksize_below_one(pool: p2ppool.Pool, bad: int) -> None:
         pool.map(fx.square, range(3), bad)
 
 
-def test_imap_reads_ahead_a_bounded_number_of_chunks(pool: p2ppool.Pool) -> None:
+def test_imap_reads_ahead_a_bounded_number_of_chunks(tmp_path: Path) -> None:
+    gate = str(tmp_path / "go")
     source = fx.Recorder()  # endless
-    it = pool.imap(fx.square, source, 1)
-    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
-    slots = 2 * defaults.ENGINE_TASKS_PER_PROCESS
-    bound = 5 + slots + defaults.READ_AHEAD_PER_SLOT * slots + 1
-    assert source.taken <= bound
+    with p2ppool.Pool(2, context=FORK) as pool:
+        it = pool.imap(fx.wait_for_file, (gate for _ in source), 1)
+        # nothing can finish before the gate opens: the feeder stops at the read-ahead bound
+        bound = defaults.READ_AHEAD_PER_SLOT * 2 * defaults.ENGINE_TASKS_PER_PROCESS
+        deadline = time.monotonic() + WAIT_S
+        while source.taken < bound and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # give an unbounded reader the chance to show itself
+        assert source.taken == bound
+        Path(gate).touch()
+        assert [it.next(timeout=WAIT_S) for _ in range(3)] == [None] * 3
 
 
 def test_imap_unordered_input_error_comes_after_the_earlier_chunks(pool: p2ppool.Pool) -> None:
