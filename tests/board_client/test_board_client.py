@@ -6,6 +6,7 @@ import base64
 import queue
 import random
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -502,3 +503,74 @@ def test_proxyjump_to_a_refusing_jump_host_is_an_auth_error(
             c.connect()
     finally:
         jump.close()
+
+
+# --- where keys come from ----------------------------------------------------------------------
+
+
+def test_key_from_the_default_ssh_directory(
+    board_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(board_server.key_path("carol"), home / ".ssh" / "id_ed25519")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    c = BoardClient(board_server.host, board_server.port, topic="t", ssh_config="/dev/null",
+                    known_hosts=board_server.known_hosts).connect()
+    try:
+        wait_members(board_server, "carol/t", "pipe", 1)
+    finally:
+        c.close()
+
+
+def test_key_from_the_ssh_agent(
+    board_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    agent_bin, add_bin = shutil.which("ssh-agent"), shutil.which("ssh-add")
+    if agent_bin is None or add_bin is None:
+        pytest.skip("OpenSSH's ssh-agent/ssh-add are not installed")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen([agent_bin, "-D", "-a", str(sock)], stdout=subprocess.PIPE)
+    try:
+        # The agent prints its environment once its socket listens.
+        ready = Lines(agent.stdout)
+        assert ready.get(timeout=WAIT).startswith(b"SSH_AUTH_SOCK=")
+        env = {"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"}
+        added = subprocess.run([add_bin, board_server.key_path("bob")], env=env,
+                               capture_output=True, timeout=WAIT)
+        assert added.returncode == 0, added.stderr
+        home = tmp_path / "home"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))  # no ~/.ssh keys: only the agent has one
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        c = BoardClient(board_server.host, board_server.port, topic="t",
+                        ssh_config="/dev/null", known_hosts=board_server.known_hosts).connect()
+        try:
+            wait_members(board_server, "bob/t", "pipe", 1)
+        finally:
+            c.close()
+    finally:
+        agent.terminate()
+        agent.wait(timeout=WAIT)
+        assert agent.stdout is not None
+        agent.stdout.close()
+
+
+class Lines:
+    """Lines of a pipe, read by a thread, so that a test can wait for one with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in iter(stream.readline, b""):
+            self._lines.put(line)
+
+    def get(self, timeout: float) -> bytes:
+        return self._lines.get(timeout=timeout)
