@@ -331,6 +331,10 @@ class Worker:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        # The kernel may deliver a signal to any thread (reactor, board reader); Python runs
+        # the handler only when the main thread wakes up.  The wakeup fd makes the C-level
+        # handler write to the inbox pipe, so the main loop's wait returns at once.
+        signal.set_wakeup_fd(self.inbox.write_fd, warn_on_full_buffer=False)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -353,13 +357,17 @@ class Worker:
         return self.exit_status
 
     def _step(self, ready: Sequence[Any]) -> None:
+        # Drain the wakeup pipe *before* looking at the signal counter: a signal that lands
+        # after this point writes a new byte, so the next wait returns at once.
+        events = self.inbox.drain()
         if self.signals > self._signals_handled:
             self._signals_handled = self.signals
             if self.signals == 1:
                 self.withdraw("signal received")
             else:
                 self.force("second signal received")
-        for event in self.inbox.drain():
+                return
+        for event in events:
             try:
                 self._handle(event)
             except Exception:  # a bug handling one event must not take the worker down
