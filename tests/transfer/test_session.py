@@ -432,3 +432,17 @@ def test_a_dropped_tcp_connection_is_resumed_without_losing_frames(
     current = rx.call(lambda: client._dilated._manager._connection, timeout=5)
     assert current is not None and current is not aborted[0]  # a new generation carried on
     client.close()
+
+
+def test_an_idle_healthy_session_outlives_the_heartbeat_deadline(
+    wormhole_servers: WormholeServers,
+):
+    fast = {"heartbeat_s": 0.2, "heartbeat_deadline_s": 1.0}
+    client, cc, worker, wc = open_pair(wormhole_servers, client_kwargs=fast, worker_kwargs=fast)
+    # no application traffic for 2.5 deadlines: heartbeats alone keep both ends alive
+    with pytest.raises(queue.Empty):
+        cc.lost.get(timeout=2.5)
+    assert wc.lost.empty() and client.is_open and worker.is_open
+    client.send(b"still there?")
+    assert wc.next_frame() == b"still there?"
+    client.close()
