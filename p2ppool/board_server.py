@@ -24,9 +24,13 @@ Threads::
                              pipe: the session thread drains, plus one reader thread
 
 All state lives in one :class:`~p2ppool.board_state.BoardState` behind one lock.  A chunk is
-appended to every receiver's buffer under that lock (cheap; this is the total order), and
-each receiver's own thread sends whatever has piled up in one write, so a slow receiver costs
-no one else anything until its buffer is full (see the slow-reader policy in board_state).
+appended to every receiver's buffer under that lock (cheap; this is the total order).  Then,
+outside the lock, the writer's thread itself sends it to every *idle* receiver whose SSH
+window has room (the fast path: no thread switch per receiver, which halves the server's CPU
+per delivery).  A receiver that is busy or whose window is short is left to its own thread,
+which sends whatever has piled up in one write and may wait for the client; so a slow
+receiver costs no one else anything until its buffer is full (see the slow-reader policy in
+board_state).  Each receiver's sends are serialised by its ``send_lock``.
 """
 
 from __future__ import annotations
@@ -281,6 +285,12 @@ class _Session:
         self.user = connection.user or UserKey("?", "?")
         self.wake = threading.Event()
         self.replied = threading.Event()
+        # Whoever sends this session's data holds send_lock: the session's own thread, or a
+        # writer's thread on the fast path (see BoardServer._fan_out).  ``pending`` is data
+        # taken from the buffer but not yet sent (the fast path found the window short).
+        self.send_lock = threading.Lock()
+        self.pending = b""
+        self.fast_path = False
         self.input_done = False
         self.admitted = False
         self.joined = False
@@ -327,7 +337,13 @@ class _Session:
             self.chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        self.chan.close()
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self.chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the connection is already gone
 
     def _fatal(self, message: str, quiet: bool = False) -> None:
         if not quiet:
@@ -372,7 +388,7 @@ class _Session:
             self._dispatch()
         except _SessionGone:
             if self.exit_status is None:
-                self.chan.close()
+                self._close()
         except Exception:  # noqa: BLE001 - a bug must not kill the server
             log.exception("%s: session failed", self._who())
             if self.exit_status is None:
@@ -518,7 +534,8 @@ class _Session:
 
     def _publish(self, data: bytes, block: bool) -> None:
         """Queue one chunk for the channel; wait while receivers are full (or absent and
-        ``block``).  Returns when queued, or dropped (no receiver and not blocking)."""
+        ``block``).  Returns when queued (and sent where the fast path could), or dropped (no
+        receiver and not blocking)."""
         server = self.server
         with server._cond:
             while True:
@@ -528,9 +545,8 @@ class _Session:
                 for sid in result.evicted:
                     server._wake(sid)
                 if result.delivered:
-                    for sid in result.woken:
-                        server._wake(sid)
-                    return
+                    woken = result.woken
+                    break
                 if result.no_receivers:
                     member = server._state.members.get(self.sid)
                     if not block or member is None or member.ending is not None:
@@ -539,6 +555,24 @@ class _Session:
                     continue
                 assert result.retry_at is not None
                 server._cond.wait(max(0.0, min(_TICK_S, result.retry_at - time.monotonic())))
+        server._fan_out(woken)
+
+    def _send_nowait(self, data: bytes) -> int:
+        """Send what the client's window takes now, without waiting; bytes sent."""
+        offset = 0
+        chan = self.chan
+        while offset < len(data):
+            window = chan.out_window_size
+            if window <= 0 or chan.closed:
+                break
+            try:
+                sent = chan.send(data[offset : offset + min(window, CHUNK_BYTES)])
+            except (socket.timeout, OSError, EOFError, paramiko.SSHException):
+                break
+            if sent <= 0:
+                break
+            offset += sent
+        return offset
 
     # -- sub / pipe -------------------------------------------------------------------------
 
@@ -562,40 +596,51 @@ class _Session:
         self.wake.set()
 
     def _drain_loop(self) -> None:
-        server = self.server
-        state = server._state
+        self.fast_path = True
         while True:
             self.wake.wait(_TICK_S)
             self.wake.clear()
-            more = True
-            while more:
-                with server._cond:
-                    data, was_stalled = state.take(self.sid, _SEND_BATCH_BYTES)
-                    member = state.members.get(self.sid)
-                    ending = member.ending if member is not None else "gone"
-                    # Data that arrives later re-sets self.wake (its buffer was empty).
-                    more = member is not None and member.buffered > 0
-                    if was_stalled:
-                        server._cond.notify_all()
-                if not data:
-                    break
+            with self.send_lock:
+                ending, message = self._drain()
+                if ending == "evicted":
+                    self._fatal(message)
+                    return
+                if ending is not None or self.input_done:
+                    self._finish(0)
+                    return
+            if self._gone():
+                raise _SessionGone()
+            self._maybe_ping()
+
+    def _drain(self) -> Tuple[str | None, str]:
+        """Send everything queued (caller holds send_lock); returns (ending, end message)."""
+        server = self.server
+        state = server._state
+        data, self.pending = self.pending, b""
+        ending: str | None = None
+        message = ""
+        more = True
+        while True:
+            if data:
                 try:
                     self._send(data)
                 except _SessionGone:
                     if not self._evicted():
                         raise
-                    ending = "evicted"
-                    break
+            if not more:
+                break
+            with server._cond:
+                data, was_stalled = state.take(self.sid, _SEND_BATCH_BYTES)
+                member = state.members.get(self.sid)
+                ending = member.ending if member is not None else "gone"
+                message = member.end_message if member is not None else ""
+                # Data that arrives later re-sets self.wake (its buffer was empty).
+                more = member is not None and member.buffered > 0
+                if was_stalled:
+                    server._cond.notify_all()
             if ending == "evicted":
-                assert member is not None
-                self._fatal(member.end_message)
-                return
-            if ending is not None or self.input_done:
-                self._finish(0)
-                return
-            if self._gone():
-                raise _SessionGone()
-            self._maybe_ping()
+                break
+        return ending, message
 
 
 class BoardServer:
@@ -895,6 +940,43 @@ class BoardServer:
             self._sessions_per_key[key] = count + 1
             session.admitted = True
         return True
+
+    def _fan_out(self, sids: List[int]) -> None:
+        """Send newly queued data to idle receivers from the writer's own thread.
+
+        Called without the lock after a chunk was queued, with the receivers whose buffer
+        was empty.  A receiver whose thread is busy, or whose client window is short, is
+        left to its own thread (woken); the others get the data here, with no thread switch
+        per receiver.  Nothing here waits for a client.
+        """
+        state = self._state
+        for sid in sids:
+            session = self._sessions.get(sid)
+            if session is None:
+                continue
+            if not session.fast_path or not session.send_lock.acquire(blocking=False):
+                session.wake.set()
+                continue
+            try:
+                if session.pending:
+                    session.wake.set()
+                    continue
+                with self._cond:
+                    data, was_stalled = state.take(sid, _SEND_BATCH_BYTES)
+                    member = state.members.get(sid)
+                    more = member is not None and (member.buffered > 0 or member.ending)
+                    if was_stalled:
+                        self._cond.notify_all()
+                if not data:
+                    continue
+                sent = session._send_nowait(data)
+                if sent < len(data):
+                    session.pending = data[sent:]
+                    session.wake.set()
+                elif more:
+                    session.wake.set()
+            finally:
+                session.send_lock.release()
 
     def _wake(self, sid: int) -> None:
         session = self._sessions.get(sid)
