@@ -574,3 +574,61 @@ class Lines:
 
     def get(self, timeout: float) -> bytes:
         return self._lines.get(timeout=timeout)
+
+
+def test_a_reader_evicted_for_falling_behind_reconnects(board_factory: Any, clients: Any) -> None:
+    """The board evicts a receiver that stops reading; the client comes back by itself."""
+    from p2ppool.board_state import BufferPolicy
+
+    board = board_factory(policy=BufferPolicy(max_buffer_bytes=64 * 1024,
+                                              slow_reader_grace_s=0.3))
+    release = threading.Event()
+    got: queue.Queue[Message] = queue.Queue()
+    reconnected = threading.Event()
+
+    def stalled(msg: Message) -> None:
+        got.put(msg)
+        release.wait(WAIT)  # the owner's callback hangs: the reader stops reading
+
+    def on_state(state: State) -> None:
+        if state is State.CONNECTED and bob.reconnects:
+            reconnected.set()
+
+    alice = clients(board, "alice", "alice/t", "-a", "alice,bob").connect()
+    wait_members(board, "alice/t", "pipe", 1)
+    bob = clients(board, "bob", "alice/t", on_message=stalled, on_state=on_state).connect()
+    wait_members(board, "alice/t", "pipe", 2)
+    code = base64.b64encode(b"z" * 2900).decode()
+    stop = threading.Event()
+
+    def flood() -> None:
+        for i in range(5000):  # about 20 MB: far more than SSH windows and the 64 KiB buffer
+            if stop.is_set():
+                return
+            try:
+                alice.publish(Accept(sender=f"a{i}", ts=time.time(), ttl=60, job="j",
+                                     worker="w", code=code))
+            except BoardConnectionError:
+                return
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        assert board.server.wait_for(
+            lambda s: "bob" not in s.channel_members("alice/t").get("pipe", []), WAIT
+        ), "the board never evicted the stalled reader"
+    finally:
+        stop.set()
+        release.set()
+        flooder.join(WAIT)
+    assert reconnected.wait(WAIT), f"bob did not reconnect: {bob.state}"
+    wait_members(board, "alice/t", "pipe", 2)
+    assert alice.wait_for_state({State.CONNECTED}, WAIT)
+    marker = hello("after-eviction")
+    alice.publish(marker)
+    deadline = time.monotonic() + WAIT
+    while True:
+        msg = got.get(timeout=max(0.0, deadline - time.monotonic()))
+        if msg == marker:
+            break
+    assert bob.error is None and bob.state is State.CONNECTED
