@@ -14,6 +14,10 @@ the behaviour.  Here:
   request every 5 s, which detects dead peers.
 * Errors go to stderr as ``<message>\\n\\r`` with exit status 1; a normal end always sends
   queued data first, then exit status 0, EOF and close (pico at HEAD may drop both).
+* Limits against abuse (pico has none): sessions per key (``max_sessions_per_key``, refused
+  with a message), exec command length (``max_command_bytes``), TCP connections
+  (``max_connections``), and the per-receiver buffer of board_state.  Connections use
+  TCP_NODELAY: board lines are small and latency matters.
 
 Threads::
 

@@ -39,7 +39,8 @@ Broker
     Chunks are raw bytes (a writer's reads of up to 32 KiB), forwarded byte-exact, in one total
     order per channel; the sender does not get its own chunks unless it is a ``pipe -r``; there
     is no history.  ``-d round_robin`` (fixed by the session that creates the channel) sends
-    each chunk to one receiver in turn.
+    each chunk to one receiver in turn.  There is no size limit on lines or streams (like
+    pico): a 10 MB line arrives byte-exact, cut into chunks; readers reassemble lines.
 
 Slow readers (unlike pico, one slow reader cannot stall a topic forever)
     Every receiver has a bounded buffer (``BufferPolicy.max_buffer_bytes``, 4 MiB by
@@ -48,7 +49,9 @@ Slow readers (unlike pico, one slow reader cannot stall a topic forever)
     a receiver whose buffer has stayed too full for that long is *evicted*: its unsent data is
     dropped, it gets ``ERROR_SLOW_READER`` on stderr and exit status 1 (so its client
     reconnects), and the writers go on.  A buffer never holds more than its limit, plus one
-    chunk when it was empty.
+    chunk when it was empty.  ``-c`` does not hide this message (it is on stderr).  So a
+    ``pipe`` never waits for a receiver to *appear* (chunks sent while alone are dropped, as
+    on pico), but its writes may wait up to the grace period for a full receiver.
 
 Departure rule (as pico)
     When a member leaves and the channel is left with no connected publisher and at most one
