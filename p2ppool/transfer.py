@@ -19,7 +19,9 @@ and ``BYE`` (UTF-8 reason; the receiver answers with its own BYE and closes).  A
 frames are opaque bytes: this layer never unpickles anything, and frames exist only on the
 dilated connection, i.e. after the PAKE succeeded.
 
-Workarounds for magic-wormhole 0.24 (research/wormhole.md §4c), applied once at import:
+The record format and its decoder live in :mod:`p2ppool.framing` (pure), the patches of
+magic-wormhole in :mod:`p2ppool.wormhole_patches`.  Workarounds for magic-wormhole 0.24
+(research/wormhole.md §4c), applied once at import:
 
 * TCP_NODELAY on every dilated connection (otherwise ~40 ms Nagle/delayed-ACK stalls).
 * Large frames are written in pieces (one huge ``write()`` is quadratic inside dilation).
@@ -41,7 +43,6 @@ import collections
 import logging
 import re
 import secrets
-import struct
 import threading
 from typing import Any, Callable, Deque, List, Tuple
 from urllib.parse import urlsplit
@@ -53,6 +54,17 @@ from zope.interface import implementer
 from p2ppool import defaults
 from p2ppool import reactor as _reactor_mod
 from p2ppool.errors import SessionLost, TransferError, TransferTimeout
+from p2ppool.framing import (
+    HEADER_BYTES,
+    KIND_BYE,
+    KIND_DATA,
+    KIND_HEARTBEAT,
+    MAX_BYE_REASON_BYTES,
+    FrameDecoder,
+    FrameTooLarge,
+    encode_header,
+)
+from p2ppool.wormhole_patches import describe_hint, install_patches
 
 __all__ = [
     "CLIENT",
@@ -69,14 +81,6 @@ CLIENT = "client"
 WORKER = "worker"
 SUBPROTOCOL = "p2ppool/1"
 
-# Record kinds on the wire (first header byte).
-KIND_DATA = 0x44  # "D"
-KIND_HEARTBEAT = 0x48  # "H"
-KIND_BYE = 0x42  # "B"
-_HEADER = struct.Struct(">BQ")
-HEADER_BYTES = _HEADER.size
-MAX_BYE_REASON_BYTES = 4096
-
 CAUSE_CLOSED_LOCALLY = "closed locally"
 CAUSE_CLOSED_BY_PEER = "closed by peer"
 
@@ -91,230 +95,6 @@ def new_code() -> str:
     "crowded" lock-up of research §5) practically impossible.
     """
     return f"{secrets.randbelow(10**12)}-{secrets.token_hex(16)}"
-
-
-# --- framing (pure) -----------------------------------------------------------------------
-
-
-class FrameTooLarge(TransferError):
-    """The peer announced a frame larger than this session accepts.
-
-    Raised by the decoder on the header alone, before any of the payload is buffered.
-    """
-
-    def __init__(self, length: int, limit: int) -> None:
-        self.length = length
-        self.limit = limit
-        super().__init__(
-            f"the peer announced a frame of {length} bytes, over this session's limit of "
-            f"{limit} bytes (max_frame_bytes); the session was closed without reading it"
-        )
-
-
-class _FrameDecoder:
-    """Reassemble records from a byte stream.  Pure: no I/O.
-
-    Chunks are kept in a list and joined once per completed record, so a record that
-    arrives in many pieces costs linear time (Twisted's Int32StringReceiver is quadratic).
-    """
-
-    def __init__(self, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._parts: List[bytes] = []
-        self._have = 0
-        self._kind: int | None = None
-        self._need: int | None = None
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes received but not yet returned as part of a record."""
-        return self._have
-
-    def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
-        """Add received bytes; return the records they complete as ``(kind, payload)``.
-
-        Raises:
-            FrameTooLarge: a DATA header announces more than ``max_frame_bytes``.
-            TransferError: an unknown record kind or an oversized control record.
-        """
-        if data:
-            self._parts.append(data)
-            self._have += len(data)
-        wanted = HEADER_BYTES if self._need is None else self._need
-        if self._have < wanted:
-            return []
-        buf = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        out: List[Tuple[int, bytes]] = []
-        pos = 0
-        end = len(buf)
-        while True:
-            if self._need is None:
-                if end - pos < HEADER_BYTES:
-                    break
-                kind, length = _HEADER.unpack_from(buf, pos)
-                self._check_header(kind, length)
-                self._kind, self._need = kind, length
-                pos += HEADER_BYTES
-            if end - pos < self._need:
-                break
-            assert self._kind is not None
-            if pos == 0 and self._need == end:
-                payload = buf
-            else:
-                payload = buf[pos:pos + self._need]
-            out.append((self._kind, payload))
-            pos += self._need
-            self._kind, self._need = None, None
-        rest = buf[pos:] if pos else buf
-        self._parts = [rest] if rest else []
-        self._have = len(rest)
-        return out
-
-    def _check_header(self, kind: int, length: int) -> None:
-        if kind == KIND_DATA:
-            if length > self.max_frame_bytes:
-                raise FrameTooLarge(length, self.max_frame_bytes)
-        elif kind == KIND_HEARTBEAT:
-            if length != 0:
-                raise TransferError(f"protocol error: heartbeat record of {length} bytes")
-        elif kind == KIND_BYE:
-            if length > MAX_BYE_REASON_BYTES:
-                raise TransferError(f"protocol error: goodbye record of {length} bytes")
-        else:
-            raise TransferError(f"protocol error: unknown record kind 0x{kind:02x}")
-
-
-def encode_header(kind: int, length: int) -> bytes:
-    """Return the 9-byte record header."""
-    return _HEADER.pack(kind, length)
-
-
-# --- patches of magic-wormhole 0.24 -------------------------------------------------------
-
-_patch_lock = threading.Lock()
-_patched = False
-
-
-def _manager_of(connector: Any) -> Any:
-    return getattr(connector, "_manager", None)
-
-
-def install_patches() -> None:
-    """Apply the TCP_NODELAY and per-session loopback patches (idempotent, thread-safe)."""
-    global _patched
-    with _patch_lock:
-        if _patched:
-            return
-        from wormhole._dilation import connector as connector_mod
-        from wormhole._dilation.connection import DilatedConnectionProtocol
-
-        conn_cls: Any = DilatedConnectionProtocol
-        connector_cls: Any = connector_mod.Connector
-        for cls, name in ((conn_cls, "connectionMade"),
-                          (connector_cls, "_get_listener_addresses"),
-                          (connector_cls, "_start_listener"),
-                          (connector_cls, "_use_hints"),
-                          (connector_cls, "_publish_hints")):
-            if not callable(getattr(cls, name, None)):
-                raise ImportError(
-                    f"p2ppool.transfer: wormhole's {cls.__name__}.{name} is missing; this "
-                    "magic-wormhole version is not supported (tested with 0.24)"
-                )
-
-        original_made = conn_cls.connectionMade
-
-        def connectionMade(self: Any) -> None:
-            try:
-                self.transport.setTcpNoDelay(True)
-            except Exception:  # not TCP (e.g. a test transport): nothing to tune
-                pass
-            original_made(self)
-
-        conn_cls.connectionMade = connectionMade
-
-        original_addresses = connector_cls._get_listener_addresses
-
-        def _get_listener_addresses(self: Any) -> List[str]:
-            if getattr(_manager_of(self), "_p2ppool_loopback_only", False):
-                return ["127.0.0.1"]
-            return list(original_addresses(self))
-
-        connector_cls._get_listener_addresses = _get_listener_addresses
-
-        original_start = connector_cls._start_listener
-
-        def _start_listener(self: Any, addresses: List[str]) -> None:
-            manager = _manager_of(self)
-            loopback = bool(getattr(manager, "_p2ppool_loopback_only", False))
-            record = getattr(manager, "_p2ppool_listeners", None)
-            if not loopback and record is None:
-                original_start(self, addresses)
-                return
-            # The library listens with serverFromString(reactor, "tcp:0") (all interfaces).
-            # For this synchronous call only, swap in a version that binds 127.0.0.1 (in
-            # loopback mode) and records the listening address.  The reactor is
-            # single-threaded, so no other session can observe the swap.
-            saved = connector_mod.serverFromString
-
-            def _server_from_string(reactor: Any, description: str) -> Any:
-                if loopback and description == "tcp:0":
-                    description = "tcp:0:interface=127.0.0.1"
-                endpoint = saved(reactor, description)
-                return endpoint if record is None else _RecordingEndpoint(endpoint, record)
-
-            connector_mod.serverFromString = _server_from_string
-            try:
-                original_start(self, addresses)
-            finally:
-                connector_mod.serverFromString = saved
-
-        connector_cls._start_listener = _start_listener
-
-        original_use_hints = connector_cls._use_hints
-
-        def _use_hints(self: Any, hints: Any) -> Any:
-            manager = _manager_of(self)
-            record = getattr(manager, "_p2ppool_peer_hints", None)
-            if record is not None:
-                record.extend(hints)
-            return original_use_hints(self, hints)
-
-        connector_cls._use_hints = _use_hints
-
-        original_publish = connector_cls._publish_hints
-
-        def _publish_hints(self: Any, hints: Any) -> Any:
-            record = getattr(_manager_of(self), "_p2ppool_advertised_hints", None)
-            if record is not None:
-                record.extend(hints)
-            return original_publish(self, hints)
-
-        connector_cls._publish_hints = _publish_hints
-        _patched = True
-
-
-class _RecordingEndpoint:
-    """Wraps a server endpoint and records ``host:port`` of each port it listens on."""
-
-    def __init__(self, endpoint: Any, record: List[str]) -> None:
-        self._endpoint = endpoint
-        self._record = record
-
-    def listen(self, factory: Any) -> Any:
-        def _listening(port: Any) -> Any:
-            host = port.getHost()
-            self._record.append(f"{host.host}:{host.port}")
-            return port
-
-        return self._endpoint.listen(factory).addCallback(_listening)
-
-
-def describe_hint(hint: Any) -> str:
-    """Return ``"tcp:HOST:PORT"`` for a direct hint, ``"relay:tcp:HOST:PORT"`` for a relay."""
-    inner = getattr(hint, "hints", None)
-    if inner:
-        return "relay:" + ",".join(describe_hint(h) for h in inner)
-    return f"tcp:{getattr(hint, 'hostname', '?')}:{getattr(hint, 'port', '?')}"
 
 
 # --- the session --------------------------------------------------------------------------
@@ -359,7 +139,7 @@ class Session:
         self._deadline_s = heartbeat_deadline_s
         self._piece = write_piece_bytes
         self._close_timeout = close_timeout
-        self._decoder = _FrameDecoder(max_frame_bytes)
+        self._decoder = FrameDecoder(max_frame_bytes)
         # shared with caller threads (guarded by _lock)
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
@@ -783,7 +563,7 @@ class Session:
             records = self._decoder.feed(data)
         except TransferError as exc:
             self._refusing = True
-            self._decoder = _FrameDecoder(0)  # drop anything buffered
+            self._decoder = FrameDecoder(0)  # drop anything buffered
             self._outbox.clear()
             self._queue_bye(f"refused: {exc}")
             self._finish(str(exc), TransferError, flush=True)

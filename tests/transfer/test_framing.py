@@ -11,25 +11,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2ppool.errors import TransferError
-from p2ppool.transfer import (
+from p2ppool.framing import (
     HEADER_BYTES,
     KIND_BYE,
     KIND_DATA,
     KIND_HEARTBEAT,
+    FrameDecoder,
     FrameTooLarge,
-    _FrameDecoder,
-    _hint_host,
-    describe_hint,
     encode_header,
-    new_code,
 )
+from p2ppool.transfer import _hint_host, new_code
+from p2ppool.wormhole_patches import describe_hint, install_patches
 
 
 def record(kind: int, payload: bytes = b"") -> bytes:
     return encode_header(kind, len(payload)) + payload
 
 
-def feed_in_pieces(decoder: _FrameDecoder, data: bytes, cuts: List[int]) -> List[Tuple[int, bytes]]:
+def feed_in_pieces(decoder: FrameDecoder, data: bytes, cuts: List[int]) -> List[Tuple[int, bytes]]:
     out: List[Tuple[int, bytes]] = []
     start = 0
     for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
@@ -45,7 +44,7 @@ def feed_in_pieces(decoder: _FrameDecoder, data: bytes, cuts: List[int]) -> List
 )
 def test_records_survive_any_split(payloads: List[bytes], cuts: List[int]) -> None:
     stream = b"".join(record(KIND_DATA, p) + record(KIND_HEARTBEAT) for p in payloads)
-    decoder = _FrameDecoder(max_frame_bytes=1000)
+    decoder = FrameDecoder(max_frame_bytes=1000)
     got = feed_in_pieces(decoder, stream, cuts)
     expected = [r for p in payloads for r in ((KIND_DATA, p), (KIND_HEARTBEAT, b""))]
     assert got == expected
@@ -53,7 +52,7 @@ def test_records_survive_any_split(payloads: List[bytes], cuts: List[int]) -> No
 
 
 def test_an_oversized_header_is_refused_before_its_payload_arrives() -> None:
-    decoder = _FrameDecoder(max_frame_bytes=1024)
+    decoder = FrameDecoder(max_frame_bytes=1024)
     assert decoder.feed(record(KIND_DATA, b"x" * 1024)) == [(KIND_DATA, b"x" * 1024)]
     with pytest.raises(FrameTooLarge) as info:
         decoder.feed(encode_header(KIND_DATA, 10**12) + b"first bytes")
@@ -63,7 +62,7 @@ def test_an_oversized_header_is_refused_before_its_payload_arrives() -> None:
 
 
 def test_a_header_split_in_two_is_checked_once_complete() -> None:
-    decoder = _FrameDecoder(max_frame_bytes=10)
+    decoder = FrameDecoder(max_frame_bytes=10)
     header = encode_header(KIND_DATA, 11)
     assert decoder.feed(header[:4]) == []
     with pytest.raises(FrameTooLarge):
@@ -80,14 +79,14 @@ def test_a_header_split_in_two_is_checked_once_complete() -> None:
 )
 def test_malformed_records_are_protocol_errors(data: bytes, message: str) -> None:
     with pytest.raises(TransferError, match=message):
-        _FrameDecoder(max_frame_bytes=100).feed(data)
+        FrameDecoder(max_frame_bytes=100).feed(data)
 
 
 def test_reassembly_of_a_large_frame_is_linear() -> None:
     """8 MiB in 4 KiB pieces: list-based reassembly takes milliseconds, not seconds."""
     payload = bytes(range(256)) * (8 * 4096)
     stream = record(KIND_DATA, payload)
-    decoder = _FrameDecoder(max_frame_bytes=len(payload))
+    decoder = FrameDecoder(max_frame_bytes=len(payload))
     started = time.perf_counter()
     out = feed_in_pieces(decoder, stream, list(range(0, len(stream), 4096)))
     assert time.perf_counter() - started < 1.0
@@ -96,7 +95,7 @@ def test_reassembly_of_a_large_frame_is_linear() -> None:
 
 def test_many_small_records_in_one_chunk() -> None:
     stream = b"".join(record(KIND_DATA, b"%d" % i) for i in range(5000))
-    out = _FrameDecoder(max_frame_bytes=10).feed(stream)
+    out = FrameDecoder(max_frame_bytes=10).feed(stream)
     assert [p for _, p in out] == [b"%d" % i for i in range(5000)]
 
 
@@ -139,6 +138,7 @@ def test_loopback_switch_is_per_session(monkeypatch: pytest.MonkeyPatch) -> None
     from wormhole import ipaddrs
     from wormhole._dilation.connector import Connector
 
+    install_patches()
     monkeypatch.setattr(ipaddrs, "find_addresses", lambda: ["127.0.0.1", "192.0.2.7"])
     marked = SimpleNamespace(_manager=SimpleNamespace(_p2ppool_loopback_only=True))
     unmarked = SimpleNamespace(_manager=SimpleNamespace(_p2ppool_loopback_only=False))
@@ -151,6 +151,7 @@ def test_loopback_listener_binds_127_0_0_1(monkeypatch: pytest.MonkeyPatch) -> N
     one keeps the library's "tcp:0"."""
     from wormhole._dilation import connector as connector_mod
 
+    install_patches()
     seen: List[str] = []
 
     class FakeEndpoint:

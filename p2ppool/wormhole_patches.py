@@ -1,0 +1,149 @@
+"""Patches of magic-wormhole 0.24's dilation, applied once per process (idempotent).
+
+* TCP_NODELAY on every dilated connection: without it small records wait ~40 ms for
+  Nagle/delayed ACKs (research/wormhole.md §4c.1).
+* Per-session loopback-only listening: a dilation manager marked with
+  ``_p2ppool_loopback_only = True`` makes its ``Connector`` listen on 127.0.0.1 and advertise
+  only 127.0.0.1 as a direct hint (research §7).  Unmarked managers keep the library's
+  behaviour: listen on all interfaces, advertise the LAN addresses.
+* Diagnostics: a manager that carries the lists ``_p2ppool_listeners``,
+  ``_p2ppool_advertised_hints`` and ``_p2ppool_peer_hints`` gets them filled with its listening
+  addresses, the hints it published and the hints it received.
+
+Every patched method is checked to exist first; a magic-wormhole that lacks one fails with a
+clear ImportError instead of silently losing a workaround.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, List
+
+__all__ = ["describe_hint", "install_patches"]
+
+_patch_lock = threading.Lock()
+_patched = False
+
+
+def _manager_of(connector: Any) -> Any:
+    return getattr(connector, "_manager", None)
+
+
+def install_patches() -> None:
+    """Apply the TCP_NODELAY and per-session loopback patches (idempotent, thread-safe)."""
+    global _patched
+    with _patch_lock:
+        if _patched:
+            return
+        from wormhole._dilation import connector as connector_mod
+        from wormhole._dilation.connection import DilatedConnectionProtocol
+
+        conn_cls: Any = DilatedConnectionProtocol
+        connector_cls: Any = connector_mod.Connector
+        for cls, name in ((conn_cls, "connectionMade"),
+                          (connector_cls, "_get_listener_addresses"),
+                          (connector_cls, "_start_listener"),
+                          (connector_cls, "_use_hints"),
+                          (connector_cls, "_publish_hints")):
+            if not callable(getattr(cls, name, None)):
+                raise ImportError(
+                    f"p2ppool.transfer: wormhole's {cls.__name__}.{name} is missing; this "
+                    "magic-wormhole version is not supported (tested with 0.24)"
+                )
+
+        original_made = conn_cls.connectionMade
+
+        def connectionMade(self: Any) -> None:
+            try:
+                self.transport.setTcpNoDelay(True)
+            except Exception:  # not TCP (e.g. a test transport): nothing to tune
+                pass
+            original_made(self)
+
+        conn_cls.connectionMade = connectionMade
+
+        original_addresses = connector_cls._get_listener_addresses
+
+        def _get_listener_addresses(self: Any) -> List[str]:
+            if getattr(_manager_of(self), "_p2ppool_loopback_only", False):
+                return ["127.0.0.1"]
+            return list(original_addresses(self))
+
+        connector_cls._get_listener_addresses = _get_listener_addresses
+
+        original_start = connector_cls._start_listener
+
+        def _start_listener(self: Any, addresses: List[str]) -> None:
+            manager = _manager_of(self)
+            loopback = bool(getattr(manager, "_p2ppool_loopback_only", False))
+            record = getattr(manager, "_p2ppool_listeners", None)
+            if not loopback and record is None:
+                original_start(self, addresses)
+                return
+            # The library listens with serverFromString(reactor, "tcp:0") (all interfaces).
+            # For this synchronous call only, swap in a version that binds 127.0.0.1 (in
+            # loopback mode) and records the listening address.  The reactor is
+            # single-threaded, so no other session can observe the swap.
+            saved = connector_mod.serverFromString
+
+            def _server_from_string(reactor: Any, description: str) -> Any:
+                if loopback and description == "tcp:0":
+                    description = "tcp:0:interface=127.0.0.1"
+                endpoint = saved(reactor, description)
+                return endpoint if record is None else _RecordingEndpoint(endpoint, record)
+
+            connector_mod.serverFromString = _server_from_string
+            try:
+                original_start(self, addresses)
+            finally:
+                connector_mod.serverFromString = saved
+
+        connector_cls._start_listener = _start_listener
+
+        original_use_hints = connector_cls._use_hints
+
+        def _use_hints(self: Any, hints: Any) -> Any:
+            manager = _manager_of(self)
+            record = getattr(manager, "_p2ppool_peer_hints", None)
+            if record is not None:
+                record.extend(hints)
+            return original_use_hints(self, hints)
+
+        connector_cls._use_hints = _use_hints
+
+        original_publish = connector_cls._publish_hints
+
+        def _publish_hints(self: Any, hints: Any) -> Any:
+            record = getattr(_manager_of(self), "_p2ppool_advertised_hints", None)
+            if record is not None:
+                record.extend(hints)
+            return original_publish(self, hints)
+
+        connector_cls._publish_hints = _publish_hints
+        _patched = True
+
+
+class _RecordingEndpoint:
+    """Wraps a server endpoint and records ``host:port`` of each port it listens on."""
+
+    def __init__(self, endpoint: Any, record: List[str]) -> None:
+        self._endpoint = endpoint
+        self._record = record
+
+    def listen(self, factory: Any) -> Any:
+        def _listening(port: Any) -> Any:
+            host = port.getHost()
+            self._record.append(f"{host.host}:{host.port}")
+            return port
+
+        return self._endpoint.listen(factory).addCallback(_listening)
+
+
+def describe_hint(hint: Any) -> str:
+    """Return ``"tcp:HOST:PORT"`` for a direct hint, ``"relay:tcp:HOST:PORT"`` for a relay."""
+    inner = getattr(hint, "hints", None)
+    if inner:
+        return "relay:" + ",".join(describe_hint(h) for h in inner)
+    return f"tcp:{getattr(hint, 'hostname', '?')}:{getattr(hint, 'port', '?')}"
+
+
