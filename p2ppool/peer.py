@@ -8,6 +8,10 @@ promised and decides, message by message, what to say next:
 * how many slots to offer: ``min(want.slots, free)``, where slots promised in a pending offer
   count as taken until the offer is accepted or expires (so two clients are never promised
   the same slot);
+* whom to offer freed slots to: a compatible Want that found no free slot is remembered until
+  it expires (or its job is withdrawn or done) and is offered the first slot that frees up,
+  once per Want message; a job that already has a session here is not offered more (a client
+  never opens two sessions with one worker);
 * which :class:`~p2ppool.protocol.Accept` to act on: addressed to this worker, for an offer it
   made, from the client that asked, before the offer expired, and sealed to that offer's key;
 * when to say :class:`~p2ppool.protocol.Hello`: on start, every ``hello_interval`` seconds,
@@ -142,7 +146,8 @@ class Peer:
         self.config = config
         self._new_keypair = new_keypair
         self._offers: Dict[str, _PendingOffer] = {}  # job -> offer
-        self._sessions: Dict[int, int] = {}  # session id -> slots
+        self._wants: Dict[str, Want] = {}  # job -> latest compatible Want not yet offered
+        self._sessions: Dict[int, Tuple[str, int]] = {}  # session id -> (job, slots)
         self._next_session = 1
         self._next_hello: float | None = None  # None before start() and after withdraw()
         self._announced: int | None = None  # free slots in the last Hello
@@ -154,13 +159,18 @@ class Peer:
     @property
     def free_slots(self) -> int:
         """Slots neither in a session nor promised in a pending offer."""
-        taken = sum(self._sessions.values()) + sum(o.slots for o in self._offers.values())
+        taken = (sum(slots for _, slots in self._sessions.values())
+                 + sum(o.slots for o in self._offers.values()))
         return self.config.slots - taken
 
     @property
     def sessions(self) -> Dict[int, int]:
         """Session id -> slots, for every session opened and not yet ended."""
-        return dict(self._sessions)
+        return {sid: slots for sid, (_, slots) in self._sessions.items()}
+
+    def waiting_wants(self) -> List[str]:
+        """Jobs whose Want is remembered for the next free slot, oldest first."""
+        return list(self._wants)
 
     def pending_offers(self) -> Dict[str, int]:
         """Job -> slots, for every offer not yet accepted or expired."""
@@ -193,25 +203,21 @@ class Peer:
         return handler(msg, now) if handler is not None else []
 
     def got_want(self, want: Want, now: float) -> List[Action]:
-        """A client job wants slots: offer what is free if the job can run here."""
+        """A client job wants slots: offer what is free if the job can run here.
+
+        A compatible Want that finds no free slot is remembered and answered when a slot
+        frees up (see the module docstring).
+        """
         if self.withdrawn or want.sender == self.config.worker_id:
             return []
         reason = self._incompatibility(want)
         if reason is not None:
             return [Note(f"not offering to job {want.job} of {want.sender}: {reason}")]
-        if want.job in self._offers:
-            return []  # our earlier offer still stands
-        slots = min(want.slots, self.free_slots)
-        if slots < 1:
-            return []
-        private_key, public_b64 = self._new_keypair()
-        expires = now + self.config.offer_ttl
-        self._offers[want.job] = _PendingOffer(want.sender, slots, private_key, expires)
-        offer = Offer(
-            sender=self.config.worker_id, ts=now, ttl=self.config.offer_ttl,
-            job=want.job, worker=self.config.worker_id, slots=slots, key=public_b64,
-        )
-        return self._announce_if_changed([Publish(offer)], now)
+        if want.job in self._offers or self._has_session(want.job):
+            return []  # our earlier offer still stands, or the job already has our slots
+        self._wants.pop(want.job, None)
+        self._wants[want.job] = want  # (re)inserted last: the newest ask waits longest
+        return self._announce_if_changed(self._offer_to_waiting(now), now)
 
     def got_accept(self, accept: Accept, now: float) -> List[Action]:
         """A client took an offer: open its sealed code and start a session, if it is ours."""
@@ -232,9 +238,10 @@ class Peer:
         except MessageRejected as exc:
             return [Note(f"ignored an accept for job {accept.job}: {exc.detail}")]
         del self._offers[accept.job]
+        self._wants.pop(accept.job, None)
         session_id = self._next_session
         self._next_session += 1
-        self._sessions[session_id] = offer.slots
+        self._sessions[session_id] = (accept.job, offer.slots)
         return [OpenSession(session_id, accept.job, accept.sender, offer.slots, code)]
 
     def got_hello(self, hello: Hello, now: float) -> List[Action]:
@@ -254,7 +261,8 @@ class Peer:
         jobs = [job for job, offer in self._offers.items() if offer.client == bye.sender]
         for job in jobs:
             del self._offers[job]
-        return self._announce_if_changed([], now)
+        self._wants = {j: w for j, w in self._wants.items() if w.sender != bye.sender}
+        return self._announce_if_changed(self._offer_to_waiting(now), now)
 
     def got_withdraw(self, withdraw: Withdraw, now: float) -> List[Action]:
         """A job no longer wants slots: release what we promised it."""
@@ -270,7 +278,7 @@ class Peer:
         """A session closed, failed to open, or was lost: its slots are free again."""
         if self._sessions.pop(session_id, None) is None:
             return []
-        return self._announce_if_changed([], now)
+        return self._announce_if_changed(self._offer_to_waiting(now), now)
 
     def timer_expired(self, now: float) -> List[Action]:
         """Expire offers nobody accepted and send the periodic Hello when due."""
@@ -280,6 +288,7 @@ class Peer:
             actions.append(Note(f"offer of {offer.slots} slot(s) to job {job} of "
                                 f"{offer.client} expired unaccepted"))
         self._seen = {s: t for s, t in self._seen.items() if t >= now}
+        actions.extend(self._offer_to_waiting(now))
         if self._next_hello is not None and self._next_hello <= now:
             actions.append(Publish(self._hello(now)))
             return actions
@@ -291,6 +300,7 @@ class Peer:
             return []
         self.withdrawn = True
         self._offers.clear()
+        self._wants.clear()
         self._next_hello = None
         bye = Bye(sender=self.config.worker_id, ts=now, ttl=self.config.hello_ttl, role="worker")
         return [Publish(bye)]
@@ -307,11 +317,39 @@ class Peer:
         return None
 
     def _drop_offer(self, job: str, sender: str, now: float) -> List[Action]:
+        want = self._wants.get(job)
+        if want is not None and want.sender == sender:
+            del self._wants[job]
         offer = self._offers.get(job)
         if offer is None or offer.client != sender:
             return []
         del self._offers[job]
-        return self._announce_if_changed([], now)
+        return self._announce_if_changed(self._offer_to_waiting(now), now)
+
+    def _has_session(self, job: str) -> bool:
+        return any(j == job for j, _ in self._sessions.values())
+
+    def _offer_to_waiting(self, now: float) -> List[Action]:
+        """Offer free slots to remembered Wants, oldest first; forget expired ones."""
+        actions: List[Action] = []
+        for job, want in list(self._wants.items()):
+            if self.free_slots < 1:
+                break
+            del self._wants[job]
+            if want.expires_at() < now or job in self._offers or self._has_session(job):
+                continue
+            actions.append(Publish(self._make_offer(want, now)))
+        return actions
+
+    def _make_offer(self, want: Want, now: float) -> Offer:
+        slots = min(want.slots, self.free_slots)
+        private_key, public_b64 = self._new_keypair()
+        expires = now + self.config.offer_ttl
+        self._offers[want.job] = _PendingOffer(want.sender, slots, private_key, expires)
+        return Offer(
+            sender=self.config.worker_id, ts=now, ttl=self.config.offer_ttl,
+            job=want.job, worker=self.config.worker_id, slots=slots, key=public_b64,
+        )
 
     def _hello(self, now: float) -> Hello:
         self._announced = self.free_slots

@@ -29,7 +29,7 @@ import psutil
 
 from p2ppool import payload
 from p2ppool.board_client import BoardClient
-from p2ppool.protocol import Accept, Hello, Message, Offer, Want, seal_code
+from p2ppool.protocol import Accept, Hello, Message, Offer, Want, Withdraw, seal_code
 from p2ppool.session_protocol import (
     SESSION_VERSION,
     Bye,
@@ -197,6 +197,8 @@ class Driver:
         offer = self.wait_offer(job, worker=worker)
         code = new_code()
         accept = self.accept(offer, code)
+        # satisfied, as a Pool would be: other workers release what they offered this job
+        self.board.publish(Withdraw(sender=self.sender, ts=time.time(), ttl=60.0, job=job))
         frames: queue.Queue[Frame] = queue.Queue()
         lost: queue.Queue[str] = queue.Queue()
         session = Session.open(

@@ -23,10 +23,10 @@ import psutil
 import pytest
 
 from p2ppool import payload
-from p2ppool.errors import RemoteTraceback, TransferError
+from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
 from p2ppool.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.session_protocol import Bye as ByeFrame
-from p2ppool.session_protocol import Lost, Ready, Refuse, Result
+from p2ppool.session_protocol import Cancel, Lost, Ready, Refuse, Result
 from p2ppool.transfer import CLIENT, Session
 
 from ._worker_driver import (
@@ -90,6 +90,10 @@ def sleep_for(seconds: float) -> float:
 
 def length(data: bytes) -> int:
     return len(data)
+
+
+def make_bytes(n: int) -> bytes:
+    return b"r" * n
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -293,6 +297,50 @@ def test_a_crashing_child_is_lost_with_retry_and_the_worker_keeps_serving(
         cs.close()
 
 
+def test_cancel_kills_the_running_task_and_the_session_goes_on(
+    shared_worker: WorkerProcess, driver: Driver, start_signal: StartSignal
+) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        doomed = cs.submit(ping_then_sleep, payload.apply_call((start_signal.port, 60.0), {}))
+        start_signal.wait()
+        cs.send(Cancel((doomed,)))
+        # the only slot is free again at once: a new task runs, and nothing comes back
+        # for the cancelled one
+        task = cs.submit(pow, payload.starmap_call([(5, 2)]), func_key=2)
+        frame = cs.next_frame()
+        assert frame == Result(task, True, frame.blob) and result_value(frame) == [25]
+        shared_worker.wait_log(f"with carol-test's job {cs.job}: cancelled 1 task(s)")
+        assert cs.frames.empty()
+    finally:
+        cs.close()
+
+
+def test_several_sessions_share_the_slots(
+    cluster: Cluster, start_worker: Any, driver: Driver, start_signal: StartSignal
+) -> None:
+    start_worker("w-share", processes=2)
+    first = driver.ready_session(slots=1, worker="w-share")
+    second = driver.ready_session(slots=5, worker="w-share")  # only 1 slot is left
+    try:
+        assert first.offer.slots == 1 and second.offer.slots == 1
+        cluster.host.wait_for(is_hello("w-share", 0), 10.0, "hello with 0 free slots")
+        # both sessions run a task at the same time
+        first.submit(ping_then_sleep, payload.apply_call((start_signal.port, 0.5), {}))
+        second.submit(ping_then_sleep, payload.apply_call((start_signal.port, 0.5), {}))
+        start_signal.wait()
+        start_signal.wait()
+        for cs in (first, second):
+            frame = cs.next_frame()
+            assert isinstance(frame, Result) and result_value(frame) == 0.5
+        first.close()
+        cluster.host.wait_for(is_hello("w-share", 1), 10.0, "hello with 1 free slot")
+    finally:
+        first.close()
+        second.close()
+    cluster.host.wait_for(is_hello("w-share", 2), 10.0, "hello with 2 free slots")
+
+
 # --- limits -----------------------------------------------------------------------------------
 
 
@@ -320,6 +368,19 @@ def test_time_limit_kills_the_task_and_says_so(start_worker: Any, driver: Driver
         cs.submit(length, payload.map_call([b"y" * 500_000]), func_key=2)
         frame = cs.next_frame()
         assert isinstance(frame, Result) and result_value(frame) == [500_000]
+        # a function over the limit: its tasks are refused
+        ballast = b"z" * 1_500_000
+        task = cs.submit(lambda _: len(ballast), payload.map_call([0]), func_key=3)
+        frame = cs.next_frame()
+        assert isinstance(frame, Lost) and frame.task_id == task and not frame.retry
+        assert frame.cause.startswith("worker w-limit: function 3 (1.5 MB) exceeds this "
+                                      "worker's 1 MB payload limit"), frame.cause
+        # a result over the limit comes back as an error, not as a lost task
+        cs.submit(make_bytes, payload.apply_call((1_500_000,), {}), func_key=4)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and not frame.ok
+        exc = result_value(frame)
+        assert isinstance(exc, TaskLimitExceeded) and "1,000,000 bytes" in str(exc)
     finally:
         cs.close()
 

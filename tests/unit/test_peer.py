@@ -355,3 +355,76 @@ def test_payload_refusal() -> None:
     assert payload_refusal("task 3's arguments", 12_345_678, 10_000_000) == (
         "task 3's arguments (12.3 MB) exceeds this worker's 10 MB payload limit"
     )
+
+
+# --- wants that wait for a free slot ---------------------------------------------------------
+
+
+def test_a_want_that_found_no_slot_gets_the_first_one_freed_by_a_session() -> None:
+    peer = started(2)
+    peer.got_want(want("j1", slots=2), T0)
+    peer.got_accept(accept("j1"), T0)
+    assert peer.got_want(want("j2", slots=3, sender="bob"), T0 + 1) == []
+    assert peer.waiting_wants() == ["j2"]
+    # the freed slots go straight to bob's offer: still 0 free, so no new hello
+    assert peer.session_ended(1, T0 + 5) == [offer(T0 + 5, "j2", 2, 2)]
+    assert peer.waiting_wants() == []
+
+
+def test_a_waiting_want_gets_the_slots_of_an_expired_offer_once() -> None:
+    peer = started(1)
+    peer.got_want(want("j1", slots=1), T0)
+    peer.got_want(want("j2", slots=1, sender="bob"), T0 + 1)
+    assert peer.timer_expired(T0 + 10) == [
+        Note("offer of 1 slot(s) to job j1 of alice expired unaccepted"),
+        offer(T0 + 10, "j2", 1, 2),
+    ]  # free slots stayed 0: no hello
+    # bob does not take it either: the slot stays free until someone asks again
+    assert peer.timer_expired(T0 + 20) == [
+        Note("offer of 1 slot(s) to job j2 of bob expired unaccepted"),
+        hello(T0 + 20, 1),
+    ]
+    assert peer.waiting_wants() == []
+
+
+def test_waiting_wants_are_served_oldest_first_and_expired_ones_are_dropped() -> None:
+    peer = started(1)
+    peer.got_want(want("j0", slots=1), T0)  # takes the only slot
+    peer.got_want(want("old", slots=1, sender="bob", ts=T0 - 59), T0)  # lapses at T0 + 1
+    peer.got_want(want("j2", slots=1, sender="carol"), T0)
+    peer.got_want(want("j3", slots=1, sender="dave"), T0)
+    assert peer.waiting_wants() == ["old", "j2", "j3"]
+    actions = peer.got_withdraw(Withdraw(sender="alice", ts=T0, ttl=60, job="j0"), T0 + 2)
+    assert actions == [offer(T0 + 2, "j2", 1, 2)]
+    assert peer.waiting_wants() == ["j3"]
+
+
+def test_withdraw_done_or_bye_forget_a_waiting_want() -> None:
+    peer = started(1)
+    peer.got_want(want("j0", slots=1), T0)
+    peer.got_want(want("j1", slots=1, sender="bob"), T0)
+    peer.got_want(want("j2", slots=1, sender="carol"), T0)
+    peer.got_want(want("j3", slots=1, sender="dave"), T0)
+    peer.got_withdraw(Withdraw(sender="bob", ts=T0, ttl=60, job="j1"), T0)
+    peer.got_done(Done(sender="carol", ts=T0, ttl=60, job="j2"), T0)
+    peer.got_bye(Bye(sender="dave", ts=T0, ttl=60, role="client"), T0)
+    assert peer.waiting_wants() == []
+
+
+def test_a_job_with_a_session_here_is_not_offered_more() -> None:
+    peer = started(4)
+    peer.got_want(want("j1", slots=1), T0)
+    peer.got_accept(accept("j1"), T0)
+    assert peer.got_want(want("j1", slots=3), T0 + 1) == []
+    assert peer.waiting_wants() == []
+    assert peer.free_slots == 3
+
+
+def test_withdrawing_forgets_waiting_wants() -> None:
+    peer = started(1)
+    peer.got_want(want("j0", slots=1), T0)
+    peer.got_accept(accept("j0"), T0)
+    peer.got_want(want("j1", slots=1, sender="bob"), T0)
+    peer.withdraw(T0 + 1)
+    assert peer.waiting_wants() == []
+    assert peer.session_ended(1, T0 + 2) == []
