@@ -176,3 +176,20 @@ def test_loopback_listener_binds_127_0_0_1(monkeypatch: pytest.MonkeyPatch) -> N
         connector_mod.Connector._start_listener(fake, ["127.0.0.1"])
     assert seen == ["tcp:0:interface=127.0.0.1", "tcp:0"]
     assert connector_mod.serverFromString is fake_endpoints_server_from_string  # restored
+
+
+def test_framing_is_pure() -> None:
+    """framing.py imports nothing that does I/O (until test_layering lists it)."""
+    import ast
+    from pathlib import Path
+
+    import p2ppool.framing
+
+    tree = ast.parse(Path(p2ppool.framing.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    assert imported <= {"__future__", "struct", "typing", "p2ppool.errors"}, imported
