@@ -61,6 +61,10 @@ WARNING = """\
 ========================================================================================
 """
 
+#: Seconds a session's children get to exit after SIGTERM before the process group is killed
+#: (their session is over: no grace is owed, and the main loop waits meanwhile).
+_KILL_WAIT_S = 1.0
+
 EXIT_OK = 0
 EXIT_FORCED = 1
 EXIT_ERROR = 2
@@ -720,7 +724,7 @@ class Worker:
             except TransferError:
                 pass  # already gone: nothing to say goodbye to
         if session.engine is not None:
-            session.engine.terminate()
+            session.engine.terminate(timeout=_KILL_WAIT_S)
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)
@@ -779,7 +783,7 @@ class Worker:
 
     def _lose_all(self, session: _ClientSession, cause: str) -> None:
         if session.engine is not None:
-            session.engine.terminate()
+            session.engine.terminate(timeout=_KILL_WAIT_S)
         for task_id in sorted(session.inflight):
             self._send_lost(session, task_id, True, cause)
         session.inflight.clear()
@@ -788,7 +792,7 @@ class Worker:
         """Leave nothing behind: engines, sessions, board, threads (all bounded)."""
         for session in list(self.sessions.values()):
             if session.engine is not None:
-                session.engine.terminate()
+                session.engine.terminate(timeout=_KILL_WAIT_S)
             self._end_session(session, "worker stopped",
                               send_bye=session.state in (AWAITING_OPEN, RUNNING))
         if not self.peer.withdrawn:

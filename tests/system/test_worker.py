@@ -581,9 +581,16 @@ def test_bad_options_are_clear_errors(cluster: Cluster) -> None:
         (["--cluster", "nope"], "expected 'owner/name'"),
         (["--cluster", "a/b", "--ttl", "soon"], "--ttl: expected a positive duration"),
         (["--cluster", "a/b", "--processes", "0"], "--processes must be at least 1"),
+        (["--cluster", "a/b", "--max-payload-mb", "-1"], "--max-payload-mb must be positive"),
+        (["--cluster", "a/b", "--relay", "http://x"], "relay: expected a ws:// or wss://"),
+        # nothing listens on port 1: a clear error, not a traceback
+        (["--cluster", "a/b", "--board", "127.0.0.1:1", "--identity",
+          cluster.board.key_path("bob"), "--known-hosts", cluster.board.known_hosts],
+         "cannot join the board: "),
     ]
     for argv, message in cases:
         proc = subprocess.run([sys.executable, "-m", "p2ppool.worker", *argv], cwd=ROOT,
                               env=cluster.env(), capture_output=True, timeout=30)
         assert proc.returncode == 2, (argv, proc.stderr)
         assert message in proc.stderr.decode(), (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr.decode(), proc.stderr
