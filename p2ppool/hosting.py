@@ -30,7 +30,8 @@ from typing import Any, Callable, List, Set
 
 from . import defaults
 from ._version import __version__
-from .board_client import BoardClient, BoardSettings, State, add_board_arguments
+from .board_client import BoardClient, State
+from .board_options import BoardSettings, add_board_arguments
 from .errors import BoardConnectionError, P2PPoolError
 from .protocol import Bye, Cluster, Hello, Message
 

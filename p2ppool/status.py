@@ -25,7 +25,8 @@ from typing import Any, Dict, List
 
 from . import defaults
 from ._version import __version__
-from .board_client import BoardSettings, State, add_board_arguments
+from .board_client import State
+from .board_options import BoardSettings, add_board_arguments
 from .errors import BoardConnectionError, P2PPoolError
 from .protocol import Accept, Bye, Cluster, Done, Hello, Message, Offer, Want, Withdraw
 
