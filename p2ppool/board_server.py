@@ -208,6 +208,14 @@ class _BoardTransport(paramiko.Transport):  # type: ignore[misc]
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
         self.reply_hooks: Dict[int, Callable[[], None]] = {}
+        #: local channel id -> called when that channel closes (wakes its session at once).
+        self.close_hooks: Dict[int, Callable[[], None]] = {}
+
+    def _unlink_channel(self, chanid: int) -> None:
+        super()._unlink_channel(chanid)
+        hook = self.close_hooks.pop(chanid, None)
+        if hook is not None:
+            hook()
 
     def _send_user_message(self, data: Any) -> None:
         super()._send_user_message(data)
@@ -933,6 +941,9 @@ class BoardServer:
         transport = connection.transport
         if transport is not None:
             transport.reply_hooks[channel.remote_chanid] = session.replied.set
+            transport.close_hooks[channel.get_id()] = functools.partial(
+                self._on_channel_closed, session
+            )
         self._spawn(session.run, f"board-session-{sid}")
 
     def _admit(self, session: _Session) -> bool:
@@ -981,6 +992,11 @@ class BoardServer:
                     session.wake.set()
             finally:
                 session.send_lock.release()
+
+    def _on_channel_closed(self, session: _Session) -> None:
+        # Runs in paramiko's thread holding the channel's lock: take no lock of ours here.
+        # (A pub waiting for a receiver or for room notices within one tick.)
+        session.wake.set()
 
     def _wake(self, sid: int) -> None:
         session = self._sessions.get(sid)
