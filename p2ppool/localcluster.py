@@ -493,8 +493,32 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
+def _session_members(sids: Sequence[int]) -> List[int]:
+    """Pids of every process in one of the sessions ``sids`` (Linux: read from /proc)."""
+    wanted = set(sids)
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) in wanted:
+                    members.append(int(entry))
+            except OSError:
+                continue
+    return members
+
+
 def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
-    """SIGTERM each process group, wait up to ``timeout``, SIGKILL what is left (groups)."""
+    """SIGTERM each child's process group, wait up to ``timeout``, then SIGKILL every
+    process left in the child's session.
+
+    Every child leads its own session (``start_new_session``).  A worker's task processes
+    may sit in process groups of their own, and outlive a worker that was SIGKILLed; they
+    stay in its session, so the session is what is swept.
+    """
     for proc in procs:
         _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -503,9 +527,15 @@ def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> No
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
+    sids = [proc.pid for proc in procs]
     for proc in procs:
-        # Also reaps grandchildren (task processes) left in the group after a leader died.
         _signal_group(proc, signal.SIGKILL)
+    for pid in _session_members(sids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for proc in procs:
         try:
             proc.wait(5.0)
         except subprocess.TimeoutExpired:

@@ -436,9 +436,9 @@ class ClusterBackend:
         elif value == "connected" and self._board is not None:
             log.info("board connection is back")
             self._post(self._after_reconnect)
-        elif value == "failed":
-            board = self._board
-            error = getattr(board, "error", None) if board is not None else None
+        elif value == "failed" and self._board is not None:
+            # (A failed first contact raises from connect() and is reported there.)
+            error = getattr(self._board, "error", None)
             self._trouble(f"the board connection failed for good: {error}")
 
     def _after_reconnect(self) -> List[Command]:

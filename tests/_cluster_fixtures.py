@@ -1,0 +1,267 @@
+"""Fixtures for tests that need a whole cluster on 127.0.0.1 (:class:`p2ppool.LocalCluster`).
+
+``tests/conftest.py`` star-imports this module; importing it starts nothing.
+
+Fixtures:
+    local_cluster: (module) a running LocalCluster: 2 workers x 2 slots, with ``carol`` as an
+        extra member on the access list.  Tests that kill workers should start their own.
+        ``P2PPOOL_TEST_KEEP_CLUSTER=1`` keeps its directory (keys, board and worker logs).
+    task_gate: (function) a :class:`TaskGate`: tasks made by ``task_gate.blocker()`` report
+        that they started over a loopback socket and run until the test releases them, so a
+        test knows exactly when a task runs (no sleeping, no polling).
+    cluster_backend: (function) ``cluster_backend(cluster, **kwargs)`` makes a
+        :class:`p2ppool.remote.ClusterBackend` for a cluster, started, with an event pump
+        (:class:`BackendPump`); it is closed after the test.
+
+Helpers:
+    descendants(): pids of every live descendant of this process.
+    assert_gone(pids, timeout): every pid has exited (zombies count as gone).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple, Type
+
+import psutil
+import pytest
+
+__all__ = [
+    "BackendPump",
+    "TaskGate",
+    "assert_gone",
+    "cluster_backend",
+    "descendants",
+    "local_cluster",
+    "task_gate",
+]
+
+
+def descendants() -> List[int]:
+    """Pids of every live descendant of this test process."""
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
+    """Fail unless every process in ``pids`` has exited within ``timeout`` seconds."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = [p for p in alive if _alive(p)]
+    assert not alive, f"processes still running: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[Any]:
+    """A LocalCluster with 2 workers x 2 slots and member carol, shared by a test module."""
+    from p2ppool.localcluster import LocalCluster
+
+    keep = bool(os.environ.get("P2PPOOL_TEST_KEEP_CLUSTER"))
+    with LocalCluster(workers=2, processes_per_worker=2, members=("carol",),
+                      keep_dir=keep) as cluster:
+        if keep:
+            print(f"local cluster files (kept): {cluster.directory}")
+        yield cluster
+
+
+class TaskGate:
+    """Tasks that say when they start (over a socket) and run until released.
+
+    ``gate.blocker()`` is a function for ``payload.dumps``; called with ``x`` in a worker's
+    child it connects to the gate, sends ``"x pid"``, and waits until :meth:`release` (or
+    30 s) before returning ``x``.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._conns: List[socket.socket] = []
+
+    def blocker(self) -> Callable[[Any], Any]:
+        port = self.port
+
+        def block(x: Any) -> Any:
+            import os
+            import socket as _socket
+
+            conn = _socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(f"{x} {os.getpid()}\n".encode())
+            conn.settimeout(30)
+            try:
+                conn.recv(1)  # the test releases us by sending a byte or closing
+            except OSError:
+                pass
+            conn.close()
+            return x
+
+        return block
+
+    def wait_started(self, timeout: float = 20.0) -> Tuple[str, int]:
+        """Wait for the next task to start; return (its argument as text, its pid)."""
+        self._sock.settimeout(timeout)
+        conn, _ = self._sock.accept()
+        conn.settimeout(timeout)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        self._conns.append(conn)
+        arg, pid = data.decode().split()
+        return arg, int(pid)
+
+    def release(self) -> None:
+        """Let every started task finish."""
+        for conn in self._conns:
+            try:
+                conn.sendall(b"x")
+                conn.close()
+            except OSError:
+                pass
+        self._conns.clear()
+
+    def close(self) -> None:
+        self.release()
+        self._sock.close()
+
+
+@pytest.fixture
+def task_gate() -> Iterator[TaskGate]:
+    """A :class:`TaskGate` (closed after the test)."""
+    gate = TaskGate()
+    try:
+        yield gate
+    finally:
+        gate.close()
+
+
+class BackendPump:
+    """Collects a ClusterBackend's events as they are notified; waits for them with timeouts.
+
+    Attributes:
+        backend: the backend.
+        events: every event collected so far, in order.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, backend: Any, cluster: Any = None) -> None:
+        self.backend = backend
+        self.cluster = cluster
+        self.events: List[Any] = []
+        self._cond = threading.Condition()
+        self._notified = False
+
+    def notify(self) -> None:
+        with self._cond:
+            self._notified = True
+            self._cond.notify_all()
+
+    def wait_for(self, match: Callable[[Any], bool], timeout: float = 20.0,
+                 count: int = 1) -> List[Any]:
+        """Wait until ``count`` collected events match; return the matching events."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events if match(e)]
+            if len(found) >= count:
+                return found
+            with self._cond:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"only {len(found)} of {count} expected events within {timeout:g} s; "
+                        f"events so far: {self.events!r}{self._worker_logs()}")
+                if not self._notified:
+                    self._cond.wait(left)
+                self._notified = False
+            self.events += self.backend.collect()
+
+    def _worker_logs(self) -> str:
+        workers = getattr(self.cluster, "workers", [])
+        text = ""
+        for worker in workers:
+            try:
+                with open(worker.log_path, encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()[-15:]
+            except OSError:
+                continue
+            text += f"\n--- end of {worker.name}'s log:\n" + "\n".join(lines)
+        return text
+
+    def of_type(self, kind: Type[Any], timeout: float = 20.0, count: int = 1) -> List[Any]:
+        """Wait for ``count`` events of a type."""
+        return self.wait_for(lambda e: isinstance(e, kind), timeout, count)
+
+    def drain_for(self, seconds: float) -> List[Any]:
+        """Collect whatever arrives during ``seconds`` (for checks that something does not
+        happen); returns the events collected in that time."""
+        start = len(self.events)
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with self._cond:
+                if not self._notified:
+                    self._cond.wait(left)
+                self._notified = False
+            self.events += self.backend.collect()
+        self.events += self.backend.collect()
+        return self.events[start:]
+
+
+@pytest.fixture
+def cluster_backend() -> Iterator[Callable[..., BackendPump]]:
+    """``cluster_backend(cluster, demand=None, **kwargs)`` -> a started backend's pump."""
+    from p2ppool.config import resolve_options
+    from p2ppool.remote import ClusterBackend
+
+    made: List[BackendPump] = []
+
+    def make(cluster: Any, demand: int | None = None, options: Dict[str, Any] | None = None,
+             max_slots: int = 16, initializer: bytes | None = None,
+             maxtasksperchild: int | None = None, **kwargs: Any) -> BackendPump:
+        opts = resolve_options(options if options is not None else cluster.options,
+                               environ={}, read_file=False)
+        pump = BackendPump(None, cluster)
+        job = f"job{next(BackendPump._ids)}-{int(time.time() * 1000) % 10**9}"
+        backend = ClusterBackend(opts, job, max_slots, initializer, maxtasksperchild,
+                                 pump.notify, **kwargs)
+        pump.backend = backend
+        made.append(pump)
+        backend.start()
+        if demand is not None:
+            backend.set_demand(demand)
+        return pump
+
+    try:
+        yield make
+    finally:
+        for pump in made:
+            pump.backend.terminate()
+
+
+def executor_names(events: Sequence[Any]) -> List[str]:
+    """Worker names of the ExecutorJoined events, sorted."""
+    from p2ppool.remote import ExecutorJoined
+
+    return sorted(e.name for e in events if isinstance(e, ExecutorJoined))

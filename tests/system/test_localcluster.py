@@ -1,0 +1,177 @@
+"""LocalCluster and ``p2ppool local``: everything starts on 127.0.0.1 and nothing outlives it."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import psutil
+import pytest
+
+from p2ppool import payload
+from p2ppool.localcluster import LocalCluster
+from p2ppool.remote import ExecutorJoined, TaskDone
+from tests._cluster_fixtures import assert_gone, descendants
+
+pytestmark = pytest.mark.system
+
+
+def _listening_ports(pids: List[int]) -> List[tuple[str, int]]:
+    found = []
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found += [(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def test_starts_on_loopback_and_stops_without_leftovers(cluster_backend: Any) -> None:
+    before = set(descendants())
+    with LocalCluster(workers=2, processes_per_worker=1) as cluster:
+        assert [w.name for w in cluster.workers] == ["w1", "w2"]
+        assert all(w.alive for w in cluster.workers)
+        assert cluster.board.startswith("127.0.0.1:")
+        assert cluster.relay.startswith("ws://127.0.0.1:") and cluster.relay.endswith("/v1")
+        assert cluster.transit.startswith("tcp:127.0.0.1:")
+        # Run one task on each worker so that their task processes exist too.
+        pump = cluster_backend(cluster, demand=2)
+        joined = pump.of_type(ExecutorJoined, count=2)
+        for n, event in enumerate(joined):
+            pump.backend.submit(event.executor_id, n, 1, payload.dumps(abs),
+                                payload.dumps(payload.map_call([-n])))
+        pump.of_type(TaskDone, count=2)
+        started = set(descendants()) - before
+        assert len(started) >= 5  # board, wormhole servers, 2 workers, their task processes
+        listening = _listening_ports(sorted(started))
+        assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
+        directory = cluster.directory
+        pump.backend.close()
+    assert_gone(started, timeout=10)
+    assert set(descendants()) - before == set()
+    assert not os.path.exists(directory)
+
+
+def test_stops_everything_when_the_body_raises() -> None:
+    before = set(descendants())
+    with pytest.raises(RuntimeError, match="boom"):
+        with LocalCluster(workers=1) as cluster:
+            started = set(descendants()) - before
+            assert len(started) >= 3
+            raise RuntimeError("boom")
+    assert_gone(started, timeout=10)
+    assert not cluster.workers[0].alive
+
+
+def test_a_killed_worker_leaves_no_orphans(cluster_backend: Any, task_gate: Any) -> None:
+    before = set(descendants())
+    with LocalCluster(workers=1, processes_per_worker=1) as cluster:
+        pump = cluster_backend(cluster, demand=1)
+        (joined,) = pump.of_type(ExecutorJoined)
+        pump.backend.submit(joined.executor_id, 1, 1, payload.dumps(task_gate.blocker()),
+                            payload.dumps(payload.map_call([1])))
+        _, task_pid = task_gate.wait_started()
+        started = set(descendants()) - before
+        assert task_pid in started
+        worker = cluster.kill_worker(0)
+        worker.process.wait(10)
+        assert not worker.alive
+        pump.backend.terminate()
+    # The task process lost its worker; stopping the cluster still ended it (process group).
+    assert_gone(started | {task_pid}, timeout=10)
+
+
+def test_add_worker_joins_a_running_cluster(cluster_backend: Any) -> None:
+    with LocalCluster(workers=0, processes_per_worker=1) as cluster:
+        assert cluster.workers == []
+        name = cluster.add_worker(processes=3)
+        assert name == "w1" and cluster.workers[0].alive
+        hello = cluster.wait_for_hello("w1")
+        assert (hello.role, hello.slots) == ("worker", 3)
+        pump = cluster_backend(cluster, demand=3)
+        (joined,) = pump.of_type(ExecutorJoined)
+        assert (joined.name, joined.slots) == ("w1", 3)
+
+
+def test_bad_arguments_are_refused_before_anything_starts() -> None:
+    before = set(descendants())
+    with pytest.raises(ValueError, match="processes_per_worker"):
+        LocalCluster(workers=1, processes_per_worker=0)
+    with pytest.raises(ValueError, match="member names"):
+        LocalCluster(workers=1, members=("alice",))
+    assert set(descendants()) - before == set()
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    assert proc.stdout is not None
+    buf = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while marker not in buf:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {marker!r} within {timeout:g} s; output so far: {buf!r}"
+            if sel.select(left):
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                assert chunk, f"p2ppool local exited early: {buf!r}"
+                buf += chunk
+    return buf
+
+
+def _parse_exports(text: str) -> Dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            env[name] = shlex.split(value)[0]
+    return env
+
+
+@pytest.mark.timeout(60)
+def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
+    tmp_path: Any, cluster_backend: Any
+) -> None:
+    env_file = tmp_path / "cluster.env"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2ppool", "local", "--workers", "1",
+         "--processes-per-worker", "2", "--write-env", str(env_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(tmp_path),
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")},
+             "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(
+                 os.path.abspath(__file__))))},
+    )
+    try:
+        out = _read_until(proc, b"Ctrl-C", timeout=30).decode()
+        printed = _parse_exports(out)
+        assert printed == _parse_exports(env_file.read_text())
+        assert printed["P2PPOOL_CLUSTER"] == "alice/local"
+        assert printed["P2PPOOL_LOOPBACK_ONLY"] == "1"
+        assert printed["P2PPOOL_BOARD"].startswith("127.0.0.1:")
+        children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        # The printed environment is enough for a client to use the cluster.
+        from p2ppool.config import resolve_options
+
+        options = resolve_options(environ=printed, read_file=False)
+        pump = cluster_backend(None, demand=2, options={
+            name: getattr(options, name) for name in
+            ("cluster", "board", "board_user", "identity", "known_hosts", "relay", "transit",
+             "loopback_only")})
+        (joined,) = pump.of_type(ExecutorJoined)
+        assert (joined.name, joined.slots) == ("w1", 2)
+        pump.backend.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert_gone(children, timeout=10)

@@ -1,0 +1,317 @@
+"""ClusterBackend against real workers, a real board and real wormhole servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from typing import Any, List
+
+import psutil
+import pytest
+
+from p2ppool import payload
+from p2ppool.protocol import (
+    Accept,
+    Hello,
+    MessageRejected,
+    Offer,
+    Want,
+    new_offer_keypair,
+    open_code,
+)
+from p2ppool.remote import (
+    BoardTrouble,
+    ExecutorJoined,
+    ExecutorLost,
+    TaskDone,
+    TaskLost,
+)
+from tests._cluster_fixtures import executor_names
+
+pytestmark = pytest.mark.system
+
+
+def _run(pump: Any, executor: str, task_id: int, func: Any, items: List[Any],
+         func_key: int = 1) -> None:
+    pump.backend.submit(executor, task_id, func_key, payload.dumps(func),
+                        payload.dumps(payload.map_call(items)))
+
+
+def _done(pump: Any, task_id: int, timeout: float = 20.0) -> TaskDone:
+    return pump.wait_for(lambda e: isinstance(e, TaskDone) and e.task_id == task_id,
+                         timeout)[0]
+
+
+class _Seen(List[Any]):
+    """Board messages of some types, as the cluster's host sees them; waitable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cond = threading.Condition()
+
+    def add(self, msg: Any) -> None:
+        with self.cond:
+            self.append(msg)
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: predicate(list(self)), timeout), list(self)
+
+
+def _watch(cluster: Any, kind: Any) -> _Seen:
+    seen = _Seen()
+    cluster.watch(lambda msg: seen.add(msg) if isinstance(msg, kind) else None)
+    return seen
+
+
+def test_recruits_every_worker_and_runs_tasks(local_cluster: Any, cluster_backend: Any) -> None:
+    pump = cluster_backend(local_cluster, demand=4)
+    joined = pump.of_type(ExecutorJoined, count=2)
+    assert executor_names(joined) == ["w1", "w2"]
+    assert all(e.slots == 2 for e in joined)
+    offset = 100
+
+    def shift(x: int) -> int:  # a closure: pickled by value
+        return x + offset
+
+    for n, event in enumerate(joined):
+        _run(pump, event.executor_id, 10 + n, shift, [n, n + 1])
+        _run(pump, event.executor_id, 20 + n, shift, [n * 10])  # same function, sent once
+    results = {tid: _done(pump, tid) for tid in (10, 11, 20, 21)}
+    assert all(r.ok for r in results.values())
+    assert payload.loads(results[10].blob) == [100, 101]
+    assert payload.loads(results[11].blob) == [101, 102]
+    assert payload.loads(results[20].blob) == [100]
+    assert payload.loads(results[21].blob) == [110]
+    assert {results[10].executor_id, results[11].executor_id} == {e.executor_id for e in joined}
+
+
+def test_a_user_error_comes_back_as_itself(local_cluster: Any, cluster_backend: Any) -> None:
+    pump = cluster_backend(local_cluster, demand=1)
+    (joined,) = pump.of_type(ExecutorJoined)
+
+    def fail(x: int) -> int:
+        raise KeyError(f"no {x}")
+
+    _run(pump, joined.executor_id, 1, fail, [7])
+    done = _done(pump, 1)
+    assert not done.ok
+    error = payload.loads(done.blob)
+    assert isinstance(error, KeyError) and "no 7" in str(error)
+    assert "in fail" in str(error.__cause__)  # the remote traceback names the function
+
+
+def test_one_session_covers_a_small_demand(local_cluster: Any, cluster_backend: Any) -> None:
+    accepts = _watch(local_cluster, Accept)
+    pump = cluster_backend(local_cluster, demand=2)
+    (joined,) = pump.of_type(ExecutorJoined)
+    # Both workers offered 2 slots; one session covers the demand of 2.  Give the recruiter
+    # a few of its periods to do something wrong.
+    later = pump.drain_for(1.5)
+    assert not [e for e in later if isinstance(e, ExecutorJoined)]
+    job = pump.backend.job_id
+    accepts.wait_for(lambda seen: any(a.job == job for a in seen))
+    assert [a.worker for a in accepts if a.job == job] == [joined.name]
+    assert pump.backend.executors == {joined.executor_id: 2}
+
+
+def test_terminate_frees_the_workers_slots(
+    local_cluster: Any, cluster_backend: Any, task_gate: Any
+) -> None:
+    pump = cluster_backend(local_cluster, demand=2)
+    (joined,) = pump.of_type(ExecutorJoined)
+    block = task_gate.blocker()
+    _run(pump, joined.executor_id, 1, block, [1])
+    _run(pump, joined.executor_id, 2, block, [2])
+    pids = [task_gate.wait_started()[1], task_gate.wait_started()[1]]
+    stopped_at = time.time()
+    started = time.monotonic()
+    pump.backend.terminate()
+    assert time.monotonic() - started < 6.0
+    hello = local_cluster.wait_for_hello(
+        joined.name, lambda h: h.slots == 2, timeout=10.0, after=stopped_at)
+    assert hello.slots == 2
+    # The running tasks were stopped, not left to finish.
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
+                                    timeout=10.0)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not [e for e in pump.backend.collect() if isinstance(e, TaskDone)]
+
+
+def test_close_says_goodbye_and_withdraws(local_cluster: Any, cluster_backend: Any) -> None:
+    from p2ppool.protocol import Done, Withdraw
+
+    ends = _watch(local_cluster, (Withdraw, Done))
+    pump = cluster_backend(local_cluster, demand=2)
+    (joined,) = pump.of_type(ExecutorJoined)
+    closed_at = time.time()
+    pump.backend.close()
+    job = pump.backend.job_id
+    hello = local_cluster.wait_for_hello(
+        joined.name, lambda h: h.slots == 2, timeout=10.0, after=closed_at)
+    assert hello.slots == 2
+    ends.wait_for(lambda seen: {type(m).__name__ for m in seen if m.job == job}
+                  == {"Withdraw", "Done"})
+
+
+def test_refusing_workers_are_never_used_again(local_cluster: Any, cluster_backend: Any) -> None:
+    accepts = _watch(local_cluster, Accept)
+    # maxtasksperchild=0 is refused by every worker (it must be at least 1).
+    pump = cluster_backend(local_cluster, demand=2, maxtasksperchild=0)
+    refusals = pump.wait_for(
+        lambda e: isinstance(e, BoardTrouble) and "refused this job" in e.message, count=2)
+    assert {re.search(r"worker (w\d)", e.message).group(1) for e in refusals} == {"w1", "w2"}
+    assert all("maxtasksperchild must be at least 1" in e.message for e in refusals)
+    # The recruiter keeps asking (a Want every few seconds), but never accepts them again.
+    pump.drain_for(1.5)
+    job = pump.backend.job_id
+    accepts.wait_for(lambda seen: len([a for a in seen if a.job == job]) >= 2)
+    assert sorted(a.worker for a in accepts if a.job == job) == ["w1", "w2"]
+    assert not [e for e in pump.events if isinstance(e, ExecutorJoined)]
+
+
+def test_a_worker_with_another_python_is_never_used(
+    local_cluster: Any, cluster_backend: Any
+) -> None:
+    """A fake worker says Hello with Python 2.7 and offers more slots than anyone to every Want."""
+    from p2ppool.board_client import BoardClient
+
+    host, _, port = local_cluster.board.rpartition(":")
+    accepted_fake: List[Accept] = []
+    offers_made = threading.Semaphore(0)
+
+    def on_message(msg: Any) -> None:
+        now = time.time()
+        if isinstance(msg, Want):
+            _, key = new_offer_keypair()
+            fake.publish(Offer(sender="py27", ts=now, ttl=10.0, job=msg.job, worker="py27",
+                               slots=8, key=key))
+            offers_made.release()
+        elif isinstance(msg, Accept) and msg.worker == "py27":
+            accepted_fake.append(msg)
+        elif isinstance(msg, Hello) and msg.role == "client":
+            fake.publish(hello(now))
+
+    def hello(now: float) -> Hello:
+        return Hello(sender="py27", ts=now, ttl=90.0, role="worker", python="2.7",
+                     version="0.1", slots=8)
+
+    fake = BoardClient(host, int(port), topic=local_cluster.cluster, username="volunteer",
+                       identity=local_cluster.identity("volunteer"),
+                       known_hosts=local_cluster.known_hosts, on_message=on_message)
+    fake.connect()
+    try:
+        fake.publish(hello(time.time()))
+        pump = cluster_backend(local_cluster, demand=8)
+        joined = pump.of_type(ExecutorJoined, count=2)
+        assert executor_names(joined) == ["w1", "w2"]
+        # Demand is still 4 short, so Wants go on and the fake keeps offering 8 slots.
+        assert offers_made.acquire(timeout=10) and offers_made.acquire(timeout=10)
+        pump.drain_for(0.5)
+    finally:
+        fake.close()
+    assert accepted_fake == []
+    assert executor_names(pump.events) == ["w1", "w2"]
+
+
+def test_a_third_member_cannot_open_the_sealed_code(
+    local_cluster: Any, cluster_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2ppool import transfer
+    from p2ppool.board_client import BoardClient
+    from p2ppool.protocol import encode
+
+    codes: List[str] = []
+    real_new_code = transfer.new_code
+
+    def recording_new_code() -> str:
+        code = real_new_code()
+        codes.append(code)
+        return code
+
+    monkeypatch.setattr(transfer, "new_code", recording_new_code)
+    host, _, port = local_cluster.board.rpartition(":")
+    lines: List[bytes] = []
+    carol_accepts: List[Accept] = []
+    saw_accept = threading.Event()
+
+    def on_message(msg: Any) -> None:
+        lines.append(encode(msg))
+        if isinstance(msg, Accept):
+            carol_accepts.append(msg)
+            saw_accept.set()
+
+    carol = BoardClient(host, int(port), topic=local_cluster.cluster, username="carol",
+                        identity=local_cluster.identity("carol"),
+                        known_hosts=local_cluster.known_hosts, on_message=on_message)
+    carol.connect()
+    try:
+        pump = cluster_backend(local_cluster, demand=2)
+        (joined,) = pump.of_type(ExecutorJoined)
+        job = pump.backend.job_id
+        assert saw_accept.wait(10), "carol never saw the Accept"
+    finally:
+        carol.close()
+    mine = [a for a in carol_accepts if a.job == job]
+    assert len(mine) == 1 and mine[0].worker == joined.name
+    assert len(codes) == 1
+    code = codes[0]
+    # Carol saw the Accept, but the code is in no line she read ...
+    assert not [line for line in lines if code.encode() in line]
+    # ... and no key of hers opens the sealed box.
+    private, _ = new_offer_keypair()
+    with pytest.raises(MessageRejected, match="does not open"):
+        open_code(mine[0].code, private)
+    # The session works: carol did not take the worker's place.
+    _run(pump, joined.executor_id, 1, abs, [-3])
+    assert payload.loads(_done(pump, 1).blob) == [3]
+
+
+def test_an_unreachable_board_is_reported(cluster_backend: Any) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = {"cluster": "alice/none", "board": f"127.0.0.1:{port}", "board_user": "alice",
+               "relay": "ws://127.0.0.1:9/v1", "transit": "tcp:127.0.0.1:9",
+               "loopback_only": True}
+    pump = cluster_backend(None, demand=1, options=options)
+    (trouble,) = pump.of_type(BoardTrouble, timeout=10)
+    assert "cannot reach the board" in trouble.message and str(port) in trouble.message
+
+
+def test_submit_to_an_unknown_executor_is_lost_at_once(cluster_backend: Any) -> None:
+    options = {"cluster": "alice/none", "board": "127.0.0.1:9", "relay": "ws://127.0.0.1:9/v1"}
+    pump = cluster_backend(None, options=options)
+    _run(pump, "nobody#1", 5, abs, [1])
+    (lost,) = pump.of_type(TaskLost, timeout=5)
+    assert (lost.executor_id, lost.task_id, lost.retry) == ("nobody#1", 5, True)
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_worker_is_lost_within_seconds(cluster_backend: Any, task_gate: Any) -> None:
+    from p2ppool.localcluster import LocalCluster
+
+    with LocalCluster(workers=1, processes_per_worker=2) as cluster:
+        pump = cluster_backend(cluster, demand=2)
+        (joined,) = pump.of_type(ExecutorJoined)
+        block = task_gate.blocker()
+        _run(pump, joined.executor_id, 1, block, [1])
+        task_gate.wait_started()
+        killed_at = time.monotonic()
+        cluster.kill_worker(0, signal.SIGKILL)
+        (lost,) = pump.of_type(ExecutorLost, timeout=15)
+        took = time.monotonic() - killed_at
+        assert lost.executor_id == joined.executor_id
+        assert "w1" in lost.cause and ("lost" in lost.cause or "closed" in lost.cause)
+        # The heartbeat deadline is 5 s; allow for a loaded machine.
+        assert took < 12.0, f"took {took:.1f} s to notice"
+        # Its task is gone with it: no result, and a new submit is lost at once.
+        _run(pump, joined.executor_id, 2, abs, [1])
+        late = pump.of_type(TaskLost, timeout=5)
+        assert [(e.task_id, e.retry) for e in late] == [(2, True)]
+        assert not [e for e in pump.events if isinstance(e, TaskDone)]
