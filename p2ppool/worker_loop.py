@@ -1,0 +1,714 @@
+"""The worker's one loop: board presence, client sessions and their process engines.
+
+Used by :mod:`p2ppool.worker` (the command line).
+
+::
+
+    board reader thread ──on_message/on_state──┐
+    reactor thread ─────on_frame/on_lost───────┼──> _Inbox (deque + wakeup pipe)
+    session opener threads ──opened/failed─────┘          │
+    signal handlers ──counter + wakeup byte────────────────┤
+                                                           v
+    main thread: Worker.serve() ── wait(wakeup pipe + every engine's pipes and sentinels,
+                                        timeout = next deadline)
+       ├─ board messages ─> peer.Peer (pure) ─> Publish / OpenSession / Note
+       ├─ session frames ─> Open -> ProcessEngine + Ready | Refuse;  Func, Task, Cancel, Bye
+       └─ engine events ──> Result / Lost frames back to the session's client
+
+Only the main thread owns state; the other threads hand events over through the inbox.  The
+worker itself never unpickles client data: blobs go to the session's
+:class:`~p2ppool.engine.ProcessEngine`, whose child processes unpickle and run them.  Children
+are started by a fork server, so they inherit none of the worker's sockets (the SSH board
+connection, the wormhole sessions) and cannot speak on the worker's behalf.
+
+Shutdown: the first SIGINT/SIGTERM (or the end of ``--ttl``) withdraws: a Bye on the board,
+no more offers, new tasks are sent back (``Lost(retry=True)``), in-flight tasks get up to
+``WORKER_GRACE_S`` to finish, then a Bye on every session and exit status 0.  A second signal
+kills the children at once, reports their tasks lost (retry elsewhere) and exits with 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Deque, Dict, List, Sequence, Set, Tuple
+
+from . import defaults
+from ._version import __version__
+from .errors import P2PPoolError, ProtocolError, TransferError
+
+__all__ = ["EXIT_ERROR", "EXIT_FORCED", "EXIT_OK", "Worker", "WorkerSettings"]
+
+log = logging.getLogger("p2ppool.worker")
+
+#: Seconds a session's children get to exit after SIGTERM before the process group is killed
+#: (their session is over: no grace is owed, and the main loop waits meanwhile).
+_KILL_WAIT_S = 1.0
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_ERROR = 2
+
+
+def _python() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs, resolved from the command line and ``P2PPOOL_*``."""
+
+    cluster: str
+    name: str
+    processes: int
+    board_host: str
+    board_port: int
+    board_user: str | None
+    identity: str | None
+    known_hosts: str | None
+    relay: str
+    transit: str | None
+    loopback_only: bool
+    max_task_seconds: float | None
+    max_payload_bytes: int
+    ttl: float | None
+    grace: float = defaults.WORKER_GRACE_S
+    python: str = dataclasses.field(default_factory=_python)
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest frame a session reads: a payload up to twice the limit is read and
+        refused with a clear Lost; a larger one closes the session at its header."""
+        return 2 * self.max_payload_bytes + 1024 * 1024
+
+
+# --- the inbox: how other threads hand events to the main loop ------------------------------
+
+
+class _Inbox:
+    """A thread-safe event queue whose wakeup pipe the main loop waits on."""
+
+    def __init__(self) -> None:
+        self._events: Deque[Tuple[Any, ...]] = collections.deque()
+        self._lock = threading.Lock()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+
+    def post(self, *event: Any) -> None:
+        with self._lock:
+            self._events.append(event)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the main loop's wait return (safe in a signal handler: no lock)."""
+        try:
+            os.write(self.write_fd, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the loop is awake anyway
+
+    def drain(self) -> List[Tuple[Any, ...]]:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._lock:
+            events = list(self._events)
+            self._events.clear()
+        return events
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# --- one client session ------------------------------------------------------------------
+
+
+OPENING, AWAITING_OPEN, RUNNING, ENDED = "opening", "awaiting open", "running", "ended"
+
+
+class _ClientSession:
+    """The worker's side of one client session (owned by the main thread)."""
+
+    def __init__(self, sid: int, job: str, client: str, slots: int) -> None:
+        self.sid = sid
+        self.job = job
+        self.client = client
+        self.slots = slots
+        self.state = OPENING
+        self.transport: Any = None  # transfer.Session once opened
+        self.engine: Any = None  # engine.ProcessEngine once the Open frame was accepted
+        self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
+        self.functions: Dict[int, bytes] = {}
+        self.refused_functions: Dict[int, str] = {}
+        self.inflight: Set[int] = set()
+        self.open_deadline: float | None = None  # monotonic, while AWAITING_OPEN
+        self.lost_cause: str | None = None  # lost before "opened" was handled
+
+    def who(self) -> str:
+        return f"{self.client}'s job {self.job}"
+
+
+# --- the worker ---------------------------------------------------------------------------
+
+
+class Worker:
+    """A volunteer worker: board presence, sessions, engines, and the one loop that owns them.
+
+    Use: ``worker = Worker(settings)``, ``worker.install_signal_handlers()`` (main thread),
+    ``worker.connect_board()`` (raises a clear BoardError), then ``status = worker.serve()``.
+
+    Args:
+        settings: the resolved settings.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        from .peer import Peer, PeerConfig
+        from .protocol import new_offer_keypair
+
+        self.settings = settings
+        self.inbox = _Inbox()
+        self.peer = Peer(
+            PeerConfig(worker_id=settings.name, python=settings.python, version=__version__,
+                       slots=settings.processes),
+            new_offer_keypair,
+        )
+        self.sessions: Dict[int, _ClientSession] = {}
+        self.board: Any = None
+        self.signals = 0
+        self._signals_handled = 0
+        self.withdrawing = False
+        self.forced = False
+        self.exit_status = EXIT_OK
+        self._grace_deadline: float | None = None  # monotonic
+        self._ttl_deadline: float | None = None  # monotonic
+        self._closers: List[threading.Thread] = []
+        self._mp_context = _child_context()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def connect_board(self) -> None:
+        """Connect to the board (raises a clear BoardError if the first contact fails)."""
+        from .board_client import BoardClient
+
+        s = self.settings
+        self.board = BoardClient(
+            s.board_host, s.board_port, topic=s.cluster, username=s.board_user,
+            identity=s.identity, known_hosts=s.known_hosts,
+            on_message=lambda msg: self.inbox.post("board", msg),
+            on_state=lambda state: self.inbox.post("board_state", state),
+        )
+        self.board.connect()
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM withdraws, the second forces (main thread only)."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self.signals += 1
+            self.inbox.wake()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+        # The kernel may deliver a signal to any thread (reactor, board reader); Python runs
+        # the handler only when the main thread wakes up.  The wakeup fd makes the C-level
+        # handler write to the inbox pipe, so the main loop's wait returns at once.
+        signal.set_wakeup_fd(self.inbox.write_fd, warn_on_full_buffer=False)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run until withdrawn and every session has ended; return the exit status."""
+        s = self.settings
+        log.info("on cluster %s as %s with %d slot(s) (Python %s, p2ppool %s)%s",
+                 s.cluster, s.name, s.processes, s.python, __version__,
+                 f", stopping after {s.ttl:g} s" if s.ttl else "")
+        if s.ttl is not None:
+            self._ttl_deadline = time.monotonic() + s.ttl
+        self._execute(self.peer.start(time.time()))
+        try:
+            while not self._finished():
+                ready = multiprocessing.connection.wait(
+                    [self.inbox.read_fd, *self._engine_readables()], self._timeout())
+                self._step(ready)
+        finally:
+            self._shutdown()
+        return self.exit_status
+
+    def _step(self, ready: Sequence[Any]) -> None:
+        # Drain the wakeup pipe *before* looking at the signal counter: a signal that lands
+        # after this point writes a new byte, so the next wait returns at once.
+        events = self.inbox.drain()
+        if self.signals > self._signals_handled:
+            self._signals_handled = self.signals
+            if self.signals == 1:
+                self.withdraw("signal received")
+            else:
+                self.force("second signal received")
+                return
+        for event in events:
+            try:
+                self._handle(event)
+            except Exception:  # a bug handling one event must not take the worker down
+                log.exception("error while handling %s", event[0])
+        for session in list(self.sessions.values()):
+            if session.engine is not None:
+                self._collect(session, ready)
+        now = time.monotonic()
+        self._execute(self.peer.timer_expired(time.time()))
+        for session in list(self.sessions.values()):
+            if (session.state == AWAITING_OPEN and session.open_deadline is not None
+                    and now >= session.open_deadline):
+                log.info("session %d with %s: no Open frame within %g s; closing", session.sid,
+                         session.who(), defaults.WORKER_OPEN_FRAME_TIMEOUT_S)
+                self._end_session(session, "no Open frame in time")
+        if self._ttl_deadline is not None and now >= self._ttl_deadline and not self.withdrawing:
+            self.withdraw(f"--ttl of {self.settings.ttl:g} s reached")
+        if self.withdrawing:
+            self._progress_withdrawal(now)
+
+    def _timeout(self) -> float:
+        deadlines: List[float] = []
+        now_wall, now = time.time(), time.monotonic()
+        peer_deadline = self.peer.next_deadline()
+        if peer_deadline is not None:
+            deadlines.append(peer_deadline - now_wall)
+        for session in self.sessions.values():
+            if session.engine is not None:
+                engine_deadline = session.engine.next_deadline()
+                if engine_deadline is not None:
+                    deadlines.append(engine_deadline - now)
+            if session.open_deadline is not None and session.state == AWAITING_OPEN:
+                deadlines.append(session.open_deadline - now)
+        for deadline in (self._ttl_deadline, self._grace_deadline):
+            if deadline is not None:
+                deadlines.append(deadline - now)
+        if any(s.engine is not None and s.engine.has_events() for s in self.sessions.values()):
+            return 0.0
+        # Bounded even with nothing pending, so a lost wakeup can never hang the worker.
+        return max(0.0, min(deadlines + [5.0])) + 0.001
+
+    def _engine_readables(self) -> List[Any]:
+        readables: List[Any] = []
+        for session in self.sessions.values():
+            if session.engine is not None:
+                readables.extend(session.engine.readables())
+        return readables
+
+    def _finished(self) -> bool:
+        if self.forced:
+            return True
+        return self.withdrawing and not any(
+            s.state in (AWAITING_OPEN, RUNNING) for s in self.sessions.values()
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _handle(self, event: Tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "board":
+            self._execute(self.peer.got_message(event[1], time.time()))
+        elif kind == "board_state":
+            self._board_state(event[1])
+        elif kind == "opened":
+            self._opened(event[1], event[2])
+        elif kind == "open_failed":
+            self._open_failed(event[1], event[2])
+        elif kind == "frame":
+            self._frame(event[1], event[2])
+        elif kind == "lost":
+            self._lost(event[1], event[2])
+
+    def _board_state(self, state: Any) -> None:
+        from .board_client import State
+
+        if state is State.CONNECTED and self.board.reconnects and not self.withdrawing:
+            log.info("board connection re-established; announcing again")
+            self._execute(self.peer.start(time.time()))
+        elif state is State.RECONNECTING:
+            log.warning("board connection lost; reconnecting (running sessions go on)")
+        elif state is State.FAILED:
+            log.error("board failed for good: %s", getattr(self.board, "error", "?"))
+            self.exit_status = EXIT_ERROR
+            self.withdraw("the board connection failed")
+
+    def _execute(self, actions: Sequence[Any]) -> None:
+        from .peer import Note, OpenSession, Publish
+
+        for action in actions:
+            if isinstance(action, Publish):
+                self._publish(action.message)
+            elif isinstance(action, OpenSession):
+                self._start_session(action)
+            elif isinstance(action, Note):
+                log.info("%s", action.text)
+
+    def _publish(self, message: Any) -> None:
+        from .protocol import Offer
+
+        if self.board is None:
+            return
+        try:
+            self.board.publish(message)
+        except P2PPoolError as exc:
+            log.warning("could not write %s on the board: %s", message.TYPE, exc)
+            return
+        if isinstance(message, Offer):
+            log.info("offered %d slot(s) to job %s", message.slots, message.job)
+
+    # -- sessions: opening -------------------------------------------------------------------
+
+    def _start_session(self, action: Any) -> None:
+        session = _ClientSession(action.session_id, action.job, action.client, action.slots)
+        self.sessions[session.sid] = session
+        log.info("%s accepted %d slot(s); opening the wormhole session %d",
+                 session.who(), session.slots, session.sid)
+        thread = threading.Thread(target=self._open_in_thread, args=(session.sid, action.code),
+                                  name=f"p2ppool-open-{session.sid}", daemon=True)
+        thread.start()
+
+    def _open_in_thread(self, sid: int, code: str) -> None:
+        from .transfer import WORKER, Session
+
+        s = self.settings
+        try:
+            transport = Session.open(
+                code, s.relay, s.transit, role=WORKER, loopback_only=s.loopback_only,
+                on_frame=lambda data: self.inbox.post("frame", sid, data),
+                on_lost=lambda cause: self.inbox.post("lost", sid, cause),
+                max_frame_bytes=s.max_frame_bytes,
+            )
+        except Exception as exc:  # reported to the loop, which logs and frees the slots
+            self.inbox.post("open_failed", sid, exc)
+            return
+        self.inbox.post("opened", sid, transport)
+
+    def _opened(self, sid: int, transport: Any) -> None:
+        session = self.sessions.get(sid)
+        if session is None or session.state != OPENING:
+            _close_quietly(transport, "")
+            return
+        session.transport = transport
+        session.state = AWAITING_OPEN
+        if session.lost_cause is not None:
+            self._lost(sid, session.lost_cause)
+            return
+        if self.withdrawing:
+            self._refuse(session, f"worker {self.settings.name} is shutting down")
+            return
+        session.open_deadline = time.monotonic() + defaults.WORKER_OPEN_FRAME_TIMEOUT_S
+        frames, session.early_frames = session.early_frames, []
+        for data in frames:
+            self._frame(sid, data)
+
+    def _open_failed(self, sid: int, exc: BaseException) -> None:
+        session = self.sessions.get(sid)
+        if session is None:
+            return
+        log.warning("session %d with %s could not be opened: %s", sid, session.who(), exc)
+        self._forget(session)
+
+    # -- sessions: frames ----------------------------------------------------------------------
+
+    def _frame(self, sid: int, data: bytes) -> None:
+        from .session_protocol import Bye, Cancel, Func, Open, Task, decode_frame
+
+        session = self.sessions.get(sid)
+        if session is None or session.state == ENDED:
+            return
+        if session.state == OPENING:
+            session.early_frames.append(data)
+            return
+        try:
+            frame = decode_frame(data)
+        except ProtocolError as exc:
+            log.warning("session %d with %s sent a bad frame (%s); closing it", sid,
+                        session.who(), exc)
+            self._end_session(session, f"protocol error: {exc}")
+            return
+        if session.state == AWAITING_OPEN:
+            if isinstance(frame, Open):
+                self._got_open(session, frame)
+            else:
+                log.warning("session %d with %s: expected Open, got %s; closing", sid,
+                            session.who(), type(frame).__name__)
+                self._end_session(session, "the first frame must be Open")
+            return
+        if isinstance(frame, Task):
+            self._got_task(session, frame)
+        elif isinstance(frame, Func):
+            self._got_func(session, frame)
+        elif isinstance(frame, Cancel):
+            self._got_cancel(session, frame)
+        elif isinstance(frame, Bye):
+            log.info("session %d with %s: the client said goodbye", sid, session.who())
+            self._end_session(session, "", send_bye=False)
+        else:
+            log.warning("session %d with %s: unexpected %s frame; ignored", sid,
+                        session.who(), type(frame).__name__)
+
+    def _got_open(self, session: _ClientSession, frame: Any) -> None:
+        from .engine import ProcessEngine
+        from .peer import payload_refusal, refusal_for_open
+        from .session_protocol import Ready
+
+        s = self.settings
+        reason = refusal_for_open(frame, job=session.job, python=s.python)
+        if reason is None:
+            reason = payload_refusal("the initializer", len(frame.initializer),
+                                     s.max_payload_bytes)
+        if reason is not None:
+            self._refuse(session, reason)
+            return
+        try:
+            session.engine = ProcessEngine(
+                session.slots, initializer_blob=frame.initializer or None,
+                maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
+                max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
+            )
+        except Exception as exc:
+            log.exception("could not start processes for %s", session.who())
+            self._refuse(session, f"worker {s.name} could not start its processes: {exc}")
+            return
+        session.state = RUNNING
+        session.open_deadline = None
+        self._send(session, Ready(worker=s.name, slots=session.slots,
+                                  max_payload_bytes=s.max_payload_bytes,
+                                  max_task_seconds=s.max_task_seconds))
+        log.info("session %d with %s opened (%d slot(s)%s)", session.sid, session.who(),
+                 session.slots,
+                 f", maxtasksperchild={frame.maxtasksperchild}"
+                 if frame.maxtasksperchild else "")
+
+    def _got_func(self, session: _ClientSession, frame: Any) -> None:
+        from .peer import payload_refusal
+
+        reason = payload_refusal(f"function {frame.func_key}", len(frame.blob),
+                                 self.settings.max_payload_bytes)
+        if reason is not None:
+            session.refused_functions[frame.func_key] = reason
+            session.functions.pop(frame.func_key, None)
+            log.info("session %d with %s: refused %s", session.sid, session.who(), reason)
+            return
+        session.refused_functions.pop(frame.func_key, None)
+        session.functions[frame.func_key] = frame.blob
+
+    def _got_task(self, session: _ClientSession, frame: Any) -> None:
+        from .peer import payload_refusal
+
+        s = self.settings
+        task_id = frame.task_id
+        if self.withdrawing:
+            self._send_lost(session, task_id, True, f"worker {s.name} is shutting down")
+            return
+        if task_id in session.inflight:
+            self._send_lost(session, task_id, False,
+                            f"task {task_id} is already running on worker {s.name}")
+            return
+        reason = session.refused_functions.get(frame.func_key)
+        if reason is None:
+            reason = payload_refusal(f"task {task_id}'s arguments", len(frame.args),
+                                     s.max_payload_bytes)
+        if reason is None and frame.func_key not in session.functions:
+            reason = f"task {task_id} names function {frame.func_key}, which was never sent"
+        if reason is not None:
+            log.info("session %d with %s: refused task %d: %s", session.sid, session.who(),
+                     task_id, reason)
+            self._send_lost(session, task_id, False, f"worker {s.name}: {reason}")
+            return
+        session.inflight.add(task_id)
+        session.engine.submit(task_id, frame.func_key, session.functions[frame.func_key],
+                              frame.args)
+
+    def _got_cancel(self, session: _ClientSession, frame: Any) -> None:
+        doomed = [t for t in frame.task_ids if t in session.inflight]
+        if not doomed:
+            return
+        session.inflight.difference_update(doomed)
+        session.engine.cancel(doomed)
+        log.info("session %d with %s: cancelled %d task(s)", session.sid, session.who(),
+                 len(doomed))
+
+    # -- sessions: engine events ---------------------------------------------------------------
+
+    def _collect(self, session: _ClientSession, ready: Sequence[Any]) -> None:
+        from .engine import TaskDone
+        from .session_protocol import Result
+
+        for event in session.engine.collect(ready):
+            if event.task_id not in session.inflight:
+                continue  # cancelled: the client no longer wants it
+            session.inflight.discard(event.task_id)
+            if isinstance(event, TaskDone):
+                self._send(session, Result(event.task_id, event.ok, event.blob))
+                continue
+            limit_hit = event.charged and "time limit" in event.cause
+            cause = event.cause
+            if limit_hit:
+                cause += " (this worker's --max-task-seconds)"
+            log.info("session %d with %s: task %d lost: %s", session.sid, session.who(),
+                     event.task_id, cause)
+            self._send_lost(session, event.task_id, not limit_hit,
+                            f"worker {self.settings.name}: {cause}")
+
+    # -- sessions: ending ----------------------------------------------------------------------
+
+    def _send(self, session: _ClientSession, frame: Any) -> None:
+        from .session_protocol import encode_frame
+
+        if session.transport is None or session.state == ENDED:
+            return
+        try:
+            session.transport.send(encode_frame(frame))
+        except TransferError as exc:
+            self._lost(session.sid, str(exc))
+
+    def _send_lost(self, session: _ClientSession, task_id: int, retry: bool, cause: str) -> None:
+        from .session_protocol import Lost
+
+        self._send(session, Lost(task_id, retry, cause))
+
+    def _refuse(self, session: _ClientSession, reason: str) -> None:
+        from .session_protocol import Refuse
+
+        log.info("refused session %d with %s: %s", session.sid, session.who(), reason)
+        self._send(session, Refuse(reason))
+        self._end_session(session, f"refused: {reason}", send_bye=False)
+
+    def _lost(self, sid: int, cause: str) -> None:
+        session = self.sessions.get(sid)
+        if session is None or session.state == ENDED:
+            return
+        if session.state == OPENING:
+            session.lost_cause = cause  # handled when the opener thread reports back
+            return
+        log.info("session %d with %s lost: %s; freeing %d slot(s)", sid, session.who(), cause,
+                 session.slots)
+        self._end_session(session, cause, send_bye=False)
+
+    def _end_session(self, session: _ClientSession, reason: str, send_bye: bool = True) -> None:
+        """Stop the session's engine, say goodbye (in the background) and free its slots."""
+        from .session_protocol import Bye, encode_frame
+
+        if session.state == ENDED:
+            return
+        session.state = ENDED
+        if send_bye and session.transport is not None:
+            try:
+                session.transport.send(encode_frame(Bye()))
+            except TransferError:
+                pass  # already gone: nothing to say goodbye to
+        if session.engine is not None:
+            session.engine.terminate(timeout=_KILL_WAIT_S)
+        if session.transport is not None:
+            closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
+                                      name=f"p2ppool-close-{session.sid}", daemon=True)
+            closer.start()
+            self._closers.append(closer)
+        self._forget(session)
+
+    def _forget(self, session: _ClientSession) -> None:
+        session.state = ENDED
+        self.sessions.pop(session.sid, None)
+        self._execute(self.peer.session_ended(session.sid, time.time()))
+        if not self.withdrawing:
+            log.info("%d of %d slot(s) free", self.peer.free_slots, self.settings.processes)
+
+    # -- withdrawing -------------------------------------------------------------------------
+
+    def withdraw(self, why: str) -> None:
+        """Begin a graceful stop (idempotent): Bye on the board, finish in-flight tasks."""
+        if self.withdrawing:
+            return
+        self.withdrawing = True
+        self._grace_deadline = time.monotonic() + self.settings.grace
+        inflight = sum(len(s.inflight) for s in self.sessions.values())
+        log.info("withdrawing (%s): no new work; %d task(s) in flight get up to %g s; "
+                 "send the signal again to stop at once", why, inflight, self.settings.grace)
+        self._execute(self.peer.withdraw(time.time()))
+        for session in list(self.sessions.values()):
+            if session.state == AWAITING_OPEN:
+                self._refuse(session, f"worker {self.settings.name} is shutting down")
+
+    def _progress_withdrawal(self, now: float) -> None:
+        grace_over = self._grace_deadline is not None and now >= self._grace_deadline
+        for session in list(self.sessions.values()):
+            if session.state != RUNNING:
+                continue
+            if session.inflight and grace_over:
+                self._lose_all(session, f"worker {self.settings.name} stopped: the "
+                               f"{self.settings.grace:g} s grace period ended")
+            if not session.inflight:
+                log.info("session %d with %s: closing (worker stopping)", session.sid,
+                         session.who())
+                self._end_session(session, "worker stopping")
+
+    def force(self, why: str) -> None:
+        """Stop now: kill every child, report in-flight tasks lost (retry elsewhere)."""
+        log.info("stopping now (%s): killing child processes", why)
+        if not self.withdrawing:
+            self.withdraw(why)
+        self.forced = True
+        self.exit_status = EXIT_FORCED
+        for session in list(self.sessions.values()):
+            if session.state == RUNNING:
+                self._lose_all(session, f"worker {self.settings.name} was stopped")
+            self._end_session(session, "worker stopped",
+                              send_bye=session.state in (AWAITING_OPEN, RUNNING))
+
+    def _lose_all(self, session: _ClientSession, cause: str) -> None:
+        if session.engine is not None:
+            session.engine.terminate(timeout=_KILL_WAIT_S)
+        for task_id in sorted(session.inflight):
+            self._send_lost(session, task_id, True, cause)
+        session.inflight.clear()
+
+    def _shutdown(self) -> None:
+        """Leave nothing behind: engines, sessions, board, threads (all bounded)."""
+        for session in list(self.sessions.values()):
+            if session.engine is not None:
+                session.engine.terminate(timeout=_KILL_WAIT_S)
+            self._end_session(session, "worker stopped",
+                              send_bye=session.state in (AWAITING_OPEN, RUNNING))
+        if not self.peer.withdrawn:
+            self._execute(self.peer.withdraw(time.time()))
+        deadline = time.monotonic() + defaults.SESSION_CLOSE_TIMEOUT_S + 2.0
+        for closer in self._closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+        if self.board is not None:
+            self.board.close()
+        # The inbox's pipe stays open until the process exits: an opener thread that is
+        # still pairing may post to it, and a closed descriptor number could be reused.
+        log.info("stopped")
+
+
+def _close_quietly(transport: Any, reason: str) -> None:
+    try:
+        transport.close(reason)
+    except Exception as exc:  # the session may already be gone; closing is best effort
+        log.debug("closing a session failed: %s", exc)
+
+
+def _child_context() -> Any:
+    """A fork server: children start clean, without the worker's sockets and threads."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["p2ppool.engine", "p2ppool.payload"])
+        return ctx
+    except ValueError:  # no fork server on this platform
+        return multiprocessing.get_context("spawn")
