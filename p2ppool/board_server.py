@@ -427,6 +427,10 @@ class _Session:
                 text = self.server._state.listing(self.user.username)
             self._write(text)
             self._finish(0)
+        elif parsed.name == "user":
+            # As ``ssh pico.sh user``: the account name first (clients learn it from here).
+            self._write(f"{self.user.username}\n{self.user.fingerprint}\r\n")
+            self._finish(0)
         elif parsed.name in ("pub", "sub", "pipe"):
             self._messaging(parsed)
         else:
