@@ -103,6 +103,8 @@ RECRUIT_WANT_MIN_INTERVAL_S: float = 0.5
 RECRUIT_OFFER_WINDOW_S: float = 0.1
 #: Seconds an accepted worker has to open the session and answer Ready.
 RECRUIT_ACCEPT_TIMEOUT_S: float = 15.0
+#: An offer is accepted only while it has at least this many seconds to live.
+RECRUIT_OFFER_MARGIN_S: float = 2.0
 #: Backoff before retrying a worker whose session failed: first, factor, cap.
 RECRUIT_RETRY_FIRST_S: float = 2.0
 RECRUIT_RETRY_FACTOR: float = 2.0

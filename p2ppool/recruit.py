@@ -28,7 +28,8 @@ accepted since: a failed session, or a higher demand).  A :class:`PublishWithdra
 when the demand drops to zero (not merely when pending sessions cover it) and on
 :meth:`Recruiter.close`.
 
-**Which offers are accepted.**  Offers for the job are remembered until they expire.  Once
+**Which offers are accepted.**  Offers for the job are remembered until they expire (less
+``offer_margin_s``, so that the Accept reaches the worker in time).  Once
 slots are wanted and the oldest usable offer is ``offer_window_s`` old (so that a burst of
 answers to one Want is compared as a whole), the largest offers are accepted first (ties:
 the earlier offer, then the worker id) until the wanted slots are covered: this is the
@@ -124,6 +125,8 @@ class Recruiter:
             Withdraw or at start, which goes out at once).
         offer_window_s: seconds to gather offers before choosing among them.
         accept_timeout_s: seconds an accepted worker has to make its session Ready.
+        offer_margin_s: an offer is accepted only while it has at least this long to live
+            (the Accept must reach the worker before the offer expires there).
         retry_first_s: backoff before a worker whose session failed may be tried again;
             multiplied by ``retry_factor`` on each further failure, up to ``retry_max_s``.
     """
@@ -136,6 +139,7 @@ class Recruiter:
         want_min_interval_s: float = defaults.RECRUIT_WANT_MIN_INTERVAL_S,
         offer_window_s: float = defaults.RECRUIT_OFFER_WINDOW_S,
         accept_timeout_s: float = defaults.RECRUIT_ACCEPT_TIMEOUT_S,
+        offer_margin_s: float = defaults.RECRUIT_OFFER_MARGIN_S,
         retry_first_s: float = defaults.RECRUIT_RETRY_FIRST_S,
         retry_factor: float = defaults.RECRUIT_RETRY_FACTOR,
         retry_max_s: float = defaults.RECRUIT_RETRY_MAX_S,
@@ -145,6 +149,7 @@ class Recruiter:
         self._min_interval = want_min_interval_s
         self._window = offer_window_s
         self._accept_timeout = accept_timeout_s
+        self._margin = offer_margin_s
         self._retry_first = retry_first_s
         self._retry_factor = retry_factor
         self._retry_max = retry_max_s
@@ -199,7 +204,8 @@ class Recruiter:
             times.append(self._next_want_at())
             for worker in self._workers.values():
                 offer = worker.offer
-                if offer is None or offer.expires <= now or not self._may_use(worker):
+                if offer is None or offer.expires - self._margin <= now \
+                        or not self._may_use(worker):
                     continue
                 times.append(max(offer.received + self._window, worker.retry_at))
         return min(times) if times else None
@@ -354,7 +360,7 @@ class Recruiter:
             return []
         usable = [
             (name, w.offer) for name, w in self._workers.items()
-            if w.offer is not None and w.offer.expires > now and self._may_use(w)
+            if w.offer is not None and w.offer.expires - self._margin > now and self._may_use(w)
             and w.retry_at <= now
         ]
         if not usable or min(o.received for _, o in usable) + self._window > now:

@@ -20,6 +20,7 @@ def make(**kwargs: float) -> Recruiter:
     settings = dict(
         want_repeat_s=5.0, want_min_interval_s=0.5, offer_window_s=0.1,
         accept_timeout_s=10.0, retry_first_s=2.0, retry_factor=2.0, retry_max_s=5.0,
+        offer_margin_s=0.0,
     )
     settings.update(kwargs)
     return Recruiter(PY, **settings)
@@ -208,6 +209,16 @@ def test_expired_offers_are_not_accepted() -> None:
     r.got_offer("a", 1, K1, 100.5, 100.0)
     assert r.set_demand(1, 101.0) == [PublishWant(1)]
     assert r.timer_expired(101.2) == []
+
+
+def test_offers_about_to_expire_are_not_accepted() -> None:
+    r = make(offer_margin_s=2.0)
+    r.got_offer("a", 1, K1, 103.0, 100.0)
+    assert r.set_demand(1, 101.0) == [PublishWant(1)]  # 2.0 s left: too late to accept
+    assert r.timer_expired(101.5) == []
+    r2 = make(offer_margin_s=2.0)
+    r2.got_offer("a", 1, K1, 103.0, 100.0)
+    assert r2.set_demand(1, 100.9) == [AcceptOffer("a", K1, 1)]  # 2.1 s left
 
 
 def test_remembered_offers_are_used_when_demand_comes_back() -> None:
