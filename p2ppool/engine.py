@@ -37,14 +37,14 @@ import signal
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Hashable, Iterable, List, Set, Union
+from typing import Any, Deque, Dict, Hashable, Iterable, List, Sequence, Set, Union
 
 from . import defaults, payload
 
 __all__ = ["EngineEvent", "ProcessEngine", "TaskDone", "TaskLost", "describe_exit"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaskDone:
     """A task finished.  ``ok``: ``blob`` is the pickled value; else a pickled exception."""
 
@@ -53,7 +53,7 @@ class TaskDone:
     blob: bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaskLost:
     """A task did not finish: its child died or was killed.  ``cause`` says why.
 
@@ -107,13 +107,20 @@ class _LoadFailed:
         self.blob = blob
 
 
-def _child_main(conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
-                max_result_bytes: int | None) -> None:
-    """The loop of one child process: read tasks, run them, write results."""
+def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
+                max_result_bytes: int | None, inherited_fds: Sequence[int] = ()) -> None:
+    """The loop of one child process: read tasks from ``rx``, write results to ``conn``."""
     try:
         os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
     except OSError:
         pass
+    # A forked child inherits the owner's ends of every pipe; holding them would keep its own
+    # (and its siblings') pipes open after the owner dies, so nobody would see EOF and exit.
+    for fd in inherited_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     if initializer_blob is not None:
         try:
             initializer, initargs = payload.loads(initializer_blob)
@@ -122,9 +129,10 @@ def _child_main(conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
             conn.send_bytes(b"E" + payload.dump_exception(exc))
             conn.close()
             os._exit(1)
+    conn_recv = rx.recv_bytes
     functions: Dict[int, Any] = {}
     completed = 0
-    recv = conn.recv_bytes
+    recv = conn_recv
     while maxtasks is None or completed < maxtasks:
         try:
             message = recv()
@@ -155,6 +163,7 @@ def _child_main(conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
         else:  # b"X"
             break
     conn.close()
+    rx.close()
 
 
 def _run(func: Any, args_blob: Any, max_result_bytes: int | None) -> tuple[bool, bytes]:
@@ -183,9 +192,10 @@ class _Task:
 
 
 class _Child:
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: Any, conn: Any, tx: Any) -> None:
         self.process = process
-        self.conn = conn
+        self.conn = conn  # results come in here (and it is what wait() watches)
+        self.tx = tx  # tasks go out here
         self.sentinel: int = process.sentinel
         self.inflight: Deque[_Task] = collections.deque()
         self.functions: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
@@ -239,6 +249,7 @@ class ProcessEngine:
         self._names = itertools.count(1)
         self._closing = False
         self._avg_task_s: float | None = None  # moving average of task run times
+        self._readables: List[Any] | None = None  # cache; None when children changed
         try:
             for _ in range(processes):
                 self._start_child()
@@ -274,13 +285,18 @@ class ProcessEngine:
         self._place()
 
     def readables(self) -> List[Any]:
-        """Connections and sentinels to pass to ``multiprocessing.connection.wait``."""
-        ready: List[Any] = []
-        for child in self._children:
-            ready.append(child.conn)
-            ready.append(child.sentinel)
-        ready.extend(c.sentinel for c in self._retired)
-        return ready
+        """Connections and sentinels to pass to ``multiprocessing.connection.wait``.
+
+        The same list object is returned until the set changes (callers may cache on it).
+        """
+        if self._readables is None:
+            ready: List[Any] = []
+            for child in self._children:
+                ready.append(child.conn)
+                ready.append(child.sentinel)
+            ready.extend(c.sentinel for c in self._retired)
+            self._readables = ready
+        return self._readables
 
     def has_events(self) -> bool:
         """True if :meth:`collect` has something without waiting."""
@@ -309,8 +325,10 @@ class ProcessEngine:
             if wanted is None or child.sentinel in wanted:
                 if child.process.exitcode is not None:
                     self._retired.remove(child)
+                    self._readables = None
                     child.process.join()
                     child.conn.close()
+                    child.tx.close()
         self._check_deadlines()
         self._place()
         events, self._events = self._events, []
@@ -366,26 +384,45 @@ class ProcessEngine:
             if child.process.exitcode is None:
                 _kill_tree(child.process)
                 child.process.join(timeout)
-            try:
-                child.conn.close()
-            except OSError:
-                pass
+            for end in (child.conn, child.tx):
+                try:
+                    end.close()
+                except OSError:
+                    pass
         self._children = [c for c in self._children if c not in children]
         self._retired = [c for c in self._retired if c not in children]
+        self._readables = None
 
     def _start_child(self) -> None:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        # Two one-way pipes rather than one duplex socketpair: a pipe wakes the other side
+        # a few microseconds sooner, which is most of an apply() round trip.
+        child_rx, tx = self._ctx.Pipe(duplex=False)
+        conn, child_tx = self._ctx.Pipe(duplex=False)
+        inherited: List[int] = []
+        if self._ctx.get_start_method() == "fork":
+            inherited = [tx.fileno(), conn.fileno()]
+            for other in self._children + self._retired:
+                for end in (other.conn, other.tx):
+                    if not end.closed:
+                        inherited.append(end.fileno())
         process = self._ctx.Process(
             target=_child_main,
-            args=(child_conn, self._initializer_blob, self._maxtasks, self._max_result_bytes),
+            args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
+                  self._max_result_bytes, inherited),
             name=f"P2PPoolWorker-{next(self._names)}",
             daemon=True,
         )
         try:
             process.start()
+        except BaseException:
+            for end in (tx, conn):
+                end.close()
+            raise
         finally:
-            child_conn.close()
-        self._children.append(_Child(process, parent_conn))
+            child_rx.close()
+            child_tx.close()
+        self._children.append(_Child(process, conn, tx))
+        self._readables = None
 
     def _accepts(self, child: _Child, task: _Task) -> bool:
         if child.broken or len(child.inflight) >= self._depth:
@@ -429,38 +466,45 @@ class ProcessEngine:
             if key is None:
                 key = next(self._key_ids) & 0xFFFFFFFF
                 child.functions[task.func_key] = key
-                _send(child.conn, b"F", _KEY.pack(key), task.func_blob)
+                _send(child.tx, b"F", _KEY.pack(key), task.func_blob)
                 if len(child.functions) > defaults.ENGINE_FUNCTIONS_PER_PROCESS:
                     _, old = child.functions.popitem(last=False)
-                    child.conn.send_bytes(b"D" + _KEY.pack(old))
+                    child.tx.send_bytes(b"D" + _KEY.pack(old))
             else:
                 child.functions.move_to_end(task.func_key)
-            _send(child.conn, b"T", _TASK.pack(task.task_id, key), task.args_blob)
+            _send(child.tx, b"T", _TASK.pack(task.task_id, key), task.args_blob)
         except OSError:
             child.broken = True  # it died; its sentinel will fire and _read reports it
 
     def _say_exit(self, child: _Child) -> None:
         try:
-            child.conn.send_bytes(b"X")
+            child.tx.send_bytes(b"X")
         except OSError:
             pass
 
     def _read(self, child: _Child, check_exit: bool = True) -> None:
+        """Read one message (``wait`` said the pipe is readable), or, when the child may
+        have exited, everything it wrote before it went (then report its death)."""
         conn = child.conn
         try:
-            while conn.poll():
-                message = conn.recv_bytes()
-                kind = message[:1]
-                if kind in (b"R", b"r"):
-                    task_id, ok = _RESULT.unpack_from(message, 1)
-                    blob = message[10:] if kind == b"R" else conn.recv_bytes()
-                    self._finished(child, task_id, bool(ok), blob)
-                elif kind == b"E":
-                    self._init_failed(child, message[1:])
+            if not check_exit:
+                self._handle(child, conn.recv_bytes())
+            else:
+                while conn.poll():
+                    self._handle(child, conn.recv_bytes())
         except (EOFError, OSError):
-            pass
+            check_exit = True
         if check_exit and child.process.exitcode is not None and child in self._children:
             self._died(child)
+
+    def _handle(self, child: _Child, message: bytes) -> None:
+        kind = message[:1]
+        if kind in (b"R", b"r"):
+            task_id, ok = _RESULT.unpack_from(message, 1)
+            blob = message[10:] if kind == b"R" else child.conn.recv_bytes()
+            self._finished(child, task_id, bool(ok), blob)
+        elif kind == b"E":
+            self._init_failed(child, message[1:])
 
     def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes) -> None:
         now = time.monotonic()
@@ -482,6 +526,7 @@ class ProcessEngine:
         # It exits by itself after its last task; a fresh child takes its place now.
         self._children.remove(child)
         self._retired.append(child)
+        self._readables = None
         if not self._closing:
             self._start_child()
 
@@ -509,6 +554,7 @@ class ProcessEngine:
         child.head_since = None
         self._children.remove(child)
         self._retired.append(child)
+        self._readables = None
         if not self._closing and self._init_error is None:
             self._start_child()
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import threading
 import time
 import traceback
@@ -101,13 +103,16 @@ class Executor(Protocol):
 
     def slots(self) -> int: ...
 
-    def readables(self) -> List[Any]: ...
+    def readables(self) -> List[Any]:
+        """Objects for ``wait``; the same list object as long as the set is unchanged."""
+        ...
 
     def has_events(self) -> bool: ...
 
     def next_deadline(self) -> float | None: ...
 
-    def run(self, chunk_id: int, func_key: int, func_blob: bytes, call_blob: bytes) -> None: ...
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        ...
 
     def cancel(self, chunk_ids: Sequence[int]) -> None: ...
 
@@ -143,7 +148,7 @@ class LocalExecutor:
     def next_deadline(self) -> float | None:
         return self.engine.next_deadline()
 
-    def run(self, chunk_id: int, func_key: int, func_blob: bytes, call_blob: bytes) -> None:
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
         task_id = next(self._task_ids)
         self._chunk_of[task_id] = chunk_id
         self._task_of[chunk_id] = task_id
@@ -218,13 +223,13 @@ class Inbox:
             except OSError:
                 pass  # the pipe is full: it is awake anyway
 
-    def drain(self) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
-        """Take every posted call (manager thread only)."""
-        try:
-            while os.read(self._reader, 65536):
+    def drain(self, woken: bool) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Take every posted call (manager thread only); ``woken``: the pipe was readable."""
+        if woken:
+            try:
+                os.read(self._reader, 65536)  # one read: more bytes only mean another turn
+            except OSError:
                 pass
-        except (BlockingIOError, OSError):
-            pass
         calls = []
         while self._calls:
             calls.append(self._calls.popleft())
@@ -258,16 +263,31 @@ class _Job:
         self.slots: threading.Semaphore | None = None  # imap read-ahead
         self.input_error: tuple[int, BaseException] | None = None  # held for its turn
 
-    def blob(self) -> bytes:
-        """The pickled function (made once per job), or raise why it cannot be pickled."""
+    def blob(self, cache: weakref.WeakKeyDictionary[Any, bytes]) -> bytes:
+        """The pickled function, or raise why it cannot be pickled.
+
+        Pickled once per Pool and function object (``cache``), not once per job: pickling
+        a function of ``__main__`` by value costs more than a whole ``apply`` round trip.
+        Like multiprocessing's processes, the workers therefore see the module globals the
+        function reads as they were when the pool first sent it.
+        """
         if self.func_error is not None:
             raise self.func_error
         if self.func_blob is None:
             try:
-                self.func_blob = payload.dumps(self.func)
-            except Exception as exc:
-                self.func_error = exc
-                raise
+                self.func_blob = cache.get(self.func)
+            except TypeError:  # not hashable or not weak-referenceable: no caching
+                pass
+            if self.func_blob is None:
+                try:
+                    self.func_blob = payload.dumps(self.func)
+                except Exception as exc:
+                    self.func_error = exc
+                    raise
+                try:
+                    cache[self.func] = self.func_blob
+                except TypeError:
+                    pass
         return self.func_blob
 
 
@@ -288,7 +308,7 @@ def _call_for(how: int, items: Any) -> payload.Call:
     if how == payload.STARMAP:
         return payload.starmap_call(items)
     args, kwds = items
-    return payload.Call(payload.APPLY, args, kwds)
+    return (payload.APPLY, args, kwds)
 
 
 class _Manager:
@@ -303,6 +323,8 @@ class _Manager:
         self.jobs: Dict[int, _Job] = {}
         self.chunks: Dict[int, _Chunk] = {}
         self._chunk_ids = itertools.count()
+        self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
+        self._function_blobs: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self.state = RUN
         self.broken: BrokenPool | None = None
         for executor in executors:
@@ -382,9 +404,12 @@ class _Manager:
             self.inbox.close()
 
     def _loop(self) -> None:
-        wait = multiprocessing.connection.wait
+        wait = _Waiter().wait
+        woken = True
+        sources: List[List[Any]] = []  # each executor's readables, last turn
+        readables: List[Any] = []
         while True:
-            for fn, args in self.inbox.drain():
+            for fn, args in self.inbox.drain(woken):
                 fn(*args)
             if self.state == TERMINATE:
                 self._shut_down(graceful=False)
@@ -392,13 +417,24 @@ class _Manager:
             if self.state == CLOSE and not self.jobs:
                 self._shut_down(graceful=True)
                 return
-            readables: List[Any] = [self.inbox.readable]
             timeout = self._timeout()
+            current = []
             for executor in self.executors.values():
-                readables += executor.readables()
+                current.append(executor.readables())
                 if executor.has_events():
                     timeout = 0.0
-            ready = wait(readables, timeout)
+            changed = len(current) != len(sources) or any(
+                a is not b for a, b in zip(current, sources)
+            )
+            if changed:  # executors return the same list object until their set changes
+                sources = current
+                readables = [self.inbox.readable]
+                for found in current:
+                    readables += found
+            if self._deliveries:
+                self._flush()
+            ready = wait(readables, timeout, changed)
+            woken = self.inbox.readable in ready
             now = time.monotonic()
             if not ready or timeout == 0.0:
                 self._execute(self.scheduler.timer_expired(now))
@@ -410,13 +446,14 @@ class _Manager:
                     self._got_event(name, event)
 
     def _timeout(self) -> float | None:
-        deadlines = [d for d in (e.next_deadline() for e in self.executors.values()) if d]
-        scheduled = self.scheduler.next_deadline()
-        if scheduled is not None:
-            deadlines.append(scheduled)
-        if not deadlines:
+        earliest = self.scheduler.next_deadline()
+        for executor in self.executors.values():
+            deadline = executor.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        if earliest is None:
             return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        return max(0.0, earliest - time.monotonic())
 
     def _got_event(self, executor: str, event: ExecutorEvent) -> None:
         now = time.monotonic()
@@ -446,7 +483,7 @@ class _Manager:
         chunk_id = _cid(command.chunk_id)
         chunk = self.chunks[chunk_id]
         try:
-            func_blob = chunk.job.blob()
+            func_blob = chunk.job.blob(self._function_blobs)
             if chunk.call_blob is None:
                 chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
                 chunk.items = None
@@ -455,7 +492,9 @@ class _Manager:
             self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
                                                     _Failed(exc), now))
             return
-        self.executors[command.executor].run(chunk_id, chunk.job.job_id, func_blob, chunk.call_blob)
+        # The blob is the function's key: a child keeps what it unpickled, so calls of the
+        # same module function (200 applies) send it once per process, not once per job.
+        self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
 
     def _resolve(self, chunk_id: int, result: Any) -> None:
         if isinstance(result, _Failed):
@@ -480,10 +519,7 @@ class _Manager:
     def _deliver(self, job: _Job, index: int, outcome: Outcome, size: int) -> None:
         if job.progress is not None:
             job.progress.update(size)
-        try:
-            job.result._set(index, outcome)
-        except Exception:  # a callback raised: report it, keep the pool alive
-            traceback.print_exc()
+        self._deliveries.append((job.result, index, outcome))
         job.resolved += 1
         if job.slots is not None:
             job.slots.release()
@@ -493,6 +529,19 @@ class _Manager:
             return
         if job.length is not None and job.resolved >= job.length:
             self._job_finished(job)
+
+    def _flush(self) -> None:
+        """Hand results to their waiters (callbacks first, then wake-ups).
+
+        Done last in every turn, just before the manager blocks: a woken caller then finds
+        the interpreter lock free instead of waiting for the rest of the turn.
+        """
+        deliveries, self._deliveries = self._deliveries, []
+        for result, index, outcome in deliveries:
+            try:
+                result._set(index, outcome)
+            except Exception:  # a callback raised: report it, keep the pool alive
+                traceback.print_exc()
 
     def _job_finished(self, job: _Job) -> None:
         self.jobs.pop(job.job_id, None)
@@ -508,6 +557,7 @@ class _Manager:
     # --- endings ---------------------------------------------------------------------------
 
     def _shut_down(self, graceful: bool) -> None:
+        self._flush()
         if graceful:
             for executor in self.executors.values():
                 executor.close()
@@ -519,6 +569,10 @@ class _Manager:
         self._fail_everything(BrokenPool("the pool was terminated before this task finished"))
 
     def _fail_everything(self, error: BaseException) -> None:
+        try:
+            self._flush()
+        except Exception:
+            traceback.print_exc()
         for job in list(self.jobs.values()):
             self._fail_job(job, error)
         self.jobs.clear()
@@ -540,6 +594,33 @@ def _cid(chunk_id: Hashable) -> int:
     """The Pool numbers its chunks with ints (the scheduler accepts any hashable id)."""
     assert isinstance(chunk_id, int)
     return chunk_id
+
+
+class _Waiter:
+    """``multiprocessing.connection.wait`` with one lasting ``poll`` object.
+
+    ``connection.wait`` builds and fills a new selector on every call (about as long as a
+    whole round trip to a child); the manager waits on nearly the same objects every turn.
+    """
+
+    def __init__(self) -> None:
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        self._objects: Dict[int, Any] = {}
+
+    def wait(self, objects: List[Any], timeout: float | None, changed: bool = True) -> List[Any]:
+        """Like ``connection.wait``; ``changed=False`` promises the same objects as last time."""
+        if self._poll is None:  # pragma: no cover - platforms without poll()
+            return list(multiprocessing.connection.wait(objects, timeout))
+        if changed:
+            wanted = {(o if isinstance(o, int) else o.fileno()): o for o in objects}
+            for fd in self._objects.keys() - wanted.keys():
+                self._poll.unregister(fd)
+            for fd in wanted.keys() - self._objects.keys():
+                self._poll.register(fd, select.POLLIN)
+            self._objects = wanted
+        millis = None if timeout is None else math.ceil(timeout * 1000)
+        objects_by_fd = self._objects
+        return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]
 
 
 class _Failed:
@@ -898,7 +979,7 @@ class Pool:
         manager = self._check_running()
         result = ApplyResult(self, callback, error_callback)
         job = _Job(func, payload.APPLY, result, 1)
-        manager.inbox.post(manager.submit, job, [((tuple(args), dict(kwds)), 0)])
+        manager.inbox.post(manager.submit, job, [((tuple(args), dict(kwds) if kwds else None), 0)])
         return result
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],

@@ -41,7 +41,7 @@ __all__ = [
 ChunkId = Hashable
 
 
-@dataclass(frozen=True)
+@dataclass
 class Assign:
     """Run ``chunk_id`` on ``executor``; this is attempt number ``attempt`` (from 1)."""
 
@@ -50,7 +50,7 @@ class Assign:
     attempt: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resolve:
     """``chunk_id`` finished; ``result`` is what the executor reported (value or error)."""
 
@@ -58,7 +58,7 @@ class Resolve:
     result: Any
 
 
-@dataclass(frozen=True)
+@dataclass
 class Fail:
     """``chunk_id`` could not be run: every attempt lost its executor."""
 
@@ -66,7 +66,7 @@ class Fail:
     error: ChunkFailed
 
 
-@dataclass(frozen=True)
+@dataclass
 class Cancel:
     """Stop ``chunk_id`` on ``executor`` (its result, if any, will be ignored)."""
 
@@ -74,7 +74,7 @@ class Cancel:
     executor: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class WakeAt:
     """Call :meth:`Scheduler.timer_expired` at ``when`` (the earliest deadline changed)."""
 
@@ -84,14 +84,16 @@ class WakeAt:
 Command = Union[Assign, Resolve, Fail, Cancel, WakeAt]
 
 
-@dataclass
 class _Chunk:
-    chunk_id: ChunkId
-    attempts: int = 0
-    causes: List[str] = field(default_factory=list)
-    executor: str | None = None
-    deadline: float | None = None
-    tried_on: Set[str] = field(default_factory=set)
+    __slots__ = ("chunk_id", "attempts", "causes", "executor", "deadline", "tried_on")
+
+    def __init__(self, chunk_id: ChunkId) -> None:
+        self.chunk_id = chunk_id
+        self.attempts = 0
+        self.causes: List[str] = []
+        self.executor: str | None = None
+        self.deadline: float | None = None
+        self.tried_on: Set[str] = set()
 
 
 @dataclass
