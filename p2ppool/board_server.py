@@ -1,8 +1,9 @@
 """The self-hosted board: a pico.sh-``pipe``-compatible SSH pub/sub server (``p2ppool board``).
 
-This is the I/O shell (paramiko, sockets, threads) around :mod:`p2ppool.board_state`, which
-holds every rule (commands, names, access lists, buffers, departure); read its docstring for
-the behaviour.  Here:
+This is the I/O shell (paramiko, sockets, threads) around the pure rules: commands are parsed
+in :mod:`p2ppool.board_commands`, names, access lists, buffers and departures live in
+:mod:`p2ppool.board_state` (read its docstring for the behaviour).  Users and the host key
+are :mod:`p2ppool.board_keys`; one command's thread is :mod:`p2ppool.board_session`.  Here:
 
 * Authentication is by public key only.  ``--users FILE`` maps keys to usernames, one
   ``<username> <key type> <base64> [comment]`` per line, like ``authorized_keys`` (several
@@ -40,161 +41,30 @@ board_state).  Each receiver's sends are serialised by its ``send_lock``.
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
-import hashlib
 import logging
 import os
-import re
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
 import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from . import defaults
-from .board_state import (
-    ACCESS_DENIED,
-    CHUNK_BYTES,
-    INVALID_ARGS,
-    PUBLIC,
-    TIMEOUT_REACHED,
-    BoardState,
-    BufferPolicy,
-    Command,
-    UsageFailure,
-    format_duration,
-    help_text,
-    parse_command,
-    split_command,
-)
-from .errors import AccessDenied, ConfigError
+from .board_keys import UserKey, fingerprint_sha256, load_or_create_host_key, parse_users
+from .board_session import SEND_BATCH_BYTES, TICK_S, Connection, Session
+from .board_state import CHUNK_BYTES, BoardState, BufferPolicy
+from .errors import ConfigError
 
-__all__ = [
-    "BoardServer",
-    "UserKey",
-    "add_arguments",
-    "fingerprint_sha256",
-    "load_or_create_host_key",
-    "parse_users",
-    "run",
-]
+__all__ = ["BoardServer", "add_arguments", "run"]
 
 log = logging.getLogger("p2ppool.board")
 
-_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MSG_CHANNEL_SUCCESS = 99
 _MSG_CHANNEL_FAILURE = 100
-#: Most bytes one send to a receiver takes from its buffer at once.
-_SEND_BATCH_BYTES = 256 * 1024
-#: Tick of the blocking loops (checks for closed channels and server stop).
-_TICK_S = 0.5
-
-
-def fingerprint_sha256(key_blob: bytes) -> str:
-    """``SHA256:<unpadded base64>`` of a public key blob, as ``ssh-keygen -l`` prints it."""
-    digest = hashlib.sha256(key_blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-
-@dataclass(frozen=True)
-class UserKey:
-    """A key the board accepts: whose it is and its fingerprint."""
-
-    username: str
-    fingerprint: str
-
-
-def _parse_key(text: str, where: str) -> bytes:
-    parts = text.split()
-    if len(parts) < 2:
-        raise ConfigError(f"{where}: expected '<key type> <base64 key>', got {text!r}")
-    key_type, b64 = parts[0], parts[1]
-    try:
-        blob = base64.b64decode(b64, validate=True)
-        paramiko.PKey.from_type_string(key_type, blob)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a config error
-        raise ConfigError(f"{where}: not a valid {key_type} public key ({exc})") from exc
-    return blob
-
-
-def parse_users(
-    source: Union[str, Mapping[str, Union[str, Sequence[str]]]], where: str = "users"
-) -> Dict[bytes, UserKey]:
-    """Parse a users file's text, or a mapping ``username -> key line(s)``.
-
-    Args:
-        source: file text (``<username> <key type> <base64> [comment]`` per line), or a
-            mapping from username to one or more ``"<key type> <base64> [comment]"`` strings.
-        where: name of the source for error messages (e.g. the file path).
-
-    Returns:
-        key blob -> :class:`UserKey`.
-
-    Raises:
-        ConfigError: a line is malformed, a username is invalid or reserved, or one key is
-            given to two users.
-    """
-    entries: List[Tuple[str, str, str]] = []
-    if isinstance(source, str):
-        for number, line in enumerate(source.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, _, key = line.partition(" ")
-            entries.append((name, key.strip(), f"{where}:{number}"))
-    else:
-        for name, keys in source.items():
-            for key in [keys] if isinstance(keys, str) else keys:
-                entries.append((name, key, f"{where}[{name!r}]"))
-    result: Dict[bytes, UserKey] = {}
-    for name, key, place in entries:
-        if not _USERNAME.match(name):
-            raise ConfigError(f"{place}: invalid username {name!r} (letters, digits, . _ -)")
-        if name == PUBLIC:
-            raise ConfigError(f"{place}: the username {PUBLIC!r} is reserved for public topics")
-        blob = _parse_key(key, place)
-        previous = result.get(blob)
-        if previous is not None and previous.username != name:
-            raise ConfigError(f"{place}: this key already belongs to {previous.username!r}")
-        result[blob] = UserKey(name, fingerprint_sha256(blob))
-    return result
-
-
-def load_or_create_host_key(path: str) -> paramiko.PKey:
-    """Load the host key at ``path``; create an ed25519 key there (mode 0600) if absent."""
-    if not os.path.exists(path):
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        private = Ed25519PrivateKey.generate()
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        public = private.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-        with open(path + ".pub", "wb") as handle:
-            handle.write(public + b" p2ppool-board\n")
-        log.info("created host key %s", path)
-    try:
-        return paramiko.PKey.from_path(path)
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"cannot read host key {path}: {exc}") from exc
 
 
 class _BoardTransport(paramiko.Transport):  # type: ignore[misc]
@@ -231,7 +101,7 @@ class _BoardTransport(paramiko.Transport):  # type: ignore[misc]
 class _Interface(paramiko.ServerInterface):  # type: ignore[misc]
     """paramiko callbacks of one connection."""
 
-    def __init__(self, server: BoardServer, connection: _Connection) -> None:
+    def __init__(self, server: BoardServer, connection: Connection) -> None:
         self.server = server
         self.connection = connection
 
@@ -265,399 +135,6 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]
 
     def check_global_request(self, kind: str, msg: paramiko.Message) -> bool:
         return kind == "keepalive@openssh.com"
-
-
-@dataclass(eq=False)
-class _Connection:
-    peer: str
-    transport: _BoardTransport | None = None
-    user: UserKey | None = None
-
-
-class _SessionGone(Exception):
-    """The client closed the channel (or the server is stopping)."""
-
-
-class _Session:
-    """One exec command on one channel, run in its own thread."""
-
-    def __init__(
-        self,
-        server: BoardServer,
-        connection: _Connection,
-        channel: paramiko.Channel,
-        command: str,
-        sid: int,
-    ) -> None:
-        self.server = server
-        self.connection = connection
-        self.chan = channel
-        self.command = command
-        self.sid = sid
-        self.user = connection.user or UserKey("?", "?")
-        self.wake = threading.Event()
-        self.replied = threading.Event()
-        # Whoever sends this session's data holds send_lock: the session's own thread, or a
-        # writer's thread on the fast path (see BoardServer._fan_out).  ``pending`` is data
-        # taken from the buffer but not yet sent (the fast path found the window short).
-        self.send_lock = threading.Lock()
-        self.pending = b""
-        self.fast_path = False
-        self.input_done = False
-        self.admitted = False
-        self.joined = False
-        self.last_ping = time.monotonic()
-        self.exit_status: int | None = None
-        self.channel_name = ""
-
-    # -- low-level output ---------------------------------------------------------------
-
-    def _gone(self) -> bool:
-        return self.chan.closed or self.server._stopping.is_set()
-
-    def _send(self, data: bytes, stderr: bool = False, deadline: float | None = None) -> None:
-        """Send all of ``data``; raise _SessionGone if the client left (or the deadline)."""
-        offset = 0
-        send = self.chan.send_stderr if stderr else self.chan.send
-        while offset < len(data):
-            try:
-                sent = send(data[offset : offset + CHUNK_BYTES])
-            except socket.timeout:
-                if self._gone() or self._evicted() and not stderr:
-                    raise _SessionGone() from None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise _SessionGone() from None
-                self._maybe_ping()  # a dead peer with a full window shows up as a failed write
-                continue
-            except (OSError, EOFError, paramiko.SSHException):
-                raise _SessionGone() from None
-            if sent <= 0:
-                raise _SessionGone()
-            offset += sent
-
-    def _evicted(self) -> bool:
-        member = self.server._state.members.get(self.sid)
-        return member is not None and member.ending == "evicted"
-
-    def _write(self, text: str) -> None:
-        self._send(text.encode("utf-8"))
-
-    def _finish(self, status: int) -> None:
-        self.exit_status = status
-        try:
-            self.chan.send_exit_status(status)
-            self.chan.shutdown_write()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-        self._close()
-
-    def _close(self) -> None:
-        try:
-            self.chan.close()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass  # the connection is already gone
-
-    def _fatal(self, message: str, quiet: bool = False) -> None:
-        if not quiet:
-            deadline = time.monotonic() + self.server.flush_timeout_s
-            try:
-                self._send((message + "\n\r").encode("utf-8"), stderr=True, deadline=deadline)
-            except _SessionGone:
-                pass
-        log.info("%s: %s", self._who(), message or "exit 1")
-        self._finish(1)
-
-    def _who(self) -> str:
-        return f"{self.user.username}@{self.connection.peer}#{self.sid}"
-
-    def _maybe_ping(self) -> None:
-        interval = self.server.ping_interval_s
-        if interval is None:
-            return
-        now = time.monotonic()
-        if now - self.last_ping < interval:
-            return
-        self.last_ping = now
-        transport = self.chan.get_transport()
-        if transport is None or self.chan.closed:
-            return
-        msg = paramiko.Message()
-        msg.add_byte(cMSG_CHANNEL_REQUEST)
-        msg.add_int(self.chan.remote_chanid)
-        msg.add_string("ping@pico.sh")
-        msg.add_boolean(False)
-        try:
-            transport._send_user_message(msg)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-
-    # -- main ---------------------------------------------------------------------------
-
-    def run(self) -> None:
-        self.replied.wait(2.0)
-        self.chan.settimeout(_TICK_S)
-        try:
-            self._dispatch()
-        except _SessionGone:
-            if self.exit_status is None:
-                self._close()
-        except Exception:  # noqa: BLE001 - a bug must not kill the server
-            log.exception("%s: session failed", self._who())
-            if self.exit_status is None:
-                self._fatal("internal server error")
-        finally:
-            self.server._end_session(self)
-
-    def _dispatch(self) -> None:
-        limit = self.server.max_command_bytes
-        if len(self.command.encode("utf-8")) > limit:
-            self._fatal(f"command too long (more than {limit} bytes)")
-            return
-        parsed = parse_command(split_command(self.command))
-        log.info("%s: %s", self._who(), self.command or "(shell)")
-        if isinstance(parsed, UsageFailure):
-            self._write(parsed.output)
-            self._fatal(INVALID_ARGS)
-            return
-        if parsed.name in ("", "help"):
-            self._write(help_text(self.server.ssh_target))
-            self._finish(0)
-        elif parsed.name == "ls":
-            with self.server._lock:
-                text = self.server._state.listing(self.user.username)
-            self._write(text)
-            self._finish(0)
-        elif parsed.name == "user":
-            # As ``ssh pico.sh user``: the account name first (clients learn it from here).
-            self._write(f"{self.user.username}\n{self.user.fingerprint}\r\n")
-            self._finish(0)
-        elif parsed.name in ("pub", "sub", "pipe"):
-            self._messaging(parsed)
-        else:
-            self._finish(0)  # pico: unknown commands print nothing and succeed
-
-    def _messaging(self, cmd: Command) -> None:
-        server = self.server
-        if not server._admit(self):
-            self._fatal(
-                f"too many sessions for this key (limit {server.max_sessions_per_key}); "
-                "close some and retry"
-            )
-            return
-        topic = cmd.topic
-        generated = False
-        if not topic and cmd.name in ("pub", "pipe"):
-            topic = str(uuid.uuid4())
-            generated = True
-        public = bool(cmd.flag("p"))
-        client_id = f"{uuid.uuid4()} ({self.user.username}@{self.connection.peer})"
-        try:
-            with server._cond:
-                member = server._state.join(
-                    self.sid,
-                    client_id=client_id,
-                    user=self.user.username,
-                    fingerprint=self.user.fingerprint,
-                    role=cmd.name,
-                    topic=topic,
-                    public=public,
-                    access=cmd.access,
-                    keep_alive=bool(cmd.flags.get("k", False)),
-                    replay=bool(cmd.flags.get("r", False)),
-                    dispatcher=str(cmd.flags.get("d", "multicast")),
-                )
-                self.joined = True
-                server._cond.notify_all()
-        except AccessDenied:
-            self._fatal(ACCESS_DENIED)
-            return
-        self.channel_name = member.channel
-        clean = bool(cmd.flag("c"))
-        flag_msg = "-p " if public else ""
-        shown = f"{self.user.username}/{topic}" if cmd.access else topic
-        if cmd.name == "pub":
-            if not clean:
-                self._write(
-                    f"subscribe to this channel:\n  ssh {server.ssh_target} sub {flag_msg}{shown}\n"
-                )
-            self._pub(cmd, clean)
-        elif cmd.name == "sub":
-            self._drain_loop()
-        else:
-            if generated and not clean:
-                self._write(
-                    f"subscribe to this topic:\n  ssh {server.ssh_target} sub {flag_msg}{shown}\n"
-                )
-            reader = threading.Thread(
-                target=self._pipe_reader, name=f"board-pipe-{self.sid}", daemon=True
-            )
-            reader.start()
-            self._drain_loop()
-
-    # -- pub ------------------------------------------------------------------------------
-
-    def _pub(self, cmd: Command, clean: bool) -> None:
-        server = self.server
-        block = bool(cmd.flag("b"))
-        timeout_ns = int(cmd.flag("t"))
-        if block:
-            with server._cond:
-                alone = not server._state.has_receivers(self.sid)
-                if alone:
-                    server._state.members[self.sid].waiting = True
-            if alone:
-                if not clean:
-                    self._write(f"no subs found ... waiting {format_duration(timeout_ns)}\n")
-                if not self._wait_for_receiver(time.monotonic() + timeout_ns / 1e9):
-                    self._fatal(TIMEOUT_REACHED, quiet=clean)
-                    return
-        if not clean:
-            self._write("sending msg ...\n")
-        if bool(cmd.flag("e")):
-            self._publish(b"\x00", block)
-        else:
-            while True:
-                data = self._read_stdin()
-                if not data:
-                    break
-                self._publish(data, block)
-        if not clean:
-            self._write("msg sent!\n")
-        self._finish(0)
-
-    def _wait_for_receiver(self, deadline: float) -> bool:
-        server = self.server
-        with server._cond:
-            while not server._state.has_receivers(self.sid):
-                if self._gone():
-                    raise _SessionGone()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                server._cond.wait(min(remaining, _TICK_S))
-            server._state.stop_waiting(self.sid)
-        self._maybe_ping()
-        return True
-
-    def _read_stdin(self) -> bytes:
-        while True:
-            try:
-                return bytes(self.chan.recv(CHUNK_BYTES))
-            except socket.timeout:
-                if self._gone():
-                    raise _SessionGone() from None
-                self._maybe_ping()
-
-    def _publish(self, data: bytes, block: bool) -> None:
-        """Queue one chunk for the channel; wait while receivers are full (or absent and
-        ``block``).  Returns when queued (and sent where the fast path could), or dropped (no
-        receiver and not blocking)."""
-        server = self.server
-        with server._cond:
-            while True:
-                if self._gone():
-                    raise _SessionGone()
-                result = server._state.publish(self.sid, data, time.monotonic())
-                for sid in result.evicted:
-                    server._wake(sid)
-                if result.delivered:
-                    woken = result.woken
-                    break
-                if result.no_receivers:
-                    member = server._state.members.get(self.sid)
-                    if not block or member is None or member.ending is not None:
-                        return
-                    server._cond.wait(_TICK_S)
-                    continue
-                assert result.retry_at is not None
-                server._cond.wait(max(0.0, min(_TICK_S, result.retry_at - time.monotonic())))
-        server._fan_out(woken)
-
-    def _send_nowait(self, data: bytes) -> int:
-        """Send what the client's window takes now, without waiting; bytes sent."""
-        offset = 0
-        chan = self.chan
-        while offset < len(data):
-            window = chan.out_window_size
-            if window <= 0 or chan.closed:
-                break
-            try:
-                sent = chan.send(data[offset : offset + min(window, CHUNK_BYTES)])
-            except (socket.timeout, OSError, EOFError, paramiko.SSHException):
-                break
-            if sent <= 0:
-                break
-            offset += sent
-        return offset
-
-    # -- sub / pipe -------------------------------------------------------------------------
-
-    def _pipe_reader(self) -> None:
-        try:
-            while True:
-                try:
-                    data = bytes(self.chan.recv(CHUNK_BYTES))
-                except socket.timeout:
-                    if self._gone():
-                        break
-                    continue
-                if not data:
-                    break
-                self._publish(data, block=False)
-        except _SessionGone:
-            pass
-        except Exception:  # noqa: BLE001
-            log.exception("%s: pipe reader failed", self._who())
-        self.input_done = True
-        self.wake.set()
-
-    def _drain_loop(self) -> None:
-        self.fast_path = True
-        while True:
-            self.wake.wait(_TICK_S)
-            self.wake.clear()
-            with self.send_lock:
-                ending, message = self._drain()
-                if ending == "evicted":
-                    self._fatal(message)
-                    return
-                if ending is not None or self.input_done:
-                    self._finish(0)
-                    return
-            if self._gone():
-                raise _SessionGone()
-            self._maybe_ping()
-
-    def _drain(self) -> Tuple[str | None, str]:
-        """Send everything queued (caller holds send_lock); returns (ending, end message)."""
-        server = self.server
-        state = server._state
-        data, self.pending = self.pending, b""
-        ending: str | None = None
-        message = ""
-        more = True
-        while True:
-            if data:
-                try:
-                    self._send(data)
-                except _SessionGone:
-                    if not self._evicted():
-                        raise
-            if not more:
-                break
-            with server._cond:
-                data, was_stalled = state.take(self.sid, _SEND_BATCH_BYTES)
-                member = state.members.get(self.sid)
-                ending = member.ending if member is not None else "gone"
-                message = member.end_message if member is not None else ""
-                # Data that arrives later re-sets self.wake (its buffer was empty).
-                more = member is not None and member.buffered > 0
-                if was_stalled:
-                    server._cond.notify_all()
-            if ending == "evicted":
-                break
-        return ending, message
-
 
 class BoardServer:
     """A pico-pipe-compatible SSH board on one address.
@@ -729,8 +206,8 @@ class BoardServer:
         self._stopping = threading.Event()
         self._sock: socket.socket | None = None
         self._threads: List[threading.Thread] = []
-        self._connections: List[_Connection] = []
-        self._sessions: Dict[int, _Session] = {}
+        self._connections: List[Connection] = []
+        self._sessions: Dict[int, Session] = {}
         self._sessions_per_key: Dict[str, int] = {}
         self._next_sid = 1
         self.port = 0
@@ -820,7 +297,7 @@ class BoardServer:
             if remaining <= 0:
                 return False
             with self._cond:
-                self._cond.wait(min(remaining, _TICK_S))
+                self._cond.wait(min(remaining, TICK_S))
         return True
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -831,7 +308,7 @@ class BoardServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(self.listen)
         sock.listen(128)
-        sock.settimeout(_TICK_S)
+        sock.settimeout(TICK_S)
         self._sock = sock
         self.host, self.port = sock.getsockname()[:2]
         thread = threading.Thread(target=self._accept_loop, name="board-listener", daemon=True)
@@ -898,14 +375,14 @@ class BoardServer:
                 log.warning("refused %s:%d: too many connections", addr[0], addr[1])
                 sock.close()
                 continue
-            connection = _Connection(peer=f"{addr[0]}:{addr[1]}")
+            connection = Connection(peer=f"{addr[0]}:{addr[1]}")
             with self._lock:
                 self._connections.append(connection)
             self._spawn(
                 functools.partial(self._serve, sock, connection), f"board-conn-{connection.peer}"
             )
 
-    def _serve(self, sock: socket.socket, connection: _Connection) -> None:
+    def _serve(self, sock: socket.socket, connection: Connection) -> None:
         sock.settimeout(None)
         # Board lines are small and latency matters: no Nagle delay (40 ms with delayed ACKs).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -917,7 +394,7 @@ class BoardServer:
             channels: List[paramiko.Channel] = []
             while transport.is_active() and not self._stopping.is_set():
                 # Keep accepted channels referenced: paramiko closes a collected Channel.
-                channel = transport.accept(_TICK_S)
+                channel = transport.accept(TICK_S)
                 channels = [c for c in channels if not c.closed]
                 if channel is not None:
                     channels.append(channel)
@@ -934,13 +411,13 @@ class BoardServer:
     # -- sessions --------------------------------------------------------------------------
 
     def _start_session(
-        self, connection: _Connection, channel: paramiko.Channel, raw: bytes
+        self, connection: Connection, channel: paramiko.Channel, raw: bytes
     ) -> None:
         command = raw.decode("utf-8", errors="replace")
         with self._lock:
             sid = self._next_sid
             self._next_sid += 1
-            session = _Session(self, connection, channel, command, sid)
+            session = Session(self, connection, channel, command, sid)
             self._sessions[sid] = session
         transport = connection.transport
         if transport is not None:
@@ -950,7 +427,7 @@ class BoardServer:
             )
         self._spawn(session.run, f"board-session-{sid}")
 
-    def _admit(self, session: _Session) -> bool:
+    def _admit(self, session: Session) -> bool:
         key = session.user.fingerprint
         with self._lock:
             count = self._sessions_per_key.get(key, 0)
@@ -981,7 +458,7 @@ class BoardServer:
                     session.wake.set()
                     continue
                 with self._cond:
-                    data, was_stalled = state.take(sid, _SEND_BATCH_BYTES)
+                    data, was_stalled = state.take(sid, SEND_BATCH_BYTES)
                     member = state.members.get(sid)
                     more = member is not None and (member.buffered > 0 or member.ending)
                     if was_stalled:
@@ -997,7 +474,7 @@ class BoardServer:
             finally:
                 session.send_lock.release()
 
-    def _on_channel_closed(self, session: _Session) -> None:
+    def _on_channel_closed(self, session: Session) -> None:
         # Runs in paramiko's thread holding the channel's lock: take no lock of ours here.
         # (A pub waiting for a receiver or for room notices within one tick.)
         session.wake.set()
@@ -1007,7 +484,7 @@ class BoardServer:
         if session is not None:
             session.wake.set()
 
-    def _end_session(self, session: _Session) -> None:
+    def _end_session(self, session: Session) -> None:
         with self._cond:
             self._sessions.pop(session.sid, None)
             if session.admitted:

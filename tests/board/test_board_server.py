@@ -526,7 +526,7 @@ def test_cli_reports_bad_users_file(tmp_path: Path) -> None:
 
 
 def test_parse_users_file_forms(board_keys: Any) -> None:
-    from p2ppool.board_server import parse_users
+    from p2ppool.board_keys import parse_users
 
     alice, bob = board_keys["alice"], board_keys["bob"]
     text = (
@@ -559,7 +559,7 @@ def test_parse_users_file_forms(board_keys: Any) -> None:
     ],
 )
 def test_parse_users_errors(line: str, message: str) -> None:
-    from p2ppool.board_server import parse_users
+    from p2ppool.board_keys import parse_users
     from p2ppool.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
@@ -568,7 +568,7 @@ def test_parse_users_errors(line: str, message: str) -> None:
 
 
 def test_one_key_for_two_users_is_refused(board_keys: Any) -> None:
-    from p2ppool.board_server import parse_users
+    from p2ppool.board_keys import parse_users
     from p2ppool.errors import ConfigError
 
     line = board_keys["alice"].public_line
