@@ -199,22 +199,28 @@ class Worker:
         self._grace_deadline: float | None = None  # monotonic
         self._ttl_deadline: float | None = None  # monotonic
         self._closers: List[threading.Thread] = []
+        self._board_generation = 0
+        self._rejoin: threading.Thread | None = None
+        self._stop_rejoin = threading.Event()
         self._mp_context = _child_context()
 
     # -- setup -----------------------------------------------------------------------------
 
     def connect_board(self) -> None:
         """Connect to the board (raises a clear BoardError if the first contact fails)."""
+        self.board = self._make_board(self._board_generation)
+        self.board.connect()
+
+    def _make_board(self, generation: int) -> Any:
         from .board_client import BoardClient
 
         s = self.settings
-        self.board = BoardClient(
+        return BoardClient(
             s.board_host, s.board_port, topic=s.cluster, username=s.board_user,
             identity=s.identity, known_hosts=s.known_hosts,
             on_message=lambda msg: self.inbox.post("board", msg),
-            on_state=lambda state: self.inbox.post("board_state", state),
+            on_state=lambda state: self.inbox.post("board_state", generation, state),
         )
-        self.board.connect()
 
     def install_signal_handlers(self) -> None:
         """First SIGINT/SIGTERM withdraws, the second forces (main thread only)."""
@@ -324,7 +330,12 @@ class Worker:
         if kind == "board":
             self._execute(self.peer.got_message(event[1], time.time()))
         elif kind == "board_state":
-            self._board_state(event[1])
+            if event[1] == self._board_generation:  # not a replaced client's
+                self._board_state(event[2])
+        elif kind == "board_rejoined":
+            self._board_rejoined(event[1], event[2])
+        elif kind == "board_failed":
+            self._board_failed(event[1])
         elif kind == "opened":
             self._opened(event[1], event[2])
         elif kind == "open_failed":
@@ -343,9 +354,75 @@ class Worker:
         elif state is State.RECONNECTING:
             log.warning("board connection lost; reconnecting (running sessions go on)")
         elif state is State.FAILED:
-            log.error("board failed for good: %s", getattr(self.board, "error", "?"))
-            self.exit_status = EXIT_ERROR
-            self.withdraw("the board connection failed")
+            self._board_failed(self.board.error)
+
+    def _board_failed(self, error: BaseException | None) -> None:
+        from .errors import AccessDenied
+
+        if isinstance(error, AccessDenied) and not self.withdrawing:
+            # The channel of a cluster exists only while its owner (``p2ppool host``) is on
+            # it; after a board restart or a host's reconnect we may simply be early.
+            self._start_rejoin(error)
+            return
+        log.error("board failed for good: %s", error)
+        self.exit_status = EXIT_ERROR
+        self.withdraw("the board connection failed")
+
+    def _start_rejoin(self, error: BaseException) -> None:
+        if self._rejoin is not None and self._rejoin.is_alive():
+            return
+        log.warning("%s; the cluster's host may be away: retrying with backoff (running "
+                    "sessions go on)", error)
+        generation = self._board_generation + 1
+        self._rejoin = threading.Thread(target=self._rejoin_in_thread, args=(generation,),
+                                        name="p2ppool-board-rejoin", daemon=True)
+        self._rejoin.start()
+
+    def _rejoin_in_thread(self, generation: int) -> None:
+        """Make new board connections with backoff until one is let in (or we stop)."""
+        import random
+
+        from .board_client import backoff_delay
+        from .errors import (
+            AccessDenied,
+            BoardAuthError,
+            BoardConnectionError,
+            BoardError,
+            HostKeyMismatch,
+        )
+
+        attempt = 0
+        while not self._stop_rejoin.wait(backoff_delay(attempt, random.random())):
+            client = self._make_board(generation)
+            try:
+                client.connect()
+            except (BoardAuthError, HostKeyMismatch) as exc:
+                self.inbox.post("board_failed", exc)
+                return
+            except (AccessDenied, BoardConnectionError) as exc:
+                attempt += 1
+                log.info("board rejoin attempt %d failed: %s", attempt, exc)
+                continue
+            except BoardError as exc:
+                self.inbox.post("board_failed", exc)
+                return
+            self.inbox.post("board_rejoined", generation, client)
+            return
+
+    def _board_rejoined(self, generation: int, client: Any) -> None:
+        from .board_client import State
+
+        if self.withdrawing or self.forced:
+            client.close()
+            return
+        old, self.board = self.board, client
+        self._board_generation = generation
+        old.close()
+        if client.state is State.FAILED:  # failed before we got here: its event was stale
+            self._board_failed(client.error)
+            return
+        log.info("rejoined the board; announcing again")
+        self._execute(self.peer.start(time.time()))
 
     def _execute(self, actions: Sequence[Any]) -> None:
         from .peer import Note, OpenSession, Publish
@@ -690,6 +767,9 @@ class Worker:
         deadline = time.monotonic() + defaults.SESSION_CLOSE_TIMEOUT_S + 2.0
         for closer in self._closers:
             closer.join(max(0.0, deadline - time.monotonic()))
+        self._stop_rejoin.set()
+        if self._rejoin is not None:
+            self._rejoin.join(1.0)  # a daemon thread: it must not hold up the exit
         if self.board is not None:
             self.board.close()
         # The inbox's pipe stays open until the process exits: an opener thread that is

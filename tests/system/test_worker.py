@@ -594,3 +594,32 @@ def test_bad_options_are_clear_errors(cluster: Cluster) -> None:
         assert proc.returncode == 2, (argv, proc.stderr)
         assert message in proc.stderr.decode(), (argv, proc.stderr)
         assert "Traceback" not in proc.stderr.decode(), proc.stderr
+
+
+def test_worker_rejoins_when_the_cluster_host_comes_back(
+    tmp_path: Path, board_keys: Any, wormhole_servers: Any
+) -> None:
+    """bob's worker outlives a moment when alice's channel does not exist (access denied)."""
+    from tests._board_fixtures import start_board
+
+    board = start_board(tmp_path / "board", board_keys)
+    cl = Cluster(board, wormhole_servers, tmp_path)
+    cl.keeper.close()  # only the host holds the channel open
+    worker = None
+    try:
+        worker = cl.worker("w-rejoin", processes=1)
+        # the host leaves: the channel is gone, the board ends the worker's pipe and refuses
+        # it access until the owner is back
+        cl.host.close()
+        worker.wait_log("access denied", timeout=15)
+        worker.wait_log("retrying with backoff")
+        cl.host = cl.access("alice").client(flags=["-a", "alice,bob,carol"])
+        cl.host.wait_for(is_hello("w-rejoin", 1), 20.0, "hello of the rejoined worker")
+        worker.wait_log("rejoined the board")
+        assert worker.stop() == 0
+    finally:
+        if worker is not None:
+            worker.kill()
+        cl.host.close()
+        board.cleanup()
+        board.server.stop()
