@@ -10,7 +10,7 @@
 
 What it starts, all bound to 127.0.0.1 on free ports, each child in its own process group:
 
-* a board server, ``python -m p2ppool board`` (our pico-pipe-compatible SSH server), with a
+* a board server, ``p2ppool board`` (our pico-pipe-compatible SSH server), with a
   throwaway ed25519 host key, a users file and a matching ``known_hosts`` file;
 * a real magic-wormhole mailbox server and transit relay
   (:class:`~p2ppool.wormhole_servers.WormholeServers`);
@@ -350,7 +350,8 @@ class LocalCluster:
 
     def _start_board(self, host_key: str, host_public: str, deadline: float) -> None:
         log_path = os.path.join(self.directory, "board.log")
-        argv = [sys.executable, "-m", "p2ppool", "board", "--listen", "127.0.0.1:0",
+        # ``p2ppool board``, without loading every other subcommand's module first.
+        argv = [sys.executable, "-c", _BOARD_MAIN, "--listen", "127.0.0.1:0",
                 "--host-key", host_key, "--users", os.path.join(self.directory, "users"),
                 "--log-level", "WARNING"]
         self._board_proc = proc = self._popen(argv, log_path, stdout_pipe=True)
@@ -476,6 +477,15 @@ class LocalCluster:
         alive = sum(w.alive for w in self._workers)
         return (f"<LocalCluster {self.cluster} board={self.board} relay={self.relay} "
                 f"workers={alive}/{len(self._workers)}{' stopped' if self._stopped else ''}>")
+
+
+_BOARD_MAIN = (
+    "import argparse, sys\n"
+    "from p2ppool import board_server\n"
+    "parser = argparse.ArgumentParser(prog='p2ppool board')\n"
+    "board_server.add_arguments(parser)\n"
+    "sys.exit(board_server.run(parser.parse_args()))\n"
+)
 
 
 def _drain(stream: Any) -> None:

@@ -256,8 +256,13 @@ class ClusterBackend:
         self._thread.start()
 
     def set_demand(self, slots: int) -> None:
-        """The pool could use ``slots`` more remote slots now (0: it wants none)."""
-        slots = max(0, min(int(slots), self.max_slots))
+        """The pool could use ``slots`` more remote slots now (0: it wants none).
+
+        Capped so that the Ready sessions and the new ones never exceed ``max_slots``.
+        """
+        with self._lock:
+            joined = sum(r.slots for r in self._remotes.values() if r.state == _READY)
+        slots = max(0, min(int(slots), self.max_slots - joined))
         self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
 
     def submit(
