@@ -4,8 +4,7 @@ Part of the self-hosted board (:mod:`p2ppool.board_state` holds the rest of the 
 :mod:`p2ppool.board_server` the SSH shell).
 
 Command line
-    ``help``, ``ls``, ``pub``, ``sub`` and ``pipe``, plus ``user`` (as ``ssh pico.sh user``
-    on pico: prints the username, then the key fingerprint).  The exec string is split on single
+    ``help``, ``ls``, ``pub``, ``sub`` and ``pipe``.  The exec string is split on single
     spaces, single- or double-quoted spans are kept together with the quotes removed; flags
     follow Go's ``flag`` package (``-x``, ``--x``, ``-x=v``, ``-x v``; bool flags take a value
     only as ``-b=false``; parsing stops at the first non-flag).  ``-t`` takes Go durations.
@@ -352,7 +351,6 @@ def help_text(ssh_target: str) -> str:
         "  pub <topic> [flags]         Publish messages to a topic\n"
         "  sub <topic> [flags]         Subscribe to messages from a topic\n"
         "  pipe <topic> [flags]        Bidirectional messaging between clients\n"
-        "  user                        Show your username and key fingerprint\n"
         "\n"
         f'Use "ssh {ssh_target} <command> -h" for help on a specific command.'
     )

@@ -1,4 +1,4 @@
-"""One board session: the thread that runs one exec command (help, ls, user, pub, sub, pipe).
+"""One board session: the thread that runs one exec command (help, ls, pub, sub, pipe).
 
 Used by :class:`p2ppool.board_server.BoardServer`, which owns the state, the lock and the
 threads; a session reads and writes its channel and calls back into the server for the state.
@@ -203,10 +203,6 @@ class Session:
             with self.server._lock:
                 text = self.server._state.listing(self.user.username)
             self._write(text)
-            self._finish(0)
-        elif parsed.name == "user":
-            # As ``ssh pico.sh user``: the account name first (clients learn it from here).
-            self._write(f"{self.user.username}\n{self.user.fingerprint}\r\n")
             self._finish(0)
         elif parsed.name in ("pub", "sub", "pipe"):
             self._messaging(parsed)

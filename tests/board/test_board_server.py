@@ -69,12 +69,6 @@ def test_usage_and_invalid_args(board_server: Any) -> None:
     assert result.returncode == 1 and result.stdout.startswith(b"Usage: sub <topic> [args...]\n")
 
 
-def test_user_tells_the_username(board_server: Any) -> None:
-    result = board_server.ssh("bob", "user")
-    assert result.returncode == 0
-    assert result.stdout == f"bob\n{board_server.keys['bob'].fingerprint}\r\n".encode()
-
-
 def test_unknown_command_prints_nothing_and_succeeds(board_server: Any) -> None:
     result = board_server.ssh("alice", "monitor t 1h")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
