@@ -21,8 +21,11 @@ What it starts, all bound to 127.0.0.1 on free ports, each child in its own proc
 
 Stopping (on leaving the ``with`` block, even after an error, or :meth:`LocalCluster.stop`)
 sends SIGTERM to every child's process group, waits a bounded time, then SIGKILLs the group,
-so grandchildren (a worker's task processes) go too.  Children also get SIGTERM from the
-kernel if the process that started them dies (Linux ``PR_SET_PDEATHSIG``).
+and every process left in the child's session, so grandchildren (a worker's task processes,
+even those of a worker that was SIGKILLed) go too.  Children also get SIGTERM from the kernel
+if the process that started them dies (Linux ``PR_SET_PDEATHSIG``; strictly, when the
+*thread* that started them ends, so start a cluster, and call :meth:`LocalCluster.add_worker`,
+from a thread that lives as long as the cluster).
 
 ``p2ppool local`` runs one in the foreground and prints the ``export P2PPOOL_...`` lines that
 make ``Pool()`` in another shell use it (:func:`add_arguments`, :func:`run`).
