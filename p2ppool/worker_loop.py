@@ -246,6 +246,7 @@ class Worker:
                  f", stopping after {s.ttl:g} s" if s.ttl else "")
         if s.ttl is not None:
             self._ttl_deadline = time.monotonic() + s.ttl
+        _warm_up(self._mp_context)
         self._execute(self.peer.start(time.time()))
         try:
             while not self._finished():
@@ -782,6 +783,14 @@ def _close_quietly(transport: Any, reason: str) -> None:
         transport.close(reason)
     except Exception as exc:  # the session may already be gone; closing is best effort
         log.debug("closing a session failed: %s", exc)
+
+
+def _warm_up(ctx: Any) -> None:
+    """Start the fork server now, so that the first session's Ready is not delayed by it."""
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def _child_context() -> Any:
