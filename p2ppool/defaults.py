@@ -79,6 +79,8 @@ ENGINE_PREFETCH_MAX_BYTES: int = 64 * 1024
 ENGINE_FUNCTIONS_PER_PROCESS: int = 16
 #: Seconds to wait for children to exit on close/terminate before SIGKILL.
 ENGINE_JOIN_S: float = 5.0
+#: Pipe buffer between the engine and each child (Linux; capped by pipe-max-size).
+ENGINE_PIPE_BYTES: int = 1024 * 1024
 #: imap/imap_unordered read this many chunks per free slot ahead of the running ones.
 READ_AHEAD_PER_SLOT: int = 2
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+import types
 from typing import Any, Callable, Sequence, Tuple
 
 import cloudpickle
@@ -59,26 +60,61 @@ def dumps(obj: Any) -> bytes:
     The C pickler is several times faster for small objects (an ``apply`` call), but it
     pickles functions and classes by reference: fine for importable modules, wrong for
     lambdas, closures and anything of ``__main__`` (a spawned child or a remote peer has
-    another ``__main__``).  Those either fail to pickle or name ``__main__`` in the blob;
-    both cases are redone with cloudpickle, which pickles them by value.
+    another ``__main__``).  Lambdas and closures fail to pickle; functions, classes and
+    instances of ``__main__`` (or of modules registered with
+    ``cloudpickle.register_pickle_by_value``) are spotted by :class:`_ByReferencePickler`.
+    Both cases are redone with cloudpickle, which pickles them by value.
     """
+    parts: list[Any] = []
+    sink = _Sink()
+    sink.write = parts.append  # large bytes arrive as their own part: one copy in join()
     try:
-        blob = pickle.dumps(obj, protocol=PROTOCOL)
+        _ByReferencePickler(sink, PROTOCOL).dump(obj)
     except Exception:
-        pass
-    else:
-        if b"__main__" not in blob and b"__mp_main__" not in blob and not _by_value(blob):
-            return blob
-    cloud: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
-    return cloud
+        cloud: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return cloud
+    return b"".join(parts)
 
 
-def _by_value(blob: bytes) -> bool:
-    """True if the blob names a module registered with ``cloudpickle.register_pickle_by_value``."""
-    modules: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    if not modules:
+class _Sink:
+    """A file for the pickler that keeps what it writes (no growing buffer to copy)."""
+
+    __slots__ = ("write",)
+
+    write: Callable[[Any], object]
+
+
+class _NeedsValue(Exception):
+    """Raised inside the C pickler: this object must be pickled by value (cloudpickle)."""
+
+
+_MAIN_MODULES = frozenset({"__main__", "__mp_main__"})
+
+
+def _by_value_module(module: Any) -> bool:
+    if module in _MAIN_MODULES:
+        return True
+    registered: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    if not registered or not isinstance(module, str):
         return False
-    return any(str(name).encode() in blob for name in modules)
+    return any(module == name or module.startswith(name + ".") for name in registered)
+
+
+class _ByReferencePickler(pickle.Pickler):
+    """The C pickler, refusing what only exists by value (see :func:`dumps`).
+
+    ``reducer_override`` is not called for ints, floats, str, bytes, lists, tuples, dicts
+    and sets, so plain data pickles at full C speed.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)):
+            module = getattr(obj, "__module__", None)
+        else:
+            module = getattr(type(obj), "__module__", None)
+        if _by_value_module(module):
+            raise _NeedsValue(module)
+        return NotImplemented
 
 
 def loads(blob: bytes | bytearray | memoryview) -> Any:

@@ -79,3 +79,30 @@ def test_check_size() -> None:
     payload.check_size(b"x" * 10, None, "result")
     with pytest.raises(TaskLimitExceeded, match="the chunk is 11 bytes, over the limit of 10"):
         payload.check_size(b"x" * 11, 10, "chunk")
+
+
+class LocalClass:
+    pass
+
+
+@pytest.mark.parametrize("module", ["__main__", "__mp_main__"])
+def test_things_of_main_are_pickled_by_value(module: str) -> None:
+    def f(x: int) -> int:
+        return x + 1
+
+    cls = type("MainThing", (), {"__module__": module})
+    g = payload.loads(payload.dumps(f))  # a closure: the C pickler refuses it
+    assert g(1) == 2
+    plain = pickle.dumps
+    assert b"MainThing" not in plain(1)
+    blob = payload.dumps(cls)
+    assert b"cloudpickle" in blob  # rebuilt by cloudpickle, not looked up in __main__
+    blob = payload.dumps([1, cls()])
+    assert b"cloudpickle" in blob
+
+
+def test_plain_data_and_importable_things_use_the_c_pickler() -> None:
+    for obj in ([1, 2, (3, "x")], {"a": b"b"}, LocalClass(), payload.execute):
+        blob = payload.dumps(obj)
+        assert b"cloudpickle" not in blob
+        assert blob == pickle.dumps(obj, protocol=5)
