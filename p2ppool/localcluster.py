@@ -297,6 +297,16 @@ class LocalCluster:
         raise TimeoutError(f"worker {worker} did not say the expected Hello within "
                            f"{timeout:g} s{_log_tail(log) if log else ''}")
 
+    def wait_for_bye(self, worker: str, timeout: float = 10.0) -> None:
+        """Wait until ``worker`` has said Bye on the board (it is withdrawing).
+
+        Raises:
+            TimeoutError: it did not within ``timeout`` seconds.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._byes.get(worker, 0) > 0, timeout):
+                raise TimeoutError(f"worker {worker} did not say Bye within {timeout:g} s")
+
     def watch(self, callback: Callable[[Any], None]) -> None:
         """Call ``callback(message)`` for every board message the host sees (reader thread)."""
         self._watchers.append(callback)

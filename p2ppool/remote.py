@@ -188,6 +188,7 @@ class _Remote:
         self.funcs: Set[int] = set()
         self.inflight: Set[int] = set()
         self.abandoned = False
+        self.end_cause: str | None = None  # why we closed it, when the worker made us
 
 
 class ClusterBackend:
@@ -576,14 +577,17 @@ class ClusterBackend:
                 if not known:
                     self.dropped_frames += 1
             if known:
-                cause = f"worker {remote.worker}: {frame.cause}"
+                cause = frame.cause
+                if remote.worker not in cause:  # workers usually name themselves already
+                    cause = f"worker {remote.worker}: {cause}"
                 self._emit(TaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
         elif isinstance(frame, Ready):
             self._on_ready(remote, frame)
         elif isinstance(frame, Refuse):
             self._on_refuse(remote, frame.reason)
         elif isinstance(frame, ByeFrame):
-            self._close_remote(remote, "", bye=True)
+            remote.end_cause = "the worker ended the session (it is stopping)"
+            self._close_in_background(remote, "")
         else:
             self._close_remote(remote, f"sent a {type(frame).__name__} frame, which only "
                                        "clients send")
@@ -610,11 +614,11 @@ class ClusterBackend:
         self._emit(BoardTrouble(message))
         self._close_in_background(remote, "refused")
 
-    def _close_remote(self, remote: _Remote, why: str, bye: bool = False) -> None:
-        """Close a session because of what the worker did (on_lost reports the end)."""
-        if why:
-            log.warning("worker %s %s; closing its session", remote.worker, why)
-        self._close_in_background(remote, "" if bye else f"protocol error: {why}")
+    def _close_remote(self, remote: _Remote, why: str) -> None:
+        """Close a session because the worker misbehaved (on_lost reports the end)."""
+        log.warning("worker %s %s; closing its session", remote.worker, why)
+        remote.end_cause = f"it {why}"
+        self._close_in_background(remote, f"protocol error: {why}")
 
     def _close_in_background(self, remote: _Remote, reason: str) -> None:
         session = remote.session
@@ -628,6 +632,7 @@ class ClusterBackend:
             state, remote.state = remote.state, _GONE
             remote.inflight.clear()
             closing = self._closed
+            cause = remote.end_cause or cause
         if state == _READY:
             if not closing:
                 log.warning("lost worker %s (%s): %s", remote.worker, remote.executor_id, cause)

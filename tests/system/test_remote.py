@@ -315,3 +315,44 @@ def test_a_killed_worker_is_lost_within_seconds(cluster_backend: Any, task_gate:
         late = pump.of_type(TaskLost, timeout=5)
         assert [(e.task_id, e.retry) for e in late] == [(2, True)]
         assert not [e for e in pump.events if isinstance(e, TaskDone)]
+
+
+def test_cancelled_tasks_stop_and_report_nothing(
+    local_cluster: Any, cluster_backend: Any, task_gate: Any
+) -> None:
+    pump = cluster_backend(local_cluster, demand=1)
+    (joined,) = pump.of_type(ExecutorJoined)
+    _run(pump, joined.executor_id, 1, task_gate.blocker(), [1])
+    _, pid = task_gate.wait_started()
+    pump.backend.cancel(joined.executor_id, [1])
+    psutil.Process(pid).wait(10)  # the worker stopped the task's process
+    task_gate.release()
+    _run(pump, joined.executor_id, 2, abs, [-2], func_key=2)
+    assert payload.loads(_done(pump, 2).blob) == [2]
+    assert [e for e in pump.events
+            if isinstance(e, (TaskDone, TaskLost)) and e.task_id == 1] == []
+
+
+@pytest.mark.timeout(60)
+def test_a_withdrawing_worker_finishes_in_flight_tasks_and_sends_new_ones_back(
+    cluster_backend: Any, task_gate: Any
+) -> None:
+    from p2ppool.localcluster import LocalCluster
+
+    with LocalCluster(workers=1, processes_per_worker=2, worker_grace=20) as cluster:
+        pump = cluster_backend(cluster, demand=2)
+        (joined,) = pump.of_type(ExecutorJoined)
+        _run(pump, joined.executor_id, 1, task_gate.blocker(), [1])
+        task_gate.wait_started()
+        cluster.kill_worker(0, signal.SIGTERM)  # the first signal: withdraw gracefully
+        cluster.wait_for_bye("w1")
+        _run(pump, joined.executor_id, 2, abs, [-2])
+        (sent_back,) = pump.of_type(TaskLost)
+        assert (sent_back.task_id, sent_back.retry) == (2, True)
+        assert "w1" in sent_back.cause and not sent_back.cause.startswith("worker w1: worker")
+        task_gate.release()
+        assert payload.loads(_done(pump, 1).blob) == [1]
+        (lost,) = pump.of_type(ExecutorLost)
+        assert lost.executor_id == joined.executor_id
+        assert lost.cause == "worker w1: the worker ended the session (it is stopping)"
+        assert cluster.workers[0].process.wait(10) == 0
