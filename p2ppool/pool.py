@@ -201,6 +201,7 @@ class Inbox:
         os.set_blocking(self._writer, False)
         os.set_blocking(self._reader, False)
         self._closed = False
+        self.sleeping = False  # the manager is (about to be) blocked in wait
         self._lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
 
     @property
@@ -211,7 +212,14 @@ class Inbox:
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the manager thread soon."""
         self._calls.append((fn, args))
-        self.wake()
+        # The manager sets ``sleeping`` before it checks for calls and blocks, so either it
+        # sees this call, or we see the flag and write (no lost wake-up, no needless write).
+        if self.sleeping:
+            self.wake()
+
+    def pending(self) -> bool:
+        """True if calls wait (the manager must not block)."""
+        return bool(self._calls)
 
     def wake(self) -> None:
         """Wake the manager without a call."""
@@ -358,11 +366,12 @@ class _Manager:
         """An imap job: its chunks arrive later through :meth:`got_stream_chunk`."""
         self.jobs[job.job_id] = job
 
-    def got_stream_chunk(self, job: _Job, index: int, items: Any, size: int) -> None:
+    def got_stream_chunks(self, job: _Job, chunks: List[Tuple[int, Any, int]]) -> None:
+        """imap chunks read by the feeder: ``(index, items, size)`` each."""
         if job.job_id not in self.jobs:
             return
-        chunk_id = self._new_chunk(job, index, items, size)
-        self._execute(self.scheduler.got_chunk(chunk_id, time.monotonic()))
+        ids = [self._new_chunk(job, index, items, size) for index, items, size in chunks]
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
 
     def got_stream_error(self, job: _Job, index: int, error: BaseException) -> None:
         if job.job_id not in self.jobs:
@@ -433,7 +442,11 @@ class _Manager:
                     readables += found
             if self._deliveries:
                 self._flush()
+            self.inbox.sleeping = True
+            if self.inbox.pending():
+                timeout = 0.0
             ready = wait(readables, timeout, changed)
+            self.inbox.sleeping = False
             woken = self.inbox.readable in ready
             now = time.monotonic()
             if not ready or timeout == 0.0:
@@ -1109,27 +1122,41 @@ def _terminate_manager(manager: _Manager) -> None:
 
 
 def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int) -> None:
-    """imap's feeder thread: read the input lazily, a bounded number of chunks ahead."""
-    assert job.slots is not None
+    """imap's feeder thread: read the input lazily, a bounded number of chunks ahead.
+
+    It blocks for one free read-ahead slot, then takes every other free slot without
+    blocking, and posts what it read as one batch (one wake-up of the manager).
+    """
+    slots = job.slots
+    assert slots is not None
     reader = chunking.ChunkReader(iterable, chunksize)
+    post = manager.inbox.post
     try:
         while manager.state != TERMINATE:
-            job.slots.acquire()
-            if manager.state == TERMINATE:
-                return
-            found = reader.next_chunk()
-            if found is None:
+            slots.acquire()
+            batch: List[Tuple[int, Any, int]] = []
+            error: Tuple[int, BaseException] | None = None
+            more = True
+            while more and manager.state != TERMINATE:
+                found = reader.next_chunk()
+                if found is None:
+                    slots.release()
+                    break
+                index, chunk = found
+                if isinstance(chunk, chunking.InputError):
+                    error = (index, chunk.error)
+                    break
+                # chunksize 1 calls func(item) directly, as multiprocessing does (no list)
+                items = ((chunk[0],), None) if chunksize == 1 else chunk
+                batch.append((index, items, len(chunk)))
+                more = slots.acquire(blocking=False)
+            if batch:
+                post(manager.got_stream_chunks, job, batch)
+            if error is not None:
+                post(manager.got_stream_error, job, *error)
+            if reader.exhausted or manager.state == TERMINATE:
                 break
-            index, chunk = found
-            if isinstance(chunk, chunking.InputError):
-                manager.inbox.post(manager.got_stream_error, job, index, chunk.error)
-                break
-            # chunksize 1 calls func(item) directly, as multiprocessing does (no list around it)
-            call_items = ((chunk[0],), None) if chunksize == 1 else chunk
-            manager.inbox.post(manager.got_stream_chunk, job, index, call_items, len(chunk))
-        manager.inbox.post(manager.got_stream_end, job, reader.count)
+        post(manager.got_stream_end, job, reader.count)
     except BaseException as exc:  # pragma: no cover - ChunkReader turns input errors into data
-        manager.inbox.post(manager.got_stream_error, job, reader.count, exc)
-        manager.inbox.post(manager.got_stream_end, job, reader.count + 1)
-
-
+        post(manager.got_stream_error, job, reader.count, exc)
+        post(manager.got_stream_end, job, reader.count + 1)
