@@ -7,7 +7,8 @@ Usage::
 Each figure is measured once per implementation as a warm-up, then ``--repeats`` times with
 the two implementations alternating, and the median is kept.  One JSON object per line is
 printed per figure: both medians, their spread (min..max), the ratio p2ppool/multiprocessing
-and the issue's target for it.  A last line summarises how noisy the run was.
+of the medians (``ratio``, which the target applies to) and of the best runs (``best_ratio``,
+less sensitive to other load on the machine), and the issue's target.  A last line summarises how noisy the run was.
 
 Figures (local mode):
 
