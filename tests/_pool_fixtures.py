@@ -138,3 +138,22 @@ class Recorder:
             self.taken += 1
             yield i
             i += 1
+
+
+_unpickled = 0
+
+
+def _rebuild_counting() -> CountingCallable:
+    global _unpickled
+    _unpickled += 1
+    return CountingCallable()
+
+
+class CountingCallable:
+    """A function-like object that counts how often a process unpickled it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_counting, ()
+
+    def __call__(self, _: Any = None) -> int:
+        return _unpickled

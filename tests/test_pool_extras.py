@@ -93,6 +93,12 @@ def test_multiprocessing_cannot_send_a_lambda_which_is_why_cloudpickle() -> None
             pool.apply(lambda: 1)
 
 
+def test_the_function_travels_once_per_process_not_per_chunk() -> None:
+    with p2ppool.Pool(1, context=FORK) as pool:
+        assert pool.map(fx.CountingCallable(), range(12), 1) == [1] * 12
+        assert pool.apply(fx.CountingCallable()) == 1  # same bytes: the process keeps it
+
+
 # --- progress -------------------------------------------------------------------------------
 
 
