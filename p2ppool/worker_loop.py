@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Deque, Dict, List, Sequence, Set, Tuple
+from typing import Any, Deque, Dict, List, Sequence, Tuple
 
 from . import defaults
 from ._version import __version__
@@ -157,7 +157,9 @@ class _ClientSession:
         self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
         self.functions: Dict[int, bytes] = {}
         self.refused_functions: Dict[int, str] = {}
-        self.inflight: Set[int] = set()
+        # task id -> (function key, function blob, arguments blob): references, not copies,
+        # so that a task that never started when its child died can be run again here
+        self.inflight: Dict[int, Tuple[int, bytes, bytes]] = {}
         self.open_deadline: float | None = None  # monotonic, while AWAITING_OPEN
         self.lost_cause: str | None = None  # lost before "opened" was handled
 
@@ -609,15 +611,16 @@ class Worker:
                      task_id, reason)
             self._send_lost(session, task_id, False, f"worker {s.name}: {reason}")
             return
-        session.inflight.add(task_id)
-        session.engine.submit(task_id, frame.func_key, session.functions[frame.func_key],
-                              frame.args)
+        task = (frame.func_key, session.functions[frame.func_key], frame.args)
+        session.inflight[task_id] = task
+        session.engine.submit(task_id, *task)
 
     def _got_cancel(self, session: _ClientSession, frame: Any) -> None:
         doomed = [t for t in frame.task_ids if t in session.inflight]
         if not doomed:
             return
-        session.inflight.difference_update(doomed)
+        for task_id in doomed:
+            del session.inflight[task_id]
         session.engine.cancel(doomed)
         log.info("session %d with %s: cancelled %d task(s)", session.sid, session.who(),
                  len(doomed))
@@ -631,10 +634,17 @@ class Worker:
         for event in session.engine.collect(ready):
             if event.task_id not in session.inflight:
                 continue  # cancelled: the client no longer wants it
-            session.inflight.discard(event.task_id)
             if isinstance(event, TaskDone):
+                del session.inflight[event.task_id]
                 self._send(session, Result(event.task_id, event.ok, event.blob))
                 continue
+            if not event.charged and not self.withdrawing:
+                # It waited behind a task whose child died and never ran: run it again here.
+                log.info("session %d with %s: task %d had not started (%s); running it again",
+                         session.sid, session.who(), event.task_id, event.cause)
+                session.engine.submit(event.task_id, *session.inflight[event.task_id])
+                continue
+            del session.inflight[event.task_id]
             limit_hit = event.charged and "time limit" in event.cause
             cause = event.cause
             if limit_hit:

@@ -341,6 +341,33 @@ def test_several_sessions_share_the_slots(
     cluster.host.wait_for(is_hello("w-share", 2), 10.0, "hello with 2 free slots")
 
 
+def sleep_then_exit(seconds: float) -> None:
+    time.sleep(seconds)
+    os._exit(3)
+
+
+def test_a_task_queued_behind_a_crash_is_run_again_not_lost(
+    shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        # many quick tasks: the engine learns that tasks are short and starts to queue the
+        # next task on a busy child
+        for _ in range(30):
+            cs.submit(pow, payload.starmap_call([(2, 1)]))
+            assert isinstance(cs.next_frame(), Result)
+        crash = cs.submit(sleep_then_exit, payload.apply_call((0.3,), {}), func_key=2)
+        queued = cs.submit(pow, payload.starmap_call([(7, 2)]))
+        frames = [cs.next_frame(), cs.next_frame()]
+        lost = [f for f in frames if isinstance(f, Lost)]
+        done = [f for f in frames if isinstance(f, Result)]
+        assert [f.task_id for f in lost] == [crash] and lost[0].retry
+        assert [f.task_id for f in done] == [queued] and result_value(done[0]) == [49]
+        shared_worker.wait_log(f"task {queued} had not started")
+    finally:
+        cs.close()
+
+
 # --- limits -----------------------------------------------------------------------------------
 
 
