@@ -289,7 +289,8 @@ class ProcessEngine:
     def readables(self) -> List[Any]:
         """Connections and sentinels to pass to ``multiprocessing.connection.wait``.
 
-        The same list object is returned until the set changes (callers may cache on it).
+        The same list object is returned until the set changes (callers may cache on it;
+        they must not modify it).
         """
         if self._readables is None:
             ready: List[Any] = []
