@@ -201,7 +201,9 @@ class ClusterBackend:
         max_slots: most remote slots the job will ever use (caps every demand).
         initializer_blob: ``payload.dumps((initializer, initargs))`` or None.
         maxtasksperchild: as for ``multiprocessing.Pool`` (None: unlimited).
-        notify: called (from any thread) when events are waiting in :meth:`collect`.
+        notify: called (from any thread, including the process's one Twisted reactor
+            thread) when events are waiting in :meth:`collect`.  It must return at once
+            (write a byte to a wakeup pipe); it is called again for later events.
         python: the Python ``major.minor`` the job needs (default: this interpreter's).
         recruiter: a :class:`~p2ppool.recruit.Recruiter` to use (tests tune its timings).
     """
