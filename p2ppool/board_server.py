@@ -152,6 +152,7 @@ class BoardServer:
         max_connections: concurrent TCP connections (authenticated or not).
         ping_interval_s: period of ``ping@pico.sh`` requests (None: none).
         flush_timeout_s: how long a final error message may wait for a full client window.
+        auth_timeout_s: connections not authenticated this long after connecting are closed.
 
     Example::
 
@@ -173,6 +174,7 @@ class BoardServer:
         max_connections: int = defaults.BOARD_MAX_CONNECTIONS,
         ping_interval_s: float | None = defaults.BOARD_PING_INTERVAL_S,
         flush_timeout_s: float = defaults.BOARD_FLUSH_TIMEOUT_S,
+        auth_timeout_s: float = defaults.BOARD_AUTH_TIMEOUT_S,
     ) -> None:
         if host_key_path is None:
             raise ConfigError("BoardServer needs host_key_path (created when absent)")
@@ -187,6 +189,7 @@ class BoardServer:
         self.max_connections = max_connections
         self.ping_interval_s = ping_interval_s
         self.flush_timeout_s = flush_timeout_s
+        self.auth_timeout_s = auth_timeout_s
         self._host_key = load_or_create_host_key(host_key_path)
         self._users_mtime: float | None = None
         if users is not None:
@@ -389,10 +392,14 @@ class BoardServer:
         transport = _BoardTransport(sock)
         connection.transport = transport
         transport.add_server_key(self._host_key)
+        auth_deadline = time.monotonic() + self.auth_timeout_s
         try:
             transport.start_server(server=_Interface(self, connection))
             channels: List[paramiko.Channel] = []
             while transport.is_active() and not self._stopping.is_set():
+                if not transport.is_authenticated() and time.monotonic() > auth_deadline:
+                    log.info("%s: not authenticated in time; closing", connection.peer)
+                    break
                 # Keep accepted channels referenced: paramiko closes a collected Channel.
                 channel = transport.accept(TICK_S)
                 channels = [c for c in channels if not c.closed]

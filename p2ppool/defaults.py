@@ -135,3 +135,5 @@ BOARD_MAX_CONNECTIONS: int = 2048
 BOARD_PING_INTERVAL_S: float = 5.0
 #: How long a final error line may wait for a client that is not reading.
 BOARD_FLUSH_TIMEOUT_S: float = 10.0
+#: A connection that has not authenticated this long after connecting is closed.
+BOARD_AUTH_TIMEOUT_S: float = 30.0

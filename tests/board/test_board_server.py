@@ -451,6 +451,17 @@ def test_ping_requests_every_interval(board_factory: Callable[..., Any]) -> None
     sub.kill()
 
 
+def test_unauthenticated_connection_is_closed(board_factory: Callable[..., Any]) -> None:
+    board = board_factory(auth_timeout_s=0.5)
+    transport = paramiko.Transport(("127.0.0.1", board.port))
+    try:
+        transport.start_client(timeout=10)  # key exchange, then no authentication
+        transport.join(timeout=10)  # the transport thread ends when the server hangs up
+        assert not transport.is_active()
+    finally:
+        transport.close()
+
+
 def test_stop_is_bounded_with_sessions_open(board_factory: Callable[..., Any]) -> None:
     board = board_factory()
     sub = board.session("alice", "sub t -k")
