@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any, List
 
-import psutil
 import pytest
 
 from p2ppool import payload
@@ -28,7 +27,7 @@ from p2ppool.remote import (
     TaskDone,
     TaskLost,
 )
-from tests._cluster_fixtures import executor_names
+from tests._cluster_fixtures import assert_gone, executor_names
 
 pytestmark = pytest.mark.system
 
@@ -135,9 +134,7 @@ def test_terminate_frees_the_workers_slots(
         joined.name, lambda h: h.slots == 2, timeout=10.0, after=stopped_at)
     assert hello.slots == 2
     # The running tasks were stopped, not left to finish.
-    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
-                                    timeout=10.0)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert_gone(pids, timeout=10.0)
     assert not [e for e in pump.backend.collect() if isinstance(e, TaskDone)]
 
 
@@ -325,7 +322,7 @@ def test_cancelled_tasks_stop_and_report_nothing(
     _run(pump, joined.executor_id, 1, task_gate.blocker(), [1])
     _, pid = task_gate.wait_started()
     pump.backend.cancel(joined.executor_id, [1])
-    psutil.Process(pid).wait(10)  # the worker stopped the task's process
+    assert_gone([pid], timeout=10)  # the worker stopped the task's process
     task_gate.release()
     _run(pump, joined.executor_id, 2, abs, [-2], func_key=2)
     assert payload.loads(_done(pump, 2).blob) == [2]
@@ -356,3 +353,66 @@ def test_a_withdrawing_worker_finishes_in_flight_tasks_and_sends_new_ones_back(
         assert lost.executor_id == joined.executor_id
         assert lost.cause == "worker w1: the worker ended the session (it is stopping)"
         assert cluster.workers[0].process.wait(10) == 0
+
+
+_CLIENT_SCRIPT = r"""
+import json, sys, threading
+from p2ppool import payload
+from p2ppool.config import resolve_options
+from p2ppool.remote import ClusterBackend, ExecutorJoined
+from tests._cluster_fixtures import TaskGate
+
+options, port = json.loads(sys.argv[1]), int(sys.argv[2])
+gate = TaskGate.__new__(TaskGate)
+gate.port = port
+wake = threading.Event()
+backend = ClusterBackend(resolve_options(options, environ={}, read_file=False), "doomed", 2,
+                         None, None, wake.set)
+backend.start()
+backend.set_demand(1)
+while True:
+    wake.wait()
+    wake.clear()
+    for event in backend.collect():
+        if isinstance(event, ExecutorJoined):
+            backend.submit(event.executor_id, 1, 1, payload.dumps(gate.blocker()),
+                           payload.dumps(payload.map_call([1])))
+            print(event.name, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_client_frees_the_workers_slots_within_10_s(
+    local_cluster: Any, task_gate: Any
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    client = subprocess.Popen(
+        [sys.executable, "-c", _CLIENT_SCRIPT, json.dumps(local_cluster.options),
+         str(task_gate.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        _, task_pid = task_gate.wait_started(timeout=30)
+        assert client.stdout is not None
+        worker = client.stdout.readline().decode().strip()
+        assert worker in ("w1", "w2")
+        killed_at = time.time()
+        client.kill()
+        client.wait(10)
+        hello = local_cluster.wait_for_hello(worker, lambda h: h.slots == 2, timeout=10.0,
+                                             after=killed_at)
+        assert time.time() - killed_at < 10.0
+        assert hello.slots == 2
+        assert_gone([task_pid], timeout=10)  # the orphaned task was stopped too
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+        if client.stdout is not None:
+            client.stdout.close()
