@@ -210,7 +210,13 @@ class Inbox:
         return self._reader
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the manager thread soon."""
+        """Run ``fn(*args)`` on the manager thread soon.
+
+        Raises:
+            PoolNotRunning: the manager has exited (nothing would run the call).
+        """
+        if self._closed:
+            raise PoolNotRunning()
         self._calls.append((fn, args))
         # The manager sets ``sleeping`` before it checks for calls and blocks, so either it
         # sees this call, or we see the flag and write (no lost wake-up, no needless write).
@@ -243,12 +249,14 @@ class Inbox:
             calls.append(self._calls.popleft())
         return calls
 
-    def close(self) -> None:
+    def close(self) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Refuse further calls; return those posted but never drained."""
         with self._lock:
             if not self._closed:
                 self._closed = True
                 os.close(self._reader)
                 os.close(self._writer)
+        return self.drain(False)
 
 
 # --- jobs and chunks, as the manager sees them ------------------------------------------------
@@ -410,7 +418,15 @@ class _Manager:
             for executor in self.executors.values():
                 executor.terminate()
         finally:
-            self.inbox.close()
+            # Calls that raced with the exit (a submit posted after the last turn): run them
+            # as if terminated, so that their results fail instead of waiting forever.
+            self.state = TERMINATE
+            for fn, args in self.inbox.close():
+                try:
+                    fn(*args)
+                except Exception:
+                    traceback.print_exc()
+            self._fail_everything(self.broken or BrokenPool("the pool has stopped"))
 
     def _loop(self) -> None:
         wait = _Waiter().wait
@@ -657,7 +673,10 @@ def _at_exit() -> None:
     # (and maybe a lock some other thread held at fork time) but not the manager thread.
     managers = [m for m in _live_managers if m.pid == os.getpid()]
     for manager in managers:
-        manager.inbox.post(manager.terminate)
+        try:
+            manager.inbox.post(manager.terminate)
+        except PoolNotRunning:
+            pass
     for manager in managers:
         if manager.thread.is_alive() and manager.thread is not threading.current_thread():
             manager.thread.join(defaults.ENGINE_JOIN_S * 2)
@@ -1090,7 +1109,10 @@ class Pool:
         """Take no more work; processes exit once the submitted work is done."""
         if self._state == RUN and self._manager is not None:
             self._state = CLOSE
-            self._manager.inbox.post(self._manager.close)
+            try:
+                self._manager.inbox.post(self._manager.close)
+            except PoolNotRunning:
+                pass  # its manager has exited (terminated by the exit hook or a failure)
 
     def terminate(self) -> None:
         """Stop the processes now; unfinished work is dropped (its results fail with
@@ -1115,7 +1137,10 @@ class Pool:
 
 def _terminate_manager(manager: _Manager) -> None:
     """Tell the manager to terminate and wait (bounded) until it has."""
-    manager.inbox.post(manager.terminate)
+    try:
+        manager.inbox.post(manager.terminate)
+    except PoolNotRunning:
+        return  # it has exited already
     thread = manager.thread
     if thread.ident is not None and thread is not threading.current_thread():
         thread.join(defaults.ENGINE_JOIN_S * 2)
@@ -1157,6 +1182,11 @@ def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int)
             if reader.exhausted or manager.state == TERMINATE:
                 break
         post(manager.got_stream_end, job, reader.count)
+    except PoolNotRunning:
+        return  # the manager has exited and failed this job already
     except BaseException as exc:  # pragma: no cover - ChunkReader turns input errors into data
-        post(manager.got_stream_error, job, reader.count, exc)
-        post(manager.got_stream_end, job, reader.count + 1)
+        try:
+            post(manager.got_stream_error, job, reader.count, exc)
+            post(manager.got_stream_end, job, reader.count + 1)
+        except PoolNotRunning:
+            pass

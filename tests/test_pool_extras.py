@@ -192,6 +192,23 @@ def test_terminate_fails_pending_results_with_broken_pool(tmp_path: Path) -> Non
     pool.join()
 
 
+def test_calls_after_the_manager_stopped_fail_instead_of_hanging() -> None:
+    # The exit hook (or garbage collection) stops the manager behind the Pool's back.
+    from p2ppool.pool import _terminate_manager
+
+    pool = p2ppool.Pool(1, context=FORK)
+    manager = pool._manager
+    assert manager is not None
+    _terminate_manager(manager)
+    assert not manager.thread.is_alive()
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply_async(fx.square, (1,))
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.imap(fx.square, range(3))
+    pool.close()
+    pool.join()
+
+
 def test_a_raising_callback_is_reported_and_the_pool_goes_on(
     pool: p2ppool.Pool, capfd: pytest.CaptureFixture[str]
 ) -> None:
