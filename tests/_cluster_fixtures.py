@@ -36,6 +36,7 @@ __all__ = [
     "assert_gone",
     "cluster_backend",
     "descendants",
+    "make_blocker",
     "local_cluster",
     "task_gate",
 ]
@@ -80,6 +81,27 @@ def local_cluster() -> Iterator[Any]:
         yield cluster
 
 
+def make_blocker(port: int) -> Callable[[Any], Any]:
+    """A task function (pickled by value) that connects to the :class:`TaskGate` on ``port``,
+    sends ``"x pid"`` and waits until released (or 30 s) before returning ``x``."""
+
+    def block(x: Any) -> Any:
+        import os
+        import socket as _socket
+
+        conn = _socket.create_connection(("127.0.0.1", port), timeout=30)
+        conn.sendall(f"{x} {os.getpid()}\n".encode())
+        conn.settimeout(30)
+        try:
+            conn.recv(1)  # the test releases us by sending a byte or closing
+        except OSError:
+            pass
+        conn.close()
+        return x
+
+    return block
+
+
 class TaskGate:
     """Tasks that say when they start (over a socket) and run until released.
 
@@ -96,23 +118,8 @@ class TaskGate:
         self._conns: List[socket.socket] = []
 
     def blocker(self) -> Callable[[Any], Any]:
-        port = self.port
-
-        def block(x: Any) -> Any:
-            import os
-            import socket as _socket
-
-            conn = _socket.create_connection(("127.0.0.1", port), timeout=30)
-            conn.sendall(f"{x} {os.getpid()}\n".encode())
-            conn.settimeout(30)
-            try:
-                conn.recv(1)  # the test releases us by sending a byte or closing
-            except OSError:
-                pass
-            conn.close()
-            return x
-
-        return block
+        """A task function that reports to this gate (see :func:`make_blocker`)."""
+        return make_blocker(self.port)
 
     def wait_started(self, timeout: float = 20.0) -> Tuple[str, int]:
         """Wait for the next task to start; return (its argument as text, its pid)."""

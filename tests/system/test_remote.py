@@ -360,11 +360,9 @@ import json, sys, threading
 from p2ppool import payload
 from p2ppool.config import resolve_options
 from p2ppool.remote import ClusterBackend, ExecutorJoined
-from tests._cluster_fixtures import TaskGate
+from tests._cluster_fixtures import make_blocker
 
 options, port = json.loads(sys.argv[1]), int(sys.argv[2])
-gate = TaskGate.__new__(TaskGate)
-gate.port = port
 wake = threading.Event()
 backend = ClusterBackend(resolve_options(options, environ={}, read_file=False), "doomed", 2,
                          None, None, wake.set)
@@ -375,7 +373,7 @@ while True:
     wake.clear()
     for event in backend.collect():
         if isinstance(event, ExecutorJoined):
-            backend.submit(event.executor_id, 1, 1, payload.dumps(gate.blocker()),
+            backend.submit(event.executor_id, 1, 1, payload.dumps(make_blocker(port)),
                            payload.dumps(payload.map_call([1])))
             print(event.name, flush=True)
 """
