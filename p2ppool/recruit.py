@@ -22,7 +22,8 @@ demand was given before the pool knew of it), until the pool sets the demand aga
 
 **When a Want is published.**  As soon as slots are wanted and no Want is out (job start,
 or after a Withdraw); again while slots are still wanted, every ``want_repeat_s``; sooner
-(but at most every ``want_min_interval_s``) when a worker we had not seen says Hello, or
+(but at most every ``want_min_interval_s``) when a worker we had not seen says Hello (or
+one whose Hello showed no free slots shows some again), or
 when more slots are wanted than the last Want still asks for (its slots minus the offers
 accepted since: a failed session, or a higher demand).  A :class:`PublishWithdraw` follows
 when the demand drops to zero (not merely when pending sessions cover it) and on
@@ -113,6 +114,7 @@ class _Worker:
     failures: int = 0
     retry_at: float = 0.0
     refused: str | None = None
+    free: int | None = None  # free slots in its last Hello
 
 
 class Recruiter:
@@ -224,14 +226,22 @@ class Recruiter:
             return [PublishWithdraw()]
         return self._step(now)
 
-    def got_hello(self, worker: str, python: str, now: float) -> List[Command]:
-        """A worker announced itself (``Hello`` with role ``worker``)."""
+    def got_hello(
+        self, worker: str, python: str, now: float, slots: int | None = None
+    ) -> List[Command]:
+        """A worker announced itself (``Hello`` with role ``worker``, ``slots`` free).
+
+        A worker not seen before (or back after a Bye), and a worker whose free slots went
+        from 0 to more, are news: a Want goes out soon if slots are wanted.
+        """
         if self._closed:
             return []
         found = self._workers.setdefault(worker, _Worker())
-        if found.python is None:  # not seen before, or back after a Bye
+        if found.python is None or (found.free == 0 and slots is not None and slots > 0):
             self._new_hello = True
         found.python = python
+        if slots is not None:
+            found.free = slots
         return self._step(now)
 
     def got_bye(self, worker: str, now: float) -> List[Command]:

@@ -457,7 +457,7 @@ class ClusterBackend:
         """Board reader thread: hand relevant messages to the recruit thread."""
         if isinstance(msg, Hello) and msg.role == "worker":
             self._post(lambda: self._recruiter.got_hello(msg.sender, msg.python,
-                                                         time.monotonic()))
+                                                         time.monotonic(), msg.slots))
         elif isinstance(msg, Bye) and msg.role == "worker":
             self._post(lambda: self._recruiter.got_bye(msg.sender, time.monotonic()))
         elif isinstance(msg, Offer) and msg.job == self.job_id:

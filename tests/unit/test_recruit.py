@@ -277,3 +277,13 @@ def test_bye_forgets_an_idle_worker_so_its_return_is_news() -> None:
 def test_bad_demand_is_refused() -> None:
     with pytest.raises(ValueError, match="demand must be >= 0"):
         make().set_demand(-1, 0.0)
+
+
+def test_a_busy_worker_becoming_free_is_news() -> None:
+    r = make()
+    assert r.got_hello("a", PY, 100.0, slots=0) == []
+    assert r.set_demand(1, 100.0) == [PublishWant(1)]
+    assert r.got_hello("a", PY, 101.0, slots=0) == []  # still busy: nothing new
+    assert r.got_hello("a", PY, 102.0, slots=2) == [PublishWant(1)]  # free again: ask now
+    assert r.got_hello("a", PY, 103.0, slots=1) == []  # was not busy
+    assert r.next_wakeup(103.0) == 107.0
