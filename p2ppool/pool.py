@@ -436,6 +436,9 @@ class _Manager:
         while True:
             for fn, args in self.inbox.drain(woken):
                 fn(*args)
+            # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
+            # not whenever the next call arrives, which would then wait for their freeing.
+            fn = args = None  # type: ignore[assignment]
             if self.state == TERMINATE:
                 self._shut_down(graceful=False)
                 return
@@ -473,6 +476,7 @@ class _Manager:
             for name, executor in list(self.executors.items()):
                 for event in executor.collect(ready_arg):
                     self._got_event(name, event)
+            event = None  # type: ignore[assignment]  # do not keep the last result blob alive
 
     def _timeout(self) -> float | None:
         earliest = self.scheduler.next_deadline()
@@ -1154,6 +1158,9 @@ def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int)
     """
     slots = job.slots
     assert slots is not None
+    # Let the caller, blocked in Thread.start() until we run, have the interpreter lock
+    # back first: otherwise it can wait out a whole switch interval (5 ms) behind us.
+    time.sleep(0)
     reader = chunking.ChunkReader(iterable, chunksize)
     post = manager.inbox.post
     try:
