@@ -3,7 +3,9 @@
 Every test here states what ``multiprocessing.Pool`` does; the ``multiprocessing`` case proves
 the test is right, the ``p2ppool`` case proves the drop-in matches it.  Any divergence shows
 as a failing ``p2ppool`` case.  To add an implementation (issue 4: a Pool on a LocalCluster),
-add an entry to ``POOL_KINDS``.
+add an entry to ``POOL_KINDS``: a function of the pytest ``request`` that returns a pool
+factory taking multiprocessing.Pool's arguments (so it can ask for fixtures, e.g.
+``request.getfixturevalue("local_cluster")``), and one to ``POOL_MODULES``.
 
 Pools are shared within a module where a test does not change them (``pool``); tests that
 close, terminate or configure a pool make their own with ``pool_factory``.
@@ -44,10 +46,10 @@ def _p2p_pool(*args: Any, **kwargs: Any) -> Any:
     return p2ppool.Pool(*args, **kwargs)
 
 
-#: name -> factory taking multiprocessing.Pool's arguments
-POOL_KINDS: Dict[str, Callable[..., Any]] = {
-    "multiprocessing": _mp_pool,
-    "p2ppool": _p2p_pool,
+#: name -> (pytest request -> factory taking multiprocessing.Pool's arguments)
+POOL_KINDS: Dict[str, Callable[[pytest.FixtureRequest], Callable[..., Any]]] = {
+    "multiprocessing": lambda request: _mp_pool,
+    "p2ppool": lambda request: _p2p_pool,
 }
 
 #: the module each kind is imported from, for the fresh-interpreter tests
@@ -60,12 +62,13 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def pool_factory(kind: str) -> Iterator[Callable[..., Any]]:
+def pool_factory(kind: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Make pools of this kind; each is terminated at the end of the module."""
     made: List[Any] = []
+    factory = POOL_KINDS[kind](request)
 
     def make(*args: Any, **kwargs: Any) -> Any:
-        pool = POOL_KINDS[kind](*args, **kwargs)
+        pool = factory(*args, **kwargs)
         made.append(pool)
         return pool
 
@@ -396,9 +399,9 @@ def test_maxtasksperchild_replaces_processes(pool_factory: Any, kind: str) -> No
     ({"processes": 1, "maxtasksperchild": 1.5}, ValueError),
     ({"processes": 1, "initializer": 5}, TypeError),
 ])
-def test_invalid_arguments(kind: str, kwargs: Dict[str, Any], error: type) -> None:
+def test_invalid_arguments(pool_factory: Any, kwargs: Dict[str, Any], error: type) -> None:
     with pytest.raises(error):
-        POOL_KINDS[kind](**kwargs)
+        pool_factory(**kwargs)
 
 
 # --- lifecycle --------------------------------------------------------------------------------
@@ -471,8 +474,8 @@ def test_async_result_is_generic() -> None:
 # --- start methods ----------------------------------------------------------------------------
 
 
-def test_spawn_start_method_runs_module_functions(kind: str) -> None:
-    with POOL_KINDS[kind](2, context=SPAWN) as pool:
+def test_spawn_start_method_runs_module_functions(pool_factory: Any) -> None:
+    with pool_factory(2, context=SPAWN) as pool:
         assert pool.map(fx.square, range(6)) == [0, 1, 4, 9, 16, 25]
         assert pool.apply(fx.add, (1, 2)) == 3
 
