@@ -205,6 +205,7 @@ class Worker:
         self._rejoin: threading.Thread | None = None
         self._stop_rejoin = threading.Event()
         self._mp_context = _child_context()
+        _warm_up(self._mp_context)
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -248,7 +249,6 @@ class Worker:
                  f", stopping after {s.ttl:g} s" if s.ttl else "")
         if s.ttl is not None:
             self._ttl_deadline = time.monotonic() + s.ttl
-        _warm_up(self._mp_context)
         self._execute(self.peer.start(time.time()))
         try:
             while not self._finished():
@@ -796,18 +796,27 @@ def _close_quietly(transport: Any, reason: str) -> None:
 
 
 def _warm_up(ctx: Any) -> None:
-    """Start the fork server now, so that the first session's Ready is not delayed by it."""
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    """Start the fork server now (before any other thread runs), so that the first session's
+    Ready is not delayed by it; it preloads :mod:`p2ppool._worker_child`, which ties the
+    task processes' lives to the worker's."""
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
 
+    from ._worker_child import ENV_FLAG
+
+    os.environ[ENV_FLAG] = "1"  # read (and removed) by the fork server as it starts
+    try:
         forkserver.ensure_running()
+    finally:
+        os.environ.pop(ENV_FLAG, None)
 
 
 def _child_context() -> Any:
     """A fork server: children start clean, without the worker's sockets and threads."""
     try:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["p2ppool.engine", "p2ppool.payload"])
+        ctx.set_forkserver_preload(["p2ppool._worker_child", "p2ppool.engine", "p2ppool.payload"])
         return ctx
     except ValueError:  # no fork server on this platform
         return multiprocessing.get_context("spawn")

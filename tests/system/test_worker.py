@@ -594,6 +594,26 @@ def test_second_signal_kills_children_and_reports_tasks_lost(
         cs.session.close()
 
 
+def test_a_sigkilled_worker_leaves_no_task_processes(
+    start_worker: Any, driver: Driver, start_signal: StartSignal
+) -> None:
+    worker = start_worker("w-killed", processes=2)
+    cs = driver.ready_session(slots=2, worker="w-killed")
+    try:
+        for _ in range(2):
+            cs.submit(ping_then_sleep, payload.apply_call((start_signal.port, 60.0), {}))
+        start_signal.wait()
+        start_signal.wait()
+        tree = worker.descendants()
+        assert len(_task_processes(worker, 2)) == 2
+        worker.proc.kill()  # no chance to clean up: the kernel must take the tree down
+        worker.proc.wait(10)
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert not alive, f"left behind by a SIGKILLed worker: {alive}"
+    finally:
+        cs.session.close()
+
+
 def test_ttl_ends_the_worker_gracefully(start_worker: Any, cluster: Cluster) -> None:
     worker = start_worker("w-ttl", "--ttl", "2s", processes=1)
     cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-ttl", 10.0,
