@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
@@ -143,6 +144,7 @@ def test_callback_runs_before_get_returns(pool: Any) -> None:
 
     def callback(value: Any) -> None:
         threads.append(threading.current_thread())
+        time.sleep(0.2)  # a slow callback: get() must still wait for it
         seen.append(value)
 
     result = pool.apply_async(fx.square, (4,), callback=callback)
@@ -153,7 +155,12 @@ def test_callback_runs_before_get_returns(pool: Any) -> None:
 
 def test_error_callback_runs_before_wait_returns(pool: Any) -> None:
     errors: List[BaseException] = []
-    result = pool.apply_async(fx.raise_value_error, (1,), error_callback=errors.append)
+
+    def slow_append(error: BaseException) -> None:
+        time.sleep(0.2)  # a slow callback: wait() must still wait for it
+        errors.append(error)
+
+    result = pool.apply_async(fx.raise_value_error, (1,), error_callback=slow_append)
     result.wait(WAIT_S)
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
     assert result.successful() is False
@@ -240,7 +247,12 @@ def test_map_raises_the_first_error_only_after_every_task_finished(
 
 def test_map_async_callback_gets_the_list(pool: Any) -> None:
     seen: List[Any] = []
-    result = pool.map_async(fx.square, range(4), callback=seen.append)
+
+    def slow_append(value: Any) -> None:
+        time.sleep(0.2)  # a slow callback: get() must still wait for it
+        seen.append(value)
+
+    result = pool.map_async(fx.square, range(4), callback=slow_append)
     assert result.get(timeout=WAIT_S) == [0, 1, 4, 9]
     assert seen == [[0, 1, 4, 9]]
 
@@ -290,6 +302,23 @@ def test_imap_yields_early_results_while_later_ones_run(pool: Any, gate: Any) ->
     assert it.next(timeout=WAIT_S) == "quick"
     Path(path).touch()
     assert it.next(timeout=WAIT_S) == "waited"
+
+
+def test_imap_keeps_order_when_a_later_item_finishes_first(pool: Any, gate: Any) -> None:
+    path = gate("go")
+    it = pool.imap(fx.quick_or_wait, [path, None])
+    with pytest.raises(multiprocessing.TimeoutError):  # item 1 is done, item 0 is not
+        it.next(timeout=0.3)
+    Path(path).touch()
+    assert list(it) == ["waited", "quick"]
+
+
+def test_imap_unordered_yields_what_finishes_first(pool: Any, gate: Any) -> None:
+    path = gate("go")
+    it = pool.imap_unordered(fx.quick_or_wait, [path, None])
+    assert it.next(timeout=WAIT_S) == "quick"
+    Path(path).touch()
+    assert list(it) == ["waited"]
 
 
 @pytest.mark.parametrize("chunksize", [1, 2])
