@@ -65,6 +65,8 @@ def dumps(obj: Any) -> bytes:
     ``cloudpickle.register_pickle_by_value``) are spotted by :class:`_ByReferencePickler`.
     Both cases are redone with cloudpickle, which pickles them by value.
     """
+    if _plain(obj, 2):
+        return pickle.dumps(obj, protocol=PROTOCOL)
     parts: list[Any] = []
     sink = _Sink()
     sink.write = parts.append  # large bytes arrive as their own part: one copy in join()
@@ -74,6 +76,23 @@ def dumps(obj: Any) -> bytes:
         cloud: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
         return cloud
     return b"".join(parts)
+
+
+_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain(obj: Any, depth: int) -> bool:
+    """True for small builtin data (no functions, classes or instances anywhere in it): the
+    C pickler's own ``dumps`` then suffices, without a pickler object to set up."""
+    kind = type(obj)
+    if kind in _PLAIN_TYPES:
+        return True
+    if kind is not tuple or not depth or len(obj) > 8:
+        return False
+    for item in obj:
+        if type(item) not in _PLAIN_TYPES and not _plain(item, depth - 1):
+            return False
+    return True
 
 
 class _Sink:

@@ -282,7 +282,7 @@ class _Job:
         self.slots: queue.SimpleQueue[None] | None = None
         self.input_error: tuple[int, BaseException] | None = None  # held for its turn
 
-    def blob(self, cache: weakref.WeakKeyDictionary[Any, bytes]) -> bytes:
+    def blob(self, cache: _FunctionBlobs) -> bytes:
         """The pickled function, or raise why it cannot be pickled.
 
         Pickled once per Pool and function object (``cache``), not once per job: pickling
@@ -293,21 +293,46 @@ class _Job:
         if self.func_error is not None:
             raise self.func_error
         if self.func_blob is None:
-            try:
-                self.func_blob = cache.get(self.func)
-            except TypeError:  # not hashable or not weak-referenceable: no caching
-                pass
+            self.func_blob = cache.get(self.func)
             if self.func_blob is None:
                 try:
                     self.func_blob = payload.dumps(self.func)
                 except Exception as exc:
                     self.func_error = exc
                     raise
-                try:
-                    cache[self.func] = self.func_blob
-                except TypeError:
-                    pass
+                cache.put(self.func, self.func_blob)
         return self.func_blob
+
+
+class _FunctionBlobs:
+    """The pickled form of recently used functions, by identity (a small LRU).
+
+    It keeps the last few function objects alive (so an id is never reused while cached);
+    a WeakKeyDictionary would cost a weak reference per lookup, per ``apply``.
+    """
+
+    MAX_BLOB = 64 * 1024
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._entries: collections.OrderedDict[int, Tuple[Any, bytes]] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, func: Any) -> bytes | None:
+        entry = self._entries.get(id(func))
+        if entry is None or entry[0] is not func:
+            return None
+        self._entries.move_to_end(id(func))
+        return entry[1]
+
+    def put(self, func: Any, blob: bytes) -> None:
+        if len(blob) > self.MAX_BLOB:
+            return  # a big closure: do not keep what it captured alive
+        self._entries[id(func)] = (func, blob)
+        self._entries.move_to_end(id(func))
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
 
 
 class _Chunk:
@@ -343,9 +368,10 @@ class _Manager:
         self.chunks: Dict[int, _Chunk] = {}
         self._chunk_ids = itertools.count()
         self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
-        self._function_blobs: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+        self._function_blobs = _FunctionBlobs()
         self.state = RUN
         self.broken: BrokenPool | None = None
+        self.link: Any = None  # a cluster_link.ClusterLink when a cluster is configured
         for executor in executors:
             self.add_executor(executor)
         self.thread = threading.Thread(
@@ -359,6 +385,11 @@ class _Manager:
         self.executors[executor.name] = executor
         now = time.monotonic()
         self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
+
+    def remove_executor(self, name: str, cause: str) -> None:
+        """An executor is gone (a peer was lost): its chunks go back to the queue."""
+        if self.executors.pop(name, None) is not None:
+            self._execute(self.scheduler.executor_lost(name, cause, time.monotonic()))
 
     def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
         if self.state == TERMINATE:
@@ -442,6 +473,8 @@ class _Manager:
             # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
             # not whenever the next call arrives, which would then wait for their freeing.
             fn = args = None  # type: ignore[assignment]
+            if self.link is not None:  # peers joined or lost, demand, fallback
+                self.link.turn(self, time.monotonic())
             if self.state == TERMINATE:
                 self._shut_down(graceful=False)
                 return
@@ -483,6 +516,10 @@ class _Manager:
 
     def _timeout(self) -> float | None:
         earliest = self.scheduler.next_deadline()
+        if self.link is not None:
+            deadline = self.link.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
         for executor in self.executors.values():
             deadline = executor.next_deadline()
             if deadline is not None and (earliest is None or deadline < earliest):
@@ -595,11 +632,15 @@ class _Manager:
     def _shut_down(self, graceful: bool) -> None:
         self._flush()
         if graceful:
+            if self.link is not None:
+                self.link.close()
             for executor in self.executors.values():
                 executor.close()
             for executor in self.executors.values():
                 executor.join(defaults.ENGINE_JOIN_S)
             return
+        if self.link is not None:
+            self.link.terminate()
         for executor in self.executors.values():
             executor.terminate()
         self._fail_everything(BrokenPool("the pool was terminated before this task finished"))
@@ -960,8 +1001,19 @@ class Pool:
         self._ctx = context
         self._processes = processes
         init_blob = payload.dumps((initializer, tuple(initargs))) if initializer else None
-        engine = ProcessEngine(processes, init_blob, maxtasksperchild, context)
-        manager = _Manager(self, [LocalExecutor(engine)], self._options.max_attempts)
+
+        def local_executor() -> LocalExecutor:
+            return LocalExecutor(ProcessEngine(processes, init_blob, maxtasksperchild, context))
+
+        if self._options.cluster is None:
+            manager = _Manager(self, [local_executor()], self._options.max_attempts)
+        else:
+            # Peers first; the local engine only when none answers in time (cluster_link).
+            from .cluster_link import ClusterLink
+
+            manager = _Manager(self, [], self._options.max_attempts)
+            manager.link = ClusterLink(self._options, processes, init_blob, maxtasksperchild,
+                                       manager.inbox.wake, local_executor)
         self._manager = manager
         _live_managers.add(manager)
         manager.thread.start()
