@@ -487,7 +487,7 @@ class _Manager:
                 current.append(executor.readables())
                 if executor.has_events():
                     timeout = 0.0
-            changed = len(current) != len(sources) or any(
+            changed = not readables or len(current) != len(sources) or any(
                 a is not b for a, b in zip(current, sources)
             )
             if changed:  # executors return the same list object until their set changes

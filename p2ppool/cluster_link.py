@@ -1,0 +1,207 @@
+"""The Pool's manager side of a cluster: remote sessions as executors, and local fallback.
+
+A Pool with a cluster configured starts with no executor at all.  :class:`ClusterLink`
+owns a :class:`~p2ppool.remote.ClusterBackend` (which recruits workers on the board and
+runs one wormhole session per worker) and turns its events into the manager's language::
+
+    ClusterBackend events            manager
+    ─────────────────────            ───────
+    ExecutorJoined(id, name, slots)  add_executor(RemoteExecutor(id))   -> scheduler slots
+    TaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)         -> result
+    TaskLost(id, task, retry=True)   ChunkLost(chunk, cause)            -> runs elsewhere
+    TaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
+    ExecutorLost(id, cause)          executor_lost(id, cause)           -> chunks requeued
+    BoardTrouble(message)            a log line
+
+Task ids on the wire are the Pool's chunk ids.  Local fallback: when the pool has work and
+no executor at all for ``fallback`` seconds, the link adds the local process engine, and
+peers that arrive later join in beside it.  ``fallback=None`` never falls back: the work
+waits for peers (``AsyncResult.get(timeout)`` bounds the wait).
+
+Everything here runs on the manager thread, except ``notify`` (any thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
+
+from .config import Options
+from .errors import TaskLimitExceeded
+from .remote import (
+    BoardTrouble,
+    ClusterBackend,
+    ExecutorJoined,
+    ExecutorLost,
+    TaskDone,
+    TaskLost,
+)
+
+if TYPE_CHECKING:
+    from .pool import ExecutorEvent, _Manager
+
+__all__ = ["ClusterLink", "RemoteExecutor"]
+
+log = logging.getLogger("p2ppool.pool")
+
+
+class RemoteExecutor:
+    """One worker session, as the manager's :class:`~p2ppool.pool.Executor`.
+
+    Its events arrive through the :class:`ClusterLink`, so it has nothing to wait on.
+    """
+
+    def __init__(self, link: ClusterLink, executor_id: str, worker: str, slots: int) -> None:
+        self.name = executor_id
+        self.worker = worker
+        self._slots = slots
+        self._link = link
+
+    def slots(self) -> int:
+        return self._slots
+
+    def readables(self) -> List[Any]:
+        return _NOTHING
+
+    def has_events(self) -> bool:
+        return False
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        self._link.backend.submit(
+            self.name, chunk_id, self._link.func_key(func_blob), func_blob, call_blob
+        )
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None:
+        self._link.backend.cancel(self.name, list(chunk_ids))
+
+    def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
+        return []
+
+    # The link closes or terminates the backend, which ends every session at once.
+    def close(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+
+_NOTHING: List[Any] = []
+
+
+class ClusterLink:
+    """Connects one Pool's manager to its cluster (see the module docstring).
+
+    Args:
+        options: the Pool's resolved options (``cluster`` is set).
+        max_slots: the most chunks the pool keeps in flight on peers (``processes``).
+        initializer_blob: the pickled ``(initializer, initargs)``, or None.
+        maxtasksperchild: as for multiprocessing.
+        notify: wakes the manager thread; must return at once.
+        start_local: makes the local executor for fallback (called at most once).
+        backend: a ready-made backend (tests); default: a new ClusterBackend.
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        max_slots: int,
+        initializer_blob: bytes | None,
+        maxtasksperchild: int | None,
+        notify: Callable[[], None],
+        start_local: Callable[[], Any],
+        backend: ClusterBackend | None = None,
+    ) -> None:
+        self.options = options
+        self.job_id = secrets.token_hex(6)
+        self.backend = backend or ClusterBackend(
+            options, self.job_id, max_slots, initializer_blob, maxtasksperchild, notify
+        )
+        self.max_slots = max_slots
+        self._start_local = start_local
+        self._func_keys: Dict[bytes, int] = {}
+        self._demand = 0
+        self._fallback_at: float | None = None
+        self.local_started = False
+        self.remote_names: Dict[str, str] = {}  # executor id -> worker name
+        self.backend.start()
+
+    def func_key(self, func_blob: bytes) -> int:
+        """A small number for a pickled function, the same for the same bytes."""
+        key = self._func_keys.get(func_blob)
+        if key is None:
+            key = self._func_keys[func_blob] = len(self._func_keys) + 1
+        return key
+
+    # --- the manager's turn ------------------------------------------------------------------
+
+    def turn(self, manager: _Manager, now: float) -> None:
+        """Apply the backend's events, then update demand and the fallback timer."""
+        for event in self.backend.collect():
+            self._apply(manager, event, now)
+        busy = bool(manager.jobs)
+        demand = self.max_slots if busy else 0
+        if demand != self._demand:
+            self._demand = demand
+            self.backend.set_demand(demand)
+        self._check_fallback(manager, busy, now)
+
+    def next_deadline(self) -> float | None:
+        """When the manager must take a turn without any event: the fallback moment."""
+        return self._fallback_at
+
+    def _apply(self, manager: _Manager, event: Any, now: float) -> None:
+        from .pool import ChunkDone, ChunkLost, _Failed
+
+        if isinstance(event, TaskDone):
+            manager._got_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
+        elif isinstance(event, TaskLost):
+            if event.retry:
+                manager._got_event(event.executor_id, ChunkLost(event.task_id, event.cause))
+            else:
+                worker = self.remote_names.get(event.executor_id, event.executor_id)
+                error = TaskLimitExceeded(f"worker {worker}: {event.cause}")
+                manager._execute(manager.scheduler.got_result(
+                    event.task_id, event.executor_id, _Failed(error), now))
+        elif isinstance(event, ExecutorJoined):
+            self.remote_names[event.executor_id] = event.name
+            log.info("peer %s joined with %d slot(s)", event.name, event.slots)
+            manager.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
+        elif isinstance(event, ExecutorLost):
+            worker = self.remote_names.pop(event.executor_id, event.executor_id)
+            log.warning("peer %s lost: %s", worker, event.cause)
+            manager.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
+        elif isinstance(event, BoardTrouble):
+            log.warning("%s", event.message)
+
+    def _check_fallback(self, manager: _Manager, busy: bool, now: float) -> None:
+        fallback = self.options.fallback
+        if self.local_started or fallback is None or not busy or manager.executors:
+            self._fallback_at = None
+            return
+        if self._fallback_at is None:
+            self._fallback_at = now + fallback
+        if now >= self._fallback_at:
+            self._fallback_at = None
+            self.local_started = True
+            log.warning(
+                "no peer of cluster %s answered within %g s: running on local processes "
+                "(peers that answer later join in)", self.options.cluster, fallback,
+            )
+            manager.add_executor(self._start_local())
+
+    # --- shutting down -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Goodbye to every session; Withdraw on the board (bounded)."""
+        self.backend.close()
+
+    def terminate(self) -> None:
+        """Cancel every remote task, then close (bounded)."""
+        self.backend.terminate()
