@@ -72,19 +72,39 @@ MAIN_SCRIPT = """
 from {module} import Pool
 import multiprocessing
 
+class MainError(Exception):
+    pass
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
 def triple(x):
     return 3 * x
+
+def boom(point):
+    raise MainError(f"boom {{point.x}}")
 
 if __name__ == "__main__":
     with Pool(2, context=multiprocessing.get_context("spawn")) as pool:
         print(pool.map(triple, range(4)), pool.apply(lambda: "lambda ok"))
+        try:
+            pool.apply(boom, (Point(3),))
+        except MainError as exc:  # the very class of __main__, not a copy
+            print("caught", exc, type(exc.__cause__).__name__)
+        back = pool.apply(Point, (5,))
+        print(type(back) is Point, back.x)
 """
 
 
-def test_functions_of_main_work_with_spawn() -> None:
+def test_functions_and_classes_of_main_work_with_spawn() -> None:
     done = run_script(MAIN_SCRIPT.format(module="p2ppool"))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0, 3, 6, 9] lambda ok"
+    assert done.stdout.splitlines() == [
+        "[0, 3, 6, 9] lambda ok",
+        "caught boom 3 RemoteTraceback",
+        "True 5",
+    ]
 
 
 def test_multiprocessing_cannot_send_a_lambda_which_is_why_cloudpickle() -> None:
