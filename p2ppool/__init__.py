@@ -36,6 +36,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .localcluster import LocalCluster
     from .pool import AsyncResult, IMapIterator, MapResult, Pool
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
@@ -44,6 +45,7 @@ _LAZY = {
     "AsyncResult": "pool",
     "MapResult": "pool",
     "IMapIterator": "pool",
+    "LocalCluster": "localcluster",
 }
 
 __all__ = sorted(
@@ -58,6 +60,7 @@ __all__ = sorted(
         "ConfigError",
         "HostKeyMismatch",
         "IMapIterator",
+        "LocalCluster",
         "MapResult",
         "MaybeEncodingError",
         "NoWorkers",
