@@ -9,17 +9,18 @@ children do, so a worker can relay blobs it does not trust to open.
     owner thread (Pool manager or worker)            child process i (one task at a time)
     ────────────────────────────────────             ────────────────────────────────────
     submit(task_id, key, func_blob, args_blob)
-      └─> backlog ──place──> child.inflight ──Pipe(send_bytes)──> recv: F (function, once
+      └─> backlog ──place──> child.inflight ──pipe (os.write)────> recv: F (function, once
                                                                    per key), T (task)
-    wait(readables()) ... collect()  <──────Pipe(recv_bytes)───── R (task_id, ok, blob)
+    wait(readables()) ... collect()  <──────pipe (os.read)─────── R (task_id, ok, blob)
       ├─ TaskDone(task_id, ok, blob)
       └─ TaskLost(task_id, cause)  <── sentinel fired: died (SIGKILL(-9), exit code 3...),
                                        or killed for overrunning max_task_seconds
 
-Each child gets its own duplex ``Pipe``; there is no shared queue and no feeder thread.  A
-child may hold ``depth`` tasks at once (the running one plus small prefetched ones, so a
-finished child never waits for the owner), but a large blob is only sent to an idle child:
-an idle child is always reading, so neither side can block the other on a full pipe.
+Each child gets its own pair of one-way pipes (framed as ``multiprocessing.Connection``
+frames messages); there is no shared queue and no feeder thread.  A child may hold
+``depth`` tasks at once (the running one plus small prefetched ones, while tasks are short,
+so a finished child need not wait for the owner), but a large blob is only sent to an idle
+child: an idle child is always reading, so neither side can block the other on a full pipe.
 
 The owner thread drives everything: it waits on :meth:`ProcessEngine.readables` (together
 with its own wake-ups), then calls :meth:`ProcessEngine.collect`.  Nothing here starts a

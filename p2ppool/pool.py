@@ -8,8 +8,8 @@ Data flow (who touches what)::
                            ├─> Inbox ──wake pipe──> run():                   "local":
     imap feeder thread ────┘   (deque of calls)       wait(readables +        ProcessEngine
       (reads the iterable         ^                   wake pipe, timeout =    child processes
-       lazily, bounded by         │                   next deadline)          (bytes in/out)
-       a semaphore)               │                   │                          ^   │
+       lazily, a bounded          │                   next deadline)          (bytes in/out)
+       number of chunks ahead)    │                   │                          ^   │
                                   │                   ├─ Scheduler.got_chunk ─> Assign ┘
     issue 4: remote sessions ─────┘                   ├─ executor.collect() <─────────┘
       post their events here                          ├─ Scheduler.got_result -> Resolve
@@ -17,12 +17,22 @@ Data flow (who touches what)::
     AsyncResult.get() <── threading.Event ──────────────  Event.set(); progress bar update
 
 The manager is the only owner of the scheduler and job state, so nothing there needs a lock.
-Callers only append to the inbox and write one byte to the wake pipe.  The thread holds the
-Pool through a weak reference; an exit hook terminates pools left open, so interpreter exit
-never hangs (as ``multiprocessing`` terminates them at exit).
+Callers only append to the inbox and, if the manager sleeps, write one byte to the wake
+pipe.  Results are handed over (callbacks, then the waiter's Event) last in each turn, just
+before the manager blocks again, so a woken caller finds the interpreter lock free.  The
+thread holds the Pool through a weak reference; an exit hook terminates pools left open, so
+interpreter exit never hangs (as ``multiprocessing`` terminates them at exit).
 
 Executors are the seam for remote peers: anything with the :class:`Executor` methods can be
-added with :meth:`_Manager.add_executor` and is fed by the same scheduler.
+added with :meth:`_Manager.add_executor` and is fed by the same scheduler; threads that
+serve a remote session post their events with :meth:`Inbox.post` (or call
+:meth:`Inbox.wake` and let :meth:`Executor.collect` report them), like any caller.
+
+A lost local process (SIGKILL, ``os._exit``, a segfault) costs its chunk one attempt: the
+chunk runs again on a fresh process, up to ``max_attempts`` (default
+:data:`~p2ppool.defaults.MAX_ATTEMPTS`), then fails with :class:`~p2ppool.errors.ChunkFailed`
+naming every exit (``"local: process 123 died with SIGKILL(-9)"``).  multiprocessing waits
+forever in that case; concurrent.futures breaks the whole pool.
 """
 
 from __future__ import annotations
