@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="child processes (slots) to volunteer (default: CPU count)")
     parser.add_argument("--board", metavar="HOST[:PORT]",
                         help="the board's SSH address (default: P2PPOOL_BOARD or pipe.pico.sh)")
-    parser.add_argument("--user", dest="board_user", metavar="NAME",
+    parser.add_argument("--board-user", "--user", dest="board_user", metavar="NAME",
                         help="your user name on the board (default: P2PPOOL_BOARD_USER)")
     parser.add_argument("--identity", metavar="KEY", help="SSH private key for the board")
     parser.add_argument("--known-hosts", dest="known_hosts", metavar="FILE",
