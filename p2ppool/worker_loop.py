@@ -19,7 +19,8 @@ Only the main thread owns state; the other threads hand events over through the 
 worker itself never unpickles client data: blobs go to the session's
 :class:`~p2ppool.engine.ProcessEngine`, whose child processes unpickle and run them.  Children
 are started by a fork server, so they inherit none of the worker's sockets (the SSH board
-connection, the wormhole sessions) and cannot speak on the worker's behalf.
+connection, the wormhole sessions) and cannot speak on the worker's behalf.  They find the
+worker's name in the environment variable ``P2PPOOL_WORKER`` (:data:`WORKER_NAME_ENV`).
 
 Shutdown: the first SIGINT/SIGTERM (or the end of ``--ttl``) withdraws: a Bye on the board,
 no more offers, new tasks are sent back (``Lost(retry=True)``), in-flight tasks get up to
@@ -45,13 +46,20 @@ from . import defaults
 from ._version import __version__
 from .errors import P2PPoolError, ProtocolError, TransferError
 
-__all__ = ["EXIT_ERROR", "EXIT_FORCED", "EXIT_OK", "Worker", "WorkerSettings"]
+__all__ = [
+    "EXIT_ERROR", "EXIT_FORCED", "EXIT_OK", "WORKER_NAME_ENV", "Worker", "WorkerSettings",
+]
 
 log = logging.getLogger("p2ppool.worker")
 
 #: Seconds a session's children get to exit after SIGTERM before the process group is killed
 #: (their session is over: no grace is owed, and the main loop waits meanwhile).
 _KILL_WAIT_S = 1.0
+
+#: The environment variable holding the worker's name in its task processes, so a task can
+#: tell where it ran (``os.environ.get("P2PPOOL_WORKER")``; unset in a Pool's own local
+#: processes).  ``p2ppool demo`` uses it to count who ran what.
+WORKER_NAME_ENV = "P2PPOOL_WORKER"
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -204,6 +212,9 @@ class Worker:
         self._board_generation = 0
         self._rejoin: threading.Thread | None = None
         self._stop_rejoin = threading.Event()
+        # Task processes inherit the environment of the fork server (started just below) or
+        # of this process (spawn): that is how they learn WORKER_NAME_ENV.
+        os.environ[WORKER_NAME_ENV] = settings.name
         self._mp_context = _child_context()
         _warm_up(self._mp_context)
 
