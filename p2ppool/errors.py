@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import builtins
 import multiprocessing
-from multiprocessing.pool import MaybeEncodingError
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Sequence
 
 __all__ = [
