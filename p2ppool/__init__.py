@@ -48,35 +48,33 @@ _LAZY = {
     "LocalCluster": "localcluster",
 }
 
-__all__ = sorted(
-    [
-        "AccessDenied",
-        "AsyncResult",
-        "BoardAuthError",
-        "BoardConnectionError",
-        "BoardError",
-        "BrokenPool",
-        "ChunkFailed",
-        "ConfigError",
-        "HostKeyMismatch",
-        "IMapIterator",
-        "LocalCluster",
-        "MapResult",
-        "MaybeEncodingError",
-        "NoWorkers",
-        "P2PPoolError",
-        "Pool",
-        "PoolNotRunning",
-        "ProtocolError",
-        "RemoteTraceback",
-        "SessionLost",
-        "TaskLimitExceeded",
-        "TimeoutError",
-        "TransferError",
-        "TransferTimeout",
-        "__version__",
-    ]
-)
+__all__ = [
+    "AccessDenied",
+    "AsyncResult",
+    "BoardAuthError",
+    "BoardConnectionError",
+    "BoardError",
+    "BrokenPool",
+    "ChunkFailed",
+    "ConfigError",
+    "HostKeyMismatch",
+    "IMapIterator",
+    "LocalCluster",
+    "MapResult",
+    "MaybeEncodingError",
+    "NoWorkers",
+    "P2PPoolError",
+    "Pool",
+    "PoolNotRunning",
+    "ProtocolError",
+    "RemoteTraceback",
+    "SessionLost",
+    "TaskLimitExceeded",
+    "TimeoutError",
+    "TransferError",
+    "TransferTimeout",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@
     ├── ConfigError(P2PPoolError, ValueError)      a bad option; names where it came from
     ├── ChunkFailed(P2PPoolError)                  retries used up; .chunk_id .attempts .causes
     │   └── NoWorkers(ChunkFailed)                 no peer took the chunk and fallback is off
-    ├── TaskLimitExceeded(P2PPoolError)            a worker's time/memory/payload limit stopped a task
+    ├── TaskLimitExceeded(P2PPoolError)            a worker's limit (time, memory, size) hit
     ├── BoardError(P2PPoolError)
     │   ├── BoardConnectionError                   ssh connect/auth failed or session lost
     │   │   ├── BoardAuthError                     the board refused our key
