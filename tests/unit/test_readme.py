@@ -37,3 +37,17 @@ def test_ci_creates_the_venv_the_readme_creates() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python3 -m venv .venv" in ci
     assert readme_commands()[0].startswith("python3 -m venv .venv")
+
+
+def test_readme_renders_without_errors() -> None:
+    import docutils.core
+    import docutils.utils
+
+    try:
+        docutils.core.publish_string(
+            (ROOT / "README.rst").read_text(),
+            writer_name="null",
+            settings_overrides={"report_level": 5, "halt_level": 2},
+        )
+    except docutils.utils.SystemMessage as exc:  # warnings and errors halt
+        raise AssertionError(f"README.rst: {exc}") from None
