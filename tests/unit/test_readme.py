@@ -46,7 +46,7 @@ def test_readme_renders_without_errors() -> None:
     try:
         docutils.core.publish_string(
             (ROOT / "README.rst").read_text(),
-            writer_name="null",
+            writer="null",
             settings_overrides={"report_level": 5, "halt_level": 2},
         )
     except docutils.utils.SystemMessage as exc:  # warnings and errors halt
