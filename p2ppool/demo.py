@@ -1,62 +1,152 @@
 """``p2ppool demo``: see p2ppool work in one command, with no account and no setup.
 
-It estimates pi by Monte Carlo: ``map`` of independent sampling tasks with a progress bar,
-then prints the estimate, who ran how many tasks, and the wall time against one process.
+It starts a whole cluster on 127.0.0.1 (:class:`~p2ppool.localcluster.LocalCluster`: a board,
+a magic-wormhole mailbox server and transit relay, and two ``p2ppool worker`` processes),
+estimates pi by Monte Carlo with a ``Pool`` that uses only that cluster (``fallback=None``: no
+task runs in the demo's own process), and prints the estimate, which worker ran how many
+tasks, and the wall time against one process.  Then it stops everything and exits 0.
+
+Each task reports where it ran: a worker's task processes find the worker's name in the
+environment variable ``P2PPOOL_WORKER`` (:data:`p2ppool.worker_loop.WORKER_NAME_ENV`); a
+task that ran in the Pool's own local processes reports ``local``.
+
+Exit status: 0 done; 1 the cluster did not start or the work did not finish (the message
+names the logs, which are kept); 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
+import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import List, Sequence, Tuple
+
+__all__ = ["add_arguments", "run", "sample_quarter_circle", "who_am_i"]
+
+#: The worker-name variable (the same value as ``p2ppool.worker_loop.WORKER_NAME_ENV``,
+#: spelled out so that task processes need not import the worker).
+_WORKER_NAME_ENV = "P2PPOOL_WORKER"
+
+#: Tasks timed in the demo's own process to estimate how long one process would take.
+_SERIAL_SAMPLE_TASKS = 2
+
+#: The map may take this many times the one-process estimate (at least _MIN_TIMEOUT_S)
+#: before the demo gives up: a stuck cluster must not hang a newcomer's terminal.
+_TIMEOUT_FACTOR = 5.0
+_MIN_TIMEOUT_S = 60.0
 
 
-def sample_quarter_circle(seed: int, samples: int = 200_000) -> tuple[int, int, str]:
-    """Count random points of the unit square inside the quarter circle.
+def who_am_i() -> str:
+    """The worker this process runs tasks for, or ``"local"`` outside a worker."""
+    return os.environ.get(_WORKER_NAME_ENV) or "local"
 
-    Returns (hits, samples, who ran it) so the demo can show how the work was spread.
+
+def sample_quarter_circle(seed: int, samples: int) -> Tuple[int, int, str]:
+    """Count random points of the unit square that fall inside the quarter circle.
+
+    Args:
+        seed: the random seed (one per task, so the tasks are independent).
+        samples: points to draw.
+
+    Returns:
+        ``(hits, samples, where)``: ``4 * hits / samples`` estimates pi; ``where`` is
+        :func:`who_am_i` of the process that ran it.
     """
     rng = random.Random(seed)
+    draw = rng.random
     hits = 0
     for _ in range(samples):
-        x = rng.random()
-        y = rng.random()
+        x = draw()
+        y = draw()
         if x * x + y * y <= 1.0:
             hits += 1
-    return hits, samples, os.environ.get("P2PPOOL_PEER_NAME") or f"local pid {os.getpid()}"
+    return hits, samples, who_am_i()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", type=int, default=32, help="number of tasks (default 32)")
-    parser.add_argument(
-        "--samples", type=int, default=200_000, help="random points per task (default 200000)"
-    )
+    """Options of ``p2ppool demo``."""
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="workers in the local cluster (default 2)")
+    parser.add_argument("--processes-per-worker", type=int, default=1, metavar="K",
+                        help="task processes per worker (default 1)")
+    parser.add_argument("--tasks", type=int, default=24, metavar="N",
+                        help="independent sampling tasks (default 24)")
+    parser.add_argument("--samples", type=int, default=2_000_000, metavar="M",
+                        help="random points per task (default 2000000)")
+
+
+def _per_worker(results: Sequence[Tuple[int, int, str]]) -> List[Tuple[str, int]]:
+    counts = Counter(r[2] for r in results)
+    return sorted(counts.items(), key=lambda item: (item[0] == "local", item[0]))
 
 
 def run(args: argparse.Namespace) -> int:
-    from .pool import Pool
+    """``p2ppool demo``: returns the exit status."""
+    problems = [f"{flag} must be at least 1, not {value}" for flag, value in (
+        ("--workers", args.workers), ("--processes-per-worker", args.processes_per_worker),
+        ("--tasks", args.tasks), ("--samples", args.samples)) if value < 1]
+    if problems:
+        print(f"p2ppool demo: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    from .errors import P2PPoolError
+    from .localcluster import LocalCluster
 
-    seeds = list(range(args.tasks))
-    started = time.perf_counter()
-    sample_quarter_circle(seeds[0], args.samples)
-    one_task = time.perf_counter() - started
+    calls = [(seed, args.samples) for seed in range(args.tasks)]
 
+    # One process, for comparison: time a few tasks here, before the cluster uses the CPUs.
+    timed = calls[:_SERIAL_SAMPLE_TASKS]
     started = time.perf_counter()
-    with Pool(progress=True) as pool:
-        results: list[Any] = pool.starmap(
-            sample_quarter_circle, [(seed, args.samples) for seed in seeds], chunksize=1
-        )
-    wall = time.perf_counter() - started
+    for call in timed:
+        sample_quarter_circle(*call)
+    serial = (time.perf_counter() - started) / len(timed) * len(calls)
+
+    slots = args.workers * args.processes_per_worker
+    print(f"p2ppool demo: estimating pi with {args.tasks} tasks of {args.samples:,} random "
+          f"points on a cluster on this machine")
+    started = time.perf_counter()
+    try:
+        cluster = LocalCluster(args.workers, args.processes_per_worker)
+    except (P2PPoolError, TimeoutError, OSError) as exc:
+        print(f"p2ppool demo: could not start the local cluster: {exc}", file=sys.stderr)
+        return 1
+    with cluster:
+        names = ", ".join(w.name for w in cluster.workers)
+        print(f"  started a board, a wormhole mailbox and relay, and workers {names} "
+              f"({args.processes_per_worker} process(es) each) in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        timeout = max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * serial)
+        started = time.perf_counter()
+        try:
+            # fallback=None: only the cluster's workers run tasks, never this process.
+            with cluster.pool(progress=True, fallback=None) as pool:
+                results: List[Tuple[int, int, str]] = pool.starmap_async(
+                    sample_quarter_circle, calls, chunksize=1).get(timeout)
+        except (P2PPoolError, TimeoutError) as exc:
+            cluster.keep_dir = True
+            what = (f"did not finish within {timeout:.0f} s" if isinstance(exc, TimeoutError)
+                    else f"failed: {exc}")
+            print(f"p2ppool demo: the work on the cluster {what}; the logs of the board, "
+                  f"the servers and the workers are kept in {cluster.directory}",
+                  file=sys.stderr)
+            return 1
+        wall = time.perf_counter() - started
 
     hits = sum(r[0] for r in results)
-    total = sum(r[1] for r in results)
-    print(f"pi is about {4 * hits / total:.5f} ({total:,} random points)")
-    for who, count in sorted(Counter(r[2] for r in results).items()):
-        print(f"  {who}: {count} task(s)")
-    serial = one_task * len(seeds)
-    print(f"wall time {wall:.2f} s; one process would take about {serial:.2f} s "
-          f"(speed-up {serial / wall:.1f}x)")
+    points = sum(r[1] for r in results)
+    estimate = 4 * hits / points
+    print(f"pi is about {estimate:.5f} ({points:,} random points; off by "
+          f"{abs(estimate - math.pi):.5f})")
+    print("tasks run by each worker: "
+          + ", ".join(f"{who} {count}" for who, count in _per_worker(results)))
+    if any(r[2] == "local" for r in results):
+        print("  (local: tasks that ran in the demo's own processes, not on a worker)")
+    print(f"wall time {wall:.1f} s on {slots} worker process(es), connecting included; "
+          f"one process: about {serial:.1f} s ({len(timed)} task(s) "
+          f"timed x {len(calls)}), so {serial / wall:.1f}x as fast")
+    print("stopped the cluster. Next: `p2ppool local` runs one for your own scripts "
+          "(see README.rst).")
     return 0
