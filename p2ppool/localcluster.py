@@ -585,40 +585,95 @@ def export_lines(env: Mapping[str, str]) -> List[str]:
     return [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees either no file or all of it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".p2ppool-env-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+class _StopRequested(Exception):
+    """A stop signal arrived while the cluster was still starting."""
+
+
+#: Signals that stop ``p2ppool local`` (SIGHUP: its terminal was closed).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run(args: argparse.Namespace) -> int:
-    """``p2ppool local``: run a local cluster until SIGINT/SIGTERM."""
+    """``p2ppool local``: run a local cluster until SIGINT, SIGTERM or SIGHUP.
+
+    A signal while the cluster starts aborts the start; afterwards it only wakes the main
+    thread through a pipe (the handler takes no lock), which then stops everything.
+    """
     if args.workers < 0 or args.processes_per_worker < 1:
         print("p2ppool local: --workers must be >= 0 and --processes-per-worker >= 1",
               file=sys.stderr)
         return 2
-    stop = threading.Event()
+    if args.write_env and not os.path.isdir(os.path.dirname(os.path.abspath(args.write_env))):
+        print(f"p2ppool local: cannot write {args.write_env}: its directory does not exist",
+              file=sys.stderr)
+        return 2
+    wake_read, wake_write = os.pipe()
+    state = {"starting": True, "signalled": False}
 
     def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
+        if state["signalled"]:
+            return  # stopping already (and bounded): a second signal must not interrupt it
+        state["signalled"] = True
+        if state["starting"]:
+            raise _StopRequested()
+        try:
+            os.write(wake_write, b"x")
+        except OSError:
+            pass
 
-    previous = [signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
+    previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
+    cluster: LocalCluster | None = None
+    print("# starting a p2ppool cluster on 127.0.0.1 ...", flush=True)
     try:
         try:
             cluster = LocalCluster(args.workers, args.processes_per_worker)
+            state["starting"] = False
+        except _StopRequested:
+            print("# stopped while starting", flush=True)
+            return 0
         except (P2PPoolError, TimeoutError, OSError) as exc:
             print(f"p2ppool local: could not start the cluster: {exc}", file=sys.stderr)
             return 1
-        with cluster:
-            lines = export_lines(cluster.env)
-            if args.write_env:
-                with open(args.write_env, "w", encoding="utf-8") as f:
-                    f.write("\n".join(lines) + "\n")
-            print(f"# a p2ppool cluster on 127.0.0.1: {cluster.cluster}, board {cluster.board}, "
-                  f"{args.workers} worker(s) x {args.processes_per_worker} slot(s)")
-            print("# run this in another shell, then Pool() uses the cluster:")
-            print("\n".join(lines))
-            if args.write_env:
-                print(f"# (also written to {args.write_env})")
-            print("# Ctrl-C stops everything", flush=True)
-            while not stop.wait(3600):
-                pass
-            print("# stopping", flush=True)
+        lines = export_lines(cluster.env)
+        if args.write_env:
+            _write_atomically(args.write_env, "\n".join(lines) + "\n")
+        print(f"# a p2ppool cluster on 127.0.0.1: {cluster.cluster}, board {cluster.board}, "
+              f"{args.workers} worker(s) x {args.processes_per_worker} process(es)")
+        if args.write_env:
+            print(f"# in another shell, `. {args.write_env}` (or paste these lines) and "
+                  f"Pool() uses this cluster:")
+        else:
+            print("# paste these lines in another shell, and Pool() there uses this cluster:")
+        print("\n".join(lines))
+        print("# Ctrl-C stops everything", flush=True)
+        with selectors.DefaultSelector() as sel:
+            sel.register(wake_read, selectors.EVENT_READ)
+            while not state["signalled"]:
+                sel.select()
+        print("# stopping", flush=True)
     finally:
-        for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+        state["starting"] = False
+        state["signalled"] = True  # from here on, signals are ignored until the handlers go
+        if cluster is not None:
+            cluster.stop()
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(wake_read)
+        os.close(wake_write)
     return 0
