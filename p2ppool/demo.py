@@ -17,6 +17,7 @@ names the logs, which are kept); 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import random
@@ -38,6 +39,9 @@ _SERIAL_SAMPLE_TASKS = 2
 #: before the demo gives up: a stuck cluster must not hang a newcomer's terminal.
 _TIMEOUT_FACTOR = 5.0
 _MIN_TIMEOUT_S = 60.0
+
+#: Below this speed-up the demo says why it may be low.
+_LOW_SPEED_UP = 1.3
 
 
 def who_am_i() -> str:
@@ -92,10 +96,26 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         print(f"p2ppool demo: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    try:
+        return _demo(args)
+    except KeyboardInterrupt:
+        print("p2ppool demo: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def _demo(args: argparse.Namespace) -> int:
     from .errors import P2PPoolError
+    from .errors import TimeoutError as PoolTimeout
     from .localcluster import LocalCluster
 
     calls = [(seed, args.samples) for seed in range(args.tasks)]
+    cores = os.cpu_count() or 1
+    print(f"p2ppool demo: pi from {_plural(args.tasks, 'task')} x {args.samples:,} random "
+          f"points, on a cluster on this machine ({_plural(cores, 'CPU core')})", flush=True)
 
     # One process, for comparison: time a few tasks here, before the cluster uses the CPUs.
     timed = calls[:_SERIAL_SAMPLE_TASKS]
@@ -104,9 +124,6 @@ def run(args: argparse.Namespace) -> int:
         sample_quarter_circle(*call)
     serial = (time.perf_counter() - started) / len(timed) * len(calls)
 
-    slots = args.workers * args.processes_per_worker
-    print(f"p2ppool demo: estimating pi with {args.tasks} tasks of {args.samples:,} random "
-          f"points on a cluster on this machine")
     started = time.perf_counter()
     try:
         cluster = LocalCluster(args.workers, args.processes_per_worker)
@@ -115,19 +132,25 @@ def run(args: argparse.Namespace) -> int:
         return 1
     with cluster:
         names = ", ".join(w.name for w in cluster.workers)
-        print(f"  started a board, a wormhole mailbox and relay, and workers {names} "
-              f"({args.processes_per_worker} process(es) each) in "
+        print(f"  started a board, a wormhole mailbox and relay, and "
+              f"{'worker' if args.workers == 1 else 'workers'} {names} in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
         timeout = max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * serial)
         started = time.perf_counter()
+        deadline = started + timeout
+        results: List[Tuple[int, int, str]] = []
+        first = 0.0
         try:
             # fallback=None: only the cluster's workers run tasks, never this process.
             with cluster.pool(progress=True, fallback=None) as pool:
-                results: List[Tuple[int, int, str]] = pool.starmap_async(
-                    sample_quarter_circle, calls, chunksize=1).get(timeout)
-        except (P2PPoolError, TimeoutError) as exc:
+                sample = functools.partial(sample_quarter_circle, samples=args.samples)
+                found = pool.imap_unordered(sample, range(args.tasks), chunksize=1)
+                for _ in calls:
+                    results.append(found.next(max(0.0, deadline - time.perf_counter())))
+                    first = first or time.perf_counter() - started
+        except (P2PPoolError, PoolTimeout) as exc:
             cluster.keep_dir = True
-            what = (f"did not finish within {timeout:.0f} s" if isinstance(exc, TimeoutError)
+            what = (f"did not finish within {timeout:.0f} s" if isinstance(exc, PoolTimeout)
                     else f"failed: {exc}")
             print(f"p2ppool demo: the work on the cluster {what}; the logs of the board, "
                   f"the servers and the workers are kept in {cluster.directory}",
@@ -138,15 +161,19 @@ def run(args: argparse.Namespace) -> int:
     hits = sum(r[0] for r in results)
     points = sum(r[1] for r in results)
     estimate = 4 * hits / points
-    print(f"pi is about {estimate:.5f} ({points:,} random points; off by "
-          f"{abs(estimate - math.pi):.5f})")
+    print(f"pi is about {estimate:.5f} (off by {abs(estimate - math.pi):.5f})")
     print("tasks run by each worker: "
           + ", ".join(f"{who} {count}" for who, count in _per_worker(results)))
     if any(r[2] == "local" for r in results):
         print("  (local: tasks that ran in the demo's own processes, not on a worker)")
-    print(f"wall time {wall:.1f} s on {slots} worker process(es), connecting included; "
-          f"one process: about {serial:.1f} s ({len(timed)} task(s) "
-          f"timed x {len(calls)}), so {serial / wall:.1f}x as fast")
-    print("stopped the cluster. Next: `p2ppool local` runs one for your own scripts "
-          "(see README.rst).")
+    print(f"wall time: {wall:.1f} s on {_plural(args.workers, 'worker')} x "
+          f"{_plural(args.processes_per_worker, 'process')} (the first result came after "
+          f"{first:.1f} s: finding the workers and connecting)")
+    print(f"one process: about {serial:.1f} s ({_plural(len(timed), 'task')} timed alone, "
+          f"x {len(calls) / len(timed):g}), so the cluster was {serial / wall:.1f}x as fast")
+    if serial / wall < _LOW_SPEED_UP:
+        print("  (connecting, and other programs using the CPUs, weigh less with more work: "
+              "try --tasks 100)")
+    print("stopped the cluster and everything it started.")
+    print("next: `p2ppool local` runs a cluster for your own scripts (see README.rst)")
     return 0

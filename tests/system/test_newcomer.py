@@ -297,8 +297,10 @@ def _check_demo_output(out: str, tasks: int) -> None:
               (item.rsplit(" ", 1) for item in counts_line.group(1).split(", "))}
     assert sum(counts.values()) == tasks
     assert set(counts) <= {"w1", "w2"}, counts  # fallback=None: nothing ran locally
-    assert re.search(r"wall time \d+\.\d s on 2 worker process\(es\).*one process: about "
-                     r"\d+\.\d s", out), out
+    assert re.search(r"wall time: \d+\.\d s on 2 workers x 1 process \(the first result came after "
+                     r"\d+\.\d s: finding the workers and connecting\)\n"
+                     r"one process: about \d+\.\d s .* so the cluster was \d+\.\dx as fast",
+                     out), out
 
 
 @pytest.mark.timeout(60)
