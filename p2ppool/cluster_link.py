@@ -143,11 +143,15 @@ class ClusterLink:
 
     def turn(self, manager: _Manager, now: float) -> None:
         """Apply the backend's events, then update demand and the fallback timer."""
+        lost = False
         for event in self.backend.collect():
             self._apply(manager, event, now)
+            lost = lost or isinstance(event, ExecutorLost)
         busy = bool(manager.jobs)
         demand = self.max_slots if busy else 0
-        if demand != self._demand:
+        # A lost peer's slots are wanted again: the backend caps the demand by the slots of
+        # the peers still there, so the same number must be sent again to count them.
+        if demand != self._demand or (lost and demand):
             self._demand = demand
             self.backend.set_demand(demand)
         self._check_fallback(manager, busy, now)

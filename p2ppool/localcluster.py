@@ -243,11 +243,54 @@ class LocalCluster:
 
         return Pool(processes, **{**self.options, **kwargs})
 
-    def add_worker(self, processes: int | None = None, extra_args: Sequence[str] = ()) -> str:
-        """Start one more worker and wait for its Hello; return its name."""
+    def add_worker(self, processes: int | None = None, extra_args: Sequence[str] = (),
+                   wait: bool = True) -> str:
+        """Start one more worker and (unless ``wait`` is false) wait for its Hello; return
+        its name."""
         worker = self._spawn_worker(processes or self.processes_per_worker, extra_args)
-        self.wait_for_hello(worker.name, timeout=self.start_timeout)
+        if wait:
+            self.wait_for_hello(worker.name, timeout=self.start_timeout)
         return worker.name
+
+    def restart_board(self, down: Callable[[], None] | None = None) -> None:
+        """SIGKILL the board server and start it again on the same port with the same host
+        key (as after a crash); ``down()``, if given, runs while it is down.
+
+        Everyone's board connection breaks; the board clients reconnect with backoff.
+        """
+        assert self._board_proc is not None
+        _stop_groups([self._board_proc], 0.0)
+        if self._board_proc.stdout is not None:
+            self._board_proc.stdout.close()
+        if down is not None:
+            down()
+        host_key = os.path.join(self.directory, "board_host_key")
+        with open(host_key + ".pub", encoding="ascii") as f:
+            host_public = " ".join(f.read().split()[:2])
+        port = self.board.rpartition(":")[2]
+        self._start_board(host_key, host_public, time.monotonic() + self.start_timeout,
+                          listen=f"127.0.0.1:{port}")
+
+    def restart_wormhole_servers(self, down: Callable[[], None] | None = None) -> None:
+        """SIGKILL the mailbox server and transit relay and start them again on the same
+        ports (same channel database); ``down()``, if given, runs while they are down."""
+        from .wormhole_servers import WormholeServers
+
+        old = self._servers
+        mailbox_port = int(self.relay.rsplit(":", 1)[1].split("/", 1)[0])
+        relay_port = int(self.transit.rsplit(":", 1)[1])
+        if old is not None and old._proc is not None:
+            old._proc.kill()
+            old._proc.wait(5.0)
+        if down is not None:
+            down()
+        self._servers = WormholeServers(
+            mailbox_port=mailbox_port, relay_port=relay_port,
+            state_dir=os.path.join(self.directory, "wormhole"),
+            start_timeout=self.start_timeout,
+        )
+        if old is not None:
+            old.stop()
 
     def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> WorkerProcess:
         """Send ``sig`` (default SIGKILL) to worker number ``index`` (0-based) only."""
@@ -361,10 +404,11 @@ class LocalCluster:
         for worker in started:
             self.wait_for_hello(worker.name, timeout=max(0.5, deadline - time.monotonic()))
 
-    def _start_board(self, host_key: str, host_public: str, deadline: float) -> None:
+    def _start_board(self, host_key: str, host_public: str, deadline: float,
+                     listen: str = "127.0.0.1:0") -> None:
         log_path = os.path.join(self.directory, "board.log")
         # ``p2ppool board``, without loading every other subcommand's module first.
-        argv = [sys.executable, "-c", _BOARD_MAIN, "--listen", "127.0.0.1:0",
+        argv = [sys.executable, "-c", _BOARD_MAIN, "--listen", listen,
                 "--host-key", host_key, "--users", os.path.join(self.directory, "users"),
                 "--log-level", "WARNING"]
         self._board_proc = proc = self._popen(argv, log_path, stdout_pipe=True)

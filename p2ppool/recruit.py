@@ -223,6 +223,9 @@ class Recruiter:
         self._demand = slots
         if slots == 0 and self._want_out:
             self._want_out = False
+            # Workers drop their offers to a withdrawn job: an Accept would find nothing.
+            for worker in self._workers.values():
+                worker.offer = None
             return [PublishWithdraw()]
         return self._step(now)
 
