@@ -32,12 +32,10 @@ __all__ = ["add_arguments", "run", "sample_quarter_circle", "who_am_i"]
 #: spelled out so that task processes need not import the worker).
 _WORKER_NAME_ENV = "P2PPOOL_WORKER"
 
-#: Tasks timed in the demo's own process to estimate how long one process would take.
-_SERIAL_SAMPLE_TASKS = 2
-
-#: The map may take this many times the one-process estimate (at least _MIN_TIMEOUT_S)
-#: before the demo gives up: a stuck cluster must not hang a newcomer's terminal.
-_TIMEOUT_FACTOR = 5.0
+#: How long the demo waits for the work before it gives up (a stuck cluster must not hang a
+#: newcomer's terminal): this many seconds per million random points, at least
+#: _MIN_TIMEOUT_S.  (A million points take about 0.1 s of CPU on a 2020s laptop.)
+_TIMEOUT_S_PER_MILLION_POINTS = 2.0
 _MIN_TIMEOUT_S = 60.0
 
 #: Below this speed-up the demo says why it may be low.
@@ -49,7 +47,7 @@ def who_am_i() -> str:
     return os.environ.get(_WORKER_NAME_ENV) or "local"
 
 
-def sample_quarter_circle(seed: int, samples: int) -> Tuple[int, int, str]:
+def sample_quarter_circle(seed: int, samples: int) -> Tuple[int, int, str, float]:
     """Count random points of the unit square that fall inside the quarter circle.
 
     Args:
@@ -57,9 +55,12 @@ def sample_quarter_circle(seed: int, samples: int) -> Tuple[int, int, str]:
         samples: points to draw.
 
     Returns:
-        ``(hits, samples, where)``: ``4 * hits / samples`` estimates pi; ``where`` is
-        :func:`who_am_i` of the process that ran it.
+        ``(hits, samples, where, cpu_seconds)``: ``4 * hits / samples`` estimates pi;
+        ``where`` is :func:`who_am_i` of the process that ran it; ``cpu_seconds`` the CPU
+        time the sampling took there (one process running every task needs at least their
+        sum).
     """
+    cpu_started = time.process_time()
     rng = random.Random(seed)
     draw = rng.random
     hits = 0
@@ -68,7 +69,7 @@ def sample_quarter_circle(seed: int, samples: int) -> Tuple[int, int, str]:
         y = draw()
         if x * x + y * y <= 1.0:
             hits += 1
-    return hits, samples, who_am_i()
+    return hits, samples, who_am_i(), time.process_time() - cpu_started
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,13 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="workers in the local cluster (default 2)")
     parser.add_argument("--processes-per-worker", type=int, default=1, metavar="K",
                         help="task processes per worker (default 1)")
-    parser.add_argument("--tasks", type=int, default=24, metavar="N",
-                        help="independent sampling tasks (default 24)")
+    parser.add_argument("--tasks", type=int, default=40, metavar="N",
+                        help="independent sampling tasks (default 40)")
     parser.add_argument("--samples", type=int, default=2_000_000, metavar="M",
                         help="random points per task (default 2000000)")
 
 
-def _per_worker(results: Sequence[Tuple[int, int, str]]) -> List[Tuple[str, int]]:
+def _per_worker(results: Sequence[Tuple[int, int, str, float]]) -> List[Tuple[str, int]]:
     counts = Counter(r[2] for r in results)
     return sorted(counts.items(), key=lambda item: (item[0] == "local", item[0]))
 
@@ -112,18 +113,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .errors import TimeoutError as PoolTimeout
     from .localcluster import LocalCluster
 
-    calls = [(seed, args.samples) for seed in range(args.tasks)]
     cores = os.cpu_count() or 1
     print(f"p2ppool demo: pi from {_plural(args.tasks, 'task')} x {args.samples:,} random "
           f"points, on a cluster on this machine ({_plural(cores, 'CPU core')})", flush=True)
-
-    # One process, for comparison: time a few tasks here, before the cluster uses the CPUs.
-    timed = calls[:_SERIAL_SAMPLE_TASKS]
-    started = time.perf_counter()
-    for call in timed:
-        sample_quarter_circle(*call)
-    serial = (time.perf_counter() - started) / len(timed) * len(calls)
-
     started = time.perf_counter()
     try:
         cluster = LocalCluster(args.workers, args.processes_per_worker)
@@ -135,17 +127,18 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  started a board, a wormhole mailbox and relay, and "
               f"{'worker' if args.workers == 1 else 'workers'} {names} in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
-        timeout = max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * serial)
+        timeout = max(_MIN_TIMEOUT_S, _TIMEOUT_S_PER_MILLION_POINTS
+                      * args.tasks * args.samples / 1e6)
         started = time.perf_counter()
         deadline = started + timeout
-        results: List[Tuple[int, int, str]] = []
+        results: List[Tuple[int, int, str, float]] = []
         first = 0.0
         try:
             # fallback=None: only the cluster's workers run tasks, never this process.
             with cluster.pool(progress=True, fallback=None) as pool:
                 sample = functools.partial(sample_quarter_circle, samples=args.samples)
                 found = pool.imap_unordered(sample, range(args.tasks), chunksize=1)
-                for _ in calls:
+                for _ in range(args.tasks):
                     results.append(found.next(max(0.0, deadline - time.perf_counter())))
                     first = first or time.perf_counter() - started
         except (P2PPoolError, PoolTimeout) as exc:
@@ -166,11 +159,12 @@ def _demo(args: argparse.Namespace) -> int:
           + ", ".join(f"{who} {count}" for who, count in _per_worker(results)))
     if any(r[2] == "local" for r in results):
         print("  (local: tasks that ran in the demo's own processes, not on a worker)")
+    serial = sum(r[3] for r in results)
     print(f"wall time: {wall:.1f} s on {_plural(args.workers, 'worker')} x "
-          f"{_plural(args.processes_per_worker, 'process')} (the first result came after "
-          f"{first:.1f} s: finding the workers and connecting)")
-    print(f"one process: about {serial:.1f} s ({_plural(len(timed), 'task')} timed alone, "
-          f"x {len(calls) / len(timed):g}), so the cluster was {serial / wall:.1f}x as fast")
+          f"{_plural(args.processes_per_worker, 'process')} "
+          f"(first result after {first:.1f} s, connecting included)")
+    print(f"one process: about {serial:.1f} s (the CPU time the tasks took), so the cluster "
+          f"was {serial / wall:.1f}x as fast")
     if serial / wall < _LOW_SPEED_UP:
         print("  (connecting, and other programs using the CPUs, weigh less with more work: "
               "try --tasks 100)")
