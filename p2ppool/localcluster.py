@@ -696,7 +696,14 @@ def run(args: argparse.Namespace) -> int:
             return 1
         lines = export_lines(cluster.env)
         if args.write_env:
-            _write_atomically(args.write_env, "\n".join(lines) + "\n")
+            try:
+                _write_atomically(args.write_env, (
+                    f"# p2ppool local (pid {os.getpid()}): cluster {cluster.cluster} on "
+                    f"127.0.0.1; valid while it runs\n" + "\n".join(lines) + "\n"))
+            except OSError as exc:
+                print(f"p2ppool local: cannot write {args.write_env}: {exc.strerror}; "
+                      f"stopping", file=sys.stderr)
+                return 1
         print(f"# a p2ppool cluster on 127.0.0.1: {cluster.cluster}, board {cluster.board}, "
               f"{args.workers} worker(s) x {args.processes_per_worker} process(es)")
         if args.write_env:

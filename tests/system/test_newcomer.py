@@ -287,6 +287,17 @@ def test_sigint_while_starting_stops_what_was_started(
     _assert_none_marked(tmp_path)
 
 
+def test_p2ppool_local_refuses_an_env_file_in_a_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "cluster.env"
+    local = subprocess.run(
+        [sys.executable, "-m", "p2ppool", "local", "--write-env", str(missing)],
+        capture_output=True, text=True, timeout=30, env=_clean_env(tmp_path), cwd=str(tmp_path))
+    assert local.returncode == 2
+    assert f"cannot write {missing}: its directory does not exist" in local.stderr
+    assert "# starting" not in local.stdout  # refused before anything started
+    _assert_none_marked(tmp_path, timeout=0.5)
+
+
 def _check_demo_output(out: str, tasks: int) -> None:
     estimate = re.search(r"pi is about (\d\.\d+)", out)
     assert estimate, out
