@@ -617,7 +617,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="worker processes to start (default 2)")
     parser.add_argument("--processes-per-worker", type=int, default=1, metavar="K",
-                        help="slots per worker (default 1)")
+                        help="task processes per worker (default 1)")
     parser.add_argument("--write-env", metavar="FILE",
                         help="also write the export lines to FILE (source it in another shell)")
 
