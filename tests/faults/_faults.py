@@ -6,9 +6,10 @@ worker that ran that process (the task process is a child of the worker's fork s
 child of the worker).  A test checks that every item has exactly one record, with the right
 value, and may map worker pids to the workers it killed.
 
-With ``log`` (a file name), each execution also appends a line ``item pid worker_pid`` to
-it (``O_APPEND``, one ``write``), so a test can count executions apart from results: an
-item that ran twice (a frozen worker's chunk rerun elsewhere) must still have one result.
+With ``log`` (a file name), each execution appends, as it starts, a line
+``item pid worker_pid`` to it (``O_APPEND``, one ``write``), so a test can count executions
+apart from results: an item that ran twice (a frozen worker's chunk rerun elsewhere) must
+still have one result.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ def value_of(item: int) -> int:
 
 
 def record(item: int, seconds: float = 0.0, log: str | None = None) -> Record:
-    """Simulate ``seconds`` of work on ``item`` and return where it ran."""
-    if seconds:
-        time.sleep(seconds)  # the work itself, not synchronisation
+    """Simulate ``seconds`` of work on ``item`` and return where it ran (logged at start)."""
     if log:
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, f"{item} {os.getpid()} {worker_pid_of_this_task()}\n".encode())
         finally:
             os.close(fd)
+    if seconds:
+        time.sleep(seconds)  # the work itself, not synchronisation
     return (item, value_of(item), os.getpid(), worker_pid_of_this_task())
 
 

@@ -28,35 +28,44 @@ def _alive(cluster: LocalCluster) -> List[int]:
 
 
 
-def test_twenty_random_sigkills_during_a_map_of_500_lose_and_duplicate_nothing() -> None:
+def test_twenty_random_sigkills_during_a_map_of_500_lose_and_duplicate_nothing(
+        tmp_path: Any) -> None:
     """>= 20 workers SIGKILLed at random moments while a 500-item map runs; each is replaced
     (``add_worker``); the map completes with one correct result per item."""
     rng = random.Random(int(os.environ.get("P2PPOOL_FAULTS_SEED", "7")))
+    log = str(tmp_path / "executions")
     items = list(range(500))
     kills: List[int] = []
     with LocalCluster(workers=3, processes_per_worker=2) as cluster, \
-            cluster.pool(fallback=None, max_attempts=50) as pool:
+            cluster.pool(6, fallback=None, max_attempts=50) as pool:
         started = time.monotonic()
-        result = pool.map_async(functools.partial(record, seconds=0.1), items, chunksize=1)
+        result = pool.map_async(functools.partial(record, seconds=0.1, log=log), items,
+                                chunksize=1)
         # Kill from this thread (the cluster's children die with the thread that started
-        # them): a random live worker at a random moment, then start a replacement.
+        # them): at a random moment, a random live worker among those serving this map,
+        # then start a replacement, so that three workers are always up or starting.
         while len(kills) < 25 and not result.ready():
             result.wait(rng.uniform(0.05, 0.6))
-            alive = _alive(cluster)
-            if len(alive) < 2 or result.ready():
-                cluster.add_worker(wait=False)
+            serving = set(_workers_in(log))
+            candidates = [i for i in _alive(cluster) if cluster.workers[i].pid in serving]
+            if not candidates or result.ready():
                 continue
-            victim = cluster.kill_worker(rng.choice(alive), signal.SIGKILL)
+            victim = cluster.kill_worker(rng.choice(candidates), signal.SIGKILL)
             kills.append(victim.pid)
-            cluster.add_worker(wait=len(_alive(cluster)) < 3)
+            cluster.add_worker(wait=len(_alive(cluster)) < 2)
         records = result.get(timeout=90)
         elapsed = time.monotonic() - started
     check_exactly_once(items, records)
     assert len(kills) >= 20, f"only {len(kills)} kills before the map ended in {elapsed:.1f} s"
-    delivered = by_worker(records)
-    print(f"\n{len(kills)} SIGKILLs, map of 500 in {elapsed:.1f} s, results from "
-          f"{len(delivered)} worker processes, of which {len(set(kills) & set(delivered))} "
-          f"were later killed")
+    served = set(_workers_in(log))
+    busy_kills = [pid for pid in kills if pid in served]
+    runs = executions(log)
+    reruns = sum(runs.values()) - len(items)
+    print(f"\n{len(kills)} SIGKILLs ({len(busy_kills)} of workers that had run tasks), map of "
+          f"500 in {elapsed:.1f} s, {reruns} tasks started again after a kill, "
+          f"results from {len(by_worker(records))} worker processes")
+    assert len(busy_kills) == len(kills)
+    assert reruns > 0, "no kill cost a task: nothing was tested"
 
 
 def test_a_frozen_worker_is_lost_its_chunks_rerun_and_its_late_results_ignored(
