@@ -155,6 +155,17 @@ class ClusterLink:
             self._demand = demand
             self.backend.set_demand(demand)
         self._check_fallback(manager, busy, now)
+        if busy:
+            self._show_workers(manager)
+
+    def _show_workers(self, manager: _Manager) -> None:
+        """Progress bars show how many peers and local slots take chunks now."""
+        peers = len(self.remote_names)
+        local = sum(e.slots() for e in manager.executors.values()
+                    if not isinstance(e, RemoteExecutor))
+        for job in manager.jobs.values():
+            if job.progress is not None:
+                job.progress.set_workers(peers, local)
 
     def next_deadline(self) -> float | None:
         """When the manager must take a turn without any event: the fallback moment."""
@@ -179,7 +190,10 @@ class ClusterLink:
             manager.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
         elif isinstance(event, ExecutorLost):
             worker = self.remote_names.pop(event.executor_id, event.executor_id)
-            log.warning("peer %s lost: %s", worker, event.cause)
+            if event.released:  # idle, let go for another job: not a failure
+                log.info("peer %s released (idle, another job wants slots)", worker)
+            else:
+                log.warning("peer %s lost: %s", worker, event.cause)
             manager.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
         elif isinstance(event, BoardTrouble):
             log.warning("%s", event.message)

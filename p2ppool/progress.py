@@ -35,6 +35,19 @@ class ProgressBar:
             dynamic_ncols=True,
             leave=True,
         )
+        self._workers = ""  # the postfix last shown by set_workers
+
+    def set_workers(self, peers: int, local_slots: int) -> None:
+        """Show who is working: ``peers=P local=K`` after the count (redrawn when it changes).
+
+        Args:
+            peers: worker sessions (peers) the pool runs chunks on.
+            local_slots: local processes taking chunks (0 until local fallback starts).
+        """
+        text = f"peers={peers} local={local_slots}"
+        if text != self._workers:
+            self._workers = text
+            self._bar.set_postfix_str(text, refresh=True)
 
     def update(self, items: int) -> None:
         """Count ``items`` more finished items."""

@@ -311,6 +311,15 @@ class Recruiter:
         self._failed(found, now)
         return self._step(now)
 
+    def session_released(self, worker: str, now: float) -> List[Command]:
+        """This job ended its session with ``worker`` on purpose (idle, another job wants
+        slots): the worker may be recruited again at once, without a backoff."""
+        found = self._workers.get(worker)
+        if found is None or found.state is None:
+            return []
+        found.state, found.slots, found.offer = None, 0, None
+        return self._step(now)
+
     def timer_expired(self, now: float) -> List[Command]:
         """Time passed: abandon sessions not Ready in time; publish or accept what is due."""
         if self._closed:

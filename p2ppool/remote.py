@@ -159,6 +159,7 @@ class ExecutorLost:
 
     executor_id: str
     cause: str
+    released: bool = False  # this job let the session go on purpose (idle): no failure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +189,7 @@ class _Remote:
         self.funcs: Set[int] = set()
         self.inflight: Set[int] = set()
         self.abandoned = False
+        self.released = False  # let go while idle, for another job (see _release_idle)
         self.end_cause: str | None = None  # why we closed it, when the worker made us
 
 
@@ -243,6 +245,7 @@ class ClusterBackend:
         self._thread: threading.Thread | None = None
         self._board: Any = None
         self._closed = False
+        self._idle = True  # the pool's last demand was 0: it has no work at all
         #: Result/Lost frames dropped because their task was not in flight there.
         self.dropped_frames = 0
 
@@ -265,6 +268,7 @@ class ClusterBackend:
         """
         with self._lock:
             joined = sum(r.slots for r in self._remotes.values() if r.state == _READY)
+            self._idle = int(slots) <= 0
         slots = max(0, min(int(slots), self.max_slots - joined))
         self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
 
@@ -460,6 +464,8 @@ class ClusterBackend:
                                                          time.monotonic(), msg.slots))
         elif isinstance(msg, Bye) and msg.role == "worker":
             self._post(lambda: self._recruiter.got_bye(msg.sender, time.monotonic()))
+        elif isinstance(msg, Want) and msg.job != self.job_id:
+            self._post(lambda: self._release_idle(msg.job))
         elif isinstance(msg, Offer) and msg.job == self.job_id:
             if msg.worker != msg.sender:
                 return  # a worker offers only itself
@@ -483,6 +489,36 @@ class ClusterBackend:
                 self._abandon(command.worker, command.cause)
 
     # --- sessions -----------------------------------------------------------------------
+
+    def _release_idle(self, other_job: str) -> List[Command]:
+        """Another job wants slots: while this pool has no work, let its sessions go.
+
+        An idle pool must not hold volunteers' slots that other jobs could use; the sessions
+        are reported lost at once (``released=True``, no failure), and recruited again, with
+        no backoff, when this pool has work again.
+        """
+        released: List[_Remote] = []
+        with self._lock:
+            if not self._idle or self._closed:
+                return []
+            for remote in self._remotes.values():
+                if remote.state == _READY and not remote.inflight:
+                    remote.state, remote.released = _GONE, True
+                    released.append(remote)
+        commands: List[Command] = []
+        for remote in released:
+            log.info("released idle worker %s (%s): job %s wants slots", remote.worker,
+                     remote.executor_id, other_job)
+            try:
+                remote.session.send(encode_frame(ByeFrame()))
+            except TransferError:
+                pass
+            self._close_in_background(remote, "idle; released for another job")
+            self._emit(ExecutorLost(remote.executor_id,
+                                    f"worker {remote.worker}: released while idle",
+                                    released=True))
+            commands += self._recruiter.session_released(remote.worker, time.monotonic())
+        return commands
 
     def _accept(self, command: AcceptOffer) -> None:
         from .transfer import new_code

@@ -47,14 +47,27 @@ def _p2p_pool(*args: Any, **kwargs: Any) -> Any:
     return p2ppool.Pool(*args, **kwargs)
 
 
+def _cluster_pool(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """A factory of pools on the module's LocalCluster (2 workers x 2 slots), never falling
+    back to local processes (``fallback=None``), so that only peers can make a test pass."""
+    cluster = request.getfixturevalue("local_cluster")
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("context", FORK)
+        return p2ppool.Pool(*args, **{**cluster.options, "fallback": None, **kwargs})
+
+    return make
+
+
 #: name -> (pytest request -> factory taking multiprocessing.Pool's arguments)
 POOL_KINDS: Dict[str, Callable[[pytest.FixtureRequest], Callable[..., Any]]] = {
     "multiprocessing": lambda request: _mp_pool,
     "p2ppool": lambda request: _p2p_pool,
+    "cluster": _cluster_pool,
 }
 
 #: the module each kind is imported from, for the fresh-interpreter tests
-POOL_MODULES = {"multiprocessing": "multiprocessing", "p2ppool": "p2ppool"}
+POOL_MODULES = {"multiprocessing": "multiprocessing", "p2ppool": "p2ppool", "cluster": "p2ppool"}
 
 
 @pytest.fixture(scope="module", params=sorted(POOL_KINDS))
