@@ -175,16 +175,19 @@ def _exports(text: str) -> Dict[str, str]:
     return env
 
 
+# Each task lasts 0.15 s (the sleep stands for work), so both workers get some, and so that
+# the map still has tasks left for the workers should a very busy machine delay them past
+# the default fallback (3 s) and the Pool's own processes start too.
 _WHERE_CLIENT = """
-import json, os
+import json, os, time
 from p2ppool import Pool
 
 def where(i):
-    sum(range(300_000))  # a little work, so that both workers get some
+    time.sleep(0.15)
     return os.environ.get("P2PPOOL_WORKER"), os.getpid()
 
 with Pool() as pool:
-    results = pool.map(where, range(12), chunksize=1)
+    results = pool.map(where, range(16), chunksize=1)
 print(json.dumps({"client": os.getpid(), "results": results}))
 """
 
@@ -208,7 +211,7 @@ def test_a_shell_that_sources_the_env_file_runs_pool_on_the_workers(
     assert client.returncode == 0, client.stderr
     report = json.loads(client.stdout)
     workers = {name for name, _ in report["results"]}
-    assert len(report["results"]) == 12
+    assert len(report["results"]) == 16
     assert workers <= {"w1", "w2", None}, workers
     assert workers & {"w1", "w2"}, f"no task ran on a worker: {report}"
     assert all(pid != report["client"] for name, pid in report["results"] if name)
@@ -247,7 +250,9 @@ def test_sigterm_to_a_busy_p2ppool_local_leaves_no_process_behind(
     client = subprocess.Popen(
         _sourcing(local.env_file, _BLOCKING_CLIENT), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True, cwd=str(tmp_path),
-        env=_clean_env(tmp_path, marked=False, GATE_PORT=str(task_gate.port)),
+        # fallback none: the task must run on the worker even if a busy machine delays it.
+        env=_clean_env(tmp_path, marked=False, GATE_PORT=str(task_gate.port),
+                       P2PPOOL_FALLBACK="none"),
     )
     try:
         worker, task_pid = task_gate.wait_started(timeout=30)
