@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,12 +28,40 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-__all__ = ["OPTIONS", "Options", "Option", "config_path", "resolve_options"]
+__all__ = ["OPTIONS", "Option", "Options", "config_path", "parse_duration", "resolve_options"]
 
 ENV_PREFIX = "P2PPOOL_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _NONE = {"none", "never", "off", "null"}
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``14d``, ``12h``, ``30m``, ``45s``, ``1w``, ``1d12h``.
+
+    A bare number is seconds.
+
+    Raises:
+        ValueError: not a positive duration (the message says what is accepted).
+    """
+    cleaned = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+        seconds = float(cleaned)
+    else:
+        parts = _DURATION_RE.findall(cleaned)
+        if not parts or "".join(n + u for n, u in parts) != cleaned:
+            raise ValueError(
+                f"{text!r} is not a duration; use a number with a unit s, m, h, d or w, "
+                "e.g. 14d, 12h, 30m or 1d12h"
+            )
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: the duration must be positive")
+    return seconds
 
 
 # --- value parsers: str from env/file or a Python value from kwargs -> typed value -------

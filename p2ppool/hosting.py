@@ -32,38 +32,13 @@ from . import defaults
 from ._version import __version__
 from .board_client import BoardClient, State
 from .board_options import BoardSettings, add_board_arguments
+from .config import parse_duration
 from .errors import BoardConnectionError, P2PPoolError
 from .protocol import Bye, Cluster, Hello, Message
 
 __all__ = ["add_arguments", "parse_duration", "run"]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``14d``, ``12h``, ``30m``, ``45s``, ``1w``, ``1d12h``.
-
-    A bare number is seconds.
-
-    Raises:
-        ValueError: not a positive duration (the message says what is accepted).
-    """
-    cleaned = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
-        seconds = float(cleaned)
-    else:
-        parts = _DURATION_RE.findall(cleaned)
-        if not parts or "".join(n + u for n, u in parts) != cleaned:
-            raise ValueError(
-                f"{text!r} is not a duration; use a number with a unit s, m, h, d or w, "
-                "e.g. 14d, 12h, 30m or 1d12h"
-            )
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError(f"{text!r}: the duration must be positive")
-    return seconds
 
 
 def _duration_arg(text: str) -> float:

@@ -20,6 +20,7 @@ import sys
 from typing import Sequence
 
 from . import defaults
+from .config import parse_duration
 from .errors import ConfigError, P2PPoolError
 from .worker_loop import EXIT_ERROR, Worker, WorkerSettings
 
@@ -34,28 +35,12 @@ WARNING = """\
  rights of the user who starts it ({user}).  Anyone who can write to the cluster's board
  can read your files, use your network and keep processes running as you.  Run workers
  only for people you trust, and preferably as a dedicated user, in a container, or under
- bubblewrap/firejail (see "Security" in future.p2p's documentation for why).
+ bubblewrap/firejail (see "Security" in p2ppool's README.rst).
 ========================================================================================
 """
 
 
-_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-
-
-def parse_duration(text: str) -> float:
-    """``"90"``, ``"90s"``, ``"10m"``, ``"2h"``, ``"1d"`` -> seconds.
-
-    Raises:
-        ValueError: with a message naming the accepted forms.
-    """
-    match = _DURATION_RE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(
-            f"expected a positive duration such as 90, 90s, 10m, 2h or 1d, got {text!r}"
-        )
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _default_name() -> str:

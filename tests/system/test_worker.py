@@ -626,7 +626,7 @@ def test_bad_options_are_clear_errors(cluster: Cluster) -> None:
     cases = [
         ([], "no cluster given"),
         (["--cluster", "nope"], "expected 'owner/name'"),
-        (["--cluster", "a/b", "--ttl", "soon"], "--ttl: expected a positive duration"),
+        (["--cluster", "a/b", "--ttl", "soon"], "--ttl: 'soon' is not a duration"),
         (["--cluster", "a/b", "--processes", "0"], "--processes must be at least 1"),
         (["--cluster", "a/b", "--max-payload-mb", "-1"], "--max-payload-mb must be positive"),
         (["--cluster", "a/b", "--relay", "http://x"], "relay: expected a ws:// or wss://"),
