@@ -191,12 +191,24 @@ class ExceptionWithTraceback:
         return _rebuild_exc, (self.exc, self.tb)
 
 
+#: Set in a worker's task processes to the worker's ``--max-memory-mb`` (see
+#: :mod:`p2ppool._worker_child`): a ``MemoryError`` there is reported as
+#: :class:`~p2ppool.errors.TaskLimitExceeded` naming the limit.
+memory_limit_mb: float | None = None
+
+
 def dump_exception(exc: BaseException) -> bytes:
     """Serialise an exception raised by user code, with its traceback text.
 
     If the exception itself cannot be pickled, a ``MaybeEncodingError`` describing it is
-    sent instead, as ``multiprocessing`` does.
+    sent instead, as ``multiprocessing`` does.  Under a worker's memory limit a
+    ``MemoryError`` becomes a :class:`~p2ppool.errors.TaskLimitExceeded` naming the limit.
     """
+    if isinstance(exc, MemoryError) and memory_limit_mb is not None:
+        exc = TaskLimitExceeded(
+            f"the task ran out of memory: it reached the worker's limit of "
+            f"{memory_limit_mb:g} MB of address space (--max-memory-mb)"
+        ).with_traceback(exc.__traceback__)
     wrapped = ExceptionWithTraceback(exc)
     try:
         return dumps(wrapped)

@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None, help="listen on and advertise only 127.0.0.1 (tests)")
     parser.add_argument("--max-task-seconds", dest="max_task_seconds", type=float, metavar="S",
                         help="kill a task that runs longer than S seconds (default: no limit)")
+    parser.add_argument("--max-memory-mb", dest="max_memory_mb", type=float, metavar="M",
+                        help="cap each task process's address space at M megabytes: a task "
+                        "that needs more fails with TaskLimitExceeded (default: no limit)")
     parser.add_argument("--max-payload-mb", dest="max_payload_mb", type=float, metavar="M",
                         help="refuse functions, arguments and results over M megabytes "
                         f"(default: {defaults.MAX_PAYLOAD_BYTES // 1_000_000})")
@@ -97,6 +100,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         raise ConfigError(f"--processes must be at least 1, got {processes}")
     if args.max_task_seconds is not None and not args.max_task_seconds > 0:
         raise ConfigError(f"--max-task-seconds must be positive, got {args.max_task_seconds}")
+    memory_mb = getattr(args, "max_memory_mb", None)
+    if memory_mb is not None and not memory_mb >= 16:
+        raise ConfigError(f"--max-memory-mb must be at least 16 (a Python process needs "
+                          f"that much address space), got {memory_mb}")
     payload_mb = args.max_payload_mb
     if payload_mb is not None and not payload_mb > 0:
         raise ConfigError(f"--max-payload-mb must be positive, got {payload_mb}")
@@ -120,7 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         board_port=port, board_user=options.board_user, identity=options.identity,
         known_hosts=options.known_hosts, relay=options.relay, transit=options.transit,
         loopback_only=options.loopback_only, max_task_seconds=args.max_task_seconds,
-        max_payload_bytes=max_payload, ttl=ttl, grace=args.grace,
+        max_payload_bytes=max_payload, ttl=ttl, grace=args.grace, max_memory_mb=memory_mb,
     )
 
 

@@ -92,6 +92,7 @@ class WorkerSettings:
     max_payload_bytes: int
     ttl: float | None
     grace: float = defaults.WORKER_GRACE_S
+    max_memory_mb: float | None = None
     python: str = dataclasses.field(default_factory=_python)
 
     @property
@@ -216,7 +217,7 @@ class Worker:
         # of this process (spawn): that is how they learn WORKER_NAME_ENV.
         os.environ[WORKER_NAME_ENV] = settings.name
         self._mp_context = _child_context()
-        _warm_up(self._mp_context)
+        _warm_up(self._mp_context, settings.max_memory_mb)
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -668,12 +669,12 @@ class Worker:
     # -- sessions: ending ----------------------------------------------------------------------
 
     def _send(self, session: _ClientSession, frame: Any) -> None:
-        from .session_protocol import encode_frame
+        from .session_protocol import encode_frame_parts
 
         if session.transport is None or session.state == ENDED:
             return
         try:
-            session.transport.send(encode_frame(frame))
+            session.transport.send_parts(encode_frame_parts(frame))
         except TransferError as exc:
             self._lost(session.sid, str(exc))
 
@@ -806,20 +807,23 @@ def _close_quietly(transport: Any, reason: str) -> None:
         log.debug("closing a session failed: %s", exc)
 
 
-def _warm_up(ctx: Any) -> None:
+def _warm_up(ctx: Any, max_memory_mb: float | None = None) -> None:
     """Start the fork server now (before any other thread runs), so that the first session's
     Ready is not delayed by it; it preloads :mod:`p2ppool._worker_child`, which ties the
-    task processes' lives to the worker's."""
+    task processes' lives to the worker's (and caps their memory at ``max_memory_mb``)."""
     if ctx.get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
-    from ._worker_child import ENV_FLAG
+    from ._worker_child import ENV_FLAG, MEMORY_ENV
 
     os.environ[ENV_FLAG] = "1"  # read (and removed) by the fork server as it starts
+    if max_memory_mb is not None:
+        os.environ[MEMORY_ENV] = repr(float(max_memory_mb))
     try:
         forkserver.ensure_running()
     finally:
+        os.environ.pop(MEMORY_ENV, None)
         os.environ.pop(ENV_FLAG, None)
 
 
