@@ -161,8 +161,8 @@ class ClusterLink:
     def _show_workers(self, manager: _Manager) -> None:
         """Progress bars show how many peers and local slots take chunks now."""
         peers = len(self.remote_names)
-        local = sum(e.slots() for e in manager.executors.values()
-                    if not isinstance(e, RemoteExecutor))
+        local = sum(getattr(getattr(e, "engine", None), "processes", 0)
+                    for e in manager.executors.values() if not isinstance(e, RemoteExecutor))
         for job in manager.jobs.values():
             if job.progress is not None:
                 job.progress.set_workers(peers, local)

@@ -394,6 +394,12 @@ class _Manager:
         """Give the scheduler another place to run chunks (manager thread, or before start)."""
         self.executors[executor.name] = executor
         now = time.monotonic()
+        # Running imaps read further ahead for the new slots (a cluster pool starts with none:
+        # its imaps would otherwise keep 2 chunks in flight, all on the first executor).
+        for job in self.jobs.values():
+            if job.slots is not None:
+                for _ in range(defaults.READ_AHEAD_PER_SLOT * executor.slots()):
+                    job.slots.put(None)
         self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
 
     def remove_executor(self, name: str, cause: str) -> None:

@@ -1,0 +1,48 @@
+"""Task functions for tests/system/test_pool_cluster.py (imported by worker children too).
+
+They say where they ran: the worker's name from ``P2PPOOL_WORKER`` (set in a worker's task
+processes), ``"local"`` in the Pool's own processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Tuple
+
+WORKER_ENV = "P2PPOOL_WORKER"
+
+
+def where() -> str:
+    """The worker running this task, or ``"local"``."""
+    return os.environ.get(WORKER_ENV, "local")
+
+
+def record(arg: Tuple[int, str, float]) -> Tuple[int, int, str]:
+    """Append ``"item pid worker"`` to ``path`` as the task starts, work ``seconds``, and
+    return ``(item, pid, worker)``: the file counts executions, the result deliveries."""
+    item, path, seconds = arg
+    line = f"{item} {os.getpid()} {where()}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one small O_APPEND write: lines never interleave
+    finally:
+        os.close(fd)
+    time.sleep(seconds)  # the task's work
+    return item, os.getpid(), where()
+
+
+def paced(arg: Tuple[int, str]) -> Tuple[int, str]:
+    """Work 50 ms unless ``stop_path`` exists; return ``(item, worker)``."""
+    item, stop_path = arg
+    if not os.path.exists(stop_path):
+        time.sleep(0.05)  # the task's work
+    return item, where()
+
+
+def square_where(x: int) -> Tuple[int, str]:
+    return x * x, where()
+
+
+def pid_where(_: object = None) -> Tuple[int, str]:
+    return os.getpid(), where()
