@@ -513,6 +513,26 @@ def test_async_result_is_generic() -> None:
     assert multiprocessing.pool.AsyncResult[int] is not None
 
 
+# --- where the work runs ---------------------------------------------------------------------
+
+
+def test_the_work_runs_where_the_kind_says(pool: Any, kind: str, request: Any) -> None:
+    """Local kinds run tasks in this process's children; the cluster kind in a worker's
+    task processes, never here (it has ``fallback=None``), so its passes are the peers'."""
+    import psutil
+
+    pids = set(pool.map(fx.pid, range(12), 1))
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    if kind != "cluster":
+        assert pids <= children
+        return
+    cluster = request.getfixturevalue("local_cluster")
+    under_workers = {c.pid for w in cluster.workers if w.alive
+                     for c in psutil.Process(w.pid).children(recursive=True)}
+    assert pids <= under_workers, (pids, under_workers)
+    assert not pids & {p.pid for p in psutil.Process().children(recursive=False)}
+
+
 # --- start methods ----------------------------------------------------------------------------
 
 
@@ -526,8 +546,14 @@ def test_spawn_start_method_runs_module_functions(pool_factory: Any) -> None:
 
 
 @pytest.mark.parametrize("pending", [False, True])
-def test_pool_left_open_does_not_hang_the_exit(kind: str, pending: bool, tmp_path: Path) -> None:
+def test_pool_left_open_does_not_hang_the_exit(
+    kind: str, pending: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     never = tmp_path / "never"
+    env = dict(os.environ)
+    if kind == "cluster":  # the unchanged script uses the cluster through P2PPOOL_* variables
+        env.update(request.getfixturevalue("local_cluster").env, P2PPOOL_FALLBACK="none",
+                   P2PPOOL_CONFIG=os.devnull)
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
@@ -542,6 +568,6 @@ def test_pool_left_open_does_not_hang_the_exit(kind: str, pending: bool, tmp_pat
             print("leaving", flush=True)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[1, 4, 9]", "leaving"]
