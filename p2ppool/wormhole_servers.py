@@ -245,7 +245,7 @@ def _listening_port(parent: Any) -> Any:
     raise RuntimeError("no listening service found")
 
 
-def _serve(mailbox_port: int, relay_port: int, state: str) -> int:
+def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127.0.0.1") -> int:
     """Run both servers until stdin closes or a signal arrives; return the exit code."""
     from twisted.internet import defer, stdio
     from twisted.internet.protocol import Protocol
@@ -262,11 +262,11 @@ def _serve(mailbox_port: int, relay_port: int, state: str) -> int:
     _patch_relay_nodelay()
     mo = mailbox_tap.Options()
     mo.parseOptions([
-        f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
+        f"--port=tcp:{mailbox_port}:interface={interface}",
         f"--channel-db={os.path.join(state, 'channels.sqlite')}",
     ])
     ro = relay_tap.Options()
-    ro.parseOptions([f"--port=tcp:{relay_port}:interface=127.0.0.1"])
+    ro.parseOptions([f"--port=tcp:{relay_port}:interface={interface}"])
     mailbox = mailbox_tap.makeService(mo)
     relay = relay_tap.makeService(ro)
     mailbox.startService()
@@ -328,13 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mailbox-port", type=int, default=0, help="0: any free port")
     parser.add_argument("--relay-port", type=int, default=0, help="0: any free port")
     parser.add_argument("--state", required=True, help="directory for the channel database")
+    parser.add_argument("--interface", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; the network-namespace "
+                        "tests use a test-only address)")
     args = parser.parse_args(argv)
     for name in ("mailbox_port", "relay_port"):
         port = getattr(args, name)
         if not 0 <= port <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 65535, not {port}")
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    return _serve(args.mailbox_port, args.relay_port, args.state)
+    return _serve(args.mailbox_port, args.relay_port, args.state, args.interface)
 
 
 if __name__ == "__main__":
