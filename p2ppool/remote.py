@@ -246,6 +246,7 @@ class ClusterBackend:
         self._board: Any = None
         self._closed = False
         self._idle = True  # the pool's last demand was 0: it has no work at all
+        self._other_wants: Dict[str, float] = {}  # other jobs wanting slots -> until when
         #: Result/Lost frames dropped because their task was not in flight there.
         self.dropped_frames = 0
 
@@ -266,9 +267,14 @@ class ClusterBackend:
 
         Capped so that the Ready sessions and the new ones never exceed ``max_slots``.
         """
+        now = time.monotonic()
         with self._lock:
             joined = sum(r.slots for r in self._remotes.values() if r.state == _READY)
+            became_idle = int(slots) <= 0 and not self._idle
             self._idle = int(slots) <= 0
+            waiting = [job for job, until in self._other_wants.items() if until > now]
+        if became_idle and waiting:  # another job waits for slots: let ours go now
+            self._post(lambda: self._release_idle(waiting[0]))
         slots = max(0, min(int(slots), self.max_slots - joined))
         self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
 
@@ -465,7 +471,15 @@ class ClusterBackend:
         elif isinstance(msg, Bye) and msg.role == "worker":
             self._post(lambda: self._recruiter.got_bye(msg.sender, time.monotonic()))
         elif isinstance(msg, Want) and msg.job != self.job_id:
+            now = time.monotonic()
+            with self._lock:
+                if len(self._other_wants) > 64:  # forget expired ones
+                    self._other_wants = {j: u for j, u in self._other_wants.items() if u > now}
+                self._other_wants[msg.job] = now + (msg.expires_at() - time.time())
             self._post(lambda: self._release_idle(msg.job))
+        elif isinstance(msg, (Withdraw, Done)) and msg.job != self.job_id:
+            with self._lock:
+                self._other_wants.pop(msg.job, None)
         elif isinstance(msg, Offer) and msg.job == self.job_id:
             if msg.worker != msg.sender:
                 return  # a worker offers only itself

@@ -362,3 +362,32 @@ def test_the_progress_bar_shows_the_peers_at_work(
     err = capsys.readouterr().err
     assert "peers=2 local=0" in err, err[-2000:]
     assert "4/4" in err
+
+
+# --- sharing the cluster between pools ------------------------------------------------------------
+
+
+def test_an_idle_pool_lets_its_peers_go_to_a_pool_with_work(
+    local_cluster: LocalCluster, task_gate: Any
+) -> None:
+    with local_cluster.pool(4, fallback=None) as first:
+        # The first pool holds every slot of both workers (2 x 2) while it works ...
+        busy = first.map_async(task_gate.blocker(), range(4), 1)
+        for _ in range(4):
+            task_gate.wait_started()
+        since = time.time()
+        for worker in local_cluster.workers:
+            local_cluster.wait_for_hello(worker.name, lambda h: h.slots == 0, after=since - 5)
+        with local_cluster.pool(2, fallback=None) as second:
+            # ... so a second pool gets nothing while the first is busy ...
+            waiting = second.map_async(tasks.square_where, range(8), 1)
+            with pytest.raises(multiprocessing.TimeoutError):
+                waiting.get(timeout=1.0)
+            # ... and the peers as soon as the first has no work left.
+            task_gate.release()
+            assert busy.get(timeout=10) == [0, 1, 2, 3]
+            results = waiting.get(timeout=10)
+            assert [r for r, _ in results] == [x * x for x in range(8)]
+            assert {w for _, w in results} <= {"w1", "w2"}
+        # The first pool recruits again when it has work again.
+        assert {w for _, w in first.map(tasks.square_where, range(8), 1)} <= {"w1", "w2"}
