@@ -477,7 +477,7 @@ class ClusterBackend:
                     self._other_wants = {j: u for j, u in self._other_wants.items() if u > now}
                 self._other_wants[msg.job] = now + (msg.expires_at() - time.time())
             self._post(lambda: self._release_idle(msg.job))
-        elif isinstance(msg, (Withdraw, Done)) and msg.job != self.job_id:
+        elif isinstance(msg, (Withdraw, Done)) and msg.job not in (None, self.job_id):
             with self._lock:
                 self._other_wants.pop(msg.job, None)
         elif isinstance(msg, Offer) and msg.job == self.job_id:
