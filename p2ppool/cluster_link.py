@@ -11,12 +11,16 @@ runs one wormhole session per worker) and turns its events into the manager's la
     TaskLost(id, task, retry=True)   ChunkLost(chunk, cause)            -> runs elsewhere
     TaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
     ExecutorLost(id, cause)          executor_lost(id, cause)           -> chunks requeued
+      (released=True: the pool was idle and another job wanted slots; logged as info)
     BoardTrouble(message)            a log line
 
 Task ids on the wire are the Pool's chunk ids.  Local fallback: when the pool has work and
 no executor at all for ``fallback`` seconds, the link adds the local process engine, and
 peers that arrive later join in beside it.  ``fallback=None`` never falls back: the work
 waits for peers (``AsyncResult.get(timeout)`` bounds the wait).
+
+Progress: while the pool has work, every job's progress bar shows ``peers=P local=K`` (the
+worker sessions, and the local processes once fallback started), redrawn when it changes.
 
 Everything here runs on the manager thread, except ``notify`` (any thread).
 """
