@@ -97,6 +97,7 @@ from .session_protocol import (
     Task,
     decode_frame,
     encode_frame,
+    encode_frame_parts,
 )
 from .session_protocol import (
     Bye as ByeFrame,
@@ -135,12 +136,15 @@ class ExecutorJoined:
 
 @dataclasses.dataclass(frozen=True)
 class TaskDone:
-    """A task finished; ``ok=False``: ``blob`` is a pickled exception (user error)."""
+    """A task finished; ``ok=False``: ``blob`` is a pickled exception (user error).
+
+    ``blob`` is a read-only view into the received frame (no copy of a large result).
+    """
 
     executor_id: str
     task_id: int
     ok: bool
-    blob: bytes
+    blob: bytes | memoryview
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +266,12 @@ class ClusterBackend:
             )
         self._thread.start()
 
+    @property
+    def board_drops(self) -> Dict[str, int]:
+        """Board lines this job's board connection dropped so far, by reason."""
+        board = self._board
+        return dict(board.drops) if board is not None else {}
+
     def set_demand(self, slots: int) -> None:
         """The pool could use ``slots`` more remote slots now (0: it wants none).
 
@@ -290,8 +300,8 @@ class ClusterBackend:
                 frames = []
                 if func_key not in remote.funcs:
                     remote.funcs.add(func_key)
-                    frames.append(encode_frame(Func(func_key, func_blob)))
-                frames.append(encode_frame(Task(task_id, func_key, args_blob)))
+                    frames.append(encode_frame_parts(Func(func_key, func_blob)))
+                frames.append(encode_frame_parts(Task(task_id, func_key, args_blob)))
                 remote.inflight.add(task_id)
                 session = remote.session
         if not usable:
@@ -299,8 +309,8 @@ class ClusterBackend:
             self._emit(TaskLost(executor_id, task_id, True, cause))
             return
         try:
-            for frame in frames:
-                session.send(frame)
+            for parts in frames:
+                session.send_parts(parts)
         except TransferError:
             pass  # the session ended: on_lost reports ExecutorLost with this task in flight
 

@@ -794,6 +794,10 @@ class Worker:
         if self._rejoin is not None:
             self._rejoin.join(1.0)  # a daemon thread: it must not hold up the exit
         if self.board is not None:
+            drops = self.board.drops
+            if drops:
+                log.info("board lines dropped (by reason): %s",
+                         ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
             self.board.close()
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.

@@ -1,0 +1,117 @@
+"""A hostile board member floods the cluster's topic while a map runs.
+
+``carol`` is on the cluster's access list (a member, not a worker) and publishes 100,000
+fuzzed lines (:mod:`tests.faults._fuzz`: mutated messages, forged Accepts/Offers/Withdraws/
+Byes addressed to the running job and its workers, garbage, oversized and partial lines) in
+large writes while a Pool maps over two workers.  The workers and the client keep going:
+the map completes with one correct result per item, a new pool recruits during a flood,
+and every process reports what it dropped, by reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import threading
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+from p2ppool.localcluster import LocalCluster
+from p2ppool.protocol import Want
+
+from ._faults import check_exactly_once, record
+from ._fuzz import lines
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
+
+
+def _carol(cluster: LocalCluster) -> Any:
+    from p2ppool.board_client import BoardClient
+
+    host, _, port = cluster.board.rpartition(":")
+    client = BoardClient(host, int(port), topic=cluster.cluster, username="carol",
+                         identity=cluster.identity("carol"), known_hosts=cluster.known_hosts,
+                         ssh_config=os.path.join(cluster.directory, "no_ssh_config"))
+    client.connect()
+    return client
+
+
+def _flood(client: Any, count: int, seed: int, job: str, sent: List[int]) -> None:
+    batch: List[bytes] = []
+    size = 0
+    for line in lines(count, seed=seed, now=time.time(), job=job, worker="w1"):
+        batch.append(line)
+        size += len(line)
+        if size >= 60_000:
+            client.publish_line(b"".join(batch))
+            sent[0] += len(batch)
+            batch, size = [], 0
+    if batch:
+        client.publish_line(b"".join(batch) + b"\n")  # end a trailing partial line
+        sent[0] += len(batch)
+
+
+def test_100000_hostile_lines_on_the_board_during_a_map(tmp_path: Any) -> None:
+    items = list(range(300))
+    jobs: List[str] = []
+    got_want = threading.Event()
+
+    def on_message(msg: Any) -> None:
+        if isinstance(msg, Want):
+            jobs.append(msg.job)
+            got_want.set()
+
+    cluster = LocalCluster(workers=2, processes_per_worker=2, members=("carol",),
+                           keep_dir=True)
+    try:
+        with cluster:
+            cluster.watch(on_message)
+            carol = _carol(cluster)
+            with cluster.pool(4, fallback=None) as pool:
+                result = pool.map_async(functools.partial(record, seconds=0.05), items,
+                                        chunksize=1)
+                assert got_want.wait(20), "the pool never asked for workers"
+                sent = [0]
+                started = time.monotonic()
+                flood = threading.Thread(target=_flood, args=(carol, 50_000, 11, jobs[0], sent))
+                flood.start()
+                # A second pool recruits while the flood goes on.
+                with cluster.pool(2, fallback=None) as second:
+                    extra = second.map(functools.partial(record, seconds=0.0), range(50))
+                records = result.get(timeout=60)
+                flood.join(60)
+                # More hostile lines, now aimed at the second map's job as well.
+                got_want.clear()
+                again = pool.map_async(functools.partial(record, seconds=0.01), items,
+                                       chunksize=1)
+                assert got_want.wait(20)
+                _flood(carol, 50_000, 12, jobs[-1], sent)
+                records2 = again.get(timeout=60)
+                elapsed = time.monotonic() - started
+                client_drops = pool._manager.link.backend.board_drops
+            check_exactly_once(items, records)
+            check_exactly_once(list(range(50)), extra)
+            check_exactly_once(items, records2)
+            assert sent[0] == 100_000
+            host_drops = dict(cluster._host_client.drops)
+            carol.close()
+            assert all(w.alive for w in cluster.workers)
+        # The workers log what they dropped when they stop.
+        worker_drops: Dict[str, str] = {}
+        for worker in cluster.workers:
+            with open(worker.log_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            found = re.findall(r"board lines dropped \(by reason\): (.*)", text)
+            assert found, f"{worker.name} reported no dropped lines:\n{text[-2000:]}"
+            worker_drops[worker.name] = found[-1]
+            assert "Traceback" not in text, text[-3000:]
+        print(f"\n100,000 hostile lines in {elapsed:.1f} s during two maps of 300 and a "
+              f"new pool's map of 50;\n  client dropped {client_drops}\n  host dropped "
+              f"{host_drops}\n  workers dropped {worker_drops}")
+        assert sum(client_drops.values()) > 50_000
+    finally:
+        shutil.rmtree(cluster.directory, ignore_errors=True)
