@@ -182,7 +182,8 @@ class ClusterLink:
             manager._got_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
         elif isinstance(event, TaskLost):
             if event.retry:
-                manager._got_event(event.executor_id, ChunkLost(event.task_id, event.cause))
+                manager._got_event(event.executor_id,
+                                   ChunkLost(event.task_id, event.cause, event.started))
             else:
                 worker = self.remote_names.get(event.executor_id, event.executor_id)
                 error = TaskLimitExceeded(f"worker {worker}: {event.cause}")

@@ -149,12 +149,17 @@ class TaskDone:
 
 @dataclasses.dataclass(frozen=True)
 class TaskLost:
-    """A task did not finish.  ``retry``: running it elsewhere may help."""
+    """A task did not finish.  ``retry``: running it elsewhere may help.
+
+    ``started=False``: it never reached a worker (its session had ended), so it must not
+    count as an attempt.
+    """
 
     executor_id: str
     task_id: int
     retry: bool
     cause: str
+    started: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +311,7 @@ class ClusterBackend:
                 session = remote.session
         if not usable:
             cause = "its session has ended" if remote is not None else "unknown executor"
-            self._emit(TaskLost(executor_id, task_id, True, cause))
+            self._emit(TaskLost(executor_id, task_id, True, cause, started=False))
             return
         try:
             for parts in frames:

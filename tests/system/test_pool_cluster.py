@@ -391,3 +391,16 @@ def test_an_idle_pool_lets_its_peers_go_to_a_pool_with_work(
             assert {w for _, w in results} <= {"w1", "w2"}
         # The first pool recruits again when it has work again.
         assert {w for _, w in first.map(tasks.square_where, range(8), 1)} <= {"w1", "w2"}
+
+
+def test_a_task_sent_to_an_ended_session_costs_no_attempt(cluster_backend: Any) -> None:
+    """Such a task never started: the link requeues it without charging an attempt (a pool
+    with max_attempts=1 would otherwise fail a chunk that raced with a released session)."""
+    from p2ppool import payload
+    from p2ppool.remote import TaskLost
+
+    options = {"cluster": "alice/none", "board": "127.0.0.1:9", "relay": "ws://127.0.0.1:9/v1"}
+    pump = cluster_backend(None, options=options)
+    pump.backend.submit("gone#1", 7, 1, payload.dumps(abs), payload.dumps(payload.map_call([1])))
+    (lost,) = pump.of_type(TaskLost, timeout=5)
+    assert (lost.task_id, lost.retry, lost.started) == (7, True, False)
