@@ -200,11 +200,19 @@ class Bench:
 
     def memory(self, kinds: List[str]) -> List[Dict[str, Any]]:
         rows = []
+        import psutil
+
         for kind in kinds:
+            before = {c.pid for c in psutil.Process().children()}
             pool = self.make(kind)
             try:
                 pool.map(bench_pool.tiny, range(4), chunksize=1)
-                rows.append(memory_figure(kind, pool, self.cluster))
+                if kind == "cluster":
+                    assert self.cluster is not None
+                    pids = [w.pid for w in self.cluster.workers]
+                else:  # the pool's own processes: this process's new children
+                    pids = [c.pid for c in psutil.Process().children() if c.pid not in before]
+                rows.append(memory_figure(kind, pool, pids))
             finally:
                 pool.close()
                 pool.join()
@@ -230,17 +238,13 @@ def _tree_rss(pids: List[int]) -> int:
     return total
 
 
-def memory_figure(kind: str, pool: Any, cluster: LocalCluster | None,
+def memory_figure(kind: str, pool: Any, worker_pids: List[int],
                   total_bytes: int = 1000 * MB, item_bytes: int = 10 * MB) -> Dict[str, Any]:
-    """Peak RSS of the client and of the workers while imap maps ``total_bytes``."""
+    """Peak RSS of the client and of the workers (``worker_pids`` and their children) while
+    ``pool.imap`` maps ``total_bytes`` in items of ``item_bytes``, echoed back."""
     import psutil
 
     me = psutil.Process()
-    if kind == "cluster":
-        assert cluster is not None
-        worker_pids = [w.pid for w in cluster.workers]
-    else:  # the pool's processes are this process's children
-        worker_pids = [c.pid for c in me.children()]
     client_before = me.memory_info().rss
     workers_before = _tree_rss(worker_pids)
     peak = {"client": client_before, "workers": workers_before}

@@ -52,14 +52,17 @@ class FrameTooLarge(TransferError):
 class FrameDecoder:
     """Reassemble records from a byte stream.  Pure: no I/O.
 
-    Chunks are kept in a list and joined once per completed record, so a record that
-    arrives in many pieces costs linear time (Twisted's Int32StringReceiver is quadratic).
+    Received chunks are queued as they are and each record's payload is copied out of them
+    once (one ``join``, or a slice of one chunk), so a record that arrives in many pieces
+    costs linear time (Twisted's Int32StringReceiver is quadratic) and a large payload is
+    copied only once.
     """
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._parts: List[bytes] = []
-        self._have = 0
+        self._pos = 0  # bytes of ``_parts[0]`` already consumed
+        self._have = 0  # bytes buffered and not consumed
         self._kind: int | None = None
         self._need: int | None = None
 
@@ -78,35 +81,49 @@ class FrameDecoder:
         if data:
             self._parts.append(data)
             self._have += len(data)
-        wanted = HEADER_BYTES if self._need is None else self._need
-        if self._have < wanted:
-            return []
-        buf = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         out: List[Tuple[int, bytes]] = []
-        pos = 0
-        end = len(buf)
         while True:
             if self._need is None:
-                if end - pos < HEADER_BYTES:
+                if self._have < HEADER_BYTES:
                     break
-                kind, length = _HEADER.unpack_from(buf, pos)
+                kind, length = _HEADER.unpack(self._take(HEADER_BYTES))
                 self._check_header(kind, length)
                 self._kind, self._need = kind, length
-                pos += HEADER_BYTES
-            if end - pos < self._need:
+            if self._have < self._need:
                 break
             assert self._kind is not None
-            if pos == 0 and self._need == end:
-                payload = buf
-            else:
-                payload = buf[pos:pos + self._need]
-            out.append((self._kind, payload))
-            pos += self._need
+            out.append((self._kind, self._take(self._need) if self._need else b""))
             self._kind, self._need = None, None
-        rest = buf[pos:] if pos else buf
-        self._parts = [rest] if rest else []
-        self._have = len(rest)
         return out
+
+    def _take(self, size: int) -> bytes:
+        """Remove and return the first ``size`` buffered bytes (``size <= _have``)."""
+        parts = self._parts
+        first, pos = parts[0], self._pos
+        self._have -= size
+        left = len(first) - pos
+        if left > size:
+            self._pos = pos + size
+            return first[pos:pos + size]
+        self._pos = 0
+        piece = first[pos:] if pos else first
+        if left == size:
+            del parts[0]
+            return piece
+        pieces = [piece]
+        size -= left
+        i = 1
+        while size:
+            chunk = parts[i]
+            if len(chunk) > size:
+                pieces.append(chunk[:size])
+                self._pos = size
+                break
+            pieces.append(chunk)
+            size -= len(chunk)
+            i += 1
+        del parts[:i]
+        return b"".join(pieces)
 
     def _check_header(self, kind: int, length: int) -> None:
         if kind == KIND_DATA:

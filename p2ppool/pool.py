@@ -91,7 +91,7 @@ class ChunkDone:
 
     __slots__ = ("chunk_id", "ok", "blob")
 
-    def __init__(self, chunk_id: int, ok: bool, blob: bytes) -> None:
+    def __init__(self, chunk_id: int, ok: bool, blob: bytes | memoryview) -> None:
         self.chunk_id, self.ok, self.blob = chunk_id, ok, blob
 
 

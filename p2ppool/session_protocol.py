@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from typing import Any, Union
+from typing import Any, Tuple, Union
 
 from .errors import ProtocolError
 
@@ -44,6 +44,7 @@ __all__ = [
     "Task",
     "decode_frame",
     "encode_frame",
+    "encode_frame_parts",
 ]
 
 #: Bumped on any incompatible change of the frames below.
@@ -53,6 +54,11 @@ _U64 = struct.Struct("!Q")
 _U64_U64 = struct.Struct("!QQ")
 _U64_U8 = struct.Struct("!QB")
 _U32 = struct.Struct("!I")
+
+#: A pickled payload: ``bytes`` when encoding; :func:`decode_frame` returns a read-only
+#: ``memoryview`` of the received frame instead of a copy (pickle.loads, os.write and
+#: ``Session.send_parts`` take either).
+Blob = Union[bytes, memoryview]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Func:
     """Client -> worker: a function (cloudpickled), referred to later by ``func_key``."""
 
     func_key: int
-    blob: bytes
+    blob: Blob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +103,7 @@ class Task:
 
     task_id: int
     func_key: int
-    args: bytes
+    args: Blob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +112,7 @@ class Result:
 
     task_id: int
     ok: bool
-    blob: bytes
+    blob: Blob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +178,18 @@ def encode_frame(frame: Frame) -> bytes:
     raise TypeError(f"not a session frame: {frame!r}")
 
 
+def encode_frame_parts(frame: Frame) -> Tuple[Blob, ...]:
+    """Like :func:`encode_frame`, as parts for ``Session.send_parts``: a large payload is
+    not copied to prepend the frame's few header bytes."""
+    if isinstance(frame, Task):
+        return bytes([_TASK]) + _U64_U64.pack(frame.task_id, frame.func_key), frame.args
+    if isinstance(frame, Result):
+        return bytes([_RESULT]) + _U64_U8.pack(frame.task_id, frame.ok), frame.blob
+    if isinstance(frame, Func):
+        return bytes([_FUNC]) + _U64.pack(frame.func_key), frame.blob
+    return (encode_frame(frame),)
+
+
 def _split_json(data: bytes) -> tuple[dict[str, Any], bytes]:
     if len(data) < 5:
         raise ProtocolError("session frame too short for its header")
@@ -198,20 +216,24 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
 
 
 def decode_frame(data: bytes) -> Frame:
-    """Parse one frame; raises ProtocolError for anything malformed or unknown."""
+    """Parse one frame; raises ProtocolError for anything malformed or unknown.
+
+    The payload of a Task, Result or Func is a read-only ``memoryview`` into ``data`` (no
+    copy of a large payload).
+    """
     if not data:
         raise ProtocolError("empty session frame")
     kind, body = data[0], memoryview(data)[1:]
     try:
         if kind == _TASK:
             task_id, func_key = _U64_U64.unpack_from(body)
-            return Task(task_id, func_key, bytes(body[_U64_U64.size:]))
+            return Task(task_id, func_key, body[_U64_U64.size:])
         if kind == _RESULT:
             task_id, ok = _U64_U8.unpack_from(body)
-            return Result(task_id, bool(ok), bytes(body[_U64_U8.size:]))
+            return Result(task_id, bool(ok), body[_U64_U8.size:])
         if kind == _FUNC:
             (func_key,) = _U64.unpack_from(body)
-            return Func(func_key, bytes(body[_U64.size:]))
+            return Func(func_key, body[_U64.size:])
         if kind == _LOST:
             task_id, retry = _U64_U8.unpack_from(body)
             return Lost(task_id, bool(retry), bytes(body[_U64_U8.size:]).decode("utf-8", "replace"))

@@ -44,7 +44,7 @@ import logging
 import re
 import secrets
 import threading
-from typing import Any, Callable, Deque, List, Tuple
+from typing import Any, Callable, Deque, List, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IPushProducer
@@ -100,6 +100,7 @@ def new_code() -> str:
 # --- the session --------------------------------------------------------------------------
 
 FrameCallback = Callable[[bytes], None]
+_Payload = Union[bytes, Tuple[memoryview, ...]]  # one record: bytes, or parts (send_parts)
 LostCallback = Callable[[str], None]
 
 
@@ -143,7 +144,7 @@ class Session:
         # shared with caller threads (guarded by _lock)
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._inbox: Deque[Tuple[int, bytes]] = collections.deque()
+        self._inbox: Deque[Tuple[int, _Payload]] = collections.deque()
         self._wake_pending = False
         self._pending = 0
         self._cause: str | None = None
@@ -279,6 +280,25 @@ class Session:
             raise TypeError(f"a frame is bytes, not {type(frame).__name__}")
         self._enqueue(KIND_DATA, bytes(frame) if not isinstance(frame, bytes) else frame)
 
+    def send_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Queue one frame made of ``parts`` in order, as :meth:`send` does, without joining
+        them (a large payload is not copied to put a small header before it).
+
+        The parts must not change until they are written (``bytes`` and read-only views
+        cannot).
+
+        Raises:
+            TypeError: a part is not bytes-like.
+            TransferError: the session has ended.
+        """
+        views = []
+        for part in parts:
+            if not isinstance(part, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a frame part is bytes, not {type(part).__name__}")
+            view = memoryview(part)
+            views.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
+        self._enqueue(KIND_DATA, tuple(views))
+
     @property
     def pending_bytes(self) -> int:
         """Bytes queued by :meth:`send` that have not been handed to the connection yet.
@@ -371,14 +391,15 @@ class Session:
 
     # -- caller side of the outbox ---------------------------------------------------------
 
-    def _enqueue(self, kind: int, payload: bytes) -> None:
+    def _enqueue(self, kind: int, payload: _Payload) -> None:
+        size = len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
         with self._lock:
             if self._cause is not None:
                 assert self._error is not None
                 raise type(self._error)(f"wormhole session {self.nameplate} has ended: "
                                         f"{self._cause}")
             self._inbox.append((kind, payload))
-            self._pending += HEADER_BYTES + len(payload)
+            self._pending += HEADER_BYTES + size
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
@@ -480,9 +501,13 @@ class Session:
         if self._finished:
             return
         for kind, payload in items:
-            self._outbox.append(memoryview(encode_header(kind, len(payload))))
-            if payload:
-                self._outbox.append(memoryview(payload))
+            if isinstance(payload, bytes):
+                self._outbox.append(memoryview(encode_header(kind, len(payload))))
+                if payload:
+                    self._outbox.append(memoryview(payload))
+                continue
+            self._outbox.append(memoryview(encode_header(kind, sum(len(p) for p in payload))))
+            self._outbox.extend(p for p in payload if p)
         self._pump()
 
     def _pump(self) -> None:
