@@ -16,9 +16,14 @@ are :mod:`p2ppool.board_keys`; one command's thread is :mod:`p2ppool.board_sessi
 * Errors go to stderr as ``<message>\\n\\r`` with exit status 1; a normal end always sends
   queued data first, then exit status 0, EOF and close (pico at HEAD may drop both).
 * Limits against abuse (pico has none): sessions per key (``max_sessions_per_key``, refused
-  with a message), exec command length (``max_command_bytes``), TCP connections
-  (``max_connections``), and the per-receiver buffer of board_state.  Connections use
-  TCP_NODELAY: board lines are small and latency matters.
+  with a message), messages per key (``messages_per_s`` sustained with bursts of
+  ``message_burst``, a token bucket shared by all of the key's sessions; a message is one
+  read of the writer's stream, at most 32 KiB, so a 12 MB file costs about 400; a session
+  that exceeds it gets ``message rate limit exceeded ...`` on stderr and is closed with exit
+  status 1), exec command length
+  (``max_command_bytes``), TCP connections (``max_connections``), and the per-receiver
+  buffer of board_state.  Connections use TCP_NODELAY: board lines are small and latency
+  matters.
 
 Threads::
 
@@ -56,7 +61,7 @@ import paramiko
 from . import defaults
 from .board_keys import UserKey, fingerprint_sha256, load_or_create_host_key, parse_users
 from .board_session import SEND_BATCH_BYTES, TICK_S, Connection, Session
-from .board_state import CHUNK_BYTES, BoardState, BufferPolicy
+from .board_state import CHUNK_BYTES, BoardState, BufferPolicy, TokenBucket
 from .errors import ConfigError
 
 __all__ = ["BoardServer", "add_arguments", "run"]
@@ -153,6 +158,9 @@ class BoardServer:
         ping_interval_s: period of ``ping@pico.sh`` requests (None: none).
         flush_timeout_s: how long a final error message may wait for a full client window.
         auth_timeout_s: connections not authenticated this long after connecting are closed.
+        messages_per_s: messages (stream reads of up to 32 KiB) one key may publish per
+            second, sustained (None: no limit).
+        message_burst: messages one key may publish at once above that rate.
 
     Example::
 
@@ -175,6 +183,8 @@ class BoardServer:
         ping_interval_s: float | None = defaults.BOARD_PING_INTERVAL_S,
         flush_timeout_s: float = defaults.BOARD_FLUSH_TIMEOUT_S,
         auth_timeout_s: float = defaults.BOARD_AUTH_TIMEOUT_S,
+        messages_per_s: float | None = defaults.BOARD_MESSAGES_PER_S,
+        message_burst: int = defaults.BOARD_MESSAGE_BURST,
     ) -> None:
         if host_key_path is None:
             raise ConfigError("BoardServer needs host_key_path (created when absent)")
@@ -190,6 +200,11 @@ class BoardServer:
         self.ping_interval_s = ping_interval_s
         self.flush_timeout_s = flush_timeout_s
         self.auth_timeout_s = auth_timeout_s
+        if messages_per_s is not None and (messages_per_s <= 0 or message_burst < 1):
+            raise ConfigError("messages_per_s must be positive and message_burst at least 1")
+        self.messages_per_s = messages_per_s
+        self.message_burst = message_burst
+        self._buckets: Dict[str, TokenBucket] = {}
         self._host_key = load_or_create_host_key(host_key_path)
         self._users_mtime: float | None = None
         if users is not None:
@@ -434,6 +449,24 @@ class BoardServer:
             )
         self._spawn(session.run, f"board-session-{sid}")
 
+    def take_message(self, session: Session) -> str | None:
+        """Charge one message (one read of its stream) to the session's key; the
+        refusal message if over the limit, else None."""
+        rate = self.messages_per_s
+        if rate is None:
+            return None
+        key = session.user.fingerprint
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(rate, self.message_burst, now)
+            if bucket.take(1, now):
+                return None
+        return (f"message rate limit exceeded: key {key} ({session.user.username}) may send "
+                f"{rate:g} messages per second with bursts of {self.message_burst}; "
+                f"disconnected")
+
     def _admit(self, session: Session) -> bool:
         key = session.user.fingerprint
         with self._lock:
@@ -565,6 +598,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="concurrent sessions per SSH key (default %(default)s)",
     )
     parser.add_argument(
+        "--messages-per-second",
+        type=float,
+        default=defaults.BOARD_MESSAGES_PER_S,
+        metavar="N",
+        help="messages (writes of up to 32 KiB) one key may publish per second, sustained "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--message-burst",
+        type=int,
+        default=defaults.BOARD_MESSAGE_BURST,
+        metavar="N",
+        help="messages one key may publish at once above that rate (default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", help="logging level (default %(default)s)"
     )
 
@@ -581,6 +629,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--max-buffer must be at least {CHUNK_BYTES} bytes")
         if args.slow_reader_grace <= 0 or args.max_sessions_per_key < 1:
             raise ConfigError("--slow-reader-grace and --max-sessions-per-key must be positive")
+        if args.messages_per_second <= 0 or args.message_burst < 1:
+            raise ConfigError("--messages-per-second and --message-burst must be positive")
         server = BoardServer(
             listen=args.listen,
             host_key_path=args.host_key,
@@ -588,6 +638,8 @@ def run(args: argparse.Namespace) -> int:
             advertise_host=args.advertise_host,
             policy=BufferPolicy(args.max_buffer, args.slow_reader_grace),
             max_sessions_per_key=args.max_sessions_per_key,
+            messages_per_s=args.messages_per_second,
+            message_burst=args.message_burst,
         )
         server.start()
     except (ConfigError, OSError) as exc:

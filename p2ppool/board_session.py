@@ -55,6 +55,10 @@ class SessionGone(Exception):
     """The client closed the channel (or the server is stopping)."""
 
 
+class RateLimited(Exception):
+    """The session's key went over the message-rate limit (the message says so)."""
+
+
 class Session:
     """One exec command on one channel, run in its own thread."""
 
@@ -293,7 +297,11 @@ class Session:
                 data = self._read_stdin()
                 if not data:
                     break
-                self._publish(data, block)
+                try:
+                    self._publish(data, block)
+                except RateLimited as exc:
+                    self._fatal(str(exc))
+                    return
         if not clean:
             self._write("msg sent!\n")
         self._finish(0)
@@ -326,6 +334,9 @@ class Session:
         ``block``).  Returns when queued (and sent where the fast path could), or dropped (no
         receiver and not blocking)."""
         server = self.server
+        refusal = server.take_message(self)
+        if refusal is not None:
+            raise RateLimited(refusal)
         with server._cond:
             while True:
                 if self._gone():
@@ -379,6 +390,9 @@ class Session:
                 self._publish(data, block=False)
         except SessionGone:
             pass
+        except RateLimited as exc:
+            with self.send_lock:
+                self._fatal(str(exc))
         except Exception:  # noqa: BLE001
             log.exception("%s: pipe reader failed", self._who())
         self.input_done = True

@@ -69,6 +69,7 @@ __all__ = [
     "Channel",
     "Member",
     "PublishResult",
+    "TokenBucket",
 ]
 
 #: Largest chunk a writer's stdin read produces (pico reads into a 32 KiB buffer).
@@ -85,6 +86,31 @@ ERROR_SLOW_READER = (
 
 
 # --- channels and members ------------------------------------------------------------
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``burst`` (pure).
+
+    Used per SSH key for the board's message-rate limit; starts full.
+    """
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate!r}, {burst!r}")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, count: int, now: float) -> bool:
+        """Take ``count`` tokens if the bucket holds them (after refilling up to ``now``)."""
+        self.tokens = min(float(self.burst),
+                          self.tokens + max(0.0, now - self.updated) * self.rate)
+        self.updated = max(self.updated, now)
+        if count > self.tokens:
+            return False
+        self.tokens -= count
+        return True
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,11 @@ BOARD_PING_INTERVAL_S: float = 5.0
 BOARD_FLUSH_TIMEOUT_S: float = 10.0
 #: A connection that has not authenticated this long after connecting is closed.
 BOARD_AUTH_TIMEOUT_S: float = 30.0
+
+# --- Hardening (issue 7) ---------------------------------------------------------------------
+#: Messages one SSH key may publish per second, sustained, across all of its sessions, and
+#: how many it may send at once above that (a token bucket).  A message is one read of the
+#: writer's stream (a write of up to 32 KiB: a p2ppool board line is one write).  Over the
+#: limit the session gets "message rate limit exceeded ..." on stderr and is closed (exit 1).
+BOARD_MESSAGES_PER_S: float = 100.0
+BOARD_MESSAGE_BURST: int = 2000

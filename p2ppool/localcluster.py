@@ -133,6 +133,7 @@ class LocalCluster:
         members: extra board users on the cluster's access list (each gets a key, see
             :meth:`identity`); e.g. ``("carol",)`` for a third member in tests.
         worker_args: extra command-line arguments for every worker.
+        board_args: extra command-line arguments for the board server (``p2ppool board``).
         start_timeout: seconds to wait for everything to be ready.
         stop_timeout: seconds each child gets to exit after SIGTERM before SIGKILL.
         worker_grace: the workers' ``--grace`` (seconds in-flight tasks get when stopping).
@@ -156,6 +157,7 @@ class LocalCluster:
         cluster_name: str = "local",
         members: Sequence[str] = (),
         worker_args: Sequence[str] = (),
+        board_args: Sequence[str] = (),
         start_timeout: float = defaults.LOCALCLUSTER_START_TIMEOUT_S,
         stop_timeout: float = defaults.LOCALCLUSTER_STOP_TIMEOUT_S,
         worker_grace: float = 2.0,
@@ -173,6 +175,7 @@ class LocalCluster:
         self.cluster = f"{OWNER}/{cluster_name}"
         self.members = tuple(members)
         self.worker_args = tuple(worker_args)
+        self.board_args = tuple(board_args)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.worker_grace = worker_grace
@@ -410,7 +413,7 @@ class LocalCluster:
         # ``p2ppool board``, without loading every other subcommand's module first.
         argv = [sys.executable, "-c", _BOARD_MAIN, "--listen", listen,
                 "--host-key", host_key, "--users", os.path.join(self.directory, "users"),
-                "--log-level", "WARNING"]
+                "--log-level", "WARNING", *self.board_args]
         self._board_proc = proc = self._popen(argv, log_path, stdout_pipe=True)
         assert proc.stdout is not None
         prefix = b"board listening on "
