@@ -53,6 +53,10 @@ from .errors import P2PPoolError
 
 __all__ = ["LocalCluster", "LocalClusterError", "WorkerProcess", "add_arguments", "run"]
 
+#: Environment variable set in every child (and so every grandchild) to the cluster's
+#: directory; stopping sweeps only processes that carry it.
+_MARK = "_P2PPOOL_LOCALCLUSTER"
+
 #: The board user who owns the cluster (and runs the Pool), and the workers' user.
 OWNER = "alice"
 VOLUNTEER = "volunteer"
@@ -262,7 +266,7 @@ class LocalCluster:
         Everyone's board connection breaks; the board clients reconnect with backoff.
         """
         assert self._board_proc is not None
-        _stop_groups([self._board_proc], 0.0)
+        _stop_groups([self._board_proc], 0.0, self.directory)
         if self._board_proc.stdout is not None:
             self._board_proc.stdout.close()
         if down is not None:
@@ -298,10 +302,8 @@ class LocalCluster:
     def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> WorkerProcess:
         """Send ``sig`` (default SIGKILL) to worker number ``index`` (0-based) only."""
         worker = self._workers[index]
-        try:
-            os.kill(worker.pid, sig)
-        except ProcessLookupError:
-            pass
+        # Not os.kill(pid): once the worker has been reaped its pid may belong to anyone.
+        worker.process.send_signal(sig)
         return worker
 
     def wait_for_hello(
@@ -371,6 +373,7 @@ class LocalCluster:
             [pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
         env["PYTHONUNBUFFERED"] = "1"
+        env[_MARK] = self.directory  # inherited by grandchildren: what stop() may sweep
         return env
 
     def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False
@@ -509,11 +512,11 @@ class LocalCluster:
                 self._host_client.close()
             except Exception:  # noqa: BLE001 - stopping must go on
                 pass
-        _stop_groups([w.process for w in self._workers], self.stop_timeout)
+        _stop_groups([w.process for w in self._workers], self.stop_timeout, self.directory)
         if self._servers is not None:
             self._servers.stop()
         if self._board_proc is not None:
-            _stop_groups([self._board_proc], self.stop_timeout)
+            _stop_groups([self._board_proc], self.stop_timeout, self.directory)
             if self._board_proc.stdout is not None:
                 try:
                     self._board_proc.stdout.close()
@@ -557,16 +560,24 @@ def _drain(stream: Any) -> None:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is not None:
+        return  # reaped: its group id may have been reused by someone else's process
     try:
         os.killpg(proc.pid, sig)  # each child leads its own group (start_new_session)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _session_members(sids: Sequence[int]) -> List[int]:
-    """Pids of every process in one of the sessions ``sids`` (Linux: read from /proc)."""
+def _session_members(sids: Sequence[int], mark: str | None = None) -> List[int]:
+    """Pids of every process in one of the sessions ``sids`` (Linux: read from /proc) that
+    carries ``_MARK=mark`` in its environment (when ``mark`` is given).
+
+    A session id whose processes have all exited may be reused by an unrelated process
+    (another test's cluster, say); the mark keeps the sweep to this cluster's processes.
+    """
     wanted = set(sids)
     members = []
+    needle = f"{_MARK}={mark}".encode() if mark is not None else None
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -574,20 +585,27 @@ def _session_members(sids: Sequence[int]) -> List[int]:
     for entry in entries:
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) in wanted:
-                    members.append(int(entry))
+                if os.getsid(int(entry)) not in wanted:
+                    continue
+                if needle is not None:
+                    with open(f"/proc/{entry}/environ", "rb") as f:
+                        if needle not in f.read().split(b"\0"):
+                            continue
+                members.append(int(entry))
             except OSError:
                 continue
     return members
 
 
-def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float,
+                 mark: str | None = None) -> None:
     """SIGTERM each child's process group, wait up to ``timeout``, then SIGKILL every
-    process left in the child's session.
+    process left in the child's session (that carries the cluster's ``mark``).
 
     Every child leads its own session (``start_new_session``).  A worker's task processes
     may sit in process groups of their own, and outlive a worker that was SIGKILLed; they
-    stay in its session, so the session is what is swept.
+    stay in its session, so the session is what is swept.  Groups of children already
+    reaped are not signalled (their ids may have been reused).
     """
     for proc in procs:
         _signal_group(proc, signal.SIGTERM)
@@ -600,7 +618,7 @@ def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> No
     sids = [proc.pid for proc in procs]
     for proc in procs:
         _signal_group(proc, signal.SIGKILL)
-    for pid in _session_members(sids):
+    for pid in _session_members(sids, mark):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
