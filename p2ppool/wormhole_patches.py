@@ -10,6 +10,9 @@
   input call, several per record) is replaced by a no-op (:func:`_lighter_automat_inputs`).
 * Quiet inbound data: dilation's ``Inbound.handle_data`` logs one Twisted message per
   record; the patched method skips that message (:func:`_quiet_inbound_data`).
+* Fewer acknowledgements: inbound records are acknowledged in batches (the latest
+  sequence number once 16 are waiting or 5 ms after the first), not one Ack record each
+  (:func:`_fewer_acks`).
 * Diagnostics: a manager that carries the lists ``_p2ppool_listeners``,
   ``_p2ppool_advertised_hints`` and ``_p2ppool_peer_hints`` gets them filled with its listening
   addresses, the hints it published and the hints it received.
@@ -126,7 +129,56 @@ def install_patches() -> None:
         connector_cls._publish_hints = _publish_hints
         _lighter_automat_inputs()
         _quiet_inbound_data()
+        _fewer_acks()
         _patched = True
+
+
+#: Inbound records acknowledged together (at most this many, or after _ACK_DELAY_S).
+_ACKS_PER_RECORD = 16
+_ACK_DELAY_S = 0.005
+
+
+def _fewer_acks() -> None:
+    """Acknowledge inbound records in batches instead of one Ack record per record.
+
+    Dilation answers every inbound record (a 64 KiB piece of a frame) with an Ack at once:
+    one more record to encrypt, write, read, decrypt and parse on each side, half the
+    records of a bulk transfer.  Acks are cumulative (the peer retires every record up to
+    the acknowledged one) and serve only to free the peer's replay queue (for a
+    reconnection), not for flow control (TCP does that).  So the latest sequence number is
+    sent once ``_ACKS_PER_RECORD`` records are waiting, or ``_ACK_DELAY_S`` after the
+    first one, whichever comes first.
+    """
+    from wormhole._dilation.manager import Manager
+
+    manager_cls: Any = Manager
+    original = manager_cls.send_ack
+    if not callable(original) or getattr(original, "_p2ppool_batched", False):
+        return
+
+    def flush(self: Any) -> None:
+        self._p2ppool_ack_timer = None
+        if getattr(self, "_p2ppool_unacked", 0):
+            self._p2ppool_unacked = 0
+            original(self, self._p2ppool_ack)
+
+    def send_ack(self: Any, resp_seqnum: Any) -> None:
+        self._p2ppool_ack = resp_seqnum
+        waiting = getattr(self, "_p2ppool_unacked", 0) + 1
+        timer = getattr(self, "_p2ppool_ack_timer", None)
+        if waiting >= _ACKS_PER_RECORD:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._p2ppool_ack_timer = None
+            self._p2ppool_unacked = 0
+            original(self, resp_seqnum)
+            return
+        self._p2ppool_unacked = waiting
+        if timer is None:
+            self._p2ppool_ack_timer = self._reactor.callLater(_ACK_DELAY_S, flush, self)
+
+    send_ack._p2ppool_batched = True  # type: ignore[attr-defined]
+    manager_cls.send_ack = send_ack
 
 
 def _quiet_inbound_data() -> None:
