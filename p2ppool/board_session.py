@@ -85,6 +85,7 @@ class Session:
         self.pending = b""
         self.fast_path = False
         self.input_done = False
+        self.refusal: str | None = None  # set by the pipe reader: why the session must end
         self.admitted = False
         self.joined = False
         self.last_ping = time.monotonic()
@@ -391,8 +392,7 @@ class Session:
         except SessionGone:
             pass
         except RateLimited as exc:
-            with self.send_lock:
-                self._fatal(str(exc))
+            self.refusal = str(exc)  # the session thread says it and ends the session
         except Exception:  # noqa: BLE001
             log.exception("%s: pipe reader failed", self._who())
         self.input_done = True
@@ -404,6 +404,9 @@ class Session:
             self.wake.wait(TICK_S)
             self.wake.clear()
             with self.send_lock:
+                if self.refusal is not None:
+                    self._fatal(self.refusal)
+                    return
                 ending, message = self._drain()
                 if ending == "evicted":
                     self._fatal(message)

@@ -55,9 +55,13 @@ def test_a_key_over_the_message_rate_is_told_and_disconnected(
         assert reader.out.read_line() == b"line %d\n" % i
     flooder = board.session("bob", "pipe t")
     board.wait_members("bob/t", "pipe", 1)
-    flooder.send((b"x" * 32767 + b"\n") * 40)
-    assert flooder.wait(10) == 1
+    try:
+        flooder.send((b"x" * 32767 + b"\n") * 40)
+    except BrokenPipeError:
+        pass  # the board may close the session before the last bytes are written
+    status = flooder.wait(10)
     error = flooder.err.read_to_eof()
+    assert status == 1, error
     assert error.startswith(RATE_MESSAGE), error
     assert b"(bob) may send 5 messages per second with bursts of 20; disconnected" in error
     # Other keys are not affected, and bob's key refills at the sustained rate.
