@@ -28,7 +28,8 @@ Figures (issue 6):
   efficiency against the 16-way ideal of 2.0 s (medians of ``--scale-runs`` runs);
 * memory (``--no-memory`` skips it): peak resident memory of the client process and of the
   workers (each worker process plus its task processes) while ``imap`` maps 1 GB of input
-  in 10 MB items (each echoed back and dropped by the consumer), sampled every 10 ms.
+  in 10 MB items (each echoed back and dropped by the consumer), sampled every 10 ms
+  (all three kinds; p2ppool reads at most ``READ_AHEAD_PER_SLOT`` chunks per slot ahead).
 
 Output: one JSON object per line per figure (each kind's median and min..max, the ratio of
 each p2ppool kind to multiprocessing, the issue's target for the cluster and whether it was
@@ -366,7 +367,7 @@ def main(argv: List[str] | None = None) -> int:
         bench.cluster = cluster
         for run in range(args.runs + 1):  # run 0: warm-up, discarded
             bench.run(run, keep=run > 0)
-        memory_rows = [] if args.no_memory else bench.memory(["local", "cluster"])
+        memory_rows = [] if args.no_memory else bench.memory(list(KINDS))
     scale_info = {} if args.no_scale else bench.scale()
 
     rows = summarise(bench.samples)
