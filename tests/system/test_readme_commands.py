@@ -40,6 +40,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 import psutil
 import pytest
 
+from tests._cluster_fixtures import assert_gone
+
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,9 +98,7 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
     "p2ppool board --listen 0.0.0.0:2222 --host-key board_host_key --users board_users":
         (HERE, "test_board_and_ssh_to_it"),
     "ssh -p 2222 HOST <command>": (HERE, "test_board_and_ssh_to_it (command: help)"),
-    "ssh-keygen -R":
-        (ELSEWHERE, "tests/board_client/test_board_client.py checks that HostKeyMismatch's "
-                    "message gives the ssh-keygen -R command for the known_hosts file"),
+    "ssh-keygen -R": (HERE, "test_board_and_ssh_to_it (the command HostKeyMismatch gives)"),
     "ssh pico.sh": (CANNOT, "contacts pico.sh; tests must never reach the public board"),
     "ssh pico.sh user": (CANNOT, "contacts pico.sh; tests must never reach the public board"),
     # --- Self-hosting the wormhole servers
@@ -228,12 +228,12 @@ def _looks_like_toml(block: str) -> bool:
 
 
 def command(prefix: str) -> str:
-    """The one README command that starts with ``prefix`` (fails if none or several)."""
-    found = [c for c in readme_items() if c.startswith(prefix) and not c.startswith("python:")]
-    found = [c for c in found if COVERAGE.get(c, ("", ""))[0] == HERE or c not in COVERAGE]
-    longest = max(found, key=len, default=None)
-    assert longest is not None, f"README.rst shows no command starting with {prefix!r}"
-    return longest
+    """The README command that starts with ``prefix`` and is run here (the longest, if one is
+    also shown in a short inline form); fails if there is none."""
+    found = [c for c in readme_items()
+             if c.startswith(prefix) and COVERAGE.get(c, (HERE, ""))[0] == HERE]
+    assert found, f"README.rst shows no command starting with {prefix!r}: update this test"
+    return max(found, key=len)
 
 
 def example(name: str) -> str:
@@ -250,19 +250,32 @@ def substitute(text: str, *pairs: Tuple[str, str]) -> str:
     return text
 
 
+def unaccounted(items: Dict[str, str]) -> Tuple[List[str], List[str]]:
+    """(commands the README shows that COVERAGE lacks, COVERAGE entries the README lacks)."""
+    return sorted(set(items) - set(COVERAGE)), sorted(set(COVERAGE) - set(items))
+
+
 def test_every_readme_command_is_accounted_for() -> None:
-    items = set(readme_items())
-    new = sorted(items - set(COVERAGE))
+    new, stale = unaccounted(readme_items())
     assert not new, ("README.rst shows commands or examples this test does not cover: "
                      f"{new}; add each to COVERAGE with a test that runs it, or the reason "
                      "it cannot run")
-    stale = sorted(set(COVERAGE) - items)
     assert not stale, f"COVERAGE lists what README.rst no longer shows: {stale}"
     this_module = sys.modules[__name__].__dict__
     for item, (how, where) in COVERAGE.items():
         assert how in (HERE, ELSEWHERE, CANNOT) and where, item
         if how == HERE:
             assert where.split()[0] in this_module, (item, where)
+
+
+def test_a_new_command_in_the_readme_is_caught() -> None:
+    text = README.read_text()
+    grown = text.replace("    p2ppool board --listen",
+                         "    p2ppool board --frobnicate\n    p2ppool board --listen", 1)
+    assert grown != text
+    assert unaccounted(readme_items(grown)) == (["p2ppool board --frobnicate"], [])
+    inline = text + "\nRun ``sudo rm -rf /tmp/x`` first.\n"
+    assert unaccounted(readme_items(inline)) == (["sudo rm -rf /tmp/x"], [])
 
 
 def test_extraction_sees_blocks_inline_literals_and_comments() -> None:
@@ -333,11 +346,17 @@ class Background:
         return "".join(self.out) + "".join(self.err)
 
     def stop(self, expect: int | None = 0) -> int:
-        """SIGTERM; the exit status must be ``expect`` (unless None)."""
+        """SIGTERM; the exit status must be ``expect`` (unless None), and every process it
+        started must be gone within 10 s."""
+        try:
+            tree = [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=WAIT)
         self._close_stdin()
+        assert_gone(tree, timeout=10)
         if expect is not None:
             assert code == expect, f"exit status {code}: {self.text()}"
         return code
@@ -533,6 +552,28 @@ def test_board_and_ssh_to_it(tmp_path: Path, background: Any, board_keys: Any) -
     result = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
     assert result.returncode == 0, result.stderr
     assert "pipe" in result.stdout and "sub" in result.stdout, result.stdout
+
+    # The board's key "changed": bob's known_hosts has another key for it.  p2ppool refuses
+    # and names the ssh-keygen -R command; running it lets the next connection pin the key.
+    from p2ppool.board_client import BoardClient
+    from p2ppool.errors import HostKeyMismatch
+
+    stale = tmp_path / "stale_known_hosts"
+    stale.write_text(f"[127.0.0.1]:{port} {board_keys['carol'].public_line}\n")
+
+    def connect() -> None:
+        BoardClient("127.0.0.1", port, topic="bob/t", username="bob", ssh_config="/dev/null",
+                    identity=board_keys["bob"].path, known_hosts=str(stale)).connect().close()
+
+    with pytest.raises(HostKeyMismatch) as refused:
+        connect()
+    fix = re.search(r"\((ssh-keygen -R .+?)\)", str(refused.value))
+    assert fix and fix[1].startswith(command("ssh-keygen -R")), str(refused.value)
+    removed = subprocess.run(shlex.split(fix[1]), capture_output=True, text=True, timeout=WAIT)
+    assert removed.returncode == 0, removed.stderr
+    assert board_keys["carol"].public_line.split()[1] not in stale.read_text()
+    connect()  # first contact again: pins the board's real key
+    assert known.split()[-1] in stale.read_text()
     board.stop(expect=0)
 
 
