@@ -113,6 +113,9 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
     "python benchmarks/bench_pool.py --repeats 7 --cpu-repeats 3":
         (CANNOT, "a benchmark: minutes of CPU on a shared 2-core machine; its numbers are "
                  "documented, not asserted"),
+    "python benchmarks/bench_cluster.py":
+        (CANNOT, "a benchmark of several minutes (its --quick form takes a minute) on a "
+                 "shared 2-core machine; its numbers are documented, not asserted"),
     "python benchmarks/soak.py --minutes 10":
         (CANNOT, "a 10-minute soak run, far beyond a test's time budget"),
     # --- Security (illustrations of isolation; `...` stands for the worker's options)
