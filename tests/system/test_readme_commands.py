@@ -154,7 +154,7 @@ def _blocks(text: str) -> List[Tuple[str, str]]:
     while i < len(lines):
         stripped = lines[i].strip()
         if stripped.startswith(".. code-block::"):
-            kind: str | None = stripped.split("::", 1)[1].strip()
+            kind = stripped.split("::", 1)[1].strip()
         elif stripped.endswith("::") and not stripped.startswith(".."):
             kind = "literal"
         else:
