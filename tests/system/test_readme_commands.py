@@ -14,6 +14,11 @@ each one is made by :func:`substitute`, which fails if the text it replaces is g
 * board, identity, known_hosts, relay and transit come from the ``P2PPOOL_*`` variables of a
   :class:`p2ppool.LocalCluster` named ``friends`` (owner alice), so ``alice/friends`` is used
   as written;
+* placeholders get values: ``DIR`` a temporary directory, ``ssh -p 2222 HOST <command>`` ->
+  the test board's port, ``127.0.0.1`` and ``help`` (plus the key and known_hosts options);
+* Python fragments get the names they use (``square`` for the cluster example, ``offset`` and
+  ``data`` and a ``print`` for the lambda one); clients run with ``P2PPOOL_FALLBACK=none``,
+  so their map can only succeed on the README's worker;
 * long-lived commands (``--ttl 14d``, ``--ttl 8h``, ``p2ppool local``, the board, the servers)
   are stopped with SIGTERM once they proved they work, and must then exit 0 where the README
   says so.
