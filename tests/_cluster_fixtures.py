@@ -212,6 +212,23 @@ class BackendPump:
             except OSError:
                 continue
             text += f"\n--- end of {worker.name}'s log:\n" + "\n".join(lines)
+        return text + self._servers_state()
+
+    def _servers_state(self) -> str:
+        """Whether the cluster's mailbox server and relay still run (if not, how the process
+        ended: a negative code is the signal that killed it), and the end of their log."""
+        servers = getattr(self.cluster, "_servers", None)
+        proc = getattr(servers, "_proc", None)
+        if proc is None:
+            return ""
+        code = proc.poll()
+        state = "running" if code is None else f"EXITED with code {code}"
+        text = f"\n--- wormhole servers (pid {proc.pid}): {state}"
+        try:
+            with open(servers._log_path, encoding="utf-8", errors="replace") as f:
+                text += "; end of their log:\n" + "\n".join(f.read().splitlines()[-5:])
+        except OSError:
+            pass
         return text
 
     def of_type(self, kind: Type[Any], timeout: float = 20.0, count: int = 1) -> List[Any]:
