@@ -299,6 +299,11 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
         })
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        # Nothing else goes to the parent's pipe: a later write (a library's print) would
+        # block once the unread pipe fills, or end the process if the parent closed it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         stdio.StandardIO(  # type: ignore[no-untyped-call,call-arg]
             _ParentWatch(), stdout=os.open(os.devnull, os.O_WRONLY)
         )
@@ -336,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = getattr(args, name)
         if not 0 <= port <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 65535, not {port}")
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A network server must survive a peer that vanishes mid-send: EPIPE, not death.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     return _serve(args.mailbox_port, args.relay_port, args.state, args.interface)
 
 
