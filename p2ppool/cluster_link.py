@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
 from .config import Options
 from .errors import TaskLimitExceeded
+from .pool import ChunkDone, ChunkLost, _Failed
 from .remote import (
     BoardTrouble,
     ClusterBackend,
@@ -176,8 +177,6 @@ class ClusterLink:
         return self._fallback_at
 
     def _apply(self, manager: _Manager, event: Any, now: float) -> None:
-        from .pool import ChunkDone, ChunkLost, _Failed
-
         if isinstance(event, TaskDone):
             manager._got_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
         elif isinstance(event, TaskLost):

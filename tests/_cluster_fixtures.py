@@ -13,6 +13,9 @@ Fixtures:
         :class:`p2ppool.remote.ClusterBackend` for a cluster, started, with an event pump
         (:class:`BackendPump`); it is closed after the test.
 
+    recorded_codes: (function) the list of wormhole codes made in this process during the
+        test (``transfer.new_code`` is spied), to prove none ever appears on the board.
+
 Helpers:
     descendants(): pids of every live descendant of this process.
     assert_gone(pids, timeout): every pid has exited (zombies count as gone).
@@ -38,6 +41,7 @@ __all__ = [
     "descendants",
     "make_blocker",
     "local_cluster",
+    "recorded_codes",
     "task_gate",
 ]
 
@@ -66,6 +70,23 @@ def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     alive = [p for p in alive if _alive(p)]
     assert not alive, f"processes still running: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+@pytest.fixture
+def recorded_codes(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """Every wormhole code this process makes during the test (``transfer.new_code`` spied)."""
+    from p2ppool import transfer
+
+    codes: List[str] = []
+    real_new_code = transfer.new_code
+
+    def recording_new_code() -> str:
+        code = real_new_code()
+        codes.append(code)
+        return code
+
+    monkeypatch.setattr(transfer, "new_code", recording_new_code)
+    return codes
 
 
 @pytest.fixture(scope="module")

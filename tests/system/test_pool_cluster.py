@@ -284,21 +284,12 @@ def test_a_worker_with_another_python_is_never_used(empty_cluster: LocalCluster)
 
 
 def test_a_third_member_reading_the_board_cannot_claim_the_wormhole(
-    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+    local_cluster: LocalCluster, recorded_codes: List[str]
 ) -> None:
-    from p2ppool import transfer
     from p2ppool.board_client import BoardClient
     from p2ppool.protocol import Accept, MessageRejected, encode, new_offer_keypair, open_code
 
-    codes: List[str] = []
-    real_new_code = transfer.new_code
-
-    def recording_new_code() -> str:
-        code = real_new_code()
-        codes.append(code)
-        return code
-
-    monkeypatch.setattr(transfer, "new_code", recording_new_code)
+    codes = recorded_codes
     host, _, port = local_cluster.board.rpartition(":")
     lines: List[bytes] = []
     accepts: List[Any] = []

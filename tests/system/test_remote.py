@@ -215,21 +215,12 @@ def test_a_worker_with_another_python_is_never_used(
 
 
 def test_a_third_member_cannot_open_the_sealed_code(
-    local_cluster: Any, cluster_backend: Any, monkeypatch: pytest.MonkeyPatch
+    local_cluster: Any, cluster_backend: Any, recorded_codes: List[str]
 ) -> None:
-    from p2ppool import transfer
     from p2ppool.board_client import BoardClient
     from p2ppool.protocol import encode
 
-    codes: List[str] = []
-    real_new_code = transfer.new_code
-
-    def recording_new_code() -> str:
-        code = real_new_code()
-        codes.append(code)
-        return code
-
-    monkeypatch.setattr(transfer, "new_code", recording_new_code)
+    codes = recorded_codes
     host, _, port = local_cluster.board.rpartition(":")
     lines: List[bytes] = []
     carol_accepts: List[Accept] = []
