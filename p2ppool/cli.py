@@ -1,8 +1,9 @@
 """The ``p2ppool`` command.
 
 Each subcommand lives in the module that owns its feature; that module provides
-``add_arguments(parser)`` and ``run(args) -> int``.  This file only wires them together, so
-subcommands load their (heavy) dependencies only when they are used.
+``add_arguments(parser)`` and ``run(args) -> int``.  This file only wires them together and
+imports just the chosen subcommand's module, so ``p2ppool --version`` loads no SSH or
+Twisted code.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 
 from ._version import __version__
 
-# subcommand -> (module, one-line help).  A module that is not present yet is skipped.
+# subcommand -> (module, one-line help).  Only the chosen subcommand's module is imported.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("p2ppool.demo", "run a whole cluster on 127.0.0.1 and one map with a progress bar"),
     "local": ("p2ppool.localcluster", "run a local cluster in the foreground for other shells"),
@@ -25,7 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (for its arguments)."""
     parser = argparse.ArgumentParser(
         prog="p2ppool",
         description="A drop-in multiprocessing.Pool whose processes are volunteer peers.",
@@ -33,23 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"p2ppool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        if not hasattr(module, "add_arguments"):
-            continue
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub_parser)
-        sub_parser.set_defaults(_run=module.run)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: its first argument that is not an option."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in SUBCOMMANDS else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2ppool`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
     if run is None:

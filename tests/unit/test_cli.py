@@ -35,3 +35,27 @@ def test_module_entry_point() -> None:
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout
     assert __version__ in out
+
+
+def test_version_and_help_load_no_subcommand_module() -> None:
+    code = (
+        "import sys\n"
+        "from p2ppool.cli import main\n"
+        "for argv in (['--version'], ['--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('paramiko', 'twisted', 'wormhole', 'p2ppool.board_server')\n"
+        "         if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   stdout=subprocess.DEVNULL)
+
+
+def test_a_subcommand_gets_its_own_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["board", "--help"])
+    assert info.value.code == 0
+    assert "--host-key" in capsys.readouterr().out
