@@ -32,6 +32,21 @@ def record(arg: Tuple[int, str, float]) -> Tuple[int, int, str]:
     return item, os.getpid(), where()
 
 
+def record_or_stall(arg: Tuple[int, str, float, str, int, int]) -> Tuple[int, int, str]:
+    """:func:`record`, except that on worker ``stall_on`` every item from ``stall_from`` on
+    reports to the TaskGate on ``gate_port`` and hangs there (until the test kills that
+    worker): the test then knows that worker holds a chunk it will never finish."""
+    item, path, seconds, stall_on, stall_from, gate_port = arg
+    if where() == stall_on and item >= stall_from:
+        import socket
+
+        conn = socket.create_connection(("127.0.0.1", gate_port), timeout=30)
+        conn.sendall(f"{item} {os.getpid()}\n".encode())
+        conn.settimeout(30)
+        conn.recv(1)  # never answered: the worker dies first
+    return record((item, path, seconds))
+
+
 def paced(arg: Tuple[int, str]) -> Tuple[int, str]:
     """Work 50 ms unless ``stop_path`` exists; return ``(item, worker)``."""
     item, stop_path = arg

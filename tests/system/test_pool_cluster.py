@@ -145,38 +145,42 @@ def test_a_worker_that_joins_later_takes_chunks_beside_the_local_engine(
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_killed_mid_map_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_a_worker_killed_mid_map_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, task_gate: Any
+) -> None:
     record = tmp_path / "executions"
-    items = [(i, str(record), 0.02) for i in range(200)]
+    stall_from = 60
     delivered: List[Tuple[int, int, str]] = []
     with LocalCluster(workers=2, processes_per_worker=2) as cluster:
-        victim = cluster.workers[0]
+        victim, survivor = cluster.workers[0].name, cluster.workers[1].name
+        # Items from 60 on hang on the victim: once one reports to the gate, the victim
+        # provably holds a chunk in flight when it is killed.
+        items = [(i, str(record), 0.02, victim, stall_from, task_gate.port) for i in range(200)]
         with cluster.pool(4, fallback=None) as pool:
-            it = pool.imap(tasks.record, items, 4)
-            killed_at = None
-            for result in it:
-                delivered.append(result)
-                if killed_at is None and len(delivered) >= 20 and \
-                        any(w == victim.name for _, _, w in delivered):
-                    cluster.kill_worker(0, signal.SIGKILL)
-                    killed_at = len(delivered)
-    assert killed_at is not None and killed_at < 200, "the victim was not killed mid-map"
+            it = pool.imap(tasks.record_or_stall, items, 4)
+            stalled_item, _ = task_gate.wait_started(timeout=30)
+            cluster.kill_worker(0, signal.SIGKILL)
+            delivered.extend(it)
+    assert int(stalled_item) >= stall_from
     # Every result is delivered exactly once, in order, and correct.
     assert [item for item, _, _ in delivered] == list(range(200))
+    assert all(pid > 0 for _, pid, _ in delivered)
     executions = _executions(record)
     assert sorted({item for item, _, _ in executions}) == list(range(200))
-    # The victim's chunks in flight ran again elsewhere: started on the victim, delivered
-    # from the other worker.
+    # The victim's chunks in flight (the stalled one at least) ran again on the survivor.
     where_delivered = {item: worker for item, _, worker in delivered}
+    assert where_delivered[int(stalled_item)] == survivor
+    # Only the victim's chunks in flight ran twice (the stalled ones never got past the
+    # gate; one in its other slot may have finished without its result arriving).
     rerun = {item for item, _, worker in executions
-             if worker == victim.name and where_delivered[item] != victim.name}
-    assert rerun, "no chunk of the killed worker was in flight (the test proves nothing)"
-    assert all(where_delivered[i] == "w2" for i in rerun)
-    # Only those ran twice.
+             if worker == victim and where_delivered[item] == survivor}
+    assert int(stalled_item) not in rerun  # it never started its real work on the victim
     counts: Dict[int, int] = {}
     for item, _, _ in executions:
         counts[item] = counts.get(item, 0) + 1
     assert {i for i, n in counts.items() if n > 1} <= rerun
+    assert all(worker == survivor for item, worker in where_delivered.items()
+               if item >= stall_from)
 
 
 def _client_script(cluster: LocalCluster, port: int) -> str:
