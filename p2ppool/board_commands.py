@@ -4,10 +4,12 @@ Part of the self-hosted board (:mod:`p2ppool.board_state` holds the rest of the 
 :mod:`p2ppool.board_server` the SSH shell).
 
 Command line
-    ``help``, ``ls``, ``pub``, ``sub`` and ``pipe``.  The exec string is split on single
-    spaces, single- or double-quoted spans are kept together with the quotes removed; flags
-    follow Go's ``flag`` package (``-x``, ``--x``, ``-x=v``, ``-x v``; bool flags take a value
-    only as ``-b=false``; parsing stops at the first non-flag).  ``-t`` takes Go durations.
+    ``help``, ``ls``, ``pub``, ``sub``, ``pipe``, and ``user`` (which pico answers on
+    ``pico.sh`` rather than on its pipe host: the name the board takes the key for).  The
+    exec string is split on single spaces, single- or double-quoted spans are kept together
+    with the quotes removed; flags follow Go's ``flag`` package (``-x``, ``--x``, ``-x=v``,
+    ``-x v``; bool flags take a value only as ``-b=false``; parsing stops at the first
+    non-flag).  ``-t`` takes Go durations.
     A bad flag, ``-h`` or a topic of ``help`` print the usage text and fail with
     ``invalid cmd args``.  Unknown commands print nothing and exit 0, like pico.  Wildcard
     (``*``) subscriptions are not implemented: ``*`` is an ordinary character here.
@@ -329,6 +331,17 @@ def parse_command(argv: Sequence[str]) -> Union[Command, UsageFailure]:
     if not topic and len(positional) == 1:
         topic = positional[0]
     return Command(name=name, topic=topic, flags=values, rest=positional)
+
+
+def user_text(username: str, fingerprint: str) -> str:
+    """The ``user`` output: who the board takes this key for, first line the username.
+
+    pico's ``ssh pico.sh user`` prints name, user id, created_at and pico+ expiry, joined
+    with ``\\n`` and ended with ``\\r\\n``; clients read the first line.  This board keeps
+    no accounts, so it prints the name, the key's fingerprint in place of an account id,
+    and no dates.
+    """
+    return "\n".join([username, fingerprint, "", ""]) + "\r\n"
 
 
 def help_text(ssh_target: str) -> str:

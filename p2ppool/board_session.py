@@ -26,6 +26,7 @@ from .board_commands import (
     help_text,
     parse_command,
     split_command,
+    user_text,
 )
 from .board_keys import UserKey
 from .board_state import ACCESS_DENIED, CHUNK_BYTES
@@ -208,6 +209,9 @@ class Session:
             with self.server._lock:
                 text = self.server._state.listing(self.user.username)
             self._write(text)
+            self._finish(0)
+        elif parsed.name == "user":
+            self._write(user_text(self.user.username, self.user.fingerprint))
             self._finish(0)
         elif parsed.name in ("pub", "sub", "pipe"):
             self._messaging(parsed)

@@ -12,6 +12,7 @@ from p2ppool.board_commands import (
     parse_command,
     parse_duration,
     split_command,
+    user_text,
 )
 
 
@@ -150,6 +151,12 @@ def test_help_text_line_ends() -> None:
     assert text.startswith("Command: ssh -p 2222 127.0.0.1 <command> [args...]\r\n")
     assert text.endswith('for help on a specific command.\n')
     assert "\n" not in text[:-1].replace("\r\n", "")
+
+
+def test_user_text_has_the_name_first_and_pico_line_ends() -> None:
+    text = user_text("alice", "SHA256:abc")
+    assert text.split("\n")[:2] == ["alice", "SHA256:abc"]
+    assert text.endswith("\r\n") and text.count("\n") == 4
 
 
 def test_unknown_and_empty_commands() -> None:

@@ -60,6 +60,15 @@ def test_help(board_server: Any) -> None:
     assert shell.returncode == 0 and shell.stdout == result.stdout
 
 
+def test_user_names_the_key_on_the_first_line(board_server: Any) -> None:
+    result = board_server.ssh("bob", "user")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().split("\n")
+    assert lines[0] == "bob"
+    assert lines[1] == board_server.keys["bob"].fingerprint
+    assert result.stdout.endswith(b"\r\n")
+
+
 def test_usage_and_invalid_args(board_server: Any) -> None:
     result = board_server.ssh("alice", "pub t -x")
     assert result.returncode == 1

@@ -403,12 +403,12 @@ def test_run_command_ls_lists_the_topic(board_server: Any, clients: Any) -> None
     assert "- alice/t: (Access List: alice, bob)" in result.stdout
 
 
-def test_learn_username_is_none_when_the_board_has_no_user_command(board_server: Any) -> None:
-    # p2ppool's board has no `user` command (pico's does); the name must then be configured.
-    assert learn_username(
-        board_server.host, board_server.port, identity=board_server.key_path("alice"),
-        known_hosts=board_server.known_hosts, ssh_config="/dev/null",
-    ) is None
+def test_learn_username_asks_the_board(board_server: Any) -> None:
+    for name in ("alice", "bob"):
+        assert learn_username(
+            board_server.host, board_server.port, identity=board_server.key_path(name),
+            known_hosts=board_server.known_hosts, ssh_config="/dev/null",
+        ) == name
 
 
 # --- ~/.ssh/config ------------------------------------------------------------------------------

@@ -217,17 +217,36 @@ def test_status_on_a_cluster_you_are_not_listed_on_is_access_denied(
     assert host.wait(timeout=WAIT) == 0
 
 
-def test_host_without_a_known_username_says_how_to_set_it(
-    board_server: Any, tmp_path: Path
+def test_host_learns_the_username_from_the_board(
+    board_server: Any, tmp_path: Path, processes: List[Any]
 ) -> None:
-    # Our board has no `user` command, so the username must be configured.
-    result = subprocess.run(
-        p2ppool("host", "--cluster", "x"),
-        env=cli_env(board_server, tmp_path, None, "alice"),
-        capture_output=True, timeout=WAIT, text=True,
+    # No --board-user and no P2PPOOL_BOARD_USER: the board's `user` command names bob's key.
+    host = subprocess.Popen(
+        p2ppool("host", "--cluster", "solo", "--ttl", "1h"),
+        env=cli_env(board_server, tmp_path, None, "bob"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    assert result.returncode == 2
-    assert "--board-user" in result.stderr and "P2PPOOL_BOARD_USER" in result.stderr
+    processes.append(host)
+    assert "hosting cluster bob/solo" in Lines(host.stderr).wait_for("hosting cluster")
+    host.send_signal(signal.SIGINT)
+    assert host.wait(timeout=WAIT) == 0
+
+
+def test_host_without_a_known_username_says_how_to_set_it(
+    board_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A board that cannot tell (pico.sh without an account answers `user` with an error).
+    from p2ppool import board_options, cli
+
+    monkeypatch.setattr(board_options, "learn_username", lambda *a, **k: None)
+    for name, value in cli_env(board_server, tmp_path, None, "alice").items():
+        if name.startswith("P2PPOOL_") or name in ("HOME", "XDG_CONFIG_HOME"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("P2PPOOL_BOARD_USER", raising=False)
+    assert cli.main(["host", "--cluster", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--board-user" in err and "P2PPOOL_BOARD_USER" in err
 
 
 def test_bad_ttl_is_a_usage_error(board_server: Any, tmp_path: Path) -> None:
