@@ -356,6 +356,22 @@ def test_burst_of_1000_messages_in_order(board_server: Any) -> None:
     assert got == lines
 
 
+def test_round_robin_sends_each_message_to_exactly_one_subscriber(board_server: Any) -> None:
+    creator = board_server.session("alice", "pipe t -d round_robin")  # fixes the dispatcher
+    board_server.wait_members("alice/t", "pipe", 1)
+    readers = [board_server.session("alice", "sub t -k") for _ in range(2)]
+    board_server.wait_members("alice/t", "sub", 2)
+    creator.close_stdin()  # the channel keeps its dispatcher while the (-k) readers stay
+    board_server.wait_members("alice/t", "pipe", 0)
+    lines = [b"message %d\n" % i for i in range(10)]
+    for line in lines:  # one pub, one chunk each
+        result = board_server.ssh("alice", "pub t", input=line)
+        assert result.returncode == 0, result.stderr
+    got = [[reader.out.read_line() for _ in range(5)] for reader in readers]
+    assert sorted(got[0] + got[1]) == sorted(lines)  # each message once, none twice
+    assert got[0] in (lines[0::2], lines[1::2])  # strictly taking turns
+
+
 def test_ten_megabyte_line_is_delivered_byte_exact(board_server: Any) -> None:
     alice = board_server.session("alice", "pipe t -a bob")
     board_server.wait_members("alice/t", "pipe", 1)
