@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
 from .config import Options
 from .errors import TaskLimitExceeded
-from .pool import _Failed
 from .pool_executors import ChunkDone, ChunkLost
+from .pool_jobs import _Failed
 from .remote import (
     BoardTrouble,
     ClusterBackend,

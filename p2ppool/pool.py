@@ -68,6 +68,7 @@ from . import chunking, defaults, payload
 from .engine import ProcessEngine
 from .errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .pool_executors import ChunkDone, Executor, ExecutorEvent, LocalExecutor
+from .pool_jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
 from .pool_results import (
     ApplyResult,
     AsyncResult,
@@ -158,101 +159,6 @@ class Inbox:
                 os.close(self._reader)
                 os.close(self._writer)
         return self.drain(False)
-
-
-# --- jobs and chunks, as the manager sees them ------------------------------------------------
-
-
-class _Job:
-    """One apply/map/imap call: its function, its result object, its progress."""
-
-    def __init__(self, func: Callable[..., Any], how: int, result: _Result,
-                 length: int | None, progress: Any = None) -> None:
-        self.job_id = result._job
-        self.func = func
-        self.how = how  # payload.APPLY, MAP or STARMAP
-        self.result = result
-        self.length = length  # chunks in all; None until an imap input is exhausted
-        self.resolved = 0
-        self.progress = progress
-        self.func_blob: bytes | None = None
-        self.func_error: BaseException | None = None
-        # imap read-ahead: one token per chunk the feeder may read before results come back
-        # (a C SimpleQueue: cheaper per chunk than a Semaphore, which is Python code)
-        self.slots: queue.SimpleQueue[None] | None = None
-        self.input_error: tuple[int, BaseException] | None = None  # held for its turn
-
-    def blob(self, cache: _FunctionBlobs) -> bytes:
-        """The pickled function, or raise why it cannot be pickled.
-
-        Pickled once per Pool and function object (``cache``), not once per job: pickling
-        a function of ``__main__`` by value costs more than a whole ``apply`` round trip.
-        Like multiprocessing's processes, the workers therefore see the module globals the
-        function reads as they were when the pool first sent it.
-        """
-        if self.func_error is not None:
-            raise self.func_error
-        if self.func_blob is None:
-            self.func_blob = cache.get(self.func)
-            if self.func_blob is None:
-                try:
-                    self.func_blob = payload.dumps(self.func)
-                except Exception as exc:
-                    self.func_error = exc
-                    raise
-                cache.put(self.func, self.func_blob)
-        return self.func_blob
-
-
-class _FunctionBlobs:
-    """The pickled form of recently used functions, by identity (a small LRU).
-
-    It keeps the last few function objects alive (so an id is never reused while cached);
-    a WeakKeyDictionary would cost a weak reference per lookup, per ``apply``.
-    """
-
-    MAX_BLOB = 64 * 1024
-
-    def __init__(self, size: int = 32) -> None:
-        self._size = size
-        self._entries: collections.OrderedDict[int, Tuple[Any, bytes]] = (
-            collections.OrderedDict()
-        )
-
-    def get(self, func: Any) -> bytes | None:
-        entry = self._entries.get(id(func))
-        if entry is None or entry[0] is not func:
-            return None
-        self._entries.move_to_end(id(func))
-        return entry[1]
-
-    def put(self, func: Any, blob: bytes) -> None:
-        if len(blob) > self.MAX_BLOB:
-            return  # a big closure: do not keep what it captured alive
-        self._entries[id(func)] = (func, blob)
-        self._entries.move_to_end(id(func))
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-
-
-class _Chunk:
-    __slots__ = ("job", "index", "items", "call_blob", "size")
-
-    def __init__(self, job: _Job, index: int, items: Any, size: int) -> None:
-        self.job = job
-        self.index = index
-        self.items = items  # a payload.Call before it is pickled
-        self.call_blob: bytes | None = None
-        self.size = size  # input items in it (progress)
-
-
-def _call_for(how: int, items: Any) -> payload.Call:
-    if how == payload.MAP:
-        return payload.map_call(items)
-    if how == payload.STARMAP:
-        return payload.starmap_call(items)
-    args, kwds = items
-    return (payload.APPLY, args, kwds)
 
 
 class _Manager:
@@ -604,13 +510,6 @@ class _Waiter:
         millis = None if timeout is None else math.ceil(timeout * 1000)
         objects_by_fd = self._objects
         return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]
-
-
-class _Failed:
-    """A chunk that failed before it ran (its function or arguments did not pickle)."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 # --- exit handling ------------------------------------------------------------------------------
