@@ -45,8 +45,8 @@ from .remote import (
 )
 
 if TYPE_CHECKING:
-    from .pool import _Manager
     from .pool_executors import ExecutorEvent
+    from .pool_manager import _Manager
 
 __all__ = ["ClusterLink", "RemoteExecutor"]
 
