@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
 from .config import Options
 from .errors import TaskLimitExceeded
-from .pool import ChunkDone, ChunkLost, _Failed
+from .pool_executors import ChunkDone, ChunkLost
+from .pool_jobs import _Failed
 from .remote import (
     BoardTrouble,
     ClusterBackend,
@@ -44,7 +45,8 @@ from .remote import (
 )
 
 if TYPE_CHECKING:
-    from .pool import ExecutorEvent, _Manager
+    from .pool_executors import ExecutorEvent
+    from .pool_manager import _Manager
 
 __all__ = ["ClusterLink", "RemoteExecutor"]
 
@@ -52,7 +54,7 @@ log = logging.getLogger("p2ppool.pool")
 
 
 class RemoteExecutor:
-    """One worker session, as the manager's :class:`~p2ppool.pool.Executor`.
+    """One worker session, as the manager's :class:`~p2ppool.pool_executors.Executor`.
 
     Its events arrive through the :class:`ClusterLink`, so it has nothing to wait on.
     """

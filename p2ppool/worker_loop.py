@@ -1,6 +1,7 @@
 """The worker's one loop: board presence, client sessions and their process engines.
 
-Used by :mod:`p2ppool.worker` (the command line).
+Used by :mod:`p2ppool.worker` (the command line).  The session frames and engine events are
+handled in :mod:`p2ppool.worker_sessions`, the board connection in :mod:`p2ppool.worker_board`.
 
 ::
 
@@ -44,17 +45,20 @@ from typing import Any, Deque, Dict, List, Sequence, Tuple
 
 from . import defaults
 from ._version import __version__
-from .errors import P2PPoolError, ProtocolError, TransferError
+from .worker_board import BoardPresence
+from .worker_sessions import (
+    _KILL_WAIT_S,
+    AWAITING_OPEN,
+    RUNNING,
+    SessionHandling,
+    _ClientSession,
+)
 
 __all__ = [
     "EXIT_ERROR", "EXIT_FORCED", "EXIT_OK", "WORKER_NAME_ENV", "Worker", "WorkerSettings",
 ]
 
 log = logging.getLogger("p2ppool.worker")
-
-#: Seconds a session's children get to exit after SIGTERM before the process group is killed
-#: (their session is over: no grace is owed, and the main loop waits meanwhile).
-_KILL_WAIT_S = 1.0
 
 #: The environment variable holding the worker's name in its task processes, so a task can
 #: tell where it ran (``os.environ.get("P2PPOOL_WORKER")``; unset in a Pool's own local
@@ -146,40 +150,10 @@ class _Inbox:
                 pass
 
 
-# --- one client session ------------------------------------------------------------------
-
-
-OPENING, AWAITING_OPEN, RUNNING, ENDED = "opening", "awaiting open", "running", "ended"
-
-
-class _ClientSession:
-    """The worker's side of one client session (owned by the main thread)."""
-
-    def __init__(self, sid: int, job: str, client: str, slots: int) -> None:
-        self.sid = sid
-        self.job = job
-        self.client = client
-        self.slots = slots
-        self.state = OPENING
-        self.transport: Any = None  # transfer.Session once opened
-        self.engine: Any = None  # engine.ProcessEngine once the Open frame was accepted
-        self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
-        self.functions: Dict[int, bytes] = {}
-        self.refused_functions: Dict[int, str] = {}
-        # task id -> (function key, function blob, arguments blob): references, not copies,
-        # so that a task that never started when its child died can be run again here
-        self.inflight: Dict[int, Tuple[int, bytes, bytes]] = {}
-        self.open_deadline: float | None = None  # monotonic, while AWAITING_OPEN
-        self.lost_cause: str | None = None  # lost before "opened" was handled
-
-    def who(self) -> str:
-        return f"{self.client}'s job {self.job}"
-
-
 # --- the worker ---------------------------------------------------------------------------
 
 
-class Worker:
+class Worker(BoardPresence, SessionHandling):
     """A volunteer worker: board presence, sessions, engines, and the one loop that owns them.
 
     Use: ``worker = Worker(settings)``, ``worker.install_signal_handlers()`` (main thread),
@@ -220,22 +194,6 @@ class Worker:
         _warm_up(self._mp_context, settings.max_memory_mb)
 
     # -- setup -----------------------------------------------------------------------------
-
-    def connect_board(self) -> None:
-        """Connect to the board (raises a clear BoardError if the first contact fails)."""
-        self.board = self._make_board(self._board_generation)
-        self.board.connect()
-
-    def _make_board(self, generation: int) -> Any:
-        from .board_client import BoardClient
-
-        s = self.settings
-        return BoardClient(
-            s.board_host, s.board_port, topic=s.cluster, username=s.board_user,
-            identity=s.identity, known_hosts=s.known_hosts,
-            on_message=lambda msg: self.inbox.post("board", msg),
-            on_state=lambda state: self.inbox.post("board_state", generation, state),
-        )
 
     def install_signal_handlers(self) -> None:
         """First SIGINT/SIGTERM withdraws, the second forces (main thread only)."""
@@ -360,85 +318,6 @@ class Worker:
         elif kind == "lost":
             self._lost(event[1], event[2])
 
-    def _board_state(self, state: Any) -> None:
-        from .board_client import State
-
-        if state is State.CONNECTED and self.board.reconnects and not self.withdrawing:
-            log.info("board connection re-established; announcing again")
-            self._execute(self.peer.start(time.time()))
-        elif state is State.RECONNECTING:
-            log.warning("board connection lost; reconnecting (running sessions go on)")
-        elif state is State.FAILED:
-            self._board_failed(self.board.error)
-
-    def _board_failed(self, error: BaseException | None) -> None:
-        from .errors import AccessDenied
-
-        if isinstance(error, AccessDenied) and not self.withdrawing:
-            # The channel of a cluster exists only while its owner (``p2ppool host``) is on
-            # it; after a board restart or a host's reconnect we may simply be early.
-            self._start_rejoin(error)
-            return
-        log.error("board failed for good: %s", error)
-        self.exit_status = EXIT_ERROR
-        self.withdraw("the board connection failed")
-
-    def _start_rejoin(self, error: BaseException) -> None:
-        if self._rejoin is not None and self._rejoin.is_alive():
-            return
-        log.warning("%s; the cluster's host may be away: retrying with backoff (running "
-                    "sessions go on)", error)
-        generation = self._board_generation + 1
-        self._rejoin = threading.Thread(target=self._rejoin_in_thread, args=(generation,),
-                                        name="p2ppool-board-rejoin", daemon=True)
-        self._rejoin.start()
-
-    def _rejoin_in_thread(self, generation: int) -> None:
-        """Make new board connections with backoff until one is let in (or we stop)."""
-        import random
-
-        from .board_client import backoff_delay
-        from .errors import (
-            AccessDenied,
-            BoardAuthError,
-            BoardConnectionError,
-            BoardError,
-            HostKeyMismatch,
-        )
-
-        attempt = 0
-        while not self._stop_rejoin.wait(backoff_delay(attempt, random.random())):
-            client = self._make_board(generation)
-            try:
-                client.connect()
-            except (BoardAuthError, HostKeyMismatch) as exc:
-                self.inbox.post("board_failed", exc)
-                return
-            except (AccessDenied, BoardConnectionError) as exc:
-                attempt += 1
-                log.info("board rejoin attempt %d failed: %s", attempt, exc)
-                continue
-            except BoardError as exc:
-                self.inbox.post("board_failed", exc)
-                return
-            self.inbox.post("board_rejoined", generation, client)
-            return
-
-    def _board_rejoined(self, generation: int, client: Any) -> None:
-        from .board_client import State
-
-        if self.withdrawing or self.forced:
-            client.close()
-            return
-        old, self.board = self.board, client
-        self._board_generation = generation
-        old.close()
-        if client.state is State.FAILED:  # failed before we got here: its event was stale
-            self._board_failed(client.error)
-            return
-        log.info("rejoined the board; announcing again")
-        self._execute(self.peer.start(time.time()))
-
     def _execute(self, actions: Sequence[Any]) -> None:
         from .peer import Note, OpenSession, Publish
 
@@ -449,285 +328,6 @@ class Worker:
                 self._start_session(action)
             elif isinstance(action, Note):
                 log.info("%s", action.text)
-
-    def _publish(self, message: Any) -> None:
-        from .protocol import Offer
-
-        if self.board is None:
-            return
-        try:
-            self.board.publish(message)
-        except P2PPoolError as exc:
-            log.warning("could not write %s on the board: %s", message.TYPE, exc)
-            return
-        if isinstance(message, Offer):
-            log.info("offered %d slot(s) to job %s", message.slots, message.job)
-
-    # -- sessions: opening -------------------------------------------------------------------
-
-    def _start_session(self, action: Any) -> None:
-        session = _ClientSession(action.session_id, action.job, action.client, action.slots)
-        self.sessions[session.sid] = session
-        log.info("%s accepted %d slot(s); opening the wormhole session %d",
-                 session.who(), session.slots, session.sid)
-        thread = threading.Thread(target=self._open_in_thread, args=(session.sid, action.code),
-                                  name=f"p2ppool-open-{session.sid}", daemon=True)
-        thread.start()
-
-    def _open_in_thread(self, sid: int, code: str) -> None:
-        from .transfer import WORKER, Session
-
-        s = self.settings
-        try:
-            transport = Session.open(
-                code, s.relay, s.transit, role=WORKER, loopback_only=s.loopback_only,
-                on_frame=lambda data: self.inbox.post("frame", sid, data),
-                on_lost=lambda cause: self.inbox.post("lost", sid, cause),
-                max_frame_bytes=s.max_frame_bytes,
-            )
-        except Exception as exc:  # reported to the loop, which logs and frees the slots
-            self.inbox.post("open_failed", sid, exc)
-            return
-        self.inbox.post("opened", sid, transport)
-
-    def _opened(self, sid: int, transport: Any) -> None:
-        session = self.sessions.get(sid)
-        if session is None or session.state != OPENING:
-            _close_quietly(transport, "")
-            return
-        session.transport = transport
-        session.state = AWAITING_OPEN
-        if session.lost_cause is not None:
-            self._lost(sid, session.lost_cause)
-            return
-        if self.withdrawing:
-            self._refuse(session, f"worker {self.settings.name} is shutting down")
-            return
-        session.open_deadline = time.monotonic() + defaults.WORKER_OPEN_FRAME_TIMEOUT_S
-        frames, session.early_frames = session.early_frames, []
-        for data in frames:
-            self._frame(sid, data)
-
-    def _open_failed(self, sid: int, exc: BaseException) -> None:
-        session = self.sessions.get(sid)
-        if session is None:
-            return
-        log.warning("session %d with %s could not be opened: %s", sid, session.who(), exc)
-        self._forget(session)
-
-    # -- sessions: frames ----------------------------------------------------------------------
-
-    def _frame(self, sid: int, data: bytes) -> None:
-        from .session_protocol import Bye, Cancel, Func, Open, Task, decode_frame
-
-        session = self.sessions.get(sid)
-        if session is None or session.state == ENDED:
-            return
-        if session.state == OPENING:
-            session.early_frames.append(data)
-            return
-        try:
-            frame = decode_frame(data)
-        except ProtocolError as exc:
-            log.warning("session %d with %s sent a bad frame (%s); closing it", sid,
-                        session.who(), exc)
-            self._end_session(session, f"protocol error: {exc}")
-            return
-        if session.state == AWAITING_OPEN:
-            if isinstance(frame, Open):
-                self._got_open(session, frame)
-            else:
-                log.warning("session %d with %s: expected Open, got %s; closing", sid,
-                            session.who(), type(frame).__name__)
-                self._end_session(session, "the first frame must be Open")
-            return
-        if isinstance(frame, Task):
-            self._got_task(session, frame)
-        elif isinstance(frame, Func):
-            self._got_func(session, frame)
-        elif isinstance(frame, Cancel):
-            self._got_cancel(session, frame)
-        elif isinstance(frame, Bye):
-            log.info("session %d with %s: the client said goodbye", sid, session.who())
-            self._end_session(session, "", send_bye=False)
-        else:
-            log.warning("session %d with %s: unexpected %s frame; ignored", sid,
-                        session.who(), type(frame).__name__)
-
-    def _got_open(self, session: _ClientSession, frame: Any) -> None:
-        from .engine import ProcessEngine
-        from .peer import payload_refusal, refusal_for_open
-        from .session_protocol import Ready
-
-        s = self.settings
-        reason = refusal_for_open(frame, job=session.job, python=s.python)
-        if reason is None:
-            reason = payload_refusal("the initializer", len(frame.initializer),
-                                     s.max_payload_bytes)
-        if reason is not None:
-            self._refuse(session, reason)
-            return
-        try:
-            session.engine = ProcessEngine(
-                session.slots, initializer_blob=frame.initializer or None,
-                maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
-                max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
-            )
-        except Exception as exc:
-            log.exception("could not start processes for %s", session.who())
-            self._refuse(session, f"worker {s.name} could not start its processes: {exc}")
-            return
-        session.state = RUNNING
-        session.open_deadline = None
-        self._send(session, Ready(worker=s.name, slots=session.slots,
-                                  max_payload_bytes=s.max_payload_bytes,
-                                  max_task_seconds=s.max_task_seconds))
-        log.info("session %d with %s opened (%d slot(s)%s)", session.sid, session.who(),
-                 session.slots,
-                 f", maxtasksperchild={frame.maxtasksperchild}"
-                 if frame.maxtasksperchild else "")
-
-    def _got_func(self, session: _ClientSession, frame: Any) -> None:
-        from .peer import payload_refusal
-
-        reason = payload_refusal(f"function {frame.func_key}", len(frame.blob),
-                                 self.settings.max_payload_bytes)
-        if reason is not None:
-            session.refused_functions[frame.func_key] = reason
-            session.functions.pop(frame.func_key, None)
-            log.info("session %d with %s: refused %s", session.sid, session.who(), reason)
-            return
-        session.refused_functions.pop(frame.func_key, None)
-        session.functions[frame.func_key] = frame.blob
-
-    def _got_task(self, session: _ClientSession, frame: Any) -> None:
-        from .peer import payload_refusal
-
-        s = self.settings
-        task_id = frame.task_id
-        if self.withdrawing:
-            self._send_lost(session, task_id, True, f"worker {s.name} is shutting down")
-            return
-        if task_id in session.inflight:
-            self._send_lost(session, task_id, False,
-                            f"task {task_id} is already running on worker {s.name}")
-            return
-        reason = session.refused_functions.get(frame.func_key)
-        if reason is None:
-            reason = payload_refusal(f"task {task_id}'s arguments", len(frame.args),
-                                     s.max_payload_bytes)
-        if reason is None and frame.func_key not in session.functions:
-            reason = f"task {task_id} names function {frame.func_key}, which was never sent"
-        if reason is not None:
-            log.info("session %d with %s: refused task %d: %s", session.sid, session.who(),
-                     task_id, reason)
-            self._send_lost(session, task_id, False, f"worker {s.name}: {reason}")
-            return
-        task = (frame.func_key, session.functions[frame.func_key], frame.args)
-        session.inflight[task_id] = task
-        session.engine.submit(task_id, *task)
-
-    def _got_cancel(self, session: _ClientSession, frame: Any) -> None:
-        doomed = [t for t in frame.task_ids if t in session.inflight]
-        if not doomed:
-            return
-        for task_id in doomed:
-            del session.inflight[task_id]
-        session.engine.cancel(doomed)
-        log.info("session %d with %s: cancelled %d task(s)", session.sid, session.who(),
-                 len(doomed))
-
-    # -- sessions: engine events ---------------------------------------------------------------
-
-    def _collect(self, session: _ClientSession, ready: Sequence[Any]) -> None:
-        from .engine import TaskDone
-        from .session_protocol import Result
-
-        for event in session.engine.collect(ready):
-            if event.task_id not in session.inflight:
-                continue  # cancelled: the client no longer wants it
-            if isinstance(event, TaskDone):
-                del session.inflight[event.task_id]
-                self._send(session, Result(event.task_id, event.ok, event.blob))
-                continue
-            if not event.charged and not self.withdrawing:
-                # It waited behind a task whose child died and never ran: run it again here.
-                log.info("session %d with %s: task %d had not started (%s); running it again",
-                         session.sid, session.who(), event.task_id, event.cause)
-                session.engine.submit(event.task_id, *session.inflight[event.task_id])
-                continue
-            del session.inflight[event.task_id]
-            limit_hit = event.charged and "time limit" in event.cause
-            cause = event.cause
-            if limit_hit:
-                cause += " (this worker's --max-task-seconds)"
-            log.info("session %d with %s: task %d lost: %s", session.sid, session.who(),
-                     event.task_id, cause)
-            self._send_lost(session, event.task_id, not limit_hit,
-                            f"worker {self.settings.name}: {cause}")
-
-    # -- sessions: ending ----------------------------------------------------------------------
-
-    def _send(self, session: _ClientSession, frame: Any) -> None:
-        from .session_protocol import encode_frame_parts
-
-        if session.transport is None or session.state == ENDED:
-            return
-        try:
-            session.transport.send_parts(encode_frame_parts(frame))
-        except TransferError as exc:
-            self._lost(session.sid, str(exc))
-
-    def _send_lost(self, session: _ClientSession, task_id: int, retry: bool, cause: str) -> None:
-        from .session_protocol import Lost
-
-        self._send(session, Lost(task_id, retry, cause))
-
-    def _refuse(self, session: _ClientSession, reason: str) -> None:
-        from .session_protocol import Refuse
-
-        log.info("refused session %d with %s: %s", session.sid, session.who(), reason)
-        self._send(session, Refuse(reason))
-        self._end_session(session, f"refused: {reason}", send_bye=False)
-
-    def _lost(self, sid: int, cause: str) -> None:
-        session = self.sessions.get(sid)
-        if session is None or session.state == ENDED:
-            return
-        if session.state == OPENING:
-            session.lost_cause = cause  # handled when the opener thread reports back
-            return
-        log.info("session %d with %s lost: %s; freeing %d slot(s)", sid, session.who(), cause,
-                 session.slots)
-        self._end_session(session, cause, send_bye=False)
-
-    def _end_session(self, session: _ClientSession, reason: str, send_bye: bool = True) -> None:
-        """Stop the session's engine, say goodbye (in the background) and free its slots."""
-        from .session_protocol import Bye, encode_frame
-
-        if session.state == ENDED:
-            return
-        session.state = ENDED
-        if send_bye and session.transport is not None:
-            try:
-                session.transport.send(encode_frame(Bye()))
-            except TransferError:
-                pass  # already gone: nothing to say goodbye to
-        if session.engine is not None:
-            session.engine.terminate(timeout=_KILL_WAIT_S)
-        if session.transport is not None:
-            closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
-                                      name=f"p2ppool-close-{session.sid}", daemon=True)
-            closer.start()
-            self._closers.append(closer)
-        self._forget(session)
-
-    def _forget(self, session: _ClientSession) -> None:
-        session.state = ENDED
-        self.sessions.pop(session.sid, None)
-        self._execute(self.peer.session_ended(session.sid, time.time()))
-        if not self.withdrawing:
-            log.info("%d of %d slot(s) free", self.peer.free_slots, self.settings.processes)
 
     # -- withdrawing -------------------------------------------------------------------------
 
@@ -804,11 +404,6 @@ class Worker:
         log.info("stopped")
 
 
-def _close_quietly(transport: Any, reason: str) -> None:
-    try:
-        transport.close(reason)
-    except Exception as exc:  # the session may already be gone; closing is best effort
-        log.debug("closing a session failed: %s", exc)
 
 
 def _warm_up(ctx: Any, max_memory_mb: float | None = None) -> None:

@@ -30,8 +30,8 @@ from p2ppool.errors import ProtocolError, TransferError
 from p2ppool.session_protocol import decode_frame
 
 NETWORK_PATH = ["protocol.py", "board_client.py", "session_protocol.py", "transfer.py",
-                "framing.py", "peer.py", "worker_loop.py", "recruit.py", "remote.py",
-                "cluster_link.py"]
+                "framing.py", "peer.py", "worker_loop.py", "worker_sessions.py", "worker_board.py",
+                "recruit.py", "remote.py", "cluster_link.py"]
 UNPICKLERS = {"pickle", "cloudpickle", "dill", "marshal", "shelve", "_pickle"}
 
 

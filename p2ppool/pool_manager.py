@@ -1,0 +1,508 @@
+"""A Pool's manager thread: the one owner of its scheduler, jobs and executors.
+
+The data flow is drawn atop :mod:`p2ppool.pool`.  Callers post calls to the :class:`Inbox`;
+:meth:`_Manager.run` waits on the executors' readables and the inbox's wake pipe, turns what
+became ready into scheduler events, executes the scheduler's commands and hands results to
+their waiters.  An exit hook terminates the managers of pools left open.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import threading
+import time
+import traceback
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, List, Sequence, Tuple
+
+from . import defaults, payload
+from .errors import BrokenPool, MaybeEncodingError, PoolNotRunning
+from .pool_executors import ChunkDone, Executor, ExecutorEvent
+from .pool_jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
+from .pool_results import IMapIterator, Outcome, _Result
+from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+
+# --- the manager's inbox -------------------------------------------------------------------
+
+
+class Inbox:
+    """Thread-safe calls for the manager thread: ``post(fn, *args)`` then wake it up.
+
+    Callers' requests and (issue 4) remote session events arrive here; the manager runs
+    them in order on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._calls: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)
+        os.set_blocking(self._reader, False)
+        self._closed = False
+        self.sleeping = False  # the manager is (about to be) blocked in wait
+        self._lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
+
+    @property
+    def readable(self) -> int:
+        """The file descriptor to include in ``wait``."""
+        return self._reader
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the manager thread soon.
+
+        Raises:
+            PoolNotRunning: the manager has exited (nothing would run the call).
+        """
+        if self._closed:
+            raise PoolNotRunning()
+        self._calls.append((fn, args))
+        # The manager sets ``sleeping`` before it checks for calls and blocks, so either it
+        # sees this call, or we see the flag and write (no lost wake-up, no needless write).
+        if self.sleeping:
+            self.wake()
+
+    def pending(self) -> bool:
+        """True if calls wait (the manager must not block)."""
+        return bool(self._calls)
+
+    def wake(self) -> None:
+        """Wake the manager without a call."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._writer, b"\0")
+            except OSError:
+                pass  # the pipe is full: it is awake anyway
+
+    def drain(self, woken: bool) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Take every posted call (manager thread only); ``woken``: the pipe was readable."""
+        if woken:
+            try:
+                os.read(self._reader, 65536)  # one read: more bytes only mean another turn
+            except OSError:
+                pass
+        calls = []
+        while self._calls:
+            calls.append(self._calls.popleft())
+        return calls
+
+    def close(self) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Refuse further calls; return those posted but never drained."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._reader)
+                os.close(self._writer)
+        return self.drain(False)
+
+
+class _Manager:
+    """The state behind one Pool, driven by its manager thread."""
+
+    def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int) -> None:
+        self._pool_ref = weakref.ref(pool)
+        self.pid = os.getpid()
+        self.inbox = Inbox()
+        self.scheduler = Scheduler(max_attempts)
+        self.executors: Dict[str, Executor] = {}
+        self.jobs: Dict[int, _Job] = {}
+        self.chunks: Dict[int, _Chunk] = {}
+        self._chunk_ids = itertools.count()
+        self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
+        self._function_blobs = _FunctionBlobs()
+        self.state = RUN
+        self.broken: BrokenPool | None = None
+        self.link: Any = None  # a cluster_link.ClusterLink when a cluster is configured
+        for executor in executors:
+            self.add_executor(executor)
+        self.thread = threading.Thread(
+            target=self.run, name=f"p2ppool-manager-{id(self):x}", daemon=_DAEMON_MANAGER
+        )
+
+    # --- requests (posted by callers; run on the manager thread) ---------------------------
+
+    def add_executor(self, executor: Executor) -> None:
+        """Give the scheduler another place to run chunks (manager thread, or before start)."""
+        self.executors[executor.name] = executor
+        now = time.monotonic()
+        # Running imaps read further ahead for the new slots (a cluster pool starts with none:
+        # its imaps would otherwise keep 2 chunks in flight, all on the first executor).
+        for job in self.jobs.values():
+            if job.slots is not None:
+                for _ in range(defaults.READ_AHEAD_PER_SLOT * executor.slots()):
+                    job.slots.put(None)
+        self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
+
+    def remove_executor(self, name: str, cause: str) -> None:
+        """An executor is gone (a peer was lost): its chunks go back to the queue."""
+        if self.executors.pop(name, None) is not None:
+            self._execute(self.scheduler.executor_lost(name, cause, time.monotonic()))
+
+    def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
+        if self.state == TERMINATE:
+            self._fail_job(job, BrokenPool("the pool was terminated before this task started"))
+            return
+        self.jobs[job.job_id] = job
+        if job.length == 0:
+            self._job_finished(job)
+            return
+        ids = [
+            self._new_chunk(job, index, items, size) for index, (items, size) in enumerate(chunks)
+        ]
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
+
+    def start_stream(self, job: _Job) -> None:
+        """An imap job: its chunks arrive later through :meth:`got_stream_chunk`."""
+        self.jobs[job.job_id] = job
+
+    def got_stream_chunks(self, job: _Job, chunks: List[Tuple[int, Any, int]]) -> None:
+        """imap chunks read by the feeder: ``(index, items, size)`` each."""
+        if job.job_id not in self.jobs:
+            return
+        ids = [self._new_chunk(job, index, items, size) for index, items, size in chunks]
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
+
+    def got_stream_error(self, job: _Job, index: int, error: BaseException) -> None:
+        if job.job_id not in self.jobs:
+            return
+        if job.resolved < index:  # after the chunks read before it (imap_unordered too)
+            job.input_error = (index, error)
+        else:
+            self._deliver(job, index, (False, error), 0)
+
+    def got_stream_end(self, job: _Job, length: int) -> None:
+        if job.job_id not in self.jobs:
+            return
+        job.length = length
+        assert isinstance(job.result, IMapIterator)
+        job.result._set_length(length)
+        if job.resolved >= length:
+            self._job_finished(job)
+
+    def close(self) -> None:
+        if self.state == RUN:
+            self.state = CLOSE
+
+    def terminate(self) -> None:
+        self.state = TERMINATE
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The manager thread: wait, then act on whatever became ready."""
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self.broken = BrokenPool(f"the pool's manager thread failed: {exc!r}")
+            traceback.print_exc()
+            self._fail_everything(self.broken)
+            for executor in self.executors.values():
+                executor.terminate()
+        finally:
+            # Calls that raced with the exit (a submit posted after the last turn): run them
+            # as if terminated, so that their results fail instead of waiting forever.
+            self.state = TERMINATE
+            for fn, args in self.inbox.close():
+                try:
+                    fn(*args)
+                except Exception:
+                    traceback.print_exc()
+            self._fail_everything(self.broken or BrokenPool("the pool has stopped"))
+
+    def _loop(self) -> None:
+        wait = _Waiter().wait
+        woken = True
+        sources: List[List[Any]] = []  # each executor's readables, last turn
+        readables: List[Any] = []
+        while True:
+            for fn, args in self.inbox.drain(woken):
+                fn(*args)
+            # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
+            # not whenever the next call arrives, which would then wait for their freeing.
+            fn = args = None  # type: ignore[assignment]
+            if self.link is not None:  # peers joined or lost, demand, fallback
+                self.link.turn(self, time.monotonic())
+            if self.state == TERMINATE:
+                self._shut_down(graceful=False)
+                return
+            if self.state == CLOSE and not self.jobs:
+                self._shut_down(graceful=True)
+                return
+            timeout = self._timeout()
+            current = []
+            for executor in self.executors.values():
+                current.append(executor.readables())
+                if executor.has_events():
+                    timeout = 0.0
+            changed = not readables or len(current) != len(sources) or any(
+                a is not b for a, b in zip(current, sources)
+            )
+            if changed:  # executors return the same list object until their set changes
+                sources = current
+                readables = [self.inbox.readable]
+                for found in current:
+                    readables += found
+            if self._deliveries:
+                self._flush()
+            self.inbox.sleeping = True
+            if self.inbox.pending():
+                timeout = 0.0
+            ready = wait(readables, timeout, changed)
+            self.inbox.sleeping = False
+            woken = self.inbox.readable in ready
+            now = time.monotonic()
+            if not ready or timeout == 0.0:
+                self._execute(self.scheduler.timer_expired(now))
+                ready_arg: List[Any] | None = None  # look everywhere (deadlines, events)
+            else:
+                ready_arg = ready
+            for name, executor in list(self.executors.items()):
+                for event in executor.collect(ready_arg):
+                    self._got_event(name, event)
+            event = None  # type: ignore[assignment]  # do not keep the last result blob alive
+
+    def _timeout(self) -> float | None:
+        earliest = self.scheduler.next_deadline()
+        if self.link is not None:
+            deadline = self.link.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        for executor in self.executors.values():
+            deadline = executor.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        if earliest is None:
+            return None
+        return max(0.0, earliest - time.monotonic())
+
+    def _got_event(self, executor: str, event: ExecutorEvent) -> None:
+        now = time.monotonic()
+        if isinstance(event, ChunkDone):
+            commands = self.scheduler.got_result(event.chunk_id, executor, event, now)
+        else:
+            commands = self.scheduler.task_lost(
+                event.chunk_id, executor, event.cause, now, event.charged
+            )
+        self._execute(commands)
+
+    def _execute(self, commands: List[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Assign):
+                self._assign(command)
+            elif isinstance(command, Resolve):
+                self._resolve(_cid(command.chunk_id), command.result)
+            elif isinstance(command, Fail):
+                self._resolve_outcome(_cid(command.chunk_id), (False, command.error))
+            elif isinstance(command, Cancel):
+                executor = self.executors.get(command.executor)
+                if executor is not None:
+                    executor.cancel([_cid(command.chunk_id)])
+            # WakeAt: the loop asks the scheduler for its next deadline every turn.
+
+    def _assign(self, command: Assign) -> None:
+        chunk_id = _cid(command.chunk_id)
+        chunk = self.chunks[chunk_id]
+        try:
+            func_blob = chunk.job.blob(self._function_blobs)
+            if chunk.call_blob is None:
+                chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
+                chunk.items = None
+        except Exception as exc:  # unpicklable function or arguments: that chunk's result
+            now = time.monotonic()
+            self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
+                                                    _Failed(exc), now))
+            return
+        # The blob is the function's key: a child keeps what it unpickled, so calls of the
+        # same module function (200 applies) send it once per process, not once per job.
+        self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
+
+    def _resolve(self, chunk_id: int, result: Any) -> None:
+        if isinstance(result, _Failed):
+            self._resolve_outcome(chunk_id, (False, result.error))
+            return
+        assert isinstance(result, ChunkDone)
+        try:
+            value = payload.loads(result.blob)
+        except Exception as exc:
+            unreadable = MaybeEncodingError(exc, "<a result that could not be unpickled>")
+            outcome: Outcome = (False, unreadable)
+        else:
+            outcome = (result.ok, value)
+        self._resolve_outcome(chunk_id, outcome)
+
+    def _resolve_outcome(self, chunk_id: int, outcome: Outcome) -> None:
+        chunk = self.chunks.pop(chunk_id, None)
+        if chunk is None:
+            return
+        self._deliver(chunk.job, chunk.index, outcome, chunk.size)
+
+    def _deliver(self, job: _Job, index: int, outcome: Outcome, size: int) -> None:
+        if job.progress is not None:
+            job.progress.update(size)
+        self._deliveries.append((job.result, index, outcome))
+        job.resolved += 1
+        if job.slots is not None:
+            job.slots.put(None)
+        if job.input_error is not None and job.resolved == job.input_error[0]:
+            (index, error), job.input_error = job.input_error, None
+            self._deliver(job, index, (False, error), 0)
+            return
+        if job.length is not None and job.resolved >= job.length:
+            self._job_finished(job)
+
+    def _flush(self) -> None:
+        """Hand results to their waiters (callbacks first, then wake-ups).
+
+        Done last in every turn, just before the manager blocks: a woken caller then finds
+        the interpreter lock free instead of waiting for the rest of the turn.
+        """
+        deliveries, self._deliveries = self._deliveries, []
+        for result, index, outcome in deliveries:
+            try:
+                result._set(index, outcome)
+            except Exception:  # a callback raised: report it, keep the pool alive
+                traceback.print_exc()
+
+    def _job_finished(self, job: _Job) -> None:
+        self.jobs.pop(job.job_id, None)
+        if job.progress is not None:
+            job.progress.close()
+            job.progress = None
+
+    def _new_chunk(self, job: _Job, index: int, items: Any, size: int) -> int:
+        chunk_id = next(self._chunk_ids)
+        self.chunks[chunk_id] = _Chunk(job, index, items, size)
+        return chunk_id
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def _shut_down(self, graceful: bool) -> None:
+        self._flush()
+        if graceful:
+            if self.link is not None:
+                self.link.close()
+            for executor in self.executors.values():
+                executor.close()
+            for executor in self.executors.values():
+                executor.join(defaults.ENGINE_JOIN_S)
+            return
+        if self.link is not None:
+            self.link.terminate()
+        for executor in self.executors.values():
+            executor.terminate()
+        self._fail_everything(BrokenPool("the pool was terminated before this task finished"))
+
+    def _fail_everything(self, error: BaseException) -> None:
+        try:
+            self._flush()
+        except Exception:
+            traceback.print_exc()
+        for job in list(self.jobs.values()):
+            self._fail_job(job, error)
+        self.jobs.clear()
+        self.chunks.clear()
+
+    def _fail_job(self, job: _Job, error: BaseException) -> None:
+        try:
+            job.result._abort(error)
+        except Exception:
+            traceback.print_exc()
+        if job.progress is not None:
+            job.progress.close()
+            job.progress = None
+        if job.slots is not None:
+            job.slots.put(None)
+
+
+def _cid(chunk_id: Hashable) -> int:
+    """The Pool numbers its chunks with ints (the scheduler accepts any hashable id)."""
+    assert isinstance(chunk_id, int)
+    return chunk_id
+
+
+class _Waiter:
+    """``multiprocessing.connection.wait`` with one lasting ``poll`` object.
+
+    ``connection.wait`` builds and fills a new selector on every call (about as long as a
+    whole round trip to a child); the manager waits on nearly the same objects every turn.
+    """
+
+    def __init__(self) -> None:
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        self._objects: Dict[int, Any] = {}
+
+    def wait(self, objects: List[Any], timeout: float | None, changed: bool = True) -> List[Any]:
+        """Like ``connection.wait``; ``changed=False`` promises the same objects as last time."""
+        if self._poll is None:  # pragma: no cover - platforms without poll()
+            return list(multiprocessing.connection.wait(objects, timeout))
+        if changed:
+            wanted = {(o if isinstance(o, int) else o.fileno()): o for o in objects}
+            for fd in self._objects.keys() - wanted.keys():
+                self._poll.unregister(fd)
+            for fd in wanted.keys() - self._objects.keys():
+                self._poll.register(fd, select.POLLIN)
+            self._objects = wanted
+        millis = None if timeout is None else math.ceil(timeout * 1000)
+        objects_by_fd = self._objects
+        return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]
+
+
+# --- exit handling ------------------------------------------------------------------------------
+
+_live_managers: weakref.WeakSet[_Manager] = weakref.WeakSet()
+_exiting = False
+
+
+def _at_exit() -> None:
+    """Interpreter exit: terminate pools left open (as multiprocessing does) and join them."""
+    global _exiting
+    _exiting = True
+    # Only the process that made a manager may touch it: a forked child inherits this set
+    # (and maybe a lock some other thread held at fork time) but not the manager thread.
+    managers = [m for m in _live_managers if m.pid == os.getpid()]
+    for manager in managers:
+        try:
+            manager.inbox.post(manager.terminate)
+        except PoolNotRunning:
+            pass
+    for manager in managers:
+        if manager.thread.is_alive() and manager.thread is not threading.current_thread():
+            manager.thread.join(defaults.ENGINE_JOIN_S * 2)
+
+
+# threading._register_atexit runs before non-daemon threads are joined (Python 3.9+), which is
+# what lets the manager be a regular thread without ever hanging the exit.
+_register = getattr(threading, "_register_atexit", None)
+_DAEMON_MANAGER = _register is None
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - Python < 3.9
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+def _terminate_manager(manager: _Manager) -> None:
+    """Tell the manager to terminate and wait (bounded) until it has."""
+    try:
+        manager.inbox.post(manager.terminate)
+    except PoolNotRunning:
+        return  # it has exited already
+    thread = manager.thread
+    if thread.ident is not None and thread is not threading.current_thread():
+        thread.join(defaults.ENGINE_JOIN_S * 2)
