@@ -27,13 +27,20 @@ import pytest
 from p2ppool import BrokenPool
 from p2ppool.localcluster import LocalCluster
 from tests import _pool_fixtures as fx
-from tests._cluster_fixtures import assert_gone, descendants
+from tests._cluster_fixtures import assert_gone, descendants, wait_until_idle
 from tests.system import _pool_cluster_tasks as tasks
 
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+@pytest.fixture(autouse=True)
+def _shared_cluster_idle(request: pytest.FixtureRequest) -> None:
+    """Tests on the module's shared cluster start with every worker idle (the previous
+    test's sessions and offers are asynchronously released; see wait_until_idle)."""
+    if "local_cluster" in request.fixturenames:
+        wait_until_idle(request.getfixturevalue("local_cluster"))
 
 @pytest.fixture(scope="module")
 def empty_cluster() -> Iterator[LocalCluster]:

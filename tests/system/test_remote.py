@@ -27,10 +27,17 @@ from p2ppool.remote import (
     TaskDone,
     TaskLost,
 )
-from tests._cluster_fixtures import assert_gone, executor_names
+from tests._cluster_fixtures import assert_gone, executor_names, wait_until_idle
 
 pytestmark = pytest.mark.system
 
+
+@pytest.fixture(autouse=True)
+def _shared_cluster_idle(request: pytest.FixtureRequest) -> None:
+    """Tests on the module's shared cluster start with every worker idle (the previous
+    test's sessions and offers are asynchronously released; see wait_until_idle)."""
+    if "local_cluster" in request.fixturenames:
+        wait_until_idle(request.getfixturevalue("local_cluster"))
 
 def _run(pump: Any, executor: str, task_id: int, func: Any, items: List[Any],
          func_key: int = 1) -> None:
