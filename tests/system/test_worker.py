@@ -30,6 +30,7 @@ from p2ppool.session_protocol import Cancel, Lost, Ready, Refuse, Result
 from p2ppool.transfer import CLIENT, Session
 
 from ._worker_driver import (
+    CLUSTER,
     PYTHON,
     ROOT,
     BoardAccess,
@@ -120,11 +121,15 @@ class Cluster:
         env["PYTHONPATH"] = ROOT
         return env
 
-    def worker(self, name: str, *extra: str, processes: int = 2) -> WorkerProcess:
+    def worker(self, name: str, *extra: str, processes: int = 2,
+               announce: bool = True) -> WorkerProcess:
+        """Start a worker; unless ``announce`` is false, wait until the host sees its Hello."""
         argv = ["--cluster", "alice/friends", "--name", name, "--processes", str(processes),
                 "--relay", self.servers.relay_url, "--transit", self.servers.transit,
                 "--loopback-only", *self.access("bob").argv(), *extra]
         worker = WorkerProcess(argv, self.env())
+        if not announce:
+            return worker
         try:
             self.host.wait_for(is_hello(name, processes), 20.0, f"hello of worker {name}")
         except BaseException:
@@ -658,25 +663,64 @@ def test_bad_options_are_clear_errors(cluster: Cluster) -> None:
         assert "Traceback" not in proc.stderr.decode(), proc.stderr
 
 
+def _channel_gone(board: Any) -> None:
+    assert board.server.wait_for(lambda srv: srv.channel_members(CLUSTER) == {}, 15.0), \
+        board.server.channel_members(CLUSTER)
+
+
 def test_worker_rejoins_when_the_cluster_host_comes_back(
     tmp_path: Path, board_keys: Any, wormhole_servers: Any
 ) -> None:
-    """bob's worker outlives a moment when alice's channel does not exist (access denied)."""
+    """bob's worker outlives a moment when alice's channel does not exist (access denied).
+
+    The host and its keeper leave one after the other, so the worker's pipe is the last
+    and the board ends it (the departure rule); its reconnections are refused until alice
+    is back.  (Closing only the keeper, as this test once did, ended the *host's* pipe by
+    the same rule and made the channel flap while the worker started: which refusal the
+    worker met, and so what it logged, depended on timing.)
+    """
     from tests._board_fixtures import start_board
 
     board = start_board(tmp_path / "board", board_keys)
     cl = Cluster(board, wormhole_servers, tmp_path)
-    cl.keeper.close()  # only the host holds the channel open
     worker = None
     try:
         worker = cl.worker("w-rejoin", processes=1)
-        # the host leaves: the channel is gone, the board ends the worker's pipe and refuses
-        # it access until the owner is back
+        cl.keeper.close()  # the host and the worker remain: two pipes, nothing ends
+        cl.host.close()  # the worker's pipe is the last: ended; the channel is gone
+        _channel_gone(board)
+        worker.wait_log("access denied", timeout=15)  # its reconnections are refused
+        assert worker.proc.poll() is None
+        cl.host = cl.access("alice").client(flags=["-a", "alice,bob,carol"])
+        cl.host.wait_for(is_hello("w-rejoin", 1), 20.0, "hello of the rejoined worker")
+        assert worker.stop() == 0
+    finally:
+        if worker is not None:
+            worker.kill()
         cl.host.close()
+        board.cleanup()
+        board.server.stop()
+
+
+def test_a_worker_refused_at_start_rejoins_when_the_cluster_host_comes(
+    tmp_path: Path, board_keys: Any, wormhole_servers: Any
+) -> None:
+    """A worker whose very first board session is refused (the host is away) retries with
+    backoff, and joins once the host has opened the channel."""
+    from tests._board_fixtures import start_board
+
+    board = start_board(tmp_path / "board", board_keys)
+    cl = Cluster(board, wormhole_servers, tmp_path)
+    worker = None
+    try:
+        cl.host.close()  # the keeper is the last pipe: ended; then it is closed too
+        cl.keeper.close()
+        _channel_gone(board)
+        worker = cl.worker("w-early", processes=1, announce=False)
         worker.wait_log("access denied", timeout=15)
         worker.wait_log("retrying with backoff")
         cl.host = cl.access("alice").client(flags=["-a", "alice,bob,carol"])
-        cl.host.wait_for(is_hello("w-rejoin", 1), 20.0, "hello of the rejoined worker")
+        cl.host.wait_for(is_hello("w-early", 1), 20.0, "hello of the rejoined worker")
         worker.wait_log("rejoined the board")
         assert worker.stop() == 0
     finally:
