@@ -248,6 +248,7 @@ def _listening_port(parent: Any) -> Any:
 def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127.0.0.1") -> int:
     """Run both servers until stdin closes or a signal arrives; return the exit code."""
     from twisted.internet import defer, stdio
+    from twisted.internet.error import ReactorNotRunning
     from twisted.internet.protocol import Protocol
     from twisted.python import log
     from wormhole_mailbox_server import server_tap as mailbox_tap
@@ -273,12 +274,18 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
     relay.startService()
     status = {"code": 0}
 
+    def _stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (the parent went away while we were being stopped)
+
     class _ParentWatch(Protocol):
         """Stop when the parent closes our stdin (or dies)."""
 
         def connectionLost(self, reason: Any = None) -> None:
             if reactor.running:
-                reactor.stop()
+                _stop()
 
     def _ready(ports: List[Any]) -> None:
         # The endpoint service logs a listen failure itself and then fires with None.
@@ -291,22 +298,32 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
             status["code"] = 1
             reactor.stop()
             return
+        # Watch the parent first: if anything below fails, its end of stdin still stops us.
+        stdio.StandardIO(  # type: ignore[no-untyped-call,call-arg]
+            _ParentWatch(), stdout=os.open(os.devnull, os.O_WRONLY)
+        )
         line = json.dumps({
             _READY_KEY: True,
             "mailbox_port": ports[0].getHost().port,
             "relay_port": ports[1].getHost().port,
             "pid": os.getpid(),
         })
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError as exc:
+            # The parent closed its end before we were ready (it was interrupted or killed
+            # while starting us): nobody will use these servers.  (Before, the exception
+            # ended this callback before the parent watch existed: the servers ran forever.)
+            sys.stderr.write(f"p2ppool.wormhole_servers: the parent is gone ({exc}); "
+                             "stopping\n")
+            status["code"] = 1
+            _stop()
         # Nothing else goes to the parent's pipe: a later write (a library's print) would
         # block once the unread pipe fills, or end the process if the parent closed it.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        stdio.StandardIO(  # type: ignore[no-untyped-call,call-arg]
-            _ParentWatch(), stdout=os.open(os.devnull, os.O_WRONLY)
-        )
 
     def _failed(failure: Any) -> None:
         sys.stderr.write(f"p2ppool.wormhole_servers: could not listen: {failure.value}\n")

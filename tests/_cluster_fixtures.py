@@ -19,6 +19,7 @@ Fixtures:
 Helpers:
     descendants(): pids of every live descendant of this process.
     assert_gone(pids, timeout): every pid has exited (zombies count as gone).
+    wait_until_idle(cluster): every live worker of a (shared) cluster has all slots free.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "local_cluster",
     "recorded_codes",
     "task_gate",
+    "wait_until_idle",
 ]
 
 
@@ -57,6 +59,21 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def wait_until_idle(cluster: Any, timeout: float = 30.0) -> None:
+    """Wait until every live worker of ``cluster`` has said (in its latest Hello) that all
+    its slots are free: no session and no pending offer left by an earlier test.
+
+    A test on a shared cluster that counts sessions or offered slots calls this first: a
+    worker still busy with the previous test's session (its end is asynchronous) would
+    offer fewer slots, and the recruiter would then open more sessions than the test
+    expects.
+    """
+    for worker in cluster.workers:
+        if worker.alive:
+            cluster.wait_for_hello(worker.name, lambda h: h.slots == cluster.processes_per_worker,
+                                   timeout=timeout)
 
 
 def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:

@@ -143,7 +143,8 @@ def test_host_announces_and_status_reports_who_is_there(
         # carol runs `p2ppool status` (JSON); bob answers her hello, the host re-announces.
         started = time.time()
         result = subprocess.run(
-            p2ppool("status", "--cluster", "alice/friends", "--wait", "1.5", "--json"),
+            # --wait 3: bob's answer crosses the board twice, slow on a loaded machine
+            p2ppool("status", "--cluster", "alice/friends", "--wait", "3", "--json"),
             env=cli_env(board_server, tmp_path, "carol", "carol"),
             capture_output=True, timeout=WAIT,
         )
@@ -160,7 +161,7 @@ def test_host_announces_and_status_reports_who_is_there(
 
         # The table form, as bob.
         table = subprocess.run(
-            p2ppool("status", "--cluster", "alice/friends", "--wait", "1"),
+            p2ppool("status", "--cluster", "alice/friends", "--wait", "3"),
             env=cli_env(board_server, tmp_path, "bob", "bob"),
             capture_output=True, timeout=WAIT, text=True,
         )

@@ -33,14 +33,26 @@ def value_of(item: int) -> int:
     return item * item + 7
 
 
-def record(item: int, seconds: float = 0.0, log: str | None = None) -> Record:
-    """Simulate ``seconds`` of work on ``item`` and return where it ran (logged at start)."""
+def record(item: int, seconds: float = 0.0, log: str | None = None,
+           hold: str | None = None, hold_from: int = 0) -> Record:
+    """Simulate ``seconds`` of work on ``item`` and return where it ran (logged at start).
+
+    With ``hold`` (a file name), items from ``hold_from`` on wait after they are logged until
+    that file exists: the test decides when they may finish, so it knows which tasks are in
+    flight (started, no result yet) whatever the machine's speed.
+    """
     if log:
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, f"{item} {os.getpid()} {worker_pid_of_this_task()}\n".encode())
         finally:
             os.close(fd)
+    if hold is not None and item >= hold_from:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(hold):  # polls a file the test creates: a gate's task side
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{hold} did not appear within 60 s")
+            time.sleep(0.005)
     if seconds:
         time.sleep(seconds)  # the work itself, not synchronisation
     return (item, value_of(item), os.getpid(), worker_pid_of_this_task())

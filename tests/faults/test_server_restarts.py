@@ -34,16 +34,20 @@ def _wait_for(condition: Callable[[], bool], timeout: float, poll: Callable[[flo
 def _run_through_restart(tmp_path: Any, restart: Callable[[LocalCluster, Callable[[], None]],
                                                              None]) -> None:
     log = str(tmp_path / "executions")
+    down = str(tmp_path / "down")
     items = list(range(300))
     with LocalCluster(workers=2, processes_per_worker=2) as cluster, \
             cluster.pool(4, fallback=None) as pool:
-        result = pool.map_async(functools.partial(record, seconds=0.03, log=log), items,
-                                chunksize=1)
+        # Items from 40 on wait (once started) until the server is down: the map cannot
+        # run out of items before the server is killed, however slow this process is.
+        result = pool.map_async(functools.partial(record, seconds=0.03, log=log, hold=down,
+                                                  hold_from=40), items, chunksize=1)
         _wait_for(lambda: sum(executions(log).values()) >= 20, 30, result.wait,
                   "the map did not start")
         progress = {}
 
         def while_down() -> None:
+            open(down, "w").close()
             before = sum(executions(log).values())
             _wait_for(lambda: sum(executions(log).values()) >= before + 30, 20, result.wait,
                       "no progress while the server was down")

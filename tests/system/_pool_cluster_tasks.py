@@ -32,11 +32,15 @@ def record(arg: Tuple[int, str, float]) -> Tuple[int, int, str]:
     return item, os.getpid(), where()
 
 
-def record_or_stall(arg: Tuple[int, str, float, str, int, int]) -> Tuple[int, int, str]:
+def record_or_stall(arg: Tuple[int, str, float, str, int, int, str]) -> Tuple[int, int, str]:
     """:func:`record`, except that on worker ``stall_on`` every item from ``stall_from`` on
     reports to the TaskGate on ``gate_port`` and hangs there (until the test kills that
-    worker): the test then knows that worker holds a chunk it will never finish."""
-    item, path, seconds, stall_on, stall_from, gate_port = arg
+    worker): the test then knows that worker holds a chunk it will never finish.
+
+    On any other worker, items from ``stall_from`` on wait (before they count as executed)
+    until the file ``hold_path`` exists: the others cannot finish the map before the
+    ``stall_on`` worker has joined and stalled, however late it joins."""
+    item, path, seconds, stall_on, stall_from, gate_port, hold_path = arg
     if where() == stall_on and item >= stall_from:
         import socket
 
@@ -44,7 +48,18 @@ def record_or_stall(arg: Tuple[int, str, float, str, int, int]) -> Tuple[int, in
         conn.sendall(f"{item} {os.getpid()}\n".encode())
         conn.settimeout(30)
         conn.recv(1)  # never answered: the worker dies first
+    elif item >= stall_from:
+        wait_for_path(hold_path)
     return record((item, path, seconds))
+
+
+def wait_for_path(path: str, timeout: float = 45.0) -> None:
+    """Block until ``path`` exists (the test creates it when the task may go on)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout:g} s")
+        time.sleep(0.005)  # polling a file the test creates: the task's side of a gate
 
 
 def paced(arg: Tuple[int, str]) -> Tuple[int, str]:
@@ -57,6 +72,13 @@ def paced(arg: Tuple[int, str]) -> Tuple[int, str]:
 
 def square_where(x: int) -> Tuple[int, str]:
     return x * x, where()
+
+
+def square_where_after(arg: Tuple[int, str]) -> Tuple[int, str]:
+    """:func:`square_where` of ``x`` once the file ``path`` exists."""
+    x, path = arg
+    wait_for_path(path)
+    return square_where(x)
 
 
 def pid_where(_: object = None) -> Tuple[int, str]:

@@ -27,10 +27,17 @@ from p2ppool.remote import (
     TaskDone,
     TaskLost,
 )
-from tests._cluster_fixtures import assert_gone, executor_names
+from tests._cluster_fixtures import assert_gone, executor_names, wait_until_idle
 
 pytestmark = pytest.mark.system
 
+
+@pytest.fixture(autouse=True)
+def _shared_cluster_idle(request: pytest.FixtureRequest) -> None:
+    """Tests on the module's shared cluster start with every worker idle (the previous
+    test's sessions and offers are asynchronously released; see wait_until_idle)."""
+    if "local_cluster" in request.fixturenames:
+        wait_until_idle(request.getfixturevalue("local_cluster"))
 
 def _run(pump: Any, executor: str, task_id: int, func: Any, items: List[Any],
          func_key: int = 1) -> None:
@@ -261,14 +268,14 @@ def test_a_third_member_cannot_open_the_sealed_code(
 def test_an_unreachable_board_is_reported(cluster_backend: Any) -> None:
     import socket
 
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:  # bound, never listening: nobody else can take the port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    options = {"cluster": "alice/none", "board": f"127.0.0.1:{port}", "board_user": "alice",
-               "relay": "ws://127.0.0.1:9/v1", "transit": "tcp:127.0.0.1:9",
-               "loopback_only": True}
-    pump = cluster_backend(None, demand=1, options=options)
-    (trouble,) = pump.of_type(BoardTrouble, timeout=10)
+        options = {"cluster": "alice/none", "board": f"127.0.0.1:{port}",
+                   "board_user": "alice", "relay": "ws://127.0.0.1:9/v1",
+                   "transit": "tcp:127.0.0.1:9", "loopback_only": True}
+        pump = cluster_backend(None, demand=1, options=options)
+        (trouble,) = pump.of_type(BoardTrouble, timeout=10)
     assert "cannot reach the board" in trouble.message and str(port) in trouble.message
 
 

@@ -87,9 +87,9 @@ def test_reassembly_of_a_large_frame_is_linear() -> None:
     payload = bytes(range(256)) * (8 * 4096)
     stream = record(KIND_DATA, payload)
     decoder = FrameDecoder(max_frame_bytes=len(payload))
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a loaded machine does not stretch it
     out = feed_in_pieces(decoder, stream, list(range(0, len(stream), 4096)))
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert out == [(KIND_DATA, payload)]
 
 

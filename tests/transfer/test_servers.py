@@ -108,3 +108,27 @@ def test_command_line_rejects_bad_ports():
     )
     assert result.returncode == 2
     assert "--mailbox-port must be between 0 and 65535" in result.stderr
+
+
+def test_servers_stop_when_their_parent_went_away_before_they_were_ready(tmp_path):
+    """A parent interrupted while starting the servers (e.g. Ctrl-C inside ``Popen``: the
+    child runs, its pipes are closed, nobody knows its pid) must not leave them running:
+    they find nobody to tell they are ready, and stop.  (They used to run forever: the
+    failed write of the ready line ended the callback before stdin was watched.)"""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "p2ppool.wormhole_servers", "--state", str(tmp_path / "s")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()  # what Popen's cleanup does when interrupted after the fork
+        child.stdout.close()
+        assert child.wait(timeout=30) == 1
+        assert child.stderr is not None
+        assert b"the parent is gone" in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+        if child.stderr is not None:
+            child.stderr.close()

@@ -113,7 +113,8 @@ def test_echo_of_many_frames_keeps_order(wormhole_servers: WormholeServers, spaw
     assert received == sent
     assert session.frames_received == len(sent)
     assert session.is_open and session.cause is None
-    assert setup_s < 5.0
+    # (includes the peer's interpreter start and imports: seconds on a loaded machine)
+    assert setup_s < 8.0
     session.close()
     assert col.wait_lost(5) == "closed locally"
     assert col.lost_calls == 1

@@ -6,7 +6,7 @@ import itertools
 from typing import Any, Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2ppool.chunking import (
@@ -29,6 +29,7 @@ def mp_default_chunksize(length: int, processes: int) -> int:
     return chunksize
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 100_000), st.integers(1, 64))
 def test_default_chunksize_is_multiprocessings(length: int, processes: int) -> None:
     assert default_chunksize(length, processes) == mp_default_chunksize(length, processes)
@@ -52,6 +53,7 @@ def test_validate_chunksize_rejects_the_rest(bad: Any) -> None:
         validate_chunksize(bad)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(), max_size=60), st.integers(1, 9))
 def test_split_keeps_every_item_in_order(items: list[int], size: int) -> None:
     chunks = split(items, size)
@@ -97,6 +99,7 @@ def test_reader_puts_an_input_error_in_place_of_the_next_chunk(
     assert reader.next_chunk() is None and reader.count == chunks_before + 1
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.permutations(list(range(12))))
 def test_reorder_buffer_releases_in_index_order(order: list[int]) -> None:
     buffer: ReorderBuffer[str] = ReorderBuffer()

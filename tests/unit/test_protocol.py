@@ -89,6 +89,7 @@ def wire(**changes: Any) -> bytes:
 # --- round trips -----------------------------------------------------------------------------
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages)
 def test_every_valid_message_round_trips(msg: Message) -> None:
     line = encode(msg)
@@ -98,6 +99,7 @@ def test_every_valid_message_round_trips(msg: Message) -> None:
     assert type(decode(line, NOW)) is type(msg)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages, max_size=20), st.data())
 def test_stream_of_messages_survives_any_chunking(msgs: List[Message], data: st.DataObject) -> None:
     stream = b"".join(encode(m) for m in msgs)
@@ -229,7 +231,7 @@ def test_rejection_pickles_with_its_reason() -> None:
 # --- the stream decoder never raises and counts drops ---------------------------------------
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=6000), max_size=20))
 def test_arbitrary_bytes_never_raise_out_of_the_decoder(chunks: List[bytes]) -> None:
     decoder = LineDecoder()
@@ -239,6 +241,7 @@ def test_arbitrary_bytes_never_raise_out_of_the_decoder(chunks: List[bytes]) -> 
         assert decoder.pending_bytes <= defaults.MAX_LINE_BYTES
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=5000))
 def test_decode_raises_only_protocol_errors(line: bytes) -> None:
     try:
@@ -255,6 +258,7 @@ def test_decode_raises_only_protocol_errors(line: bytes) -> None:
         }
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.booleans(), st.integers(0, 9000)), min_size=1, max_size=12),
     st.integers(1, 700),
@@ -325,7 +329,7 @@ def test_ten_megabyte_line_is_discarded_without_buffering_it() -> None:
 # --- sealed codes ----------------------------------------------------------------------------
 
 
-@settings(max_examples=40)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=40)
 @given(st.text(min_size=1, max_size=200))
 def test_sealed_code_opens_only_with_the_matching_key(code: str) -> None:
     private, public = new_offer_keypair()

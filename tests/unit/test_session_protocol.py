@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2ppool.errors import ProtocolError
@@ -39,11 +39,13 @@ frames = st.one_of(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames)
 def test_every_frame_round_trips(frame: object) -> None:
     assert decode_frame(encode_frame(frame)) == frame  # type: ignore[arg-type]
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary())
 def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     try:
