@@ -108,7 +108,8 @@ class BoardPresence:
         )
 
         attempt = 0
-        while not self._stop_rejoin.wait(backoff_delay(attempt, random.random())):
+        rng = random.Random()  # not the global one: tests that share the process seed it
+        while not self._stop_rejoin.wait(backoff_delay(attempt, rng.random())):
             client = self._make_board(generation)
             try:
                 client.connect()
