@@ -15,3 +15,12 @@ for _name in ("tests._board_fixtures", "tests._wormhole_fixtures", "tests._clust
     globals().update(
         {key: value for key, value in vars(_module).items() if not key.startswith("__")}
     )
+
+# Property tests: no per-example deadline and no "too slow" health check anywhere (a loaded
+# CI machine makes single examples slow; what they prove does not depend on speed).
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "p2ppool", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("p2ppool")
