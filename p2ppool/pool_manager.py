@@ -226,11 +226,13 @@ class _Manager:
 
     def _loop(self) -> None:
         wait = _Waiter().wait
+        inbox = self.inbox
         woken = True
         sources: List[List[Any]] = []  # each executor's readables, last turn
         readables: List[Any] = []
+        owner: Dict[Any, str] = {}  # readable -> name of the executor it belongs to
         while True:
-            for fn, args in self.inbox.drain(woken):
+            for fn, args in inbox.drain(woken):
                 fn(*args)
             # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
             # not whenever the next call arrives, which would then wait for their freeing.
@@ -244,36 +246,42 @@ class _Manager:
                 self._shut_down(graceful=True)
                 return
             timeout = self._timeout()
-            current = []
-            for executor in self.executors.values():
-                current.append(executor.readables())
-                if executor.has_events():
-                    timeout = 0.0
+            executors = self.executors.values()
+            current = [executor.readables() for executor in executors]
             changed = not readables or len(current) != len(sources) or any(
                 a is not b for a, b in zip(current, sources)
             )
             if changed:  # executors return the same list object until their set changes
                 sources = current
-                readables = [self.inbox.readable]
-                for found in current:
+                readables = [inbox.readable]
+                owner = {}
+                for executor, found in zip(executors, current):
                     readables += found
+                    owner.update(dict.fromkeys(found, executor.name))
+            if any(executor.has_events() for executor in executors):
+                timeout = 0.0
             if self._deliveries:
                 self._flush()
-            self.inbox.sleeping = True
-            if self.inbox.pending():
+            inbox.sleeping = True
+            if inbox.pending():
                 timeout = 0.0
             ready = wait(readables, timeout, changed)
-            self.inbox.sleeping = False
-            woken = self.inbox.readable in ready
-            now = time.monotonic()
+            inbox.sleeping = False
             if not ready or timeout == 0.0:
-                self._execute(self.scheduler.timer_expired(now))
-                ready_arg: List[Any] | None = None  # look everywhere (deadlines, events)
+                woken = inbox.readable in ready
+                self._execute(self.scheduler.timer_expired(time.monotonic()))
+                # Look everywhere (deadlines, events that need no readable).
+                for name, executor in list(self.executors.items()):
+                    for event in executor.collect(None):
+                        self._got_event(name, event)
             else:
-                ready_arg = ready
-            for name, executor in list(self.executors.items()):
-                for event in executor.collect(ready_arg):
-                    self._got_event(name, event)
+                # Only the executors something is ready for (a submit's turn reads nothing).
+                hit = {owner.get(found) for found in ready}
+                woken = None in hit  # the inbox's pipe
+                for name, executor in list(self.executors.items()):
+                    if name in hit:
+                        for event in executor.collect(ready):
+                            self._got_event(name, event)
             event = None  # type: ignore[assignment]  # do not keep the last result blob alive
 
     def _timeout(self) -> float | None:
