@@ -246,20 +246,23 @@ class _Manager:
                 self._shut_down(graceful=True)
                 return
             timeout = self._timeout()
-            executors = self.executors.values()
-            current = [executor.readables() for executor in executors]
-            changed = not readables or len(current) != len(sources) or any(
-                a is not b for a, b in zip(current, sources)
-            )
-            if changed:  # executors return the same list object until their set changes
+            # Executors return the same readables list object until their set changes.
+            current: List[List[Any]] = []
+            changed = not readables or len(self.executors) != len(sources)
+            for executor in self.executors.values():
+                found = executor.readables()
+                if not changed and found is not sources[len(current)]:
+                    changed = True
+                current.append(found)
+                if executor.has_events():
+                    timeout = 0.0
+            if changed:
                 sources = current
                 readables = [inbox.readable]
                 owner = {}
-                for executor, found in zip(executors, current):
+                for executor, found in zip(self.executors.values(), current):
                     readables += found
                     owner.update(dict.fromkeys(found, executor.name))
-            if any(executor.has_events() for executor in executors):
-                timeout = 0.0
             if self._deliveries:
                 self._flush()
             inbox.sleeping = True
