@@ -272,25 +272,24 @@ class Pool:
         how = payload.APPLY if chunksize == 1 else payload.MAP
         job = _Job(func, how, result, None, self._progress(total))
         read_ahead = max(2, defaults.READ_AHEAD_PER_SLOT * manager.scheduler.total_slots)
+        if type(iterable) in _PLAIN_SEQUENCES:
+            # Reading these runs no user code and never blocks: the manager reads them
+            # itself as results come back, without a feeder thread (whose start costs
+            # about 0.3 ms of the first result).
+            job.reader = chunking.ChunkReader(iterable, chunksize)
+            manager.inbox.post(manager.start_stream, job, read_ahead)
+            if chunksize == 1:
+                return result  # type: ignore[no-any-return]
+            return (item for chunk in result for item in chunk)
         job.slots = queue.SimpleQueue()
         for _ in range(read_ahead):
             job.slots.put(None)
         manager.inbox.post(manager.start_stream, job)
-        reader = None
-        if type(iterable) in _PLAIN_SEQUENCES:
-            # Reading these runs no user code and never blocks: the caller posts the first
-            # batch itself, so it runs while the feeder thread starts (about 0.3 ms).
-            reader = chunking.ChunkReader(iterable, chunksize)
-            job.slots.get_nowait()
-            _post_batch(manager, job, reader, chunksize)
-        if reader is not None and reader.exhausted:  # all in the first batch: no feeder
-            manager.inbox.post(manager.got_stream_end, job, reader.count)
-        else:
-            feeder = threading.Thread(
-                target=_feed, args=(manager, job, iterable, reader, chunksize),
-                name=f"p2ppool-imap-feeder-{job.job_id}", daemon=True,
-            )
-            feeder.start()
+        feeder = threading.Thread(
+            target=_feed, args=(manager, job, iterable, chunksize),
+            name=f"p2ppool-imap-feeder-{job.job_id}", daemon=True,
+        )
+        feeder.start()
         if chunksize == 1:
             return result  # type: ignore[no-any-return]
         return (item for chunk in result for item in chunk)
@@ -334,30 +333,51 @@ class Pool:
             self._manager.thread.join()
 
 
-#: Inputs whose iteration runs no user code and never blocks (imap reads them in the caller).
+#: Inputs whose iteration runs no user code and never blocks (the manager reads them).
 _PLAIN_SEQUENCES = (list, tuple, range)
 
 
-def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any],
-          reader: chunking.ChunkReader | None, chunksize: int) -> None:
+def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int) -> None:
     """imap's feeder thread: read the input lazily, a bounded number of chunks ahead.
 
-    It blocks for one free read-ahead slot, then reads and posts a batch
-    (:func:`_post_batch`), until the input is used up.  ``reader``: the caller's, when it
-    read the first batch itself.
+    It blocks for one free read-ahead slot, then takes every other free slot without
+    blocking, and posts what it read as one batch (one wake-up of the manager).
     """
     slots = job.slots
     assert slots is not None
     # Let the caller, blocked in Thread.start() until we run, have the interpreter lock
     # back first: otherwise it can wait out a whole switch interval (5 ms) behind us.
     time.sleep(0)
-    if reader is None:
-        reader = chunking.ChunkReader(iterable, chunksize)
+    reader = chunking.ChunkReader(iterable, chunksize)
     post = manager.inbox.post
     try:
-        while not reader.exhausted and manager.state != TERMINATE:
+        while manager.state != TERMINATE:
             slots.get()
-            _post_batch(manager, job, reader, chunksize)
+            batch: List[Tuple[int, Any, int]] = []
+            error: Tuple[int, BaseException] | None = None
+            more = True
+            while more and manager.state != TERMINATE:
+                found = reader.next_chunk()
+                if found is None:
+                    slots.put(None)
+                    break
+                index, chunk = found
+                if isinstance(chunk, chunking.InputError):
+                    error = (index, chunk.error)
+                    break
+                # chunksize 1 calls func(item) directly, as multiprocessing does (no list)
+                items = ((chunk[0],), None) if chunksize == 1 else chunk
+                batch.append((index, items, len(chunk)))
+                try:
+                    slots.get_nowait()
+                except queue.Empty:
+                    more = False
+            if batch:
+                post(manager.got_stream_chunks, job, batch)
+            if error is not None:
+                post(manager.got_stream_error, job, *error)
+            if reader.exhausted or manager.state == TERMINATE:
+                break
         post(manager.got_stream_end, job, reader.count)
     except PoolNotRunning:
         return  # the manager has exited and failed this job already
@@ -367,33 +387,3 @@ def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any],
             post(manager.got_stream_end, job, reader.count + 1)
         except PoolNotRunning:
             pass
-
-
-def _post_batch(manager: _Manager, job: _Job, reader: chunking.ChunkReader,
-                chunksize: int) -> None:
-    """Read chunks while read-ahead slots are free (the caller took one already) and post
-    them as one batch (one wake-up of the manager)."""
-    slots = job.slots
-    assert slots is not None
-    batch: List[Tuple[int, Any, int]] = []
-    error: Tuple[int, BaseException] | None = None
-    while manager.state != TERMINATE:
-        found = reader.next_chunk()
-        if found is None:
-            slots.put(None)
-            break
-        index, chunk = found
-        if isinstance(chunk, chunking.InputError):
-            error = (index, chunk.error)
-            break
-        # chunksize 1 calls func(item) directly, as multiprocessing does (no list)
-        items = ((chunk[0],), None) if chunksize == 1 else chunk
-        batch.append((index, items, len(chunk)))
-        try:
-            slots.get_nowait()
-        except queue.Empty:
-            break
-    if batch:
-        manager.inbox.post(manager.got_stream_chunks, job, batch)
-    if error is not None:
-        manager.inbox.post(manager.got_stream_error, job, *error)

@@ -22,6 +22,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, List, Sequence, Tuple
 
 from . import defaults, payload
+from .chunking import InputError
 from .errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .pool_executors import ChunkDone, Executor, ExecutorEvent
 from .pool_jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
@@ -124,6 +125,7 @@ class _Manager:
         self.chunks: Dict[int, _Chunk] = {}
         self._chunk_ids = itertools.count()
         self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
+        self._hungry: Deque[_Job] = collections.deque()  # see _read_inputs
         self._function_blobs = _FunctionBlobs()
         self.state = RUN
         self.broken: BrokenPool | None = None
@@ -146,6 +148,8 @@ class _Manager:
             if job.slots is not None:
                 for _ in range(defaults.READ_AHEAD_PER_SLOT * executor.slots()):
                     job.slots.put(None)
+            elif job.reader is not None:
+                self._credit(job, defaults.READ_AHEAD_PER_SLOT * executor.slots())
         self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
 
     def remove_executor(self, name: str, cause: str) -> None:
@@ -166,9 +170,12 @@ class _Manager:
         ]
         self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
 
-    def start_stream(self, job: _Job) -> None:
-        """An imap job: its chunks arrive later through :meth:`got_stream_chunk`."""
+    def start_stream(self, job: _Job, read_ahead: int = 0) -> None:
+        """An imap job: its chunks arrive later through :meth:`got_stream_chunks`, or, if
+        it has a ``reader``, are read here, ``read_ahead`` chunks ahead of its results."""
         self.jobs[job.job_id] = job
+        if job.reader is not None:
+            self._credit(job, read_ahead)
 
     def got_stream_chunks(self, job: _Job, chunks: List[Tuple[int, Any, int]]) -> None:
         """imap chunks read by the feeder: ``(index, items, size)`` each."""
@@ -245,6 +252,8 @@ class _Manager:
             if self.state == CLOSE and not self.jobs:
                 self._shut_down(graceful=True)
                 return
+            if self._hungry:  # imap inputs the manager reads itself
+                self._read_inputs()
             timeout = self._timeout()
             # Executors return the same readables list object until their set changes.
             current: List[List[Any]] = []
@@ -300,6 +309,42 @@ class _Manager:
         if earliest is None:
             return None
         return max(0.0, earliest - time.monotonic())
+
+    def _credit(self, job: _Job, chunks: int) -> None:
+        """Let a job the manager reads itself read ``chunks`` more (at the next turn)."""
+        if not job.credit:
+            self._hungry.append(job)
+        job.credit += chunks
+
+    def _read_inputs(self) -> None:
+        """Read and submit the chunks credited to the jobs the manager reads itself.
+
+        Done between turns, not where a result frees a slot: a chunk that fails at once
+        (its function does not pickle) would otherwise recurse into the next one.
+        """
+        while self._hungry:
+            job = self._hungry.popleft()
+            count, job.credit = job.credit, 0
+            reader = job.reader
+            if reader is None or job.job_id not in self.jobs:
+                continue
+            chunks: List[Tuple[int, Any, int]] = []
+            while len(chunks) < count:
+                found = reader.next_chunk()
+                if found is None:
+                    break
+                index, chunk = found
+                if isinstance(chunk, InputError):  # pragma: no cover - these inputs never raise
+                    self.got_stream_error(job, index, chunk.error)
+                    break
+                # chunksize 1 calls func(item) directly, as multiprocessing does (no list)
+                items = ((chunk[0],), None) if job.how == payload.APPLY else chunk
+                chunks.append((index, items, len(chunk)))
+            if chunks:
+                self.got_stream_chunks(job, chunks)
+            if reader.exhausted:
+                job.reader = None
+                self.got_stream_end(job, reader.count)
 
     def _got_event(self, executor: str, event: ExecutorEvent) -> None:
         now = time.monotonic()
@@ -369,6 +414,8 @@ class _Manager:
         job.resolved += 1
         if job.slots is not None:
             job.slots.put(None)
+        elif job.reader is not None:
+            self._credit(job, 1)
         if job.input_error is not None and job.resolved == job.input_error[0]:
             (index, error), job.input_error = job.input_error, None
             self._deliver(job, index, (False, error), 0)
