@@ -36,6 +36,9 @@ chunk runs again on a fresh process, up to ``max_attempts`` (default
 naming every exit (``"local: process 123 died with SIGKILL(-9)"``).  multiprocessing waits
 forever in that case; concurrent.futures breaks the whole pool.
 
+An imap over a list, tuple or range needs no feeder thread: reading those runs no user code
+and never blocks, so the manager reads them itself, as far ahead as the feeder would.
+
 Where each piece lives: this module has the public :class:`Pool` (the API, argument checks,
 imap's feeder thread); :mod:`~p2ppool.pool_manager` the manager thread, its inbox and the exit
 hook; :mod:`~p2ppool.pool_jobs` the manager's job and chunk records;
