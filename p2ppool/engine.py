@@ -95,8 +95,7 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _send(conn: Any, kind: bytes, header: bytes, blob: bytes) -> None:
-    fd = conn.fileno()
+def _send(fd: int, kind: bytes, header: bytes, blob: bytes) -> None:
     if len(blob) > _INLINE_MAX:
         _write_message(fd, kind.lower() + header)
         _write_message(fd, blob)
@@ -118,11 +117,13 @@ def _write_message(fd: int, message: bytes) -> None:
     else:  # pragma: no cover - messages over 2 GiB
         header = _LENGTH.pack(-1) + _LONG_LENGTH.pack(size)
     if size <= _INLINE_MAX:
-        data = memoryview(header + message)
+        data = header + message
+        written = os.write(fd, data)  # all of it, nearly always (the pipe has room)
+        if written < len(data):
+            _write_all(fd, memoryview(data)[written:])
     else:  # no copy of a large message to prepend four bytes
         _write_all(fd, memoryview(header))
-        data = memoryview(message)
-    _write_all(fd, data)
+        _write_all(fd, memoryview(message))
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -185,6 +186,7 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
     functions: Dict[int, Any] = {}
     completed = 0
     rx_fd = rx.fileno()
+    tx_fd = conn.fileno()
 
     def recv() -> bytes:
         return _recv_message(rx_fd)
@@ -200,7 +202,7 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             ok, blob = _run(functions.get(key), args, max_result_bytes)
             header = _RESULT.pack(task_id, ok)
             try:
-                _send(conn, b"R", header, blob)
+                _send(tx_fd, b"R", header, blob)
             except (OSError, EOFError):
                 break
             completed += 1
@@ -252,6 +254,7 @@ class _Child:
         self.conn = conn  # results come in here (and it is what wait() watches)
         self.fd: int = conn.fileno()
         self.tx = tx  # tasks go out here
+        self.tx_fd: int = tx.fileno()
         self.sentinel: int = process.sentinel
         self.inflight: Deque[_Task] = collections.deque()
         self.functions: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
@@ -387,7 +390,8 @@ class ProcessEngine:
                     child.conn.close()
                     child.tx.close()
         self._check_deadlines()
-        self._place()
+        if self._backlog:
+            self._place()
         events, self._events = self._events, []
         return events
 
@@ -525,13 +529,13 @@ class ProcessEngine:
             if key is None:
                 key = next(self._key_ids) & 0xFFFFFFFF
                 child.functions[task.func_key] = key
-                _send(child.tx, b"F", _KEY.pack(key), task.func_blob)
+                _send(child.tx_fd, b"F", _KEY.pack(key), task.func_blob)
                 if len(child.functions) > defaults.ENGINE_FUNCTIONS_PER_PROCESS:
                     _, old = child.functions.popitem(last=False)
                     child.tx.send_bytes(b"D" + _KEY.pack(old))
             else:
                 child.functions.move_to_end(task.func_key)
-            _send(child.tx, b"T", _TASK.pack(task.task_id, key), task.args_blob)
+            _send(child.tx_fd, b"T", _TASK.pack(task.task_id, key), task.args_blob)
         except OSError:
             child.broken = True  # it died; its sentinel will fire and _read reports it
 

@@ -36,6 +36,9 @@ chunk runs again on a fresh process, up to ``max_attempts`` (default
 naming every exit (``"local: process 123 died with SIGKILL(-9)"``).  multiprocessing waits
 forever in that case; concurrent.futures breaks the whole pool.
 
+An imap over a list, tuple or range needs no feeder thread: reading those runs no user code
+and never blocks, so the manager reads them itself, as far ahead as the feeder would.
+
 Where each piece lives: this module has the public :class:`Pool` (the API, argument checks,
 imap's feeder thread); :mod:`~p2ppool.pool_manager` the manager thread, its inbox and the exit
 hook; :mod:`~p2ppool.pool_jobs` the manager's job and chunk records;
@@ -272,6 +275,15 @@ class Pool:
         how = payload.APPLY if chunksize == 1 else payload.MAP
         job = _Job(func, how, result, None, self._progress(total))
         read_ahead = max(2, defaults.READ_AHEAD_PER_SLOT * manager.scheduler.total_slots)
+        if type(iterable) in _PLAIN_SEQUENCES:
+            # Reading these runs no user code and never blocks: the manager reads them
+            # itself as results come back, without a feeder thread (whose start costs
+            # about 0.3 ms of the first result).
+            job.reader = chunking.ChunkReader(iterable, chunksize)
+            manager.inbox.post(manager.start_stream, job, read_ahead)
+            if chunksize == 1:
+                return result  # type: ignore[no-any-return]
+            return (item for chunk in result for item in chunk)
         job.slots = queue.SimpleQueue()
         for _ in range(read_ahead):
             job.slots.put(None)
@@ -322,6 +334,10 @@ class Pool:
             raise ValueError("In unknown state")
         if self._manager is not None and self._manager.thread is not threading.current_thread():
             self._manager.thread.join()
+
+
+#: Inputs whose iteration runs no user code and never blocks (the manager reads them).
+_PLAIN_SEQUENCES = (list, tuple, range)
 
 
 def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int) -> None:

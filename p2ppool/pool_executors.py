@@ -9,7 +9,7 @@ scheduler.  :class:`LocalExecutor` wraps the local :class:`~p2ppool.engine.Proce
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, Hashable, List, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, List, Protocol, Sequence, Union
 
 from .engine import ProcessEngine, TaskDone, TaskLost
 
@@ -76,18 +76,13 @@ class LocalExecutor:
         self._task_ids = itertools.count()
         self._chunk_of: Dict[int, int] = {}
         self._task_of: Dict[int, int] = {}
+        # The engine's own methods: the manager calls these every turn, twice per apply.
+        self.readables: Callable[[], List[Any]] = engine.readables
+        self.has_events: Callable[[], bool] = engine.has_events
+        self.next_deadline: Callable[[], float | None] = engine.next_deadline
 
     def slots(self) -> int:
         return self.engine.capacity
-
-    def readables(self) -> List[Any]:
-        return self.engine.readables()
-
-    def has_events(self) -> bool:
-        return self.engine.has_events()
-
-    def next_deadline(self) -> float | None:
-        return self.engine.next_deadline()
 
     def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
         task_id = next(self._task_ids)

@@ -12,7 +12,7 @@ import collections
 import queue
 from typing import TYPE_CHECKING, Any, Callable, Tuple
 
-from . import payload
+from . import chunking, payload
 
 if TYPE_CHECKING:
     from .pool_results import _Result
@@ -36,6 +36,10 @@ class _Job:
         # (a C SimpleQueue: cheaper per chunk than a Semaphore, which is Python code)
         self.slots: queue.SimpleQueue[None] | None = None
         self.input_error: tuple[int, BaseException] | None = None  # held for its turn
+        # imap of a list, tuple or range: the manager reads the input itself (no feeder),
+        # ``credit`` more chunks when it next can.
+        self.reader: chunking.ChunkReader | None = None
+        self.credit = 0
 
     def blob(self, cache: _FunctionBlobs) -> bytes:
         """The pickled function, or raise why it cannot be pickled.

@@ -22,6 +22,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, List, Sequence, Tuple
 
 from . import defaults, payload
+from .chunking import InputError
 from .errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .pool_executors import ChunkDone, Executor, ExecutorEvent
 from .pool_jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
@@ -124,6 +125,7 @@ class _Manager:
         self.chunks: Dict[int, _Chunk] = {}
         self._chunk_ids = itertools.count()
         self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
+        self._hungry: Deque[_Job] = collections.deque()  # see _read_inputs
         self._function_blobs = _FunctionBlobs()
         self.state = RUN
         self.broken: BrokenPool | None = None
@@ -146,6 +148,8 @@ class _Manager:
             if job.slots is not None:
                 for _ in range(defaults.READ_AHEAD_PER_SLOT * executor.slots()):
                     job.slots.put(None)
+            elif job.reader is not None:
+                self._credit(job, defaults.READ_AHEAD_PER_SLOT * executor.slots())
         self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
 
     def remove_executor(self, name: str, cause: str) -> None:
@@ -166,9 +170,12 @@ class _Manager:
         ]
         self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
 
-    def start_stream(self, job: _Job) -> None:
-        """An imap job: its chunks arrive later through :meth:`got_stream_chunk`."""
+    def start_stream(self, job: _Job, read_ahead: int = 0) -> None:
+        """An imap job: its chunks arrive later through :meth:`got_stream_chunks`, or, if
+        it has a ``reader``, are read here, ``read_ahead`` chunks ahead of its results."""
         self.jobs[job.job_id] = job
+        if job.reader is not None:
+            self._credit(job, read_ahead)
 
     def got_stream_chunks(self, job: _Job, chunks: List[Tuple[int, Any, int]]) -> None:
         """imap chunks read by the feeder: ``(index, items, size)`` each."""
@@ -226,11 +233,13 @@ class _Manager:
 
     def _loop(self) -> None:
         wait = _Waiter().wait
+        inbox = self.inbox
         woken = True
         sources: List[List[Any]] = []  # each executor's readables, last turn
         readables: List[Any] = []
+        owner: Dict[Any, str] = {}  # readable -> name of the executor it belongs to
         while True:
-            for fn, args in self.inbox.drain(woken):
+            for fn, args in inbox.drain(woken):
                 fn(*args)
             # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
             # not whenever the next call arrives, which would then wait for their freeing.
@@ -243,37 +252,48 @@ class _Manager:
             if self.state == CLOSE and not self.jobs:
                 self._shut_down(graceful=True)
                 return
+            if self._hungry:  # imap inputs the manager reads itself
+                self._read_inputs()
             timeout = self._timeout()
-            current = []
+            # Executors return the same readables list object until their set changes.
+            current: List[List[Any]] = []
+            changed = not readables or len(self.executors) != len(sources)
             for executor in self.executors.values():
-                current.append(executor.readables())
+                found = executor.readables()
+                if not changed and found is not sources[len(current)]:
+                    changed = True
+                current.append(found)
                 if executor.has_events():
                     timeout = 0.0
-            changed = not readables or len(current) != len(sources) or any(
-                a is not b for a, b in zip(current, sources)
-            )
-            if changed:  # executors return the same list object until their set changes
+            if changed:
                 sources = current
-                readables = [self.inbox.readable]
-                for found in current:
+                readables = [inbox.readable]
+                owner = {}
+                for executor, found in zip(self.executors.values(), current):
                     readables += found
+                    owner.update(dict.fromkeys(found, executor.name))
             if self._deliveries:
                 self._flush()
-            self.inbox.sleeping = True
-            if self.inbox.pending():
+            inbox.sleeping = True
+            if inbox.pending():
                 timeout = 0.0
             ready = wait(readables, timeout, changed)
-            self.inbox.sleeping = False
-            woken = self.inbox.readable in ready
-            now = time.monotonic()
+            inbox.sleeping = False
             if not ready or timeout == 0.0:
-                self._execute(self.scheduler.timer_expired(now))
-                ready_arg: List[Any] | None = None  # look everywhere (deadlines, events)
+                woken = inbox.readable in ready
+                self._execute(self.scheduler.timer_expired(time.monotonic()))
+                # Look everywhere (deadlines, events that need no readable).
+                for name, executor in list(self.executors.items()):
+                    for event in executor.collect(None):
+                        self._got_event(name, event)
             else:
-                ready_arg = ready
-            for name, executor in list(self.executors.items()):
-                for event in executor.collect(ready_arg):
-                    self._got_event(name, event)
+                # Only the executors something is ready for (a submit's turn reads nothing).
+                hit = {owner.get(found) for found in ready}
+                woken = None in hit  # the inbox's pipe
+                for name, executor in list(self.executors.items()):
+                    if name in hit:
+                        for event in executor.collect(ready):
+                            self._got_event(name, event)
             event = None  # type: ignore[assignment]  # do not keep the last result blob alive
 
     def _timeout(self) -> float | None:
@@ -289,6 +309,42 @@ class _Manager:
         if earliest is None:
             return None
         return max(0.0, earliest - time.monotonic())
+
+    def _credit(self, job: _Job, chunks: int) -> None:
+        """Let a job the manager reads itself read ``chunks`` more (at the next turn)."""
+        if not job.credit:
+            self._hungry.append(job)
+        job.credit += chunks
+
+    def _read_inputs(self) -> None:
+        """Read and submit the chunks credited to the jobs the manager reads itself.
+
+        Done between turns, not where a result frees a slot: a chunk that fails at once
+        (its function does not pickle) would otherwise recurse into the next one.
+        """
+        while self._hungry:
+            job = self._hungry.popleft()
+            count, job.credit = job.credit, 0
+            reader = job.reader
+            if reader is None or job.job_id not in self.jobs:
+                continue
+            chunks: List[Tuple[int, Any, int]] = []
+            while len(chunks) < count:
+                found = reader.next_chunk()
+                if found is None:
+                    break
+                index, chunk = found
+                if isinstance(chunk, InputError):  # pragma: no cover - these inputs never raise
+                    self.got_stream_error(job, index, chunk.error)
+                    break
+                # chunksize 1 calls func(item) directly, as multiprocessing does (no list)
+                items = ((chunk[0],), None) if job.how == payload.APPLY else chunk
+                chunks.append((index, items, len(chunk)))
+            if chunks:
+                self.got_stream_chunks(job, chunks)
+            if reader.exhausted:
+                job.reader = None
+                self.got_stream_end(job, reader.count)
 
     def _got_event(self, executor: str, event: ExecutorEvent) -> None:
         now = time.monotonic()
@@ -358,6 +414,8 @@ class _Manager:
         job.resolved += 1
         if job.slots is not None:
             job.slots.put(None)
+        elif job.reader is not None:
+            self._credit(job, 1)
         if job.input_error is not None and job.resolved == job.input_error[0]:
             (index, error), job.input_error = job.input_error, None
             self._deliver(job, index, (False, error), 0)

@@ -7,6 +7,7 @@ Callers wait on them (``get``, ``wait``, ``next``); only the manager thread
 
 from __future__ import annotations
 
+import _thread
 import collections
 import itertools
 import threading
@@ -25,6 +26,44 @@ _job_counter = itertools.count()
 Outcome = Tuple[bool, Any]  # (success, value or exception), as multiprocessing's results
 
 
+class _Ready:
+    """A one-shot ``threading.Event`` for a result: set once (by the manager), waited on by
+    any number of callers.
+
+    A plain lock, held until the result is set: ``set`` is one release and ``wait`` one
+    acquire and release, where an Event runs a Condition (a new lock per waiter and several
+    calls of Python code on both sides) -- a good part of an ``apply`` round trip.
+    """
+
+    __slots__ = ("_lock", "_flag")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        """Mark it set and wake every waiter (one thread sets it, once)."""
+        if not self._flag:
+            self._flag = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until set or ``timeout`` seconds pass; True if it is set."""
+        if self._flag:
+            return True
+        if timeout is None:
+            got = self._lock.acquire()
+        else:
+            got = self._lock.acquire(True, max(0.0, timeout))
+        if got:  # hand it on: the next waiter, if any, wakes in turn
+            self._lock.release()
+        return got
+
+
 class _Result:
     _job: int
 
@@ -41,7 +80,7 @@ class ApplyResult(_Result):
     def __init__(self, pool: Pool, callback: Callable[[Any], object] | None,
                  error_callback: Callable[[BaseException], object] | None) -> None:
         self._pool: Pool | None = pool  # keeps the pool alive while this is pending
-        self._event = threading.Event()
+        self._event = _Ready()
         self._job = next(_job_counter)
         self._callback = callback
         self._error_callback = error_callback

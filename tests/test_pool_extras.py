@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -262,6 +263,41 @@ def test_imap_reads_ahead_a_bounded_number_of_chunks(tmp_path: Path) -> None:
         assert source.taken == bound
         Path(gate).touch()
         assert [it.next(timeout=WAIT_S) for _ in range(3)] == [None] * 3
+
+
+def test_imap_of_a_list_reads_ahead_a_bounded_number_of_chunks(tmp_path: Path) -> None:
+    # A list, tuple or range is read by the manager itself (no feeder thread), as far
+    # ahead as an iterator would be.
+    gate = str(tmp_path / "go")
+    with p2ppool.Pool(2, context=FORK) as pool:
+        manager = pool._manager
+        assert manager is not None
+        it = pool.imap(fx.wait_for_file, [gate] * 100, 1)
+        bound = defaults.READ_AHEAD_PER_SLOT * 2 * defaults.ENGINE_TASKS_PER_PROCESS
+        deadline = time.monotonic() + WAIT_S
+        while len(manager.chunks) < bound and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # give an unbounded reader the chance to show itself
+        assert len(manager.chunks) == bound
+        assert [t.name for t in threading.enumerate() if "feeder" in t.name] == []
+        Path(gate).touch()
+        assert list(it) == [None] * 100
+
+
+def test_imap_of_a_list_whose_items_do_not_pickle_fails_each_in_order(
+    pool: p2ppool.Pool,
+) -> None:
+    # Each chunk fails as it is handed out; the next one is read between turns, so a long
+    # run of such chunks neither recurses nor stops early.
+    it = pool.imap(fx.square, [threading.Lock()] * 2000)
+    failures = 0
+    for _ in range(2000):
+        with pytest.raises(TypeError):
+            next(it)
+        failures += 1
+    assert failures == 2000
+    with pytest.raises(StopIteration):
+        next(it)
 
 
 def test_imap_unordered_input_error_comes_after_the_earlier_chunks(pool: p2ppool.Pool) -> None:
