@@ -115,7 +115,7 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
     # --- Configuration
     "config:toml": (HERE, "test_config_file_example"),
     # --- Performance
-    "python benchmarks/bench_pool.py --repeats 7 --cpu-repeats 3":
+    "python benchmarks/bench_pool.py":
         (CANNOT, "a benchmark: minutes of CPU on a shared 2-core machine; its numbers are "
                  "documented, not asserted"),
     "python benchmarks/bench_cluster.py":
