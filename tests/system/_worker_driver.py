@@ -80,9 +80,15 @@ class BoardListener:
         self.client.publish(msg)
 
     def wait_for(self, match: Callable[[Message], bool], timeout: float,
-                 what: str = "a matching board message") -> Message:
+                 what: str = "a matching board message", after: float | None = None) -> Message:
+        """The first message (seen earlier or arriving within ``timeout``) that ``match``es;
+        with ``after`` (a ``time.time()`` value), only one stamped at or after it."""
+        wanted = match
+        if after is not None:
+            def wanted(msg: Message) -> bool:
+                return msg.ts >= after and match(msg)
         for msg in self.seen:
-            if match(msg):
+            if wanted(msg):
                 self.seen.remove(msg)
                 return msg
         deadline = time.monotonic() + timeout
@@ -94,7 +100,7 @@ class BoardListener:
                 msg = self.client.get(timeout=left)
             except queue.Empty:
                 continue
-            if match(msg):
+            if wanted(msg):
                 return msg
             self.seen.append(msg)
 

@@ -338,12 +338,15 @@ def test_several_sessions_share_the_slots(
         for cs in (first, second):
             frame = cs.next_frame()
             assert isinstance(frame, Result) and result_value(frame) == 0.5
+        closed_at = time.time()  # earlier hellos said 1 free slot too, while sessions opened
         first.close()
-        cluster.host.wait_for(is_hello("w-share", 1), 10.0, "hello with 1 free slot")
+        cluster.host.wait_for(is_hello("w-share", 1), 10.0, "hello with 1 free slot",
+                              after=closed_at)
     finally:
         first.close()
         second.close()
-    cluster.host.wait_for(is_hello("w-share", 2), 10.0, "hello with 2 free slots")
+    cluster.host.wait_for(is_hello("w-share", 2), 10.0, "hello with 2 free slots",
+                          after=closed_at)
 
 
 def sleep_then_exit(seconds: float) -> None:
