@@ -606,8 +606,8 @@ class ClusterBackend:
 
         An ended session must not stay reachable from a long-lived pool: a pool that loses
         or hands over sessions for hours would otherwise keep every one of them, and with
-        it the wormhole's whole dilation state (about 150 kB each).  Calls for its executor
-        id then find nothing, which :meth:`submit` and :meth:`cancel` already handle.
+        it the wormhole's dilation state (about 100 kB each in the soak).  Calls for its
+        executor id then find nothing, which :meth:`submit` and :meth:`cancel` handle.
         """
         if self._remotes.get(remote.executor_id) is remote:
             del self._remotes[remote.executor_id]

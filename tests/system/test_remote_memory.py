@@ -2,7 +2,7 @@
 
 Regression (the soak's client memory growth): ``ClusterBackend._remotes`` kept every
 session the pool ever had, released or lost, and through each the wormhole's whole
-dilation state (about 150 kB).  Counted with weakrefs and ``gc``, not RSS.
+dilation state (about 100 kB).  Counted with weakrefs and ``gc``, not RSS.
 """
 
 from __future__ import annotations
