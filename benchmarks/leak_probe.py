@@ -19,6 +19,10 @@ Modes (everything on 127.0.0.1: a real mailbox server and transit relay; real pr
 ``pool-tasks``
     a LocalCluster of 1 worker (2 processes) and one pool; each cycle maps 200 items with
     chunksize 1 (``map`` and ``imap_unordered`` in turn): task traffic, no session churn.
+``pool-handover``
+    a LocalCluster of 1 worker with 1 slot and two long-lived pools that map in turn: each
+    map takes the worker from the other, idle, pool (which releases its session): two
+    session hand-overs per cycle, the pattern behind most sessions of the soak.
 ``pool-kill``
     a LocalCluster and one pool; each cycle maps a few items, SIGKILLs the worker serving
     the pool and starts a replacement, so the next map needs a new session (the old one is
@@ -235,6 +239,16 @@ def _pool_tasks(pool: Any) -> Callable[[], None]:
     return cycle
 
 
+def _pool_handover(first: Any, second: Any) -> Callable[[], None]:
+    def cycle() -> None:
+        # One worker slot, two long-lived pools: each map takes the worker from the idle
+        # other pool (it releases its session for the Want), as the soak's pools do.
+        assert first.map(abs, range(-4, 0)) == [4, 3, 2, 1]
+        assert second.map(abs, range(-4, 0)) == [4, 3, 2, 1]
+
+    return cycle
+
+
 def _pool_kill(cluster: Any, pool: Any) -> Callable[[], None]:
     def cycle() -> None:
         assert pool.map(abs, range(-4, 0)) == [4, 3, 2, 1]
@@ -251,7 +265,7 @@ def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/leak_probe.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["transfer-close", "transfer-kill", "pool-close",
-                                         "pool-kill", "pool-tasks"])
+                                         "pool-kill", "pool-tasks", "pool-handover"])
     parser.add_argument("--cycles", type=int, default=300)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
@@ -273,10 +287,16 @@ def main(argv: List[str] | None = None) -> int:
         else:
             from p2ppool.localcluster import LocalCluster
 
-            cluster = LocalCluster(workers=1, processes_per_worker=2)
+            cluster = LocalCluster(workers=1,
+                                   processes_per_worker=1 if args.mode == "pool-handover" else 2)
             stack.append(cluster.stop)
             if args.mode == "pool-close":
                 cycle = _pool_close(cluster)
+            elif args.mode == "pool-handover":
+                pools = [cluster.pool(1, fallback=None) for _ in range(2)]
+                for each in pools:
+                    stack.append(lambda each=each: (each.close(), each.join()))
+                cycle = _pool_handover(*pools)
             elif args.mode == "pool-tasks":
                 pool = cluster.pool(2, fallback=None)
                 stack.append(lambda: (pool.close(), pool.join()))
