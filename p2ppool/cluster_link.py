@@ -27,10 +27,13 @@ Everything here runs on the manager thread, except ``notify`` (any thread).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
+from . import defaults
 from .config import Options
 from .errors import TaskLimitExceeded
 from .pool_executors import ChunkDone, ChunkLost
@@ -132,7 +135,8 @@ class ClusterLink:
         )
         self.max_slots = max_slots
         self._start_local = start_local
-        self._func_keys: Dict[bytes, int] = {}
+        self._func_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._next_func_key = itertools.count(1)
         self._demand = 0
         self._fallback_at: float | None = None
         self.local_started = False
@@ -140,10 +144,20 @@ class ClusterLink:
         self.backend.start()
 
     def func_key(self, func_blob: bytes) -> int:
-        """A small number for a pickled function, the same for the same bytes."""
-        key = self._func_keys.get(func_blob)
+        """A small number for a pickled function, the same for the same bytes.
+
+        Only the last ``CLUSTER_FUNC_KEYS_KEPT`` functions are remembered (a pool that maps a
+        new closure or partial each time must not keep every one); a forgotten function
+        seen again gets a new number, never one in use.
+        """
+        keys = self._func_keys
+        key = keys.get(func_blob)
         if key is None:
-            key = self._func_keys[func_blob] = len(self._func_keys) + 1
+            key = keys[func_blob] = next(self._next_func_key)
+            if len(keys) > defaults.CLUSTER_FUNC_KEYS_KEPT:
+                keys.popitem(last=False)
+        else:
+            keys.move_to_end(func_blob)
         return key
 
     # --- the manager's turn ------------------------------------------------------------------

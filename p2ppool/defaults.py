@@ -146,3 +146,8 @@ BOARD_AUTH_TIMEOUT_S: float = 30.0
 #: limit the session gets "message rate limit exceeded ..." on stderr and is closed (exit 1).
 BOARD_MESSAGES_PER_S: float = 100.0
 BOARD_MESSAGE_BURST: int = 2000
+
+# --- Memory of a long-lived client pool (the soak's leak hunt) ----------------------------
+#: Distinct pickled functions a cluster pool remembers a wire key for (least recently used
+#: forgotten first; a forgotten one seen again gets a new key and is sent again).
+CLUSTER_FUNC_KEYS_KEPT: int = 256

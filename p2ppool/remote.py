@@ -310,7 +310,7 @@ class ClusterBackend:
                 remote.inflight.add(task_id)
                 session = remote.session
         if not usable:
-            cause = "its session has ended" if remote is not None else "unknown executor"
+            cause = "its session has ended"  # an ended remote is forgotten: None too
             self._emit(TaskLost(executor_id, task_id, True, cause, started=False))
             return
         try:
@@ -400,6 +400,7 @@ class ClusterBackend:
                 if self._stopping.is_set():
                     break
                 commands: List[Command] = [] if fn is None else fn()
+                fn = None  # it may hold a remote: do not keep it while waiting for the next
                 while True:  # drain what else is waiting
                     try:
                         commands += self._inbox.get_nowait()()
@@ -600,9 +601,23 @@ class ClusterBackend:
         except TransferError:
             pass  # on_lost follows
 
+    def _forget(self, remote: _Remote) -> None:
+        """Drop an ended remote from the tables (call with the lock held).
+
+        An ended session must not stay reachable from a long-lived pool: a pool that loses
+        or hands over sessions for hours would otherwise keep every one of them, and with
+        it the wormhole's dilation state (about 100 kB each in the soak).  Calls for its
+        executor id then find nothing, which :meth:`submit` and :meth:`cancel` handle.
+        """
+        if self._remotes.get(remote.executor_id) is remote:
+            del self._remotes[remote.executor_id]
+        if self._by_worker.get(remote.worker) is remote:
+            del self._by_worker[remote.worker]
+
     def _session_failed(self, remote: _Remote, cause: str) -> None:
         """A session that never became Ready is over."""
         with self._lock:
+            self._forget(remote)
             if remote.state == _GONE:
                 return
             remote.state = _GONE
@@ -700,6 +715,7 @@ class ClusterBackend:
             remote.inflight.clear()
             closing = self._closed
             cause = remote.end_cause or cause
+            self._forget(remote)
         if state == _READY:
             if not closing:
                 log.warning("lost worker %s (%s): %s", remote.worker, remote.executor_id, cause)

@@ -466,6 +466,7 @@ class Session:
             self._error = error if isinstance(error, TransferError) else TransferError(str(error))
         self._ended.set()
         d, self._open_d = self._open_d, None
+        self._drop_callbacks()
         self._close_wormhole()
         if d is not None and not d.called:
             d.errback(error)
@@ -684,20 +685,34 @@ class Session:
         for d in callbacks:
             if not d.called:
                 d.callback(None)
-        if self._on_lost is not None and self._opened:
+        on_lost = self._on_lost
+        self._drop_callbacks()
+        if on_lost is not None and self._opened:
             try:
-                self._on_lost(cause)
+                on_lost(cause)
             except Exception:
                 log.exception("on_lost callback of session %s failed", self.nameplate)
 
+    def _drop_callbacks(self) -> None:
+        """Forget the owner's callbacks once the session has ended, so that whatever still
+        holds the ended session (e.g. dilation objects in Twisted's log buffer) does not
+        keep the owner's state alive through them."""
+        self._on_frame = _ignore
+        self._on_lost = None
+
     def _close_wormhole(self) -> None:
-        """Close the wormhole in the background, bounded; errors are expected and ignored."""
+        """Close the wormhole in the background, bounded; errors are expected and ignored.
+
+        The session lets go of the wormhole and its dilation state here: once closing, it
+        never uses them again, and an ended session must stay small (its owner may keep it).
+        """
         reactor = _reactor_mod.get_reactor()
 
         w, self._wormhole = self._wormhole, None
+        dilated, self._dilated = self._dilated, None
         if w is None:
             return
-        manager = getattr(self._dilated, "_manager", None)
+        manager = getattr(dilated, "_manager", None)
         if manager is not None:
             # wormhole 0.24 closes the mailbox before it stops dilation; if the peer drops
             # the connection in between, a leader tries to send "reconnect" through the
@@ -711,6 +726,10 @@ class Session:
         d.addTimeout(self._close_timeout, reactor)
         d.addErrback(lambda _f: None)
         self._close_d = d
+        d.addBoth(self._closed_wormhole)
+
+    def _closed_wormhole(self, _result: Any) -> None:
+        self._close_d = None  # the closed wormhole's Deferred chain holds the whole wormhole
 
     def _cancel_timer(self, name: str) -> None:
         timer = getattr(self, name)

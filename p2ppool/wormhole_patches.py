@@ -13,6 +13,12 @@
 * Fewer acknowledgements: inbound records are acknowledged in batches (the latest
   sequence number once 16 are waiting or 5 ms after the first), not one Ack record each
   (:func:`_fewer_acks`).
+* Quiet factories: wormhole's connection factories (dilation's inbound and outbound
+  ones, the mailbox's WebSocket one) no longer log "Starting factory" / "Stopping factory"
+  (:func:`_quiet_factories`).  Until a program starts Twisted logging, Twisted keeps the
+  last 200 log events in memory, and those two events hold the factory, through it the
+  whole dilation state of the session, and through that the session: about 17 ended
+  sessions were kept alive that way at any time.
 * Diagnostics: a manager that carries the lists ``_p2ppool_listeners``,
   ``_p2ppool_advertised_hints`` and ``_p2ppool_peer_hints`` gets them filled with its listening
   addresses, the hints it published and the hints it received.
@@ -128,6 +134,7 @@ def install_patches() -> None:
 
         connector_cls._publish_hints = _publish_hints
         _lighter_automat_inputs()
+        _quiet_factories()
         _quiet_inbound_data()
         _fewer_acks()
         _patched = True
@@ -179,6 +186,17 @@ def _fewer_acks() -> None:
 
     send_ack._p2ppool_batched = True  # type: ignore[attr-defined]
     manager_cls.send_ack = send_ack
+
+
+def _quiet_factories() -> None:
+    """Stop wormhole's factories logging their start and stop (each such event holds the
+    factory, and Twisted buffers the last 200 events until logging begins, so it kept the
+    dilation state of ended sessions alive)."""
+    from wormhole._dilation.connector import InboundConnectionFactory, OutboundConnectionFactory
+    from wormhole._rendezvous import WSFactory
+
+    for cls in (InboundConnectionFactory, OutboundConnectionFactory, WSFactory):
+        cls.noisy = False
 
 
 def _quiet_inbound_data() -> None:
