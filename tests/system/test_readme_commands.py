@@ -121,6 +121,8 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
     "python benchmarks/bench_cluster.py":
         (CANNOT, "a benchmark of several minutes (its --quick form takes a minute) on a "
                  "shared 2-core machine; its numbers are documented, not asserted"),
+    "python benchmarks/leak_probe.py pool-handover":
+        (HERE, "test_leak_probe (a few cycles of the hand-over it measures)"),
     "python benchmarks/soak.py --minutes 10":
         (CANNOT, "a 10-minute soak run, far beyond a test's time budget"),
     # --- Security (illustrations of isolation; `...` stands for the worker's options)
@@ -584,6 +586,18 @@ def test_board_and_ssh_to_it(tmp_path: Path, background: Any, board_keys: Any) -
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timeout(60)
+def test_leak_probe(tmp_path: Path) -> None:
+    """The memory probe as shown, for 4 cycles instead of its default: JSON per report, and
+    what it measures holds already (ended sessions are freed)."""
+    line = command("python benchmarks/leak_probe.py ") + " --cycles 4 --every 2 --warmup 0"
+    result = shell(line, clean_env(tmp_path), ROOT, timeout=50)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [json.loads(text) for text in result.stdout.splitlines() if text.startswith("{")]
+    assert [r["cycles"] for r in reports] == [2, 4]
+    assert all(r["mode"] == "pool-handover" and r["live_sessions"] <= 2 for r in reports)
+
+
 def test_wormhole_servers_module(tmp_path: Path, background: Any) -> None:
     line = substitute(command("python -m p2ppool.wormhole_servers "),
                       ("DIR", str(tmp_path / "state")))
