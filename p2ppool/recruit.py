@@ -115,6 +115,7 @@ class _Worker:
     retry_at: float = 0.0
     refused: str | None = None
     free: int | None = None  # free slots in its last Hello
+    heard: float = 0.0  # when its last Hello or Offer arrived
 
 
 class Recruiter:
@@ -131,6 +132,9 @@ class Recruiter:
             (the Accept must reach the worker before the offer expires there).
         retry_first_s: backoff before a worker whose session failed may be tried again;
             multiplied by ``retry_factor`` on each further failure, up to ``retry_max_s``.
+        forget_silent_s: a worker with nothing under way (no session, offer, refusal or
+            backoff) that has said nothing for this long is forgotten: killed workers never
+            say Bye, and a long-lived pool must not keep every name it ever saw.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Recruiter:
         retry_first_s: float = defaults.RECRUIT_RETRY_FIRST_S,
         retry_factor: float = defaults.RECRUIT_RETRY_FACTOR,
         retry_max_s: float = defaults.RECRUIT_RETRY_MAX_S,
+        forget_silent_s: float = defaults.HELLO_TTL_S,
     ) -> None:
         self.python = python
         self._repeat = want_repeat_s
@@ -155,6 +160,7 @@ class Recruiter:
         self._retry_first = retry_first_s
         self._retry_factor = retry_factor
         self._retry_max = retry_max_s
+        self._forget_after = forget_silent_s
         self._workers: Dict[str, _Worker] = {}
         self._demand = 0
         self._want_out = False  # a Want is on the board and not withdrawn
@@ -186,6 +192,10 @@ class Recruiter:
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
+
+    def known(self) -> List[str]:
+        """Names of the workers this job keeps any state for."""
+        return sorted(self._workers)
 
     def pending(self) -> List[str]:
         """Workers accepted whose session is not Ready yet, sorted."""
@@ -239,10 +249,11 @@ class Recruiter:
         """
         if self._closed:
             return []
+        self._forget_silent(now)
         found = self._workers.setdefault(worker, _Worker())
         if found.python is None or (found.free == 0 and slots is not None and slots > 0):
             self._new_hello = True
-        found.python = python
+        found.python, found.heard = python, now
         if slots is not None:
             found.free = slots
         return self._step(now)
@@ -274,6 +285,7 @@ class Recruiter:
         if self._closed or slots < 1:
             return []
         found = self._workers.setdefault(worker, _Worker())
+        found.heard = now
         if found.state is None:
             found.offer = _Offer(slots, key, expires, now)
         return self._step(now)
@@ -350,6 +362,16 @@ class Recruiter:
         worker.failures += 1
         delay = self._retry_first * self._retry_factor ** (worker.failures - 1)
         worker.retry_at = now + min(delay, self._retry_max)
+
+    def _forget_silent(self, now: float) -> None:
+        silent = [
+            name for name, w in self._workers.items()
+            if w.state is None and w.refused is None and w.retry_at <= now
+            and (w.offer is None or w.offer.expires <= now)
+            and now - w.heard >= self._forget_after
+        ]
+        for name in silent:
+            del self._workers[name]
 
     def _may_use(self, worker: _Worker) -> bool:
         return (

@@ -287,3 +287,19 @@ def test_a_busy_worker_becoming_free_is_news() -> None:
     assert r.got_hello("a", PY, 102.0, slots=2) == [PublishWant(1)]  # free again: ask now
     assert r.got_hello("a", PY, 103.0, slots=1) == []  # was not busy
     assert r.next_wakeup(103.0) == 107.0
+
+
+def test_silent_workers_are_forgotten_but_not_busy_or_refused_ones() -> None:
+    r = make(forget_silent_s=90.0)
+    r.set_demand(1, 0.0)
+    for i in range(50):  # workers killed without a Bye: heard once, never again
+        r.got_hello(f"gone{i}", PY, float(i))
+    r.session_refused("refuser", "too old", 1.0)
+    r.got_offer("busy", 1, K1, 1000.0, 1.0)
+    r.timer_expired(1.2)  # the offer window closes: busy is accepted
+    assert r.pending() == ["busy"]
+    r.got_hello("fresh", PY, 100.0)
+    # silent for 90 s or more: gone0 to gone10 (heard at 0-10 s)
+    assert r.known() == sorted(["busy", "fresh", "refuser"] + [f"gone{i}" for i in range(11, 50)])
+    r.got_hello("fresh", PY, 200.0)  # everyone silent for 90 s and idle is gone now
+    assert r.known() == ["busy", "fresh", "refuser"]
