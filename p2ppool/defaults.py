@@ -151,3 +151,9 @@ BOARD_MESSAGE_BURST: int = 2000
 #: Distinct pickled functions a cluster pool remembers a wire key for (least recently used
 #: forgotten first; a forgotten one seen again gets a new key and is sent again).
 CLUSTER_FUNC_KEYS_KEPT: int = 256
+
+# --- Functions a client keeps on a worker per session (remote.py) -------------------------
+#: Distinct pickled functions a worker holds for one session; the least recently used one
+#: is dropped (Forget frame) and sent again if named later.  A pool that maps a new
+#: ``functools.partial`` each time would otherwise fill the worker's memory.
+REMOTE_FUNCTIONS_PER_SESSION: int = 32

@@ -52,6 +52,7 @@ Contract details:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
@@ -88,6 +89,7 @@ from .recruit import AbandonSession, AcceptOffer, Command, PublishWant, PublishW
 from .session_protocol import (
     SESSION_VERSION,
     Cancel,
+    Forget,
     Func,
     Lost,
     Open,
@@ -195,7 +197,8 @@ class _Remote:
         self.state = _OPENING
         self.session: Any = None
         self.slots = 0
-        self.funcs: Set[int] = set()
+        # Function keys the worker holds, least recently used first (it drops them when told).
+        self.funcs: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.inflight: Set[int] = set()
         self.abandoned = False
         self.released = False  # let go while idle, for another job (see _release_idle)
@@ -303,9 +306,14 @@ class ClusterBackend:
             if usable:
                 assert remote is not None
                 frames = []
-                if func_key not in remote.funcs:
-                    remote.funcs.add(func_key)
+                if func_key in remote.funcs:
+                    remote.funcs.move_to_end(func_key)
+                else:
+                    remote.funcs[func_key] = None
                     frames.append(encode_frame_parts(Func(func_key, func_blob)))
+                    if len(remote.funcs) > defaults.REMOTE_FUNCTIONS_PER_SESSION:
+                        oldest, _ = remote.funcs.popitem(last=False)
+                        frames.append((encode_frame(Forget((oldest,))),))
                 frames.append(encode_frame_parts(Task(task_id, func_key, args_blob)))
                 remote.inflight.add(task_id)
                 session = remote.session

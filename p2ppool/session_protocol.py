@@ -14,6 +14,8 @@ frame is the payload (pickled bytes, which only a worker's *child* process ever 
       | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight
       |<- Result(task_id, ok, blob)                      |   ok=False: pickled exception
       |<- Lost(task_id, retry, cause)                    |   child died / limit hit
+      | Forget(func_keys) ---------------------------->  |   drop these functions (a client
+      |                                                  |   keeps a bounded number per session)
       | Cancel(task_ids) ----------------------------->  |   stop these tasks (terminate)
       | Bye ------------------------------------------>  |   either side, then close
 
@@ -35,6 +37,7 @@ __all__ = [
     "Bye",
     "Cancel",
     "Frame",
+    "Forget",
     "Func",
     "Lost",
     "Open",
@@ -47,8 +50,8 @@ __all__ = [
     "encode_frame_parts",
 ]
 
-#: Bumped on any incompatible change of the frames below.
-SESSION_VERSION = 1
+#: Bumped on any incompatible change of the frames below (2: the Forget frame).
+SESSION_VERSION = 2
 
 _U64 = struct.Struct("!Q")
 _U64_U64 = struct.Struct("!QQ")
@@ -98,6 +101,14 @@ class Func:
 
 
 @dataclasses.dataclass(frozen=True)
+class Forget:
+    """Client -> worker: these functions will not be named again (tasks already received
+    keep theirs); a later Func may reuse a key."""
+
+    func_keys: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     """Client -> worker: run ``func_key`` on the pickled chunk of arguments."""
 
@@ -140,9 +151,9 @@ class Bye:
     """Either side: the session ends normally."""
 
 
-Frame = Union[Open, Ready, Refuse, Func, Task, Result, Lost, Cancel, Bye]
+Frame = Union[Open, Ready, Refuse, Func, Forget, Task, Result, Lost, Cancel, Bye]
 
-_OPEN, _READY, _REFUSE, _FUNC, _TASK, _RESULT, _LOST, _CANCEL, _BYE = b"ORXFTSLCB"
+_OPEN, _READY, _REFUSE, _FUNC, _FORGET, _TASK, _RESULT, _LOST, _CANCEL, _BYE = b"ORXFGTSLCB"
 
 
 def _json(kind: int, obj: dict[str, Any], tail: bytes = b"") -> bytes:
@@ -162,6 +173,8 @@ def encode_frame(frame: Frame) -> bytes:
         return bytes([_LOST]) + _U64_U8.pack(frame.task_id, frame.retry) + frame.cause.encode()
     if isinstance(frame, Cancel):
         return bytes([_CANCEL]) + b"".join(_U64.pack(t) for t in frame.task_ids)
+    if isinstance(frame, Forget):
+        return bytes([_FORGET]) + b"".join(_U64.pack(k) for k in frame.func_keys)
     if isinstance(frame, Bye):
         return bytes([_BYE])
     if isinstance(frame, Open):
@@ -215,6 +228,12 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
     return value
 
 
+def _u64_list(body: memoryview, frame: str, what: str) -> tuple[int, ...]:
+    if len(body) % _U64.size:
+        raise ProtocolError(f"{frame} is not a whole number of {what}")
+    return tuple(_U64.unpack_from(body, i)[0] for i in range(0, len(body), _U64.size))
+
+
 def decode_frame(data: bytes) -> Frame:
     """Parse one frame; raises ProtocolError for anything malformed or unknown.
 
@@ -238,10 +257,9 @@ def decode_frame(data: bytes) -> Frame:
             task_id, retry = _U64_U8.unpack_from(body)
             return Lost(task_id, bool(retry), bytes(body[_U64_U8.size:]).decode("utf-8", "replace"))
         if kind == _CANCEL:
-            if len(body) % _U64.size:
-                raise ProtocolError("cancel frame is not a whole number of task ids")
-            ids = tuple(_U64.unpack_from(body, i)[0] for i in range(0, len(body), _U64.size))
-            return Cancel(ids)
+            return Cancel(_u64_list(body, "cancel frame", "task ids"))
+        if kind == _FORGET:
+            return Forget(_u64_list(body, "forget frame", "function keys"))
     except struct.error:
         raise ProtocolError(f"session frame of kind {chr(kind)!r} is too short") from None
     if kind == _BYE:

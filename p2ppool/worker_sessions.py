@@ -128,7 +128,7 @@ class SessionHandling:
     # -- sessions: frames ----------------------------------------------------------------------
 
     def _frame(self, sid: int, data: bytes) -> None:
-        from .session_protocol import Bye, Cancel, Func, Open, Task, decode_frame
+        from .session_protocol import Bye, Cancel, Forget, Func, Open, Task, decode_frame
 
         session = self.sessions.get(sid)
         if session is None or session.state == ENDED:
@@ -155,6 +155,10 @@ class SessionHandling:
             self._got_task(session, frame)
         elif isinstance(frame, Func):
             self._got_func(session, frame)
+        elif isinstance(frame, Forget):
+            for func_key in frame.func_keys:  # tasks already received keep their blob
+                session.functions.pop(func_key, None)
+                session.refused_functions.pop(func_key, None)
         elif isinstance(frame, Cancel):
             self._got_cancel(session, frame)
         elif isinstance(frame, Bye):

@@ -110,6 +110,30 @@ def test_a_user_error_comes_back_as_itself(local_cluster: Any, cluster_backend: 
     assert "in fail" in str(error.__cause__)  # the remote traceback names the function
 
 
+def test_a_session_keeps_few_functions_on_the_worker(
+    local_cluster: Any, cluster_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2ppool import defaults, remote, session_protocol
+
+    monkeypatch.setattr(defaults, "REMOTE_FUNCTIONS_PER_SESSION", 2)
+    sent: List[Any] = []
+
+    def recording_encode_frame(frame: Any) -> bytes:
+        sent.append(frame)
+        return session_protocol.encode_frame(frame)
+
+    monkeypatch.setattr(remote, "encode_frame", recording_encode_frame)
+    pump = cluster_backend(local_cluster, demand=1)
+    (joined,) = pump.of_type(ExecutorJoined)
+    adders = {key: (lambda x, k=key: x + 10 * k) for key in (1, 2, 3)}
+    for task_id, key in enumerate([1, 2, 3, 1, 3], start=1):  # 1 is dropped, then sent again
+        _run(pump, joined.executor_id, task_id, adders[key], [task_id], func_key=key)
+        done = _done(pump, task_id)
+        assert done.ok and payload.loads(done.blob) == [task_id + 10 * key]
+    forgotten = [f.func_keys for f in sent if isinstance(f, session_protocol.Forget)]
+    assert forgotten == [(1,), (2,)]  # 3 pushed out 1; 1 (sent again) pushed out 2
+
+
 def test_one_session_covers_a_small_demand(local_cluster: Any, cluster_backend: Any) -> None:
     accepts = _watch(local_cluster, Accept)
     pump = cluster_backend(local_cluster, demand=2)

@@ -26,7 +26,7 @@ from p2ppool import payload
 from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
 from p2ppool.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.session_protocol import Bye as ByeFrame
-from p2ppool.session_protocol import Cancel, Lost, Ready, Refuse, Result
+from p2ppool.session_protocol import Cancel, Forget, Lost, Ready, Refuse, Result, Task
 from p2ppool.transfer import CLIENT, Session
 
 from ._worker_driver import (
@@ -244,6 +244,28 @@ def test_a_task_that_raises_returns_the_exception_with_its_remote_traceback(
         cs.submit(pow, payload.starmap_call([(2, 5)]), func_key=2)
         frame = cs.next_frame()
         assert isinstance(frame, Result) and frame.ok and result_value(frame) == [32]
+    finally:
+        cs.close()
+
+
+def test_a_forgotten_function_is_dropped_and_can_be_sent_again(
+    shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        cs.submit(pow, payload.starmap_call([(2, 3)]), func_key=5)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [8]
+        cs.send(Forget((5,)))
+        task = cs.next_task
+        cs.send(Task(task, 5, payload.dumps(payload.starmap_call([(2, 4)]))))
+        frame = cs.next_frame()
+        assert isinstance(frame, Lost) and frame.task_id == task and not frame.retry
+        assert "function 5, which was never sent" in frame.cause
+        del cs.sent_funcs[5]  # sent again under the same key, it works again
+        cs.submit(pow, payload.starmap_call([(2, 5)]), func_key=5)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [32]
     finally:
         cs.close()
 

@@ -11,6 +11,7 @@ from p2ppool.session_protocol import (
     SESSION_VERSION,
     Bye,
     Cancel,
+    Forget,
     Func,
     Lost,
     Open,
@@ -35,6 +36,7 @@ frames = st.one_of(
     st.builds(Result, task_id=u64, ok=st.booleans(), blob=st.binary()),
     st.builds(Lost, task_id=u64, retry=st.booleans(), cause=st.text()),
     st.builds(Cancel, task_ids=st.lists(u64).map(tuple)),
+    st.builds(Forget, func_keys=st.lists(u64).map(tuple)),
     st.just(Bye()),
 )
 
@@ -52,6 +54,12 @@ def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
         decode_frame(data)
     except ProtocolError:
         pass
+
+
+def test_forget_of_a_partial_key_is_a_protocol_error() -> None:
+    assert decode_frame(b"G" + (7).to_bytes(8, "big")) == Forget((7,))
+    with pytest.raises(ProtocolError, match="forget frame is not a whole number"):
+        decode_frame(b"G" + (7).to_bytes(8, "big") + b"\x01")
 
 
 def test_task_layout_is_fixed() -> None:
