@@ -120,6 +120,10 @@ class ApplyResult(_Result):
 
     def _set(self, i: int, obj: Outcome) -> None:
         self._success, self._value = obj
+        self._finish()
+
+    def _finish(self) -> None:
+        """Run the callback or error callback, then wake the waiters (even if it raised)."""
         try:
             if self._callback and self._success:
                 self._callback(self._value)
@@ -165,14 +169,7 @@ class MapResult(ApplyResult):
             self._success = False  # only the first exception is kept
             self._value = result
         if self._number_left == 0:  # ready only once every chunk is done
-            try:
-                if self._success and self._callback:
-                    self._callback(self._value)
-                elif not self._success and self._error_callback:
-                    self._error_callback(self._value)
-            finally:
-                self._event.set()
-                self._pool = None
+            self._finish()
 
     def _abort(self, error: BaseException) -> None:
         if not self._event.is_set():
@@ -205,20 +202,15 @@ class IMapIterator(_Result):
             StopIteration: every result was returned.
         """
         with self._cond:
+            if not self._items and self._index != self._length:
+                self._cond.wait(timeout)
             try:
                 item = self._items.popleft()
             except IndexError:
                 if self._index == self._length:
                     self._pool = None
                     raise StopIteration from None
-                self._cond.wait(timeout)
-                try:
-                    item = self._items.popleft()
-                except IndexError:
-                    if self._index == self._length:
-                        self._pool = None
-                        raise StopIteration from None
-                    raise TimeoutError from None
+                raise TimeoutError from None
         success, value = item
         if success:
             return value

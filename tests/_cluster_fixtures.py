@@ -18,6 +18,7 @@ Fixtures:
 
 Helpers:
     descendants(): pids of every live descendant of this process.
+    reap(proc): kill a subprocess if it still runs, wait for it, close its pipes.
     assert_gone(pids, timeout): every pid has exited (zombies count as gone).
     wait_until_idle(cluster): every live worker of a (shared) cluster has all slots free.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "cluster_backend",
     "descendants",
     "make_blocker",
+    "reap",
     "local_cluster",
     "recorded_codes",
     "task_gate",
@@ -74,6 +76,16 @@ def wait_until_idle(cluster: Any, timeout: float = 30.0) -> None:
         if worker.alive:
             cluster.wait_for_hello(worker.name, lambda h: h.slots == cluster.processes_per_worker,
                                    timeout=timeout)
+
+
+def reap(proc: Any) -> None:
+    """Kill ``proc`` (a ``subprocess.Popen``) if it still runs, wait for it, close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:

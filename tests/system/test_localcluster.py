@@ -17,7 +17,7 @@ import pytest
 from p2ppool import payload
 from p2ppool.localcluster import LocalCluster
 from p2ppool.remote import ExecutorJoined, TaskDone
-from tests._cluster_fixtures import assert_gone, descendants
+from tests._cluster_fixtures import assert_gone, descendants, reap
 
 pytestmark = pytest.mark.system
 
@@ -169,9 +169,5 @@ def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reap(proc)
     assert_gone(children, timeout=10)

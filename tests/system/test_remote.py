@@ -27,7 +27,7 @@ from p2ppool.remote import (
     TaskDone,
     TaskLost,
 )
-from tests._cluster_fixtures import assert_gone, executor_names, wait_until_idle
+from tests._cluster_fixtures import assert_gone, executor_names, reap, wait_until_idle
 
 pytestmark = pytest.mark.system
 
@@ -431,8 +431,4 @@ def test_a_killed_client_frees_the_workers_slots_within_10_s(
         assert hello.slots == 2
         assert_gone([task_pid], timeout=10)  # the orphaned task was stopped too
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(5)
-        if client.stdout is not None:
-            client.stdout.close()
+        reap(client)

@@ -13,6 +13,7 @@ import pytest
 
 from p2ppool.errors import TransferError
 from p2ppool.wormhole_servers import WormholeServers
+from tests._cluster_fixtures import reap
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
 
@@ -127,8 +128,4 @@ def test_servers_stop_when_their_parent_went_away_before_they_were_ready(tmp_pat
         assert child.stderr is not None
         assert b"the parent is gone" in child.stderr.read()
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(5)
-        if child.stderr is not None:
-            child.stderr.close()
+        reap(child)
