@@ -9,6 +9,7 @@ fails as :class:`_Failed` without running.
 from __future__ import annotations
 
 import collections
+import copy
 import queue
 from typing import TYPE_CHECKING, Any, Callable, Tuple
 
@@ -50,7 +51,7 @@ class _Job:
         function reads as they were when the pool first sent it.
         """
         if self.func_error is not None:
-            raise self.func_error
+            raise _fresh_copy(self.func_error)
         if self.func_blob is None:
             self.func_blob = cache.get(self.func)
             if self.func_blob is None:
@@ -61,6 +62,22 @@ class _Job:
                     raise
                 cache.put(self.func, self.func_blob)
         return self.func_blob
+
+
+def _fresh_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one more chunk, without the frames of earlier raises.
+
+    Every chunk of a job whose function does not pickle fails with this error; raised as
+    one shared object (by the manager, then by each caller's ``get``/``next``), its
+    traceback would grow by a few entries per chunk of a long map.
+    """
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # an exception type that cannot be rebuilt from its args
+        return error.with_traceback(None)
+    fresh.__cause__, fresh.__context__ = error.__cause__, error.__context__
+    fresh.__suppress_context__ = error.__suppress_context__
+    return fresh.with_traceback(None)
 
 
 class _FunctionBlobs:

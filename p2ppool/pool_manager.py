@@ -275,7 +275,7 @@ class _Manager:
             if self._deliveries:
                 self._flush()
             inbox.sleeping = True
-            if inbox.pending():
+            if inbox.pending() or self._hungry:  # calls waiting, or inputs to read on
                 timeout = 0.0
             ready = wait(readables, timeout, changed)
             inbox.sleeping = False
@@ -322,8 +322,10 @@ class _Manager:
         Done between turns, not where a result frees a slot: a chunk that fails at once
         (its function does not pickle) would otherwise recurse into the next one.
         """
-        while self._hungry:
-            job = self._hungry.popleft()
+        # Only the credit given before this call: chunks that fail at once earn credit here,
+        # which waits for the next turn, so results flow and calls are served in between.
+        hungry, self._hungry = self._hungry, collections.deque()
+        for job in hungry:
             count, job.credit = job.credit, 0
             reader = job.reader
             if reader is None or job.job_id not in self.jobs:

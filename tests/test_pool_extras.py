@@ -21,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Iterator, List
 
@@ -297,6 +298,34 @@ def test_imap_of_a_list_whose_items_do_not_pickle_fails_each_in_order(
         failures += 1
     assert failures == 2000
     with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_a_function_that_does_not_pickle_fails_every_chunk_with_a_short_traceback(
+    pool: p2ppool.Pool,
+) -> None:
+    lock = threading.Lock()
+    it = pool.imap(lambda x: (lock, x), range(2000))
+    for _ in range(2000):
+        with pytest.raises(TypeError) as raised:
+            next(it)
+    # One error object serves every chunk; its traceback must not grow with each raise.
+    assert len(traceback.extract_tb(raised.value.__traceback__)) < 20
+
+
+def test_a_long_run_of_failing_chunks_does_not_hold_up_the_manager(
+    pool: p2ppool.Pool,
+) -> None:
+    # Each failed chunk earns the credit to read the next; that reading waits for the next
+    # turn, so other calls are served while a long input is still being read.
+    manager = pool._manager
+    assert manager is not None
+    it = pool.imap(fx.square, [threading.Lock()] * 200_000)
+    assert pool.apply(fx.square, (3,)) == 9
+    assert any(job.reader is not None for job in list(manager.jobs.values())), (
+        "the manager read the whole input before it served the apply"
+    )
+    with pytest.raises(TypeError):
         next(it)
 
 
