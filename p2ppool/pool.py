@@ -65,7 +65,7 @@ from typing import (
     Tuple,
 )
 
-from . import chunking, defaults, payload
+from . import chunking, payload
 from .engine import ProcessEngine
 from .errors import PoolNotRunning
 from .pool_executors import LocalExecutor
@@ -274,19 +274,16 @@ class Pool:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         how = payload.APPLY if chunksize == 1 else payload.MAP
         job = _Job(func, how, result, None, self._progress(total))
-        read_ahead = max(2, defaults.READ_AHEAD_PER_SLOT * manager.scheduler.total_slots)
         if type(iterable) in _PLAIN_SEQUENCES:
             # Reading these runs no user code and never blocks: the manager reads them
             # itself as results come back, without a feeder thread (whose start costs
             # about 0.3 ms of the first result).
             job.reader = chunking.ChunkReader(iterable, chunksize)
-            manager.inbox.post(manager.start_stream, job, read_ahead)
+            manager.inbox.post(manager.start_stream, job)
             if chunksize == 1:
                 return result  # type: ignore[no-any-return]
             return (item for chunk in result for item in chunk)
-        job.slots = queue.SimpleQueue()
-        for _ in range(read_ahead):
-            job.slots.put(None)
+        job.slots = queue.SimpleQueue()  # start_stream puts the read-ahead tokens
         manager.inbox.post(manager.start_stream, job)
         feeder = threading.Thread(
             target=_feed, args=(manager, job, iterable, chunksize),

@@ -68,9 +68,10 @@ class Inbox:
         Raises:
             PoolNotRunning: the manager has exited (nothing would run the call).
         """
-        if self._closed:
-            raise PoolNotRunning()
-        self._calls.append((fn, args))
+        with self._lock:  # not between close()'s last drain and its return: lost
+            if self._closed:
+                raise PoolNotRunning()
+            self._calls.append((fn, args))
         # The manager sets ``sleeping`` before it checks for calls and blocks, so either it
         # sees this call, or we see the flag and write (no lost wake-up, no needless write).
         if self.sleeping:
@@ -170,12 +171,18 @@ class _Manager:
         ]
         self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
 
-    def start_stream(self, job: _Job, read_ahead: int = 0) -> None:
-        """An imap job: its chunks arrive later through :meth:`got_stream_chunks`, or, if
-        it has a ``reader``, are read here, ``read_ahead`` chunks ahead of its results."""
+    def start_stream(self, job: _Job) -> None:
+        """An imap job: its chunks arrive later through :meth:`got_stream_chunks` (read by
+        its feeder thread), or, if it has a ``reader``, are read here; either way a few
+        chunks per slot ahead of its results (counted here, where executors join, so a
+        peer that joins meanwhile is not missed)."""
         self.jobs[job.job_id] = job
+        read_ahead = max(2, defaults.READ_AHEAD_PER_SLOT * self.scheduler.total_slots)
         if job.reader is not None:
             self._credit(job, read_ahead)
+        elif job.slots is not None:
+            for _ in range(read_ahead):
+                job.slots.put(None)
 
     def got_stream_chunks(self, job: _Job, chunks: List[Tuple[int, Any, int]]) -> None:
         """imap chunks read by the feeder: ``(index, items, size)`` each."""

@@ -55,13 +55,26 @@ class _Ready:
         """Wait until set or ``timeout`` seconds pass; True if it is set."""
         if self._flag:
             return True
-        if timeout is None:
-            got = self._lock.acquire()
-        else:
-            got = self._lock.acquire(True, max(0.0, timeout))
-        if got:  # hand it on: the next waiter, if any, wakes in turn
-            self._lock.release()
+        try:
+            if timeout is None:
+                got = self._lock.acquire()
+            else:
+                got = self._lock.acquire(True, max(0.0, timeout))
+        except BaseException:  # e.g. KeyboardInterrupt, maybe just after acquiring
+            if self._flag:
+                self._hand_on()  # or the other waiters would wait forever
+            raise
+        if got:
+            self._hand_on()
         return got
+
+    def _hand_on(self) -> None:
+        """Once set, the lock only wakes waiters: release it for the next one (an extra
+        release of a set result, from an interrupted waiter, is harmless)."""
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass
 
 
 class _Result:

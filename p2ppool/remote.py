@@ -299,7 +299,12 @@ class ClusterBackend:
     def submit(
         self, executor_id: str, task_id: int, func_key: int, func_blob: bytes, args_blob: bytes
     ) -> None:
-        """Send a task to an executor (its function first, once per session).  Non-blocking."""
+        """Send a task to an executor (its function first, once per session).  Non-blocking.
+
+        Called from one thread (the pool's manager): the frames are built under the lock
+        but sent after it, so two concurrent calls could send one's Forget between the
+        other's Func and Task.
+        """
         with self._lock:
             remote = self._remotes.get(executor_id)
             usable = remote is not None and remote.state == _READY

@@ -102,8 +102,10 @@ class Func:
 
 @dataclasses.dataclass(frozen=True)
 class Forget:
-    """Client -> worker: these functions will not be named again (tasks already received
-    keep theirs); a later Func may reuse a key."""
+    """Client -> worker: drop these functions (tasks already received keep theirs).
+
+    A client never gives a key to another function (a worker's processes cache functions by
+    key); it sends a Func again before naming a forgotten key."""
 
     func_keys: tuple[int, ...]
 

@@ -43,3 +43,28 @@ def test_set_wakes_every_waiter() -> None:
     for thread in threads:
         thread.join(10)
     assert woke == [True] * 5
+
+
+def test_a_waiter_interrupted_just_after_it_woke_still_hands_the_lock_on() -> None:
+    # KeyboardInterrupt can land right after the lock was acquired; the waiters behind must
+    # still wake, so the interrupted waiter releases the lock on its way out.
+    ready = _Ready()
+    real = ready._lock
+
+    class InterruptedAfterAcquire:
+        def acquire(self, *args: object) -> bool:
+            ready.set()  # the result arrives while we wait ...
+            assert real.acquire(False)  # ... we take the lock ...
+            raise KeyboardInterrupt  # ... and are interrupted before handing it on
+
+        def release(self) -> None:
+            real.release()
+
+    ready._lock = InterruptedAfterAcquire()  # type: ignore[assignment]
+    try:
+        ready.wait()
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt was swallowed")
+    assert not real.locked()  # a waiter blocked on it would wake
