@@ -41,6 +41,8 @@ class _Job:
         # ``credit`` more chunks when it next can.
         self.reader: chunking.ChunkReader | None = None
         self.credit = 0
+        # Chunks of read-ahead given for executors since lost: results that take them back.
+        self.read_ahead_debt = 0
 
     def blob(self, cache: _FunctionBlobs) -> bytes:
         """The pickled function, or raise why it cannot be pickled.

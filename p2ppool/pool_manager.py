@@ -127,6 +127,7 @@ class _Manager:
         self._chunk_ids = itertools.count()
         self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
         self._hungry: Deque[_Job] = collections.deque()  # see _read_inputs
+        self._read_ahead_of: Dict[str, int] = {}  # executor -> chunks it added to read-ahead
         self._function_blobs = _FunctionBlobs()
         self.state = RUN
         self.broken: BrokenPool | None = None
@@ -145,17 +146,25 @@ class _Manager:
         now = time.monotonic()
         # Running imaps read further ahead for the new slots (a cluster pool starts with none:
         # its imaps would otherwise keep 2 chunks in flight, all on the first executor).
+        extra = defaults.READ_AHEAD_PER_SLOT * executor.slots()
+        self._read_ahead_of[executor.name] = extra
         for job in self.jobs.values():
             if job.slots is not None:
-                for _ in range(defaults.READ_AHEAD_PER_SLOT * executor.slots()):
+                for _ in range(extra):
                     job.slots.put(None)
             elif job.reader is not None:
-                self._credit(job, defaults.READ_AHEAD_PER_SLOT * executor.slots())
+                self._credit(job, extra)
         self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
 
     def remove_executor(self, name: str, cause: str) -> None:
-        """An executor is gone (a peer was lost): its chunks go back to the queue."""
+        """An executor is gone (a peer was lost): its chunks go back to the queue, and
+        running imaps read that much less ahead again (peers that come and go for hours
+        must not make them read ever further)."""
         if self.executors.pop(name, None) is not None:
+            fewer = self._read_ahead_of.pop(name, 0)
+            for job in self.jobs.values():
+                if job.slots is not None or job.reader is not None:
+                    job.read_ahead_debt += fewer
             self._execute(self.scheduler.executor_lost(name, cause, time.monotonic()))
 
     def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
@@ -177,7 +186,9 @@ class _Manager:
         chunks per slot ahead of its results (counted here, where executors join, so a
         peer that joins meanwhile is not missed)."""
         self.jobs[job.job_id] = job
-        read_ahead = max(2, defaults.READ_AHEAD_PER_SLOT * self.scheduler.total_slots)
+        # Two chunks, and as many more per executor as add_executor gives a running job
+        # (which remove_executor takes back): never fewer than two in circulation.
+        read_ahead = 2 + sum(self._read_ahead_of.values())
         if job.reader is not None:
             self._credit(job, read_ahead)
         elif job.slots is not None:
@@ -421,7 +432,9 @@ class _Manager:
             job.progress.update(size)
         self._deliveries.append((job.result, index, outcome))
         job.resolved += 1
-        if job.slots is not None:
+        if job.read_ahead_debt:
+            job.read_ahead_debt -= 1  # this result's token is not given back
+        elif job.slots is not None:
             job.slots.put(None)
         elif job.reader is not None:
             self._credit(job, 1)

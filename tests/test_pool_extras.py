@@ -256,7 +256,7 @@ def test_imap_reads_ahead_a_bounded_number_of_chunks(tmp_path: Path) -> None:
     with p2ppool.Pool(2, context=FORK) as pool:
         it = pool.imap(fx.wait_for_file, (gate for _ in source), 1)
         # nothing can finish before the gate opens: the feeder stops at the read-ahead bound
-        bound = defaults.READ_AHEAD_PER_SLOT * 2 * defaults.ENGINE_TASKS_PER_PROCESS
+        bound = 2 + defaults.READ_AHEAD_PER_SLOT * 2 * defaults.ENGINE_TASKS_PER_PROCESS
         deadline = time.monotonic() + WAIT_S
         while source.taken < bound and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -274,7 +274,7 @@ def test_imap_of_a_list_reads_ahead_a_bounded_number_of_chunks(tmp_path: Path) -
         manager = pool._manager
         assert manager is not None
         it = pool.imap(fx.wait_for_file, [gate] * 100, 1)
-        bound = defaults.READ_AHEAD_PER_SLOT * 2 * defaults.ENGINE_TASKS_PER_PROCESS
+        bound = 2 + defaults.READ_AHEAD_PER_SLOT * 2 * defaults.ENGINE_TASKS_PER_PROCESS
         deadline = time.monotonic() + WAIT_S
         while len(manager.chunks) < bound and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -441,3 +441,83 @@ def test_engine_close_lets_children_exit() -> None:
     engine.close()
     engine.join(WAIT_S)
     assert [p.exitcode for p in processes] == [0, 0]
+
+
+class _SilentExecutor:
+    """An executor that takes chunks and never answers (a peer about to be lost)."""
+
+    def __init__(self, name: str, slots: int) -> None:
+        self.name, self._slots, self._readables = name, slots, []
+        self.ran: List[int] = []
+
+    def slots(self) -> int:
+        return self._slots
+
+    def readables(self) -> List[Any]:
+        return self._readables
+
+    def has_events(self) -> bool:
+        return False
+
+    def next_deadline(self) -> None:
+        return None
+
+    def run(self, chunk_id: int, *_: Any) -> None:
+        self.ran.append(chunk_id)
+
+    def cancel(self, chunk_ids: Any) -> None:
+        pass
+
+    def collect(self, ready: Any) -> List[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+
+def _on_manager(pool: p2ppool.Pool, fn: Any, *args: Any) -> None:
+    """Run ``fn(*args)`` on the pool's manager thread and wait until it has run."""
+    done = threading.Event()
+    manager = pool._manager
+    assert manager is not None
+
+    def call() -> None:
+        try:
+            fn(*args)
+        finally:
+            done.set()
+
+    manager.inbox.post(call)
+    assert done.wait(WAIT_S)
+
+
+def test_a_lost_executor_takes_its_read_ahead_back(tmp_path: Path) -> None:
+    # Peers that join and leave for hours must not make a running imap read ever further
+    # ahead: what a peer added to the read-ahead goes when it goes.
+    gates = [str(tmp_path / f"go{i}") for i in range(60)]
+    with p2ppool.Pool(1, context=FORK) as pool:
+        manager = pool._manager
+        assert manager is not None
+        local = defaults.READ_AHEAD_PER_SLOT * defaults.ENGINE_TASKS_PER_PROCESS
+        peer = _SilentExecutor("peer", 3)
+        _on_manager(pool, manager.add_executor, peer)
+        it = pool.imap(fx.wait_for_file, gates, 1)
+        with_peer = 2 + local + defaults.READ_AHEAD_PER_SLOT * 3
+        _on_manager(pool, lambda: None)  # start_stream and the first reads have run
+        assert len(manager.chunks) == with_peer and peer.ran
+        _on_manager(pool, manager.remove_executor, "peer", "gone")
+        for i in range(len(gates)):  # results come back one by one ...
+            Path(gates[i]).touch()
+            assert it.next(timeout=WAIT_S) is None
+            _on_manager(pool, lambda: None)
+            read_ahead = len(manager.chunks)
+            if i >= with_peer:  # ... and, the peer's share taken back, stay bounded
+                assert read_ahead <= 2 + local, (i, read_ahead)
+        with pytest.raises(StopIteration):
+            next(it)
