@@ -157,3 +157,6 @@ CLUSTER_FUNC_KEYS_KEPT: int = 256
 #: is dropped (Forget frame) and sent again if named later.  A pool that maps a new
 #: ``functools.partial`` each time would otherwise fill the worker's memory.
 REMOTE_FUNCTIONS_PER_SESSION: int = 32
+#: The most functions a worker holds for one session: a client that sends more without
+#: Forget frames (a misbehaving one: ours keeps REMOTE_FUNCTIONS_PER_SESSION) is closed.
+WORKER_FUNCTIONS_PER_SESSION: int = 256

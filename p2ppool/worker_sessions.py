@@ -212,6 +212,14 @@ class SessionHandling:
             log.info("session %d with %s: refused %s", session.sid, session.who(), reason)
             return
         session.refused_functions.pop(frame.func_key, None)
+        limit = defaults.WORKER_FUNCTIONS_PER_SESSION
+        if frame.func_key not in session.functions and len(session.functions) >= limit:
+            log.warning("session %d with %s sent more than %d functions without Forget; "
+                        "closing it", session.sid, session.who(), limit)
+            self._end_session(session, f"the client kept more than {limit} functions on this "
+                                       "worker (a p2ppool client keeps "
+                                       f"{defaults.REMOTE_FUNCTIONS_PER_SESSION})")
+            return
         session.functions[frame.func_key] = frame.blob
 
     def _got_task(self, session: _ClientSession, frame: Any) -> None:

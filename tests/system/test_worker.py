@@ -22,11 +22,11 @@ import cloudpickle
 import psutil
 import pytest
 
-from p2ppool import payload
+from p2ppool import defaults, payload
 from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
 from p2ppool.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.session_protocol import Bye as ByeFrame
-from p2ppool.session_protocol import Cancel, Forget, Lost, Ready, Refuse, Result, Task
+from p2ppool.session_protocol import Cancel, Forget, Func, Lost, Ready, Refuse, Result, Task
 from p2ppool.transfer import CLIENT, Session
 
 from ._worker_driver import (
@@ -266,6 +266,24 @@ def test_a_forgotten_function_is_dropped_and_can_be_sent_again(
         cs.submit(pow, payload.starmap_call([(2, 5)]), func_key=5)
         frame = cs.next_frame()
         assert isinstance(frame, Result) and result_value(frame) == [32]
+    finally:
+        cs.close()
+
+
+def test_a_client_that_never_forgets_functions_is_closed(
+    shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    limit = defaults.WORKER_FUNCTIONS_PER_SESSION
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        for key in range(1, limit + 1):  # as many as a worker keeps: fine
+            cs.send(Func(key, payload.dumps(pow)))
+        cs.submit(pow, payload.starmap_call([(3, 2)]), func_key=limit)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [9]
+        cs.send(Func(limit + 1, payload.dumps(pow)))  # one more, none forgotten
+        assert isinstance(cs.next_frame(), ByeFrame)
+        shared_worker.wait_log(f"more than {limit} functions")
     finally:
         cs.close()
 
