@@ -21,6 +21,7 @@ Helpers:
     reap(proc): kill a subprocess if it still runs, wait for it, close its pipes.
     assert_gone(pids, timeout): every pid has exited (zombies count as gone).
     wait_until_idle(cluster): every live worker of a (shared) cluster has all slots free.
+    OldPythonWorker(cluster): a fake board member offering slots as a Python 2.7 worker.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pytest
 
 __all__ = [
     "BackendPump",
+    "OldPythonWorker",
     "TaskGate",
     "assert_gone",
     "cluster_backend",
@@ -332,6 +334,59 @@ def cluster_backend() -> Iterator[Callable[..., BackendPump]]:
     finally:
         for pump in made:
             pump.backend.terminate()
+
+
+class OldPythonWorker:
+    """A fake worker on a cluster's board, as member ``volunteer``: it says Hello with Python
+    2.7 (again whenever a client says Hello) and offers 8 slots to every Want.
+
+    ``offers`` is released once per offer made; ``accepted`` collects the Accepts naming it
+    (a client must never send one).  Use it as a context manager.
+    """
+
+    NAME = "py27"
+
+    def __init__(self, cluster: Any) -> None:
+        from p2ppool.board_client import BoardClient
+
+        host, _, port = cluster.board.rpartition(":")
+        self.offers = threading.Semaphore(0)
+        self.accepted: List[Any] = []
+        self.client = BoardClient(host, int(port), topic=cluster.cluster, username="volunteer",
+                                  identity=cluster.identity("volunteer"),
+                                  known_hosts=cluster.known_hosts, on_message=self._on_message)
+
+    def _hello(self, now: float) -> Any:
+        from p2ppool.protocol import Hello
+
+        return Hello(sender=self.NAME, ts=now, ttl=90.0, role="worker", python="2.7",
+                     version="0.1", slots=8)
+
+    def _on_message(self, msg: Any) -> None:
+        from p2ppool.protocol import Accept, Hello, Offer, Want, new_offer_keypair
+
+        now = time.time()
+        if isinstance(msg, Want):
+            _, key = new_offer_keypair()
+            self.client.publish(Offer(sender=self.NAME, ts=now, ttl=10.0, job=msg.job,
+                                      worker=self.NAME, slots=8, key=key))
+            self.offers.release()
+        elif isinstance(msg, Accept) and msg.worker == self.NAME:
+            self.accepted.append(msg)
+        elif isinstance(msg, Hello) and msg.role == "client":
+            self.client.publish(self._hello(now))
+
+    def __enter__(self) -> OldPythonWorker:
+        self.client.connect()
+        try:
+            self.client.publish(self._hello(time.time()))
+        except BaseException:
+            self.client.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.close()
 
 
 def executor_names(events: Sequence[Any]) -> List[str]:

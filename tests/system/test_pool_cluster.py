@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -27,7 +26,7 @@ import pytest
 from p2ppool import BrokenPool
 from p2ppool.localcluster import LocalCluster
 from tests import _pool_fixtures as fx
-from tests._cluster_fixtures import assert_gone, descendants, wait_until_idle
+from tests._cluster_fixtures import OldPythonWorker, assert_gone, descendants, wait_until_idle
 from tests.system import _pool_cluster_tasks as tasks
 
 pytestmark = pytest.mark.system
@@ -278,48 +277,18 @@ def test_a_worker_with_another_python_is_never_used(
     empty_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     """A fake worker (Python 2.7) is the only peer and offers 8 slots to every Want."""
-    from p2ppool.board_client import BoardClient
-    from p2ppool.protocol import Accept, Hello, Offer, Want, new_offer_keypair
-
-    host, _, port = empty_cluster.board.rpartition(":")
-    accepted: List[Any] = []
-    offered = threading.Event()
-
-    def hello(now: float) -> Hello:
-        return Hello(sender="py27", ts=now, ttl=90.0, role="worker", python="2.7",
-                     version="0.1", slots=8)
-
-    def on_message(msg: Any) -> None:
-        now = time.time()
-        if isinstance(msg, Want):
-            _, key = new_offer_keypair()
-            fake.publish(Offer(sender="py27", ts=now, ttl=10.0, job=msg.job, worker="py27",
-                               slots=8, key=key))
-            offered.set()
-        elif isinstance(msg, Accept) and msg.worker == "py27":
-            accepted.append(msg)
-        elif isinstance(msg, Hello) and msg.role == "client":
-            fake.publish(hello(now))
-
-    fake = BoardClient(host, int(port), topic=empty_cluster.cluster, username="volunteer",
-                       identity=empty_cluster.identity("volunteer"),
-                       known_hosts=empty_cluster.known_hosts, on_message=on_message)
-    fake.connect()
     go = tmp_path / "go"
-    try:
-        fake.publish(hello(time.time()))
+    with OldPythonWorker(empty_cluster) as fake:
         with empty_cluster.pool(2, fallback=0.5) as pool:
             # The tasks wait until the fake has made its offer: the pool still has work
             # then, so it must choose (a map that ended before the pool's Want reached the
             # board, as on a slow machine, would prove nothing).
             mapped = pool.map_async(tasks.square_where_after, [(x, str(go)) for x in range(10)])
-            assert offered.wait(30), "the fake worker never saw the pool's Want"
+            assert fake.offers.acquire(timeout=30), "the fake worker never saw the pool's Want"
             go.touch()
             results = mapped.get(timeout=30)
-    finally:
-        fake.close()
     assert results == [(x * x, "local") for x in range(10)]
-    assert accepted == []
+    assert fake.accepted == []
 
 
 def test_a_third_member_reading_the_board_cannot_claim_the_wormhole(

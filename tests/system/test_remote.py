@@ -13,10 +13,7 @@ import pytest
 from p2ppool import payload
 from p2ppool.protocol import (
     Accept,
-    Hello,
     MessageRejected,
-    Offer,
-    Want,
     new_offer_keypair,
     open_code,
 )
@@ -27,7 +24,13 @@ from p2ppool.remote import (
     TaskDone,
     TaskLost,
 )
-from tests._cluster_fixtures import assert_gone, executor_names, reap, wait_until_idle
+from tests._cluster_fixtures import (
+    OldPythonWorker,
+    assert_gone,
+    executor_names,
+    reap,
+    wait_until_idle,
+)
 
 pytestmark = pytest.mark.system
 
@@ -205,43 +208,14 @@ def test_a_worker_with_another_python_is_never_used(
     local_cluster: Any, cluster_backend: Any
 ) -> None:
     """A fake worker says Hello with Python 2.7 and offers more slots than anyone to every Want."""
-    from p2ppool.board_client import BoardClient
-
-    host, _, port = local_cluster.board.rpartition(":")
-    accepted_fake: List[Accept] = []
-    offers_made = threading.Semaphore(0)
-
-    def on_message(msg: Any) -> None:
-        now = time.time()
-        if isinstance(msg, Want):
-            _, key = new_offer_keypair()
-            fake.publish(Offer(sender="py27", ts=now, ttl=10.0, job=msg.job, worker="py27",
-                               slots=8, key=key))
-            offers_made.release()
-        elif isinstance(msg, Accept) and msg.worker == "py27":
-            accepted_fake.append(msg)
-        elif isinstance(msg, Hello) and msg.role == "client":
-            fake.publish(hello(now))
-
-    def hello(now: float) -> Hello:
-        return Hello(sender="py27", ts=now, ttl=90.0, role="worker", python="2.7",
-                     version="0.1", slots=8)
-
-    fake = BoardClient(host, int(port), topic=local_cluster.cluster, username="volunteer",
-                       identity=local_cluster.identity("volunteer"),
-                       known_hosts=local_cluster.known_hosts, on_message=on_message)
-    fake.connect()
-    try:
-        fake.publish(hello(time.time()))
+    with OldPythonWorker(local_cluster) as fake:
         pump = cluster_backend(local_cluster, demand=8)
         joined = pump.of_type(ExecutorJoined, count=2)
         assert executor_names(joined) == ["w1", "w2"]
         # Demand is still 4 short, so Wants go on and the fake keeps offering 8 slots.
-        assert offers_made.acquire(timeout=10) and offers_made.acquire(timeout=10)
+        assert fake.offers.acquire(timeout=10) and fake.offers.acquire(timeout=10)
         pump.drain_for(0.5)
-    finally:
-        fake.close()
-    assert accepted_fake == []
+    assert fake.accepted == []
     assert executor_names(pump.events) == ["w1", "w2"]
 
 
