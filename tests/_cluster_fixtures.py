@@ -22,6 +22,7 @@ Helpers:
     assert_gone(pids, timeout): every pid has exited (zombies count as gone).
     wait_until_idle(cluster): every live worker of a (shared) cluster has all slots free.
     OldPythonWorker(cluster): a fake board member offering slots as a Python 2.7 worker.
+    parse_exports(text): the ``export NAME=value`` lines ``p2ppool local`` prints, as a dict.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "cluster_backend",
     "descendants",
     "make_blocker",
+    "parse_exports",
     "reap",
     "local_cluster",
     "recorded_codes",
@@ -88,6 +90,18 @@ def reap(proc: Any) -> None:
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def parse_exports(text: str) -> Dict[str, str]:
+    """The ``export NAME=value`` lines of ``text`` (shell-quoted values), as a dict."""
+    import shlex
+
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            env[name] = shlex.split(value)[0]
+    return env
 
 
 def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:

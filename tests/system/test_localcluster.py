@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import selectors
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, List
 
 import psutil
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from p2ppool import payload
 from p2ppool.localcluster import LocalCluster
 from p2ppool.remote import ExecutorJoined, TaskDone
-from tests._cluster_fixtures import assert_gone, descendants, reap
+from tests._cluster_fixtures import assert_gone, descendants, parse_exports, reap
 
 pytestmark = pytest.mark.system
 
@@ -125,15 +124,6 @@ def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) ->
     return buf
 
 
-def _parse_exports(text: str) -> Dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            env[name] = shlex.split(value)[0]
-    return env
-
-
 @pytest.mark.timeout(60)
 def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
     tmp_path: Any, cluster_backend: Any
@@ -149,8 +139,8 @@ def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
     )
     try:
         out = _read_until(proc, b"Ctrl-C", timeout=30).decode()
-        printed = _parse_exports(out)
-        assert printed == _parse_exports(env_file.read_text())
+        printed = parse_exports(out)
+        assert printed == parse_exports(env_file.read_text())
         assert printed["P2PPOOL_CLUSTER"] == "alice/local"
         assert printed["P2PPOOL_LOOPBACK_ONLY"] == "1"
         assert printed["P2PPOOL_BOARD"].startswith("127.0.0.1:")

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List
 import psutil
 import pytest
 
-from tests._cluster_fixtures import assert_gone
+from tests._cluster_fixtures import assert_gone, parse_exports
 
 pytestmark = pytest.mark.system
 
@@ -166,15 +166,6 @@ def _sourcing(env_file: Path, code: str) -> List[str]:
             f"{shlex.quote(code)}"]
 
 
-def _exports(text: str) -> Dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            env[name] = shlex.split(value)[0]
-    return env
-
-
 # Each task lasts 0.15 s (the sleep stands for work), so both workers get some.  The client
 # runs with P2PPOOL_FALLBACK=none: with the default fallback (3 s), a busy machine that
 # delayed the workers let the Pool's own processes run all 16 tasks, and the test failed.
@@ -199,10 +190,10 @@ def test_a_shell_that_sources_the_env_file_runs_pool_on_the_workers(
     local = local_command("--workers", "2")
     out = local.read_until(b"Ctrl-C", timeout=30)
     written = local.env_file.read_text()
-    assert _exports(out) == _exports(written)
+    assert parse_exports(out) == parse_exports(written)
     assert {"P2PPOOL_CLUSTER", "P2PPOOL_BOARD", "P2PPOOL_RELAY", "P2PPOOL_TRANSIT",
             "P2PPOOL_IDENTITY", "P2PPOOL_KNOWN_HOSTS", "P2PPOOL_BOARD_USER",
-            "P2PPOOL_LOOPBACK_ONLY"} <= set(_exports(written))
+            "P2PPOOL_LOOPBACK_ONLY"} <= set(parse_exports(written))
     assert f". {local.env_file}" in out  # it tells the user how to use the file
 
     client = subprocess.run(_sourcing(local.env_file, _WHERE_CLIENT), capture_output=True,
