@@ -23,6 +23,7 @@ Helpers:
     wait_until_idle(cluster): every live worker of a (shared) cluster has all slots free.
     OldPythonWorker(cluster): a fake board member offering slots as a Python 2.7 worker.
     parse_exports(text): the ``export NAME=value`` lines ``p2ppool local`` prints, as a dict.
+    read_until(proc, marker, timeout): a subprocess's output up to the line with ``marker``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "descendants",
     "make_blocker",
     "parse_exports",
+    "read_until",
     "reap",
     "local_cluster",
     "recorded_codes",
@@ -90,6 +92,34 @@ def reap(proc: Any) -> None:
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def read_until(proc: Any, marker: bytes, timeout: float) -> bytes:
+    """Read a subprocess's stdout up to and including the first line containing ``marker``
+    (bounded by ``timeout``); return those bytes.  What was read past that line is kept for
+    the next call on the same process."""
+    import selectors
+
+    assert proc.stdout is not None
+    buf: bytes = getattr(proc, "_p2ppool_unread", b"")
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            start = 0
+            while (end := buf.find(b"\n", start)) >= 0:
+                if marker in buf[start:end]:
+                    proc._p2ppool_unread = buf[end + 1:]
+                    return buf[:end + 1]
+                start = end + 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {marker!r} line within {timeout:g} s: {buf[-500:]!r}")
+            if sel.select(left):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError(f"process exited before {marker!r}: {buf[-500:]!r}")
+                buf += chunk
 
 
 def parse_exports(text: str) -> Dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from p2ppool.localcluster import _BOARD_MAIN, _write_ed25519_key
+from tests._cluster_fixtures import read_until
 
 from ._faults import check_exactly_once, executions
 
@@ -142,27 +142,6 @@ class Procs:
             return "\n".join(f.read().splitlines()[-15:])
 
 
-def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
-    """Read ``proc``'s stdout up to the first line containing ``marker``; return that line."""
-    assert proc.stdout is not None
-    buf = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            for line in buf.split(b"\n")[:-1]:
-                if marker in line:
-                    return line
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {marker!r} line within {timeout:g} s: {buf[-500:]!r}")
-            if sel.select(left):
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise AssertionError(f"process exited before {marker!r}: {buf[-500:]!r}")
-                buf += chunk
-
-
 def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
         net: Net, tmp_path: Any) -> None:
     directory = str(tmp_path)
@@ -186,12 +165,12 @@ def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
             sys.executable, "-c", _BOARD_MAIN, "--listen", f"0.0.0.0:{BOARD_PORT}",
             "--host-key", host_key, "--users", os.path.join(directory, "users"),
             "--log-level", "WARNING"], "board")
-        _read_until(board, b"board listening on", 20)
+        read_until(board, b"board listening on", 20)
         servers = procs.start(net.exec("srv") + [
             sys.executable, "-m", "p2ppool.wormhole_servers", "--interface", "0.0.0.0",
             "--mailbox-port", str(MAILBOX_PORT), "--relay-port", str(RELAY_PORT),
             "--state", os.path.join(directory, "wormhole")], "servers", stdin=subprocess.PIPE)
-        _read_until(servers, b'"ready": true', 20)
+        read_until(servers, b'"ready": true', 20)
 
         def via(name: str) -> Dict[str, str]:
             x = LINKS[name]
@@ -208,7 +187,7 @@ def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
         }
         client = procs.start(net.exec("cl") + [
             sys.executable, "-m", "tests.faults._netns_client", json.dumps(config)], "client")
-        _read_until(client, b"hosting", 30)
+        read_until(client, b"hosting", 30)
         workers = {}
         for name in ("wk1", "wk2"):
             v = via(name)
@@ -220,7 +199,7 @@ def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
         # No route between a worker's namespace and the client's.
         for name in ("wk1", "wk2"):
             assert _ip("-n", net.ns[name], "route", "get", "10.200.2.2").returncode != 0
-        _read_until(client, b"mapping", 60)
+        read_until(client, b"mapping", 60)
         deadline = time.monotonic() + 40
         pid1 = workers["wk1"].pid
 
@@ -251,7 +230,7 @@ def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
             assert f"10.200.{x}.2:" in relayed, relayed
         # Cut wk1's only link in the middle of the map.
         assert _ip("-n", net.ns["wk1"], "link", "set", net.veth["wk1"], "down").returncode == 0
-        line = _read_until(client, b'{"', 90)
+        line = read_until(client, b'{"', 90).splitlines()[-1]
         outcome = json.loads(line)
         assert "records" in outcome, (f"{outcome}\n{procs.log('client')}\n"
                                       f"{procs.log('wk2')}")

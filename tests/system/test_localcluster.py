@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from typing import Any, List
 
 import psutil
@@ -16,7 +14,7 @@ import pytest
 from p2ppool import payload
 from p2ppool.localcluster import LocalCluster
 from p2ppool.remote import ExecutorJoined, TaskDone
-from tests._cluster_fixtures import assert_gone, descendants, parse_exports, reap
+from tests._cluster_fixtures import assert_gone, descendants, parse_exports, read_until, reap
 
 pytestmark = pytest.mark.system
 
@@ -108,22 +106,6 @@ def test_bad_arguments_are_refused_before_anything_starts() -> None:
     assert set(descendants()) - before == set()
 
 
-def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
-    assert proc.stdout is not None
-    buf = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while marker not in buf:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {marker!r} within {timeout:g} s; output so far: {buf!r}"
-            if sel.select(left):
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                assert chunk, f"p2ppool local exited early: {buf!r}"
-                buf += chunk
-    return buf
-
-
 @pytest.mark.timeout(60)
 def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
     tmp_path: Any, cluster_backend: Any
@@ -138,7 +120,7 @@ def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
                  os.path.abspath(__file__))))},
     )
     try:
-        out = _read_until(proc, b"Ctrl-C", timeout=30).decode()
+        out = read_until(proc, b"Ctrl-C", timeout=30).decode()
         printed = parse_exports(out)
         assert printed == parse_exports(env_file.read_text())
         assert printed["P2PPOOL_CLUSTER"] == "alice/local"
