@@ -497,6 +497,18 @@ def _on_manager(pool: p2ppool.Pool, fn: Any, *args: Any) -> None:
     assert done.wait(WAIT_S)
 
 
+def _after_a_full_turn(pool: p2ppool.Pool) -> None:
+    """Wait until the manager has finished the turn that ran the calls posted so far.
+
+    A call posted to the inbox runs at the start of a turn, before that turn reads imap
+    inputs and dispatches them, so one no-op proves only that the calls before it ran. A
+    second no-op, posted once the first has run, runs in a later turn: by then the first
+    one's turn, reads and dispatch included, is over.
+    """
+    _on_manager(pool, lambda: None)
+    _on_manager(pool, lambda: None)
+
+
 def test_a_lost_executor_takes_its_read_ahead_back(tmp_path: Path) -> None:
     # Peers that join and leave for hours must not make a running imap read ever further
     # ahead: what a peer added to the read-ahead goes when it goes.
@@ -509,13 +521,13 @@ def test_a_lost_executor_takes_its_read_ahead_back(tmp_path: Path) -> None:
         _on_manager(pool, manager.add_executor, peer)
         it = pool.imap(fx.wait_for_file, gates, 1)
         with_peer = 2 + local + defaults.READ_AHEAD_PER_SLOT * 3
-        _on_manager(pool, lambda: None)  # start_stream and the first reads have run
+        _after_a_full_turn(pool)  # start_stream, the first reads and their dispatch have run
         assert len(manager.chunks) == with_peer and peer.ran
         _on_manager(pool, manager.remove_executor, "peer", "gone")
         for i in range(len(gates)):  # results come back one by one ...
             Path(gates[i]).touch()
             assert it.next(timeout=WAIT_S) is None
-            _on_manager(pool, lambda: None)
+            _after_a_full_turn(pool)
             read_ahead = len(manager.chunks)
             if i >= with_peer:  # ... and, the peer's share taken back, stay bounded
                 assert read_ahead <= 2 + local, (i, read_ahead)
