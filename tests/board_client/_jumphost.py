@@ -114,5 +114,5 @@ def _pump(src: object, dst: object) -> None:
         for end in (src, dst):
             try:
                 end.close()  # type: ignore[attr-defined]
-            except OSError:
+            except (OSError, EOFError):  # a channel whose transport has already gone
                 pass

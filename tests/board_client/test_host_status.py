@@ -186,12 +186,16 @@ def test_host_exits_0_when_the_cluster_expires(
     board_server: Any, tmp_path: Path, processes: List[Any]
 ) -> None:
     host = start_host(board_server, tmp_path, processes, "--cluster", "brief", "--users", "bob",
-                      "--ttl", "3s", "--announce-every", "1s")
+                      "--ttl", "6s", "--announce-every", "1s")
     stderr = Lines(host.stderr)
     stderr.wait_for("hosting cluster alice/brief")
     bob = Peer(board_server, "alice/brief")
     bob.client.connect()
     try:
+        # bob's hello gets an announcement at once (on a loaded machine the periodic ones
+        # could all have gone out before bob's connection was up).
+        bob.client.publish(Hello(sender=bob.id, ts=time.time(), ttl=60, role="client",
+                                 python="3.11", version="0.1", slots=0))
         announced = bob.wait_for(Cluster)
         assert isinstance(announced, Cluster) and announced.name == "alice/brief"
         assert host.wait(timeout=WAIT) == 0

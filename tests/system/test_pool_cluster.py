@@ -369,14 +369,17 @@ def test_the_progress_bar_shows_the_peers_at_work(
 def test_an_idle_pool_lets_its_peers_go_to_a_pool_with_work(
     local_cluster: LocalCluster, task_gate: Any
 ) -> None:
+    # A worker says Hello(slots=0) once, when it offers its last slots, and not again while
+    # they stay busy: count the Hellos since before the first pool asked (however long the
+    # sessions then took to open), not since its tasks started.
+    since = time.time()
     with local_cluster.pool(4, fallback=None) as first:
         # The first pool holds every slot of both workers (2 x 2) while it works ...
         busy = first.map_async(task_gate.blocker(), range(4), 1)
         for _ in range(4):
             task_gate.wait_started()
-        since = time.time()
         for worker in local_cluster.workers:
-            local_cluster.wait_for_hello(worker.name, lambda h: h.slots == 0, after=since - 5)
+            local_cluster.wait_for_hello(worker.name, lambda h: h.slots == 0, after=since)
         with local_cluster.pool(2, fallback=None) as second:
             # ... so a second pool gets nothing while the first is busy ...
             waiting = second.map_async(tasks.square_where, range(8), 1)

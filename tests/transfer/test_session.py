@@ -98,9 +98,7 @@ def test_echo_of_many_frames_keeps_order(wormhole_servers: WormholeServers, spaw
     code = new_code()
     peer = spawn_peer("echo", *peer_args(wormhole_servers, code))
     col = Collector()
-    started = time.monotonic()
     session = open_session(wormhole_servers, code, CLIENT, col)
-    setup_s = time.monotonic() - started
     peer.expect("opened", 10)
     sizes = [0, 1, 9, 100, 4096, 70_000, 200_000]
     sent = []
@@ -113,8 +111,6 @@ def test_echo_of_many_frames_keeps_order(wormhole_servers: WormholeServers, spaw
     assert received == sent
     assert session.frames_received == len(sent)
     assert session.is_open and session.cause is None
-    # (includes the peer's interpreter start and imports: seconds on a loaded machine)
-    assert setup_s < 8.0
     session.close()
     assert col.wait_lost(5) == "closed locally"
     assert col.lost_calls == 1
@@ -167,9 +163,12 @@ def test_wrong_code_fails_on_both_sides(wormhole_servers: WormholeServers, spawn
     peer = spawn_peer("echo", *peer_args(wormhole_servers, f"{nameplate}-one-password"))
     started = time.monotonic()
     with pytest.raises(TransferError, match="wrong code") as info:
-        open_session(wormhole_servers, f"{nameplate}-another-password", CLIENT, Collector())
+        open_session(wormhole_servers, f"{nameplate}-another-password", CLIENT, Collector(),
+                     timeout=30.0)
+    # Told by the PAKE, not found out by waiting: well before the open timeout.  (The
+    # window includes the peer's interpreter start: seconds on a loaded machine.)
     assert not isinstance(info.value, TransferTimeout)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15
     err = peer.expect("error", 5)
     assert err["type"] == "TransferError" and "wrong code" in err["message"]
 
@@ -438,11 +437,12 @@ def test_a_dropped_tcp_connection_is_resumed_without_losing_frames(
 def test_an_idle_healthy_session_outlives_the_heartbeat_deadline(
     wormhole_servers: WormholeServers,
 ):
-    fast = {"heartbeat_s": 0.2, "heartbeat_deadline_s": 1.0}
+    # 15 beats per deadline: a stall of the process shorter than 1.4 s loses nothing
+    fast = {"heartbeat_s": 0.1, "heartbeat_deadline_s": 1.5}
     client, cc, worker, wc = open_pair(wormhole_servers, client_kwargs=fast, worker_kwargs=fast)
-    # no application traffic for 2.5 deadlines: heartbeats alone keep both ends alive
+    # no application traffic for 2 deadlines: heartbeats alone keep both ends alive
     with pytest.raises(queue.Empty):
-        cc.lost.get(timeout=2.5)
+        cc.lost.get(timeout=3.0)
     assert wc.lost.empty() and client.is_open and worker.is_open
     client.send(b"still there?")
     assert wc.next_frame() == b"still there?"
