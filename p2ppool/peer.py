@@ -274,6 +274,18 @@ class Peer:
         """A job finished: release what we promised it."""
         return self._drop_offer(done.job, done.sender, now)
 
+    def session_opened(self, session_id: int, slots: int | None, now: float) -> List[Action]:
+        """The client opened the session and uses at most ``slots`` of its slots (None: all).
+
+        A job that wanted fewer slots than a whole offer takes only what it wanted; the rest
+        are free again at once, for other jobs.
+        """
+        found = self._sessions.get(session_id)
+        if found is None or slots is None or slots >= found[1]:
+            return []
+        self._sessions[session_id] = (found[0], max(1, slots))
+        return self._announce_if_changed(self._offer_to_waiting(now), now)
+
     def session_ended(self, session_id: int, now: float) -> List[Action]:
         """A session closed, failed to open, or was lost: its slots are free again."""
         if self._sessions.pop(session_id, None) is None:
@@ -388,6 +400,8 @@ def refusal_for_open(frame: Open, *, job: str, python: str,
         return f"the session opened for job {frame.job}, but the offer was accepted for {job}"
     if frame.maxtasksperchild is not None and frame.maxtasksperchild < 1:
         return f"maxtasksperchild must be at least 1, got {frame.maxtasksperchild}"
+    if frame.slots is not None and frame.slots < 1:
+        return f"a session needs at least 1 slot, the client asked for {frame.slots}"
     return None
 
 

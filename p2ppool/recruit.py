@@ -26,15 +26,20 @@ or after a Withdraw); again while slots are still wanted, every ``want_repeat_s`
 one whose Hello showed no free slots shows some again), or
 when more slots are wanted than the last Want still asks for (its slots minus the offers
 accepted since: a failed session, or a higher demand).  A :class:`PublishWithdraw` follows
-when the demand drops to zero (not merely when pending sessions cover it) and on
-:meth:`Recruiter.close`.
+as soon as the wanted slots are covered (after the Accepts that cover them), when the demand
+drops to zero, and on :meth:`Recruiter.close`: workers drop their offers to a withdrawn job,
+and forget its Want, so that slots this job does not need are not held from other jobs until
+the offers expire (10 s).  Slots wanted again (a session that failed, a higher demand) are
+asked for at once.
 
 **Which offers are accepted.**  Offers for the job are remembered until they expire (less
 ``offer_margin_s``, so that the Accept reaches the worker in time).  Once
 slots are wanted and the oldest usable offer is ``offer_window_s`` old (so that a burst of
 answers to one Want is compared as a whole), the largest offers are accepted first (ties:
 the earlier offer, then the worker id) until the wanted slots are covered: this is the
-fewest sessions that cover the demand.  Never two sessions with one worker.  Offers are
+fewest sessions that cover the demand; of the last offer, only the slots still wanted are
+taken (the session's Open tells the worker, which frees the rest), so a job never holds more
+slots than it asked for.  Never two sessions with one worker.  Offers are
 ignored from workers that refused this job, that said Hello with another Python
 ``major.minor``, or that are waiting out a retry backoff.
 """
@@ -72,7 +77,8 @@ class PublishWithdraw:
 class AcceptOffer:
     """Accept the worker's offer: seal a fresh code to ``key``, publish Accept, open a session.
 
-    ``slots`` is what the worker offered.
+    ``slots`` is how many of the offered slots the job takes: all of them, or fewer when it
+    wants fewer (the session's Open tells the worker, which frees the rest).
     """
 
     worker: str
@@ -232,11 +238,7 @@ class Recruiter:
             return []
         self._demand = slots
         if slots == 0 and self._want_out:
-            self._want_out = False
-            # Workers drop their offers to a withdrawn job: an Accept would find nothing.
-            for worker in self._workers.values():
-                worker.offer = None
-            return [PublishWithdraw()]
+            return [self._withdraw()]
         return self._step(now)
 
     def got_hello(
@@ -396,7 +398,21 @@ class Recruiter:
             self._want_out, self._new_hello = True, False
             self._last_want_at, self._asked = now, wanted
             commands.append(PublishWant(wanted))
+        elif wanted == 0 and self._want_out and self._demand > 0:
+            # Covered (by sessions opening or open): the other workers' offers, and the
+            # Want that busy workers remember, would keep their slots from other jobs until
+            # the offers expire.  After the Accepts, so that the chosen worker sees its Accept
+            # first (the board keeps one sender's order).  A session that then fails asks again
+            # at once.
+            commands.append(self._withdraw())
         return commands
+
+    def _withdraw(self) -> PublishWithdraw:
+        self._want_out = False
+        # Workers drop their offers to a withdrawn job: an Accept would find nothing.
+        for worker in self._workers.values():
+            worker.offer = None
+        return PublishWithdraw()
 
     def _accept(self, now: float) -> List[Command]:
         wanted = self.wanted
@@ -415,9 +431,10 @@ class Recruiter:
             if wanted <= 0:
                 break
             worker = self._workers[name]
-            worker.state, worker.state_since, worker.slots = _PENDING, now, offer.slots
+            taken = min(offer.slots, wanted)  # never more than wanted: `processes` bounds
+            worker.state, worker.state_since, worker.slots = _PENDING, now, taken
             worker.offer = None  # an offer's key is used once
-            commands.append(AcceptOffer(name, offer.key, offer.slots))
-            wanted -= offer.slots
-            self._asked = max(0, self._asked - offer.slots)
+            commands.append(AcceptOffer(name, offer.key, taken))
+            wanted -= taken
+            self._asked = max(0, self._asked - taken)
         return commands

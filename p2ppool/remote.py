@@ -197,6 +197,7 @@ class _Remote:
         self.state = _OPENING
         self.session: Any = None
         self.slots = 0
+        self.taken = 0  # slots accepted of the worker's offer: the session uses no more
         # Function keys the worker holds, least recently used first (it drops them when told).
         self.funcs: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.inflight: Set[int] = set()
@@ -572,6 +573,7 @@ class ClusterBackend:
             executor_id = f"{command.worker}#{self._next_session}"
             self._next_session += 1
             remote = _Remote(executor_id, command.worker)
+            remote.taken = command.slots
             self._remotes[executor_id] = remote
             self._by_worker[command.worker] = remote
         code = new_code()
@@ -607,7 +609,7 @@ class ClusterBackend:
         if drop:
             session.close("not needed any more")
             return
-        opening = Open(job=self.job_id, python=self.python,
+        opening = Open(job=self.job_id, python=self.python, slots=remote.taken,
                        maxtasksperchild=self._maxtasksperchild, initializer=self._initializer)
         try:
             session.send(encode_frame(opening))
@@ -692,12 +694,13 @@ class ClusterBackend:
             if remote.state != _OPENING or remote.abandoned or self._closed:
                 return
             remote.state = _READY
-            remote.slots = frame.slots
-        log.info("worker %s is ready with %d slot(s) (%s)", frame.worker, frame.slots,
+            # No more than accepted, even from a worker that ignores Open.slots.
+            slots = remote.slots = min(frame.slots, remote.taken) if remote.taken else frame.slots
+        log.info("worker %s is ready with %d slot(s) (%s)", frame.worker, slots,
                  remote.executor_id)
-        self._post(lambda: self._recruiter.session_ready(remote.worker, frame.slots,
+        self._post(lambda: self._recruiter.session_ready(remote.worker, slots,
                                                          time.monotonic()))
-        self._emit(ExecutorJoined(remote.executor_id, remote.worker, frame.slots))
+        self._emit(ExecutorJoined(remote.executor_id, remote.worker, slots))
 
     def _on_refuse(self, remote: _Remote, reason: str) -> None:
         with self._lock:

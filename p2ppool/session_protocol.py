@@ -8,7 +8,8 @@ frame is the payload (pickled bytes, which only a worker's *child* process ever 
 ::
 
     client                                             worker
-      | Open(job, python, maxtasksperchild, init blob) ->|   once, first frame
+      | Open(job, python, maxtasksperchild, slots,       |   once, first frame
+      |      init blob) ------------------------------>  |
       |<- Ready(worker name, slots, limits)              |   or Refuse(reason) and close
       | Func(func_key, blob) ------------------------->  |   once per function per session
       | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight
@@ -66,13 +67,19 @@ Blob = Union[bytes, memoryview]
 
 @dataclasses.dataclass(frozen=True)
 class Open:
-    """Client -> worker, first frame: who we are and how child processes are set up."""
+    """Client -> worker, first frame: who we are and how child processes are set up.
+
+    ``slots`` is the most slots the client will use of those the worker offered (a job
+    that wanted 1 more slot and took a 2-slot offer): the worker frees the rest.  None (or
+    a worker that predates the field) keeps every offered slot for the session.
+    """
 
     job: str
     python: str
     maxtasksperchild: int | None = None
     initializer: bytes = b""  # cloudpickled (initializer, initargs), or empty
     version: int = SESSION_VERSION
+    slots: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +189,8 @@ def encode_frame(frame: Frame) -> bytes:
     if isinstance(frame, Open):
         fields = {"v": frame.version, "job": frame.job, "python": frame.python,
                   "maxtasksperchild": frame.maxtasksperchild}
+        if frame.slots is not None:  # (an older worker ignores the key)
+            fields["slots"] = frame.slots
         return _json(_OPEN, fields, frame.initializer)
     if isinstance(frame, Ready):
         fields = {"worker": frame.worker, "slots": frame.slots,
@@ -276,7 +285,8 @@ def decode_frame(data: bytes) -> Frame:
             )
         return Open(job=_field(obj, "job", str), python=_field(obj, "python", str),
                     maxtasksperchild=_field(obj, "maxtasksperchild", int, optional=True),
-                    initializer=tail, version=version)
+                    initializer=tail, version=version,
+                    slots=_field(obj, "slots", int, optional=True))
     if kind == _READY:
         obj, _ = _split_json(data)
         return Ready(worker=_field(obj, "worker", str), slots=_field(obj, "slots", int),

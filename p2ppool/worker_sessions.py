@@ -181,6 +181,12 @@ class SessionHandling:
         if reason is not None:
             self._refuse(session, reason)
             return
+        if frame.slots is not None and frame.slots < session.slots:
+            # The client took fewer slots than offered: the rest go back to the board.
+            log.info("session %d with %s uses %d of the %d slot(s) offered", session.sid,
+                     session.who(), frame.slots, session.slots)
+            session.slots = frame.slots
+            self._execute(self.peer.session_opened(session.sid, frame.slots, time.time()))
         try:
             session.engine = ProcessEngine(
                 session.slots, initializer_blob=frame.initializer or None,

@@ -139,10 +139,11 @@ class ClientSession:
                                  f"(session cause: {self.session.cause})") from None
 
     def open(self, maxtasksperchild: int | None = None, initializer: Any = None,
-             initargs: Sequence[Any] = (), python: str = PYTHON) -> Frame:
+             initargs: Sequence[Any] = (), python: str = PYTHON,
+             slots: int | None = None) -> Frame:
         blob = payload.dumps((initializer, tuple(initargs))) if initializer else b""
         self.send(Open(job=self.job, python=python, maxtasksperchild=maxtasksperchild,
-                       initializer=blob))
+                       initializer=blob, slots=slots))
         return self.next_frame()
 
     def submit(self, func: Callable[..., Any], call: payload.Call, func_key: int = 1,

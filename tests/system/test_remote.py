@@ -10,7 +10,7 @@ from typing import Any, List
 
 import pytest
 
-from p2ppool import payload
+from p2ppool import defaults, payload
 from p2ppool.protocol import (
     Accept,
     MessageRejected,
@@ -116,7 +116,7 @@ def test_a_user_error_comes_back_as_itself(local_cluster: Any, cluster_backend: 
 def test_a_session_keeps_few_functions_on_the_worker(
     local_cluster: Any, cluster_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from p2ppool import defaults, remote, session_protocol
+    from p2ppool import remote, session_protocol
 
     monkeypatch.setattr(defaults, "REMOTE_FUNCTIONS_PER_SESSION", 2)
     sent: List[Any] = []
@@ -149,6 +149,41 @@ def test_one_session_covers_a_small_demand(local_cluster: Any, cluster_backend: 
     accepts.wait_for(lambda seen: any(a.job == job for a in seen))
     assert [a.worker for a in accepts if a.job == job] == [joined.name]
     assert pump.backend.executors == {joined.executor_id: 2}
+
+
+def test_a_covered_job_lets_the_offers_it_does_not_need_go_at_once(
+    local_cluster: Any, cluster_backend: Any
+) -> None:
+    # Both idle workers answer a Want of 2 with 2 slots; one session covers it.  The job
+    # withdraws its Want then, so the other worker's slots are free for other jobs at once,
+    # not held by an unanswered offer until it expires.
+    since = time.time()
+    pump = cluster_backend(local_cluster, demand=2)
+    (joined,) = pump.of_type(ExecutorJoined)
+    (other,) = [w.name for w in local_cluster.workers if w.name != joined.name]
+    local_cluster.wait_for_hello(other, lambda h: h.slots == 2, after=since,
+                                 timeout=defaults.OFFER_TTL_S * 0.6)
+
+
+def test_a_late_offer_bigger_than_the_demand_left_is_taken_in_part(
+    local_cluster: Any, cluster_backend: Any
+) -> None:
+    # `processes` bounds the chunks in flight: a job never holds more slots than it asked
+    # for.  A busy worker remembers a Want and answers it, whole, once it is free; by then
+    # the job may want less.  Both workers have 2 slots.
+    holder = cluster_backend(local_cluster, demand=2)
+    (held,) = holder.of_type(ExecutorJoined)  # one worker, wholly
+    since = time.time()
+    wanting = cluster_backend(local_cluster, demand=3)
+    (first,) = wanting.of_type(ExecutorJoined)  # the other worker's 2 slots; 1 more wanted
+    assert first.slots == 2 and first.name != held.name
+    holder.backend.close()  # the held worker answers the remembered Want(3) with 2 slots ...
+    (_, second) = wanting.of_type(ExecutorJoined, count=2)
+    assert second.name == held.name
+    assert second.slots == 1  # ... of which the job takes the 1 it still wants
+    assert sum(wanting.backend.executors.values()) == 3
+    # and the worker's other slot is free for other jobs while the session lasts
+    local_cluster.wait_for_hello(held.name, lambda h: h.slots == 1, after=since)
 
 
 def test_terminate_frees_the_workers_slots(

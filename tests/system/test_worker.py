@@ -210,6 +210,27 @@ def test_announce_offer_accept_open_and_a_chunk_of_pow_runs(
     cluster.host.wait_for(is_hello("w-shared", 2), 10.0, "hello with 2 free slots")
 
 
+def test_a_session_that_takes_fewer_slots_than_offered_frees_the_rest(
+    cluster: Cluster, shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    # A pool that wanted 1 more slot took a 2-slot offer: it says so in Open, and the
+    # worker's other slot is free for other jobs at once.
+    job = driver.want(slots=2)
+    offer = driver.wait_offer(job, worker="w-shared")
+    assert offer.slots == 2
+    cs = _session_from_offer(driver, offer)
+    opened_at = time.time()
+    ready = cs.open(slots=1)
+    assert isinstance(ready, Ready) and ready.slots == 1
+    shared_worker.wait_log(f"with carol-test's job {job} uses 1 of the 2 slot(s) offered")
+    cluster.host.wait_for(is_hello("w-shared", 1), 10.0, "hello with 1 free slot",
+                          after=opened_at)
+    closed_at = time.time()
+    cs.close()
+    cluster.host.wait_for(is_hello("w-shared", 2), 10.0, "hello with 2 free slots",
+                          after=closed_at)
+
+
 def _session_from_offer(driver: Driver, offer: Offer) -> Any:
     import queue
 

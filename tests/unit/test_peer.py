@@ -297,6 +297,25 @@ def test_two_sessions_share_slots_and_ending_one_reannounces() -> None:
     assert peer.session_ended(2, T0 + 7) == [hello(T0 + 7, 4)]
 
 
+def test_a_session_that_takes_fewer_slots_frees_the_rest_for_other_jobs() -> None:
+    peer = started(4)
+    peer.got_want(want("j1", slots=3), T0)
+    peer.got_accept(accept("j1", n=1), T0)
+    # bob wants slots while all 4 are promised or in use: remembered
+    assert peer.got_want(want("j2", slots=2, sender="bob"), T0) == [offer(T0, "j2", 1, 2),
+                                                                     hello(T0, 0)]
+    peer.got_accept(accept("j2", n=2, sender="bob"), T0)
+    assert peer.got_want(want("j3", slots=2, sender="carol"), T0 + 1) == []
+    assert peer.waiting_wants() == ["j3"]
+    # alice's session opens using 1 of its 3 slots: 2 go to carol's waiting job at once
+    # (still 0 free, as last announced: no new Hello)
+    assert peer.session_opened(1, 1, T0 + 2) == [offer(T0 + 2, "j3", 2, 3)]
+    assert peer.sessions == {1: 1, 2: 1}
+    assert peer.session_opened(1, 5, T0 + 3) == []  # never more than it had
+    assert peer.session_opened(2, None, T0 + 3) == []  # None: every slot
+    assert peer.session_ended(1, T0 + 4) == [hello(T0 + 4, 1)]
+
+
 def test_session_end_while_withdrawing_does_not_announce() -> None:
     peer = started(2)
     peer.got_want(want(slots=2), T0)
@@ -332,6 +351,9 @@ OPEN_CASES: List[Tuple[Open, Any]] = [
      f"{SESSION_VERSION})"),
     (Open(job="j1", python="3.11", maxtasksperchild=0),
      "maxtasksperchild must be at least 1, got 0"),
+    (Open(job="j1", python="3.11", slots=1), None),
+    (Open(job="j1", python="3.11", slots=0),
+     "a session needs at least 1 slot, the client asked for 0"),
 ]
 
 

@@ -75,9 +75,11 @@ def test_offers_are_gathered_for_the_window_then_largest_first() -> None:
     assert r.got_offer("w-small", 1, K1, 200.0, 100.01) == []
     assert r.got_offer("w-big", 4, K2, 200.0, 100.05) == []
     assert r.next_wakeup(100.05) == pytest.approx(100.11)
-    # 4 slots cover the 3 wanted: one session, the small worker is not needed.
-    assert r.timer_expired(100.11) == [AcceptOffer("w-big", K2, 4)]
-    assert r.outstanding == 4 and r.wanted == 0
+    # 4 slots cover the 3 wanted: one session (taking 3 of them), the small worker is not
+    # needed.
+    # Covered: the Want is withdrawn, so that w-small's slot is not held for nothing.
+    assert r.timer_expired(100.11) == [AcceptOffer("w-big", K2, 3), PublishWithdraw()]
+    assert r.outstanding == 3 and r.wanted == 0
     assert r.pending() == ["w-big"]
 
 
@@ -87,7 +89,8 @@ def test_fewest_sessions_that_cover_the_demand() -> None:
     r.got_offer("a", 2, K1, 200.0, 100.0)
     r.got_offer("b", 2, K2, 200.0, 100.0)
     r.got_offer("c", 3, K3, 200.0, 100.0)
-    assert r.timer_expired(100.1) == [AcceptOffer("c", K3, 3), AcceptOffer("a", K1, 2)]
+    assert r.timer_expired(100.1) == [AcceptOffer("c", K3, 3), AcceptOffer("a", K1, 2),
+                                      PublishWithdraw()]
     assert r.wanted == 0
 
 
@@ -96,7 +99,7 @@ def test_ties_go_to_the_earlier_offer() -> None:
     r.set_demand(1, 100.0)
     r.got_offer("late", 2, K1, 200.0, 100.05)
     r.got_offer("early", 2, K2, 200.0, 100.02)
-    assert r.timer_expired(100.12) == [AcceptOffer("early", K2, 2)]
+    assert r.timer_expired(100.12) == [AcceptOffer("early", K2, 1), PublishWithdraw()]
 
 
 def test_partial_cover_keeps_asking_for_the_rest() -> None:
@@ -147,7 +150,7 @@ def test_pending_accept_times_out_and_the_worker_waits_out_a_backoff() -> None:
     # A fresh offer from "a" waits for the backoff (2 s).
     assert r.got_offer("a", 1, K2, 300.0, 110.2) == []
     assert r.next_wakeup(110.2) == pytest.approx(112.1)
-    assert r.timer_expired(112.1) == [AcceptOffer("a", K2, 1)]
+    assert r.timer_expired(112.1) == [AcceptOffer("a", K2, 1), PublishWithdraw()]
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -174,7 +177,7 @@ def test_ready_resets_the_backoff() -> None:
     r.timer_expired(0.1)
     r.session_failed("a", 1.0)
     r.got_offer("a", 1, K2, 1000.0, 1.0)
-    assert r.timer_expired(3.0) == [AcceptOffer("a", K2, 1)]
+    assert r.timer_expired(3.0) == [AcceptOffer("a", K2, 1), PublishWithdraw()]
     r.session_ready("a", 1, 3.5)
     r.joined_reported("a", 3.5)
     r.session_failed("a", 4.0)  # a lost session after Ready: first failure again
@@ -201,7 +204,7 @@ def test_incompatible_python_in_hello_is_never_accepted() -> None:
     assert r.got_offer("py27", 8, K1, 300.0, 100.0) == []
     assert r.timer_expired(100.1) == []
     assert r.got_offer("ok", 1, K2, 300.0, 100.2) == []
-    assert r.timer_expired(100.3) == [AcceptOffer("ok", K2, 1)]
+    assert r.timer_expired(100.3) == [AcceptOffer("ok", K2, 1), PublishWithdraw()]
 
 
 def test_expired_offers_are_not_accepted() -> None:
@@ -224,19 +227,52 @@ def test_offers_about_to_expire_are_not_accepted() -> None:
 def test_remembered_offers_are_used_when_demand_comes_back() -> None:
     r = make()
     r.got_offer("a", 2, K1, 300.0, 100.0)  # no demand yet: remembered
-    assert r.set_demand(1, 101.0) == [AcceptOffer("a", K1, 2)]
+    assert r.set_demand(1, 101.0) == [AcceptOffer("a", K1, 1)]
 
 
-def test_withdraw_when_demand_drops_to_zero_not_when_covered() -> None:
+def test_a_late_offer_is_taken_only_for_the_slots_still_wanted() -> None:
+    # Pool(2): w1 offers its last free slot first, w2 offers 2 after the window.  Taking
+    # w2's offer whole would give the pool 3 slots, more chunks in flight than `processes`.
+    r = make()
+    r.set_demand(2, 100.0)
+    r.got_offer("w1", 1, K1, 300.0, 100.0)
+    assert r.timer_expired(100.1) == [AcceptOffer("w1", K1, 1)]
+    assert r.got_offer("w2", 2, K2, 300.0, 100.2) == []
+    assert r.timer_expired(100.3) == [AcceptOffer("w2", K2, 1), PublishWithdraw()]
+    assert r.outstanding == 2 and r.wanted == 0
+    # Both Ready: the pool is told of 2 slots in all.
+    r.session_ready("w1", 1, 100.5)
+    r.session_ready("w2", 1, 100.6)
+    assert r.outstanding == 2
+
+
+def test_withdraw_when_covered_and_when_demand_drops_to_zero() -> None:
+    r = make()
+    r.set_demand(2, 100.0)
+    r.got_offer("a", 1, K1, 300.0, 100.0)
+    r.got_offer("b", 1, K2, 300.0, 100.0)
+    assert r.timer_expired(100.1) == [AcceptOffer("a", K1, 1), AcceptOffer("b", K2, 1),
+                                      PublishWithdraw()]  # after the Accepts
+    assert r.set_demand(0, 100.2) == []  # withdrawn already
+    assert r.set_demand(3, 100.3) == [PublishWant(1)]  # not covered: asks at once
+    assert r.set_demand(0, 100.4) == [PublishWithdraw()]
+    assert r.set_demand(0, 100.5) == []
+    # Demand again (pending "a" and "b" cover 2): nothing; 3 asks at once after a Withdraw.
+    assert r.set_demand(2, 100.6) == []
+    assert r.set_demand(3, 100.6) == [PublishWant(1)]
+
+
+def test_a_covered_want_drops_the_other_offers_and_a_failure_asks_again_at_once() -> None:
     r = make()
     r.set_demand(1, 100.0)
     r.got_offer("a", 1, K1, 300.0, 100.0)
-    assert r.timer_expired(100.1) == [AcceptOffer("a", K1, 1)]  # covered: no Withdraw
-    assert r.set_demand(0, 100.2) == [PublishWithdraw()]
-    assert r.set_demand(0, 100.3) == []
-    # Demand again (pending "a" still covers 1): nothing; 2 asks at once after a Withdraw.
-    assert r.set_demand(1, 100.4) == []
-    assert r.set_demand(2, 100.4) == [PublishWant(1)]
+    r.got_offer("b", 1, K2, 300.0, 100.01)
+    assert r.timer_expired(100.1) == [AcceptOffer("a", K1, 1), PublishWithdraw()]
+    # b dropped its offer on the Withdraw: it is not accepted when "a" fails ...
+    assert r.session_failed("a", 100.5) == [PublishWant(1)]  # ... the job asks again at once
+    assert r.timer_expired(100.6) == []
+    r.got_offer("b", 1, K3, 300.0, 100.7)
+    assert r.timer_expired(100.8) == [AcceptOffer("b", K3, 1), PublishWithdraw()]
 
 
 def test_close_withdraws_once_and_ignores_everything_after() -> None:
@@ -259,11 +295,10 @@ def test_bye_abandons_a_session_being_opened() -> None:
     r.set_demand(1, 100.0)
     r.got_offer("a", 1, K1, 300.0, 100.0)
     r.timer_expired(100.1)
+    # The covered Want was withdrawn: the slot lost again is asked for at once.
     assert r.got_bye("a", 100.2) == [
-        AbandonSession("a", "it left the board before the session opened"),
+        AbandonSession("a", "it left the board before the session opened"), PublishWant(1),
     ]
-    assert r.next_wakeup(100.2) == 100.5  # the Want's slot was taken, then lost again
-    assert r.timer_expired(100.5) == [PublishWant(1)]
 
 
 def test_bye_forgets_an_idle_worker_so_its_return_is_news() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2ppool.recruit import AcceptOffer, PublishWant, Recruiter
+from p2ppool.recruit import AcceptOffer, PublishWant, PublishWithdraw, Recruiter
 
 PY = "3.11"
 
@@ -12,7 +12,7 @@ def _joined(r: Recruiter) -> None:
     assert r.set_demand(2, 100.0) == [PublishWant(2)]
     r.got_hello("w1", PY, 100.0, slots=2)
     r.got_offer("w1", 2, "k1", 200.0, 100.1)
-    assert r.timer_expired(100.2) == [AcceptOffer("w1", "k1", 2)]
+    assert r.timer_expired(100.2) == [AcceptOffer("w1", "k1", 2), PublishWithdraw()]
     r.session_ready("w1", 2, 100.5)
     r.joined_reported("w1", 100.6)
     r.set_demand(0, 101.0)
@@ -29,7 +29,7 @@ def test_a_released_worker_is_accepted_again_at_once() -> None:
     _joined(r)
     r.session_released("w1", 101.0)
     assert r.outstanding == 0
-    assert _recruit_again(r, 101.1) == [AcceptOffer("w1", "k2", 2)]
+    assert _recruit_again(r, 101.1) == [AcceptOffer("w1", "k2", 2), PublishWithdraw()]
 
 
 def test_a_failed_session_waits_out_its_backoff_instead() -> None:

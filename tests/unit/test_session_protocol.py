@@ -26,7 +26,8 @@ from p2ppool.session_protocol import (
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 frames = st.one_of(
     st.builds(Open, job=st.text(), python=st.text(),
-              maxtasksperchild=st.none() | st.integers(1, 10**6), initializer=st.binary()),
+              maxtasksperchild=st.none() | st.integers(1, 10**6), initializer=st.binary(),
+              slots=st.none() | st.integers(1, 10**4)),
     st.builds(Ready, worker=st.text(), slots=st.integers(0, 10**4),
               max_payload_bytes=st.none() | st.integers(0, 2**40),
               max_task_seconds=st.none() | st.floats(0, 1e6)),
@@ -65,6 +66,14 @@ def test_forget_of_a_partial_key_is_a_protocol_error() -> None:
 def test_task_layout_is_fixed() -> None:
     assert encode_frame(Task(1, 2, b"xy")) == b"T" + (1).to_bytes(8, "big") + (
         2).to_bytes(8, "big") + b"xy"
+
+
+def test_open_without_slots_means_every_offered_slot() -> None:
+    # What a client that predates Open.slots sends: no key at all.
+    data = encode_frame(Open(job="j", python="3.11"))
+    assert b'"slots"' not in data
+    assert decode_frame(data) == Open(job="j", python="3.11", slots=None)
+    assert decode_frame(encode_frame(Open(job="j", python="3.11", slots=3))).slots == 3
 
 
 def test_wrong_session_version_is_refused_with_advice() -> None:
