@@ -134,8 +134,10 @@ def _demo(args: argparse.Namespace) -> int:
         results: List[Tuple[int, int, str, float]] = []
         first = 0.0
         try:
-            # fallback=None: only the cluster's workers run tasks, never this process.
-            with cluster.pool(progress=True, fallback=None) as pool:
+            # fallback=None: only the cluster's workers run tasks, never this process; as
+            # many tasks in flight as the workers have slots, whatever this machine's cores.
+            slots = args.workers * args.processes_per_worker
+            with cluster.pool(slots, progress=True, fallback=None) as pool:
                 sample = functools.partial(sample_quarter_circle, samples=args.samples)
                 found = pool.imap_unordered(sample, range(args.tasks), chunksize=1)
                 for _ in range(args.tasks):

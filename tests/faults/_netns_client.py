@@ -51,7 +51,8 @@ def main(config: Dict[str, Any]) -> int:
                   transit=config["transit"], fallback=None,
                   max_attempts=config.get("max_attempts", 3)) as pool:
             result = pool.map_async(
-                functools.partial(record, seconds=config["seconds"], log=config["log"]),
+                functools.partial(record, seconds=config["seconds"], log=config["log"],
+                                  hold=config.get("hold"), hold_from=config.get("hold_from", 0)),
                 range(config["items"]), chunksize=1)
             print("mapping", flush=True)
             records = result.get(timeout=config["timeout"])

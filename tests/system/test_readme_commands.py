@@ -419,8 +419,11 @@ def test_demo(tmp_path: Path) -> None:
     result = shell(command("p2ppool demo "), clean_env(tmp_path), tmp_path, timeout=50)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"pi is about 3\.1\d*", result.stdout), result.stdout
-    counts = re.search(r"tasks run by each worker: w1 (\d+), w2 (\d+)", result.stdout)
-    assert counts and int(counts[1]) + int(counts[2]) == 40, result.stdout
+    # (normally both workers; one alone if the other's session opened after the last task)
+    counts = re.search(r"tasks run by each worker: (.*)", result.stdout)
+    assert counts, result.stdout
+    ran = dict(part.split() for part in counts[1].split(", "))
+    assert set(ran) <= {"w1", "w2"} and sum(map(int, ran.values())) == 40, result.stdout
     assert "stopped the cluster" in result.stdout
 
 
