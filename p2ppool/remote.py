@@ -292,10 +292,12 @@ class ClusterBackend:
             became_idle = int(slots) <= 0 and not self._idle
             self._idle = int(slots) <= 0
             waiting = [job for job, until in self._other_wants.items() if until > now]
-        if became_idle and waiting:  # another job waits for slots: let ours go now
-            self._post(lambda: self._release_idle(waiting[0]))
         slots = max(0, min(int(slots), self.max_slots - joined))
         self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
+        if became_idle and waiting:  # another job waits for slots: let ours go now
+            # (after the demand of 0: a released slot must not be asked for again, which
+            # would make other idle pools let their workers go for nothing)
+            self._post(lambda: self._release_idle(waiting[0]))
 
     def submit(
         self, executor_id: str, task_id: int, func_key: int, func_blob: bytes, args_blob: bytes
