@@ -6,8 +6,9 @@ promised and decides, message by message, what to say next:
 * which :class:`~p2ppool.protocol.Want` to answer: same Python ``major.minor``, the session
   protocol this worker speaks, and only while it has free slots and is not withdrawing;
 * how many slots to offer: ``min(want.slots, free)``, where slots promised in a pending offer
-  count as taken until the offer is accepted or expires (so two clients are never promised
-  the same slot);
+  count as taken until the offer is accepted, expires, or its job is withdrawn or done (so
+  two clients are never promised the same slot); a session whose Open asks for fewer slots
+  than were offered (:meth:`Peer.session_opened`) frees the rest at once;
 * whom to offer freed slots to: a compatible Want that found no free slot is remembered until
   it expires (or its job is withdrawn or done) and is offered the first slot that frees up,
   once per Want message; a job that already has a session here is not offered more (a client

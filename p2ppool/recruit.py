@@ -39,7 +39,12 @@ answers to one Want is compared as a whole), the largest offers are accepted fir
 the earlier offer, then the worker id) until the wanted slots are covered: this is the
 fewest sessions that cover the demand; of the last offer, only the slots still wanted are
 taken (the session's Open tells the worker, which frees the rest), so a job never holds more
-slots than it asked for.  Never two sessions with one worker.  Offers are
+slots than it asked for.  Never two sessions with one worker, and a session never grows: a
+worker's slots left out of it stay out of this job's reach while it lasts.  Offers that
+arrive while no Want is out are ignored (they answered a withdrawn Want, and the worker has
+dropped them); one that answered the previous Want but arrives after the next one is still
+taken, and its Accept fails (the accept timeout ends it): rare, and not closed, as Offers do
+not say which Want they answer.  Offers are
 ignored from workers that refused this job, that said Hello with another Python
 ``major.minor``, or that are waiting out a retry backoff.
 """
@@ -283,8 +288,12 @@ class Recruiter:
 
         ``expires`` is when the offer goes stale (the message's ``ts + ttl``, in the same
         clock as ``now``).  A newer offer of the same worker replaces the older one.
+
+        Ignored while no Want is out: such an offer answered a Want withdrawn since, and the
+        worker drops it when it sees the Withdraw (an Accept would then wait out the accept
+        timeout).  Withdrawing as soon as a Want is covered makes these late answers common.
         """
-        if self._closed or slots < 1:
+        if self._closed or slots < 1 or not self._want_out:
             return []
         found = self._workers.setdefault(worker, _Worker())
         found.heard = now

@@ -295,8 +295,6 @@ class ClusterBackend:
         slots = max(0, min(int(slots), self.max_slots - joined))
         self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
         if became_idle and waiting:  # another job waits for slots: let ours go now
-            # (after the demand of 0: a released slot must not be asked for again, which
-            # would make other idle pools let their workers go for nothing)
             self._post(lambda: self._release_idle(waiting[0]))
 
     def submit(
@@ -552,6 +550,11 @@ class ClusterBackend:
                     remote.state, remote.released = _GONE, True
                     released.append(remote)
         commands: List[Command] = []
+        if released:
+            # Idle: no slot is wanted, whether or not the pool's demand of 0 (posted after
+            # `_idle` was set) has reached the recruiter yet: a released slot must not be
+            # asked for again, which would make other idle pools let their workers go.
+            commands += self._recruiter.set_demand(0, time.monotonic())
         for remote in released:
             log.info("released idle worker %s (%s): job %s wants slots", remote.worker,
                      remote.executor_id, other_job)

@@ -26,3 +26,17 @@ def test_offers_made_before_a_withdraw_are_not_accepted_after_it() -> None:
     commands = r.set_demand(2, 1.0)
     assert not any(isinstance(c, AcceptOffer) for c in commands), commands
     assert PublishWant(2) in commands
+
+
+def test_an_offer_that_arrives_after_a_covered_want_was_withdrawn_is_not_accepted() -> None:
+    """Found by a second reader: withdrawing as soon as a Want is covered makes late answers
+    common (any offer more than the 30 ms window after the first).  The worker drops its
+    offer when it sees the Withdraw; accepting it when a session then failed made the pool
+    wait out the accept timeout (15 s) for a worker that would never connect."""
+    r = Recruiter(PY, offer_window_s=0.03, offer_margin_s=0.0)
+    assert r.set_demand(2, 100.0) == [PublishWant(2)]
+    r.got_offer("a", 2, "k1", 110.0, 100.0)
+    assert r.timer_expired(100.03) == [AcceptOffer("a", "k1", 2), PublishWithdraw()]
+    assert r.got_offer("b", 2, "k2", 110.0, 100.05) == []  # sent before b saw the Withdraw
+    # "a" fails: the job asks again, it does not accept b's dropped offer
+    assert r.session_failed("a", 100.5) == [PublishWant(2)]

@@ -14,6 +14,7 @@ from p2ppool import defaults, payload
 from p2ppool.protocol import (
     Accept,
     MessageRejected,
+    Offer,
     new_offer_keypair,
     open_code,
 )
@@ -157,12 +158,18 @@ def test_a_covered_job_lets_the_offers_it_does_not_need_go_at_once(
     # Both idle workers answer a Want of 2 with 2 slots; one session covers it.  The job
     # withdraws its Want then, so the other worker's slots are free for other jobs at once,
     # not held by an unanswered offer until it expires.
-    since = time.time()
+    offers = _watch(local_cluster, Offer)
     pump = cluster_backend(local_cluster, demand=2)
     (joined,) = pump.of_type(ExecutorJoined)
     (other,) = [w.name for w in local_cluster.workers if w.name != joined.name]
-    local_cluster.wait_for_hello(other, lambda h: h.slots == 2, after=since,
-                                 timeout=defaults.OFFER_TTL_S * 0.6)
+    job = pump.backend.job_id
+    offers.wait_for(lambda seen: any(o.job == job and o.worker == other for o in seen))
+    (offer,) = [o for o in offers if o.job == job and o.worker == other]
+    # Its slots are free again well before the offer would have expired (both stamps are
+    # the other worker's clock).
+    hello = local_cluster.wait_for_hello(other, lambda h: h.slots == 2, after=offer.ts,
+                                         timeout=defaults.OFFER_TTL_S)
+    assert hello.ts - offer.ts < defaults.OFFER_TTL_S / 2, (hello, offer)
 
 
 def test_a_late_offer_bigger_than_the_demand_left_is_taken_in_part(

@@ -216,18 +216,21 @@ def test_expired_offers_are_not_accepted() -> None:
 
 def test_offers_about_to_expire_are_not_accepted() -> None:
     r = make(offer_margin_s=2.0)
+    assert r.set_demand(1, 100.0) == [PublishWant(1)]
     r.got_offer("a", 1, K1, 103.0, 100.0)
-    assert r.set_demand(1, 101.0) == [PublishWant(1)]  # 2.0 s left: too late to accept
-    assert r.timer_expired(101.5) == []
+    assert r.timer_expired(101.0) == []  # 2.0 s left: too late to accept
     r2 = make(offer_margin_s=2.0)
+    r2.set_demand(1, 100.0)
     r2.got_offer("a", 1, K1, 103.0, 100.0)
-    assert r2.set_demand(1, 100.9) == [AcceptOffer("a", K1, 1)]  # 2.1 s left
+    assert r2.timer_expired(100.9) == [AcceptOffer("a", K1, 1), PublishWithdraw()]  # 2.1 s
 
 
-def test_remembered_offers_are_used_when_demand_comes_back() -> None:
+def test_offers_that_come_with_no_want_out_are_ignored() -> None:
+    # Such an offer answered a Want withdrawn since; the worker dropped it on the Withdraw.
     r = make()
-    r.got_offer("a", 2, K1, 300.0, 100.0)  # no demand yet: remembered
-    assert r.set_demand(1, 101.0) == [AcceptOffer("a", K1, 1)]
+    r.got_offer("a", 2, K1, 300.0, 100.0)
+    assert r.set_demand(1, 101.0) == [PublishWant(1)]
+    assert r.timer_expired(101.1) == []
 
 
 def test_a_late_offer_is_taken_only_for_the_slots_still_wanted() -> None:
