@@ -45,6 +45,7 @@ __all__ = [
     "assert_gone",
     "cluster_backend",
     "descendants",
+    "is_running",
     "make_blocker",
     "parse_exports",
     "read_until",
@@ -59,11 +60,14 @@ __all__ = [
 def descendants() -> List[int]:
     """Pids of every live descendant of this test process."""
     return [p.pid for p in psutil.Process().children(recursive=True)
-            if _alive(p)]
+            if is_running(p)]
 
 
-def _alive(proc: psutil.Process) -> bool:
+def is_running(proc: psutil.Process | int) -> bool:
+    """True while the process (a psutil.Process or a pid) exists and is not a zombie."""
     try:
+        if isinstance(proc, int):
+            proc = psutil.Process(proc)
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
@@ -143,7 +147,7 @@ def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             continue
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    alive = [p for p in alive if _alive(p)]
+    alive = [p for p in alive if is_running(p)]
     assert not alive, f"processes still running: {[(p.pid, p.cmdline()) for p in alive]}"
 
 

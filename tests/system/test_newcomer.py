@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List
 import psutil
 import pytest
 
-from tests._cluster_fixtures import assert_gone, parse_exports
+from tests._cluster_fixtures import assert_gone, is_running, parse_exports
 
 pytestmark = pytest.mark.system
 
@@ -77,13 +77,6 @@ def _marked(tmp_path: Path) -> List[int]:
 def _assert_none_marked(tmp_path: Path, timeout: float = 10.0) -> None:
     assert_gone(_marked(tmp_path), timeout=timeout)
     assert _marked(tmp_path) == []
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _tree(pid: int) -> List[int]:
@@ -135,7 +128,7 @@ class _LocalCommand:
         assert len(tree) >= 5, tree  # itself, the board, the wormhole servers, the workers
         marked = set(_marked(self.tmp_path))
         # (a worker's task process may end during the scan: only the ones still alive count)
-        assert {pid for pid in tree if _is_running(pid)} <= marked
+        assert {pid for pid in tree if is_running(pid)} <= marked
         self.proc.send_signal(sig)
         out, _ = self.proc.communicate(timeout=20)
         self.out += out
