@@ -191,13 +191,13 @@ _GONE = "gone"
 class _Remote:
     """One session with one worker (touched under the backend's lock)."""
 
-    def __init__(self, executor_id: str, worker: str) -> None:
+    def __init__(self, executor_id: str, worker: str, taken: int) -> None:
         self.executor_id = executor_id
         self.worker = worker
         self.state = _OPENING
         self.session: Any = None
         self.slots = 0
-        self.taken = 0  # slots accepted of the worker's offer: the session uses no more
+        self.taken = taken  # slots accepted of the worker's offer: the session uses no more
         # Function keys the worker holds, least recently used first (it drops them when told).
         self.funcs: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.inflight: Set[int] = set()
@@ -577,8 +577,7 @@ class ClusterBackend:
                 return
             executor_id = f"{command.worker}#{self._next_session}"
             self._next_session += 1
-            remote = _Remote(executor_id, command.worker)
-            remote.taken = command.slots
+            remote = _Remote(executor_id, command.worker, command.slots)
             self._remotes[executor_id] = remote
             self._by_worker[command.worker] = remote
         code = new_code()
@@ -700,7 +699,7 @@ class ClusterBackend:
                 return
             remote.state = _READY
             # No more than accepted, even from a worker that ignores Open.slots.
-            slots = remote.slots = min(frame.slots, remote.taken) if remote.taken else frame.slots
+            slots = remote.slots = min(frame.slots, remote.taken)
         log.info("worker %s is ready with %d slot(s) (%s)", frame.worker, slots,
                  remote.executor_id)
         self._post(lambda: self._recruiter.session_ready(remote.worker, slots,

@@ -37,7 +37,7 @@ def test_a_released_idle_session_is_not_asked_for_again() -> None:
     recruiter.timer_expired(long_ago + 0.1)  # w1's 2 slots accepted, 2 more still wanted
     recruiter.session_ready("w1", 2, long_ago + 0.2)
     recruiter.joined_reported("w1", long_ago + 0.2)
-    remote = _Remote("w1#1", "w1")
+    remote = _Remote("w1#1", "w1", 2)
     remote.state, remote.slots, remote.session = _READY, 2, _QuietSession()
     backend._remotes[remote.executor_id] = remote
     backend._by_worker["w1"] = remote
