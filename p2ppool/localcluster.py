@@ -666,6 +666,21 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
+def _remove_env_file(path: str, header: str) -> None:
+    """Remove the ``--write-env`` file we wrote, unless another process has replaced it since.
+
+    A shell that sources it after the cluster stopped would otherwise point ``Pool()`` at a
+    board that is gone.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.readline() != header:
+                return  # rewritten by someone else (another `p2ppool local`): theirs now
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class _StopRequested(Exception):
     """A stop signal arrived while the cluster was still starting."""
 
@@ -704,6 +719,9 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
     cluster: LocalCluster | None = None
+    env_header = (f"# p2ppool local (pid {os.getpid()}): valid while that process runs; "
+                  f"removed when it stops\n")
+    env_written = False
     print("# starting a p2ppool cluster on 127.0.0.1 ...", flush=True)
     try:
         try:
@@ -719,8 +737,9 @@ def run(args: argparse.Namespace) -> int:
         if args.write_env:
             try:
                 _write_atomically(args.write_env, (
-                    f"# p2ppool local (pid {os.getpid()}): cluster {cluster.cluster} on "
-                    f"127.0.0.1; valid while it runs\n" + "\n".join(lines) + "\n"))
+                    env_header + f"# cluster {cluster.cluster} on 127.0.0.1\n"
+                    + "\n".join(lines) + "\n"))
+                env_written = True
             except OSError as exc:
                 print(f"p2ppool local: cannot write {args.write_env}: {exc.strerror}; "
                       f"stopping", file=sys.stderr)
@@ -744,6 +763,8 @@ def run(args: argparse.Namespace) -> int:
         state["signalled"] = True  # from here on, signals are ignored until the handlers go
         if cluster is not None:
             cluster.stop()
+        if env_written:
+            _remove_env_file(args.write_env, env_header)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.close(wake_read)

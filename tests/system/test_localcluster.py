@@ -138,8 +138,35 @@ def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
         (joined,) = pump.of_type(ExecutorJoined)
         assert (joined.name, joined.slots) == ("w1", 2)
         pump.backend.close()
+        # The file says which process must be alive for it to be valid ...
+        assert f"(pid {proc.pid})" in env_file.read_text().splitlines()[0]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
     finally:
         reap(proc)
     assert_gone(children, timeout=10)
+    # ... and is gone once that process has stopped cleanly: sourcing it later would point
+    # Pool() at a board that no longer exists.
+    assert not env_file.exists()
+
+
+@pytest.mark.timeout(60)
+def test_p2ppool_local_leaves_an_env_file_that_another_process_rewrote(tmp_path: Any) -> None:
+    env_file = tmp_path / "cluster.env"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2ppool", "local", "--workers", "0", "--write-env",
+         str(env_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(tmp_path),
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")},
+             "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(
+                 os.path.abspath(__file__))))},
+    )
+    try:
+        read_until(proc, b"Ctrl-C", timeout=30)
+        assert env_file.exists()
+        env_file.write_text("# p2ppool local (pid 1): someone else's cluster\n")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        reap(proc)
+    assert env_file.read_text() == "# p2ppool local (pid 1): someone else's cluster\n"
