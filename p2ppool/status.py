@@ -135,7 +135,11 @@ def render_table(view: BoardView, topic: str) -> str:
         for c in sorted(view.clusters.values(), key=lambda c: c.name):
             lines.append(f"cluster {c.name}: hosted by {c.host}, until {_utc(c.expires)}")
     else:
-        lines.append(f"cluster {topic}: no host announcement heard")
+        name = topic.partition("/")[2] or topic
+        lines.append(
+            f"cluster {topic}: open cluster (no host announced it): anyone who may use this "
+            f"board topic may join; to host it with an access list, its owner runs "
+            f"`p2ppool host --cluster {name} --users NAME,...`")
     rows = [("ROLE", "ID", "SLOTS", "PYTHON", "VERSION", "JOBS")]
     for role in ("host", "worker", "client"):
         for p in view.by_role(role):

@@ -69,5 +69,7 @@ def test_view_collects_workers_clients_jobs_and_the_cluster() -> None:
 
 def test_empty_view_says_so() -> None:
     table = render_table(BoardView(), "alice/x")
-    assert "cluster alice/x: no host announcement heard" in table
+    # Not a fault: say what having no host means and how to host it.
+    assert "cluster alice/x: open cluster (no host announced it)" in table
+    assert "`p2ppool host --cluster x --users NAME,...`" in table
     assert "nobody else announced themselves" in table
