@@ -3,12 +3,19 @@
 Off by default, so that swapping ``multiprocessing.Pool`` for ``p2ppool.Pool`` changes no
 output.  Turn it on with ``Pool(progress=True)`` or ``P2PPOOL_PROGRESS=1``.  The Pool's
 manager thread is the only caller, so the bar needs no lock of its own.
+
+While a bar is shown, p2ppool's own log lines (the fallback notice, a lost peer) would break
+the bar's line on the terminal; they go through ``tqdm.write`` instead (see
+:class:`_LogAboveBars`), with the format and level of the console handler that would have
+printed them.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from typing import IO, Any
+import threading
+from typing import IO, Any, List
 
 __all__ = ["ProgressBar"]
 
@@ -36,6 +43,7 @@ class ProgressBar:
             leave=True,
         )
         self._workers = ""  # the postfix last shown by set_workers
+        _log_above_bars.bar_opened()
 
     def set_workers(self, peers: int, local_slots: int) -> None:
         """Show who is working: ``peers=P local=K`` after the count (redrawn when it changes).
@@ -55,5 +63,82 @@ class ProgressBar:
             self._bar.update(items)
 
     def close(self) -> None:
-        """Draw the final state and release the line."""
-        self._bar.close()
+        """Draw the final state and release the line (once; later calls do nothing)."""
+        if self._bar is None:
+            return
+        bar, self._bar = self._bar, None
+        bar.close()
+        _log_above_bars.bar_closed()
+
+
+_CONSOLE_STREAMS = ("<stderr>", "<stdout>")
+
+
+def _console_stream(handler: logging.Handler) -> Any:
+    """The terminal stream ``handler`` writes to (stderr or stdout), or None."""
+    if type(handler) is not logging.StreamHandler and handler is not logging.lastResort:
+        return None
+    stream = getattr(handler, "stream", None)
+    return stream if getattr(stream, "name", None) in _CONSOLE_STREAMS else None
+
+
+class _LogAboveBars(logging.Handler):
+    """While any bar is open: the handler of the ``p2ppool`` logger, which then does not
+    propagate; it does what propagation would have done, except that console handlers'
+    lines are written with ``tqdm.write`` (above the bars) rather than into the bar's line.
+
+    Handlers of ancestor loggers that are not console streams (files, sockets) get the
+    record as usual; with no handler at all, ``logging.lastResort``'s level and format apply.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open_bars = 0
+        self._propagated = True
+        self._state_lock = threading.Lock()
+
+    def bar_opened(self) -> None:
+        with self._state_lock:
+            self._open_bars += 1
+            if self._open_bars == 1:
+                logger = logging.getLogger("p2ppool")
+                self._propagated = logger.propagate
+                logger.addHandler(self)
+                logger.propagate = False
+
+    def bar_closed(self) -> None:
+        with self._state_lock:
+            self._open_bars -= 1
+            if self._open_bars == 0:
+                logger = logging.getLogger("p2ppool")
+                logger.removeHandler(self)
+                logger.propagate = self._propagated
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._propagated:
+            return  # the user had stopped p2ppool's records from propagating
+        handlers: List[logging.Handler] = []
+        logger: Any = logging.getLogger("p2ppool").parent
+        while logger is not None:
+            handlers.extend(logger.handlers)
+            logger = logger.parent if logger.propagate else None
+        if not handlers and logging.lastResort is not None:
+            handlers = [logging.lastResort]
+        for handler in handlers:
+            if record.levelno < handler.level:
+                continue
+            stream = _console_stream(handler)
+            if stream is not None:
+                if not handler.filter(record):
+                    continue
+                try:
+                    from tqdm import tqdm
+
+                    tqdm.write(handler.format(record), file=stream)
+                except Exception:
+                    handler.handleError(record)
+            else:
+                handler.handle(record)
+
+
+_log_above_bars = _LogAboveBars()
