@@ -165,7 +165,11 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(WARNING.format(user=user))
     sys.stderr.flush()
     _setup_logging(settings.name)
-    worker = Worker(settings)
+    try:
+        worker = Worker(settings)
+    except P2PPoolError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_ERROR
     worker.install_signal_handlers()
     try:
         worker.connect_board()

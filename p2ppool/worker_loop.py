@@ -45,6 +45,7 @@ from typing import Any, Deque, Dict, List, Sequence, Tuple
 
 from . import defaults
 from ._version import __version__
+from .errors import P2PPoolError
 from .worker_board import BoardPresence
 from .worker_sessions import (
     _KILL_WAIT_S,
@@ -424,6 +425,63 @@ def _warm_up(ctx: Any, max_memory_mb: float | None = None) -> None:
     finally:
         os.environ.pop(MEMORY_ENV, None)
         os.environ.pop(ENV_FLAG, None)
+    _check_preload(ctx)
+
+
+#: How long the fork server may take to start the preload probe.
+_PRELOAD_PROBE_TIMEOUT_S = 30.0
+
+
+def _check_preload(ctx: Any) -> None:
+    """Fail loudly unless the fork server really preloaded :mod:`p2ppool._worker_child`.
+
+    multiprocessing's fork server ignores an ImportError among its preloads without a word,
+    and then task processes would lose their die-with-the-worker tie (and the memory cap).
+    One probe process, forked by the fork server, reports what it inherited.
+
+    Raises:
+        P2PPoolError: the preload did not take effect (with the import error, if any).
+    """
+    reader, writer = ctx.Pipe(duplex=False)
+    probe = ctx.Process(target=_preload_probe, args=(writer,), name="p2ppool-preload-probe",
+                        daemon=True)
+    probe.start()
+    writer.close()
+    try:
+        if not reader.poll(_PRELOAD_PROBE_TIMEOUT_S):
+            raise P2PPoolError(
+                f"the worker's fork server did not start a probe process within "
+                f"{_PRELOAD_PROBE_TIMEOUT_S:g} s")
+        problem = reader.recv()
+    except EOFError:
+        problem = f"the probe process died (exit code {probe.exitcode})"
+    finally:
+        reader.close()
+        probe.join(_PRELOAD_PROBE_TIMEOUT_S)
+    if problem:
+        raise P2PPoolError(
+            f"the worker's fork server did not preload p2ppool._worker_child ({problem}): "
+            f"task processes would not die with the worker; check that this Python can "
+            f"import it (python -c 'import p2ppool._worker_child')")
+
+
+def _preload_probe(conn: Any) -> None:
+    """In a task process: send ``""`` if the fork server's preload installed the hook, or
+    what went wrong."""
+    module = sys.modules.get("p2ppool._worker_child")
+    if module is not None and getattr(module, "_HOOK", None) is not None:
+        problem = ""
+    elif module is not None:
+        problem = "it was imported without its hook"
+    else:
+        problem = "it was not imported there"
+        os.environ.pop("P2PPOOL_WORKER_FORKSERVER", None)  # its ENV_FLAG: no hook from here
+        try:
+            import p2ppool._worker_child  # noqa: F401  (for the error message only)
+        except Exception as exc:  # the reason the fork server's import failed, most likely
+            problem = f"{type(exc).__name__}: {exc}"
+    conn.send(problem)
+    conn.close()
 
 
 def _child_context() -> Any:
