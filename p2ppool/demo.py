@@ -7,7 +7,7 @@ task runs in the demo's own process), and prints the estimate, which worker ran 
 tasks, and the wall time against one process.  Then it stops everything and exits 0.
 
 Each task reports where it ran: a worker's task processes find the worker's name in the
-environment variable ``P2PPOOL_WORKER`` (:data:`p2ppool.worker_loop.WORKER_NAME_ENV`); a
+environment variable ``P2PPOOL_WORKER`` (:data:`p2ppool.payload.WORKER_NAME_ENV`); a
 task that ran in the Pool's own local processes reports ``local``.
 
 Exit status: 0 done; 1 the cluster did not start or the work did not finish (the message
@@ -26,11 +26,10 @@ import time
 from collections import Counter
 from typing import List, Sequence, Tuple
 
+from .payload import WORKER_NAME_ENV
+
 __all__ = ["add_arguments", "run", "sample_quarter_circle", "who_am_i"]
 
-#: The worker-name variable (the same value as ``p2ppool.worker_loop.WORKER_NAME_ENV``,
-#: spelled out so that task processes need not import the worker).
-_WORKER_NAME_ENV = "P2PPOOL_WORKER"
 
 #: How long the demo waits for the work before it gives up (a stuck cluster must not hang a
 #: newcomer's terminal): this many seconds per million random points, at least
@@ -44,7 +43,7 @@ _LOW_SPEED_UP = 1.3
 
 def who_am_i() -> str:
     """The worker this process runs tasks for, or ``"local"`` outside a worker."""
-    return os.environ.get(_WORKER_NAME_ENV) or "local"
+    return os.environ.get(WORKER_NAME_ENV) or "local"
 
 
 def sample_quarter_circle(seed: int, samples: int) -> Tuple[int, int, str, float]:

@@ -16,7 +16,9 @@ with every start method (``multiprocessing`` cannot send them at all).
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
 import traceback
 import types
 from typing import Any, Callable, Sequence, Tuple
@@ -168,6 +170,19 @@ def execute(func: Callable[..., Any], call: Call) -> Any:
     return func(*args)
 
 
+#: The environment variable holding the worker's name in its task processes (set by
+#: :class:`p2ppool.worker_loop.Worker`; unset in a Pool's own local processes), so a task can
+#: tell where it ran: ``p2ppool demo`` counts who ran what with it, and tracebacks sent from
+#: a worker name it.
+WORKER_NAME_ENV = "P2PPOOL_WORKER"
+
+
+def _where() -> str:
+    """``"on worker w1 (host)\\n"`` in a worker's task process; ``""`` elsewhere."""
+    name = os.environ.get(WORKER_NAME_ENV)
+    return f"on worker {name} ({socket.gethostname()})\n" if name else ""
+
+
 def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
     exc.__cause__ = RemoteTraceback(tb)
     return exc
@@ -183,7 +198,7 @@ class ExceptionWithTraceback:
     def __init__(self, exc: BaseException, tb: str | None = None) -> None:
         if tb is None:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            tb = f'\n"""\n{text}"""'
+            tb = f'\n"""\n{_where()}{text}"""'
         self.exc = exc
         self.tb = tb
 

@@ -46,6 +46,7 @@ from typing import Any, Deque, Dict, List, Sequence, Tuple
 from . import defaults
 from ._version import __version__
 from .errors import P2PPoolError
+from .payload import WORKER_NAME_ENV  # re-exported: it has always been named here
 from .worker_board import BoardPresence
 from .worker_sessions import (
     _KILL_WAIT_S,
@@ -60,11 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("p2ppool.worker")
-
-#: The environment variable holding the worker's name in its task processes, so a task can
-#: tell where it ran (``os.environ.get("P2PPOOL_WORKER")``; unset in a Pool's own local
-#: processes).  ``p2ppool demo`` uses it to count who ran what.
-WORKER_NAME_ENV = "P2PPOOL_WORKER"
 
 EXIT_OK = 0
 EXIT_FORCED = 1

@@ -13,7 +13,9 @@ import inspect
 import logging
 import multiprocessing
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -344,6 +346,8 @@ def test_a_worker_exception_keeps_its_type_and_remote_traceback(
     cause = info.value.__cause__
     assert type(cause).__name__ == "RemoteTraceback"
     text = str(cause)
+    # It names the worker it came from (the test runs where the workers run: same host).
+    assert re.match(rf'\n"""\non worker w[12] \({re.escape(socket.gethostname())}\)\n', text), text
     assert f'_pool_fixtures.py", line {line}, in raise_custom' in text, text
     assert "CustomError: custom 5" in text
     assert "in fail_on" in str(mapped.value.__cause__)

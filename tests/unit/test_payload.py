@@ -41,7 +41,11 @@ def test_execute(call: payload.Call, expected: object) -> None:
     assert payload.execute(add, payload.loads(payload.dumps(call))) == expected
 
 
-def test_an_exception_comes_back_as_itself_with_the_remote_traceback() -> None:
+def test_an_exception_comes_back_as_itself_with_the_remote_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(payload.WORKER_NAME_ENV, raising=False)  # not in a worker
+
     def inner() -> None:
         raise KeyError("deep")
 
@@ -55,6 +59,22 @@ def test_an_exception_comes_back_as_itself_with_the_remote_traceback() -> None:
     text = str(back.__cause__)
     assert text.startswith('\n"""\nTraceback (most recent call last):')
     assert "in inner" in text and 'KeyError: \'deep\'' in text
+
+
+def test_a_traceback_from_a_worker_names_the_worker_and_its_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    monkeypatch.setenv(payload.WORKER_NAME_ENV, "w7")
+    try:
+        raise ValueError("bad")
+    except ValueError as exc:
+        back = payload.loads(payload.dump_exception(exc))
+    text = str(back.__cause__)
+    assert text.startswith(f'\n"""\non worker w7 ({socket.gethostname()})\n'
+                           f'Traceback (most recent call last):')
+    assert "ValueError: bad" in text
 
 
 def test_an_unpicklable_exception_becomes_maybe_encoding_error() -> None:
