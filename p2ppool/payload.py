@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
+import platform
 import traceback
 import types
 from typing import Any, Callable, Sequence, Tuple
@@ -180,7 +180,7 @@ WORKER_NAME_ENV = "P2PPOOL_WORKER"
 def _where() -> str:
     """``"on worker w1 (host)\\n"`` in a worker's task process; ``""`` elsewhere."""
     name = os.environ.get(WORKER_NAME_ENV)
-    return f"on worker {name} ({socket.gethostname()})\n" if name else ""
+    return f"on worker {name} ({platform.node()})\n" if name else ""
 
 
 def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
