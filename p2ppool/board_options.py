@@ -58,7 +58,7 @@ class BoardSettings:
         Raises:
             ConfigError: a value does not parse; the message names its source.
         """
-        from .config import resolve_options
+        from .config import resolve_options, split_board
 
         names = ["board", "board_user", "identity", "known_hosts"]
         if cluster_option:
@@ -67,12 +67,10 @@ class BoardSettings:
             name: getattr(args, name) for name in names if getattr(args, name, None) is not None
         }
         options = resolve_options(given)
-        host, sep, port = options.board.rpartition(":")
-        if not sep:
-            host, port = options.board, ""
+        host, port = split_board(options.board)
         return cls(
             host=host,
-            port=int(port) if port else None,
+            port=port,
             board_user=options.board_user,
             identity=options.identity,
             known_hosts=options.known_hosts,

@@ -28,7 +28,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-__all__ = ["OPTIONS", "Option", "Options", "config_path", "parse_duration", "resolve_options"]
+__all__ = [
+    "OPTIONS", "Option", "Options", "config_path", "parse_duration", "resolve_options",
+    "split_board",
+]
 
 ENV_PREFIX = "P2PPOOL_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -120,11 +123,34 @@ def _parse_cluster(value: Any) -> str | None:
     return parsed
 
 
+def split_board(text: str) -> tuple[str, int | None]:
+    """Split a board address ``HOST[:PORT]`` into (host, port); the one parser for it.
+
+    ``HOST`` may be an ``~/.ssh/config`` alias; an IPv6 address with a port is written
+    ``[ADDR]:PORT`` (a bare IPv6 address is a host without a port).  Without a port the port
+    is None: the SSH config's ``Port`` for the host applies, else 22 (as ``ssh HOST`` does).
+
+    Raises:
+        ValueError: an empty host or a port that is not a number in 1..65535.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        host, sep, port = inner, rest[:1], rest[1:]
+        if not bracket or (rest and sep != ":"):
+            host = ""
+    elif text.count(":") == 1:
+        host, sep, port = text.partition(":")
+    else:  # a name, or a bare IPv6 address
+        host, sep, port = text, "", ""
+    if not host or (sep and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"expected 'host' or 'host:port', got {text!r}")
+    return host, int(port) if sep else None
+
+
 def _parse_board(value: Any) -> str:
     parsed = _parse_str(value)
-    host, sep, port = parsed.rpartition(":") if ":" in parsed else (parsed, "", "")
-    if sep and (not port.isdigit() or not 0 < int(port) < 65536 or not host):
-        raise ValueError(f"expected 'host' or 'host:port', got {value!r}")
+    split_board(parsed)
     return parsed
 
 
@@ -183,8 +209,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("cluster", None, _parse_cluster, "the cluster to use, 'owner/name'; unset: local only"),
     Option(
-        "board", f"{defaults.BOARD_HOST}:{defaults.BOARD_PORT}", _parse_board,
-        "the message board's SSH host[:port]",
+        "board", defaults.BOARD_HOST, _parse_board,
+        "the message board's SSH host[:port] (no port: the SSH config's Port, else 22)",
     ),
     Option("board_user", None, _parse_optional_str, "your username on the board"),
     Option("identity", None, _parse_path, "SSH private key for the board (default: agent, ~/.ssh)"),
@@ -212,7 +238,7 @@ class Options:
     progress: bool = False
     start_method: str | None = None
     cluster: str | None = None
-    board: str = f"{defaults.BOARD_HOST}:{defaults.BOARD_PORT}"
+    board: str = defaults.BOARD_HOST
     board_user: str | None = None
     identity: str | None = None
     known_hosts: str | None = None
@@ -225,10 +251,13 @@ class Options:
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
-    def board_address(self) -> tuple[str, int]:
-        """``board`` split into (host, port); the port defaults to 22."""
-        host, sep, port = self.board.rpartition(":")
-        return (host, int(port)) if sep else (self.board, defaults.BOARD_PORT)
+    def board_address(self) -> tuple[str, int | None]:
+        """``board`` split into (host, port) by :func:`split_board`.
+
+        The port is None when ``board`` names none: the SSH config's ``Port`` for the host
+        applies when connecting, else 22.
+        """
+        return split_board(self.board)
 
     def as_env(self) -> dict[str, str]:
         """The ``P2PPOOL_*`` variables that reproduce the options that differ from defaults."""

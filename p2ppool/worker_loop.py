@@ -82,7 +82,7 @@ class WorkerSettings:
     name: str
     processes: int
     board_host: str
-    board_port: int
+    board_port: int | None  # None: the SSH config's Port, else 22
     board_user: str | None
     identity: str | None
     known_hosts: str | None

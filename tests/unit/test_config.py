@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from p2ppool import defaults
-from p2ppool.config import OPTIONS, Options, config_path, resolve_options
+from p2ppool.config import OPTIONS, Options, config_path, resolve_options, split_board
 from p2ppool.errors import ConfigError
 
 
@@ -23,7 +24,8 @@ def test_defaults_without_any_source(tmp_path: Path) -> None:
     assert options.progress is False
     assert options.cluster is None
     assert options.fallback == defaults.FALLBACK_S
-    assert options.board_address == (defaults.BOARD_HOST, defaults.BOARD_PORT)
+    # No port in the default: the SSH config's Port for pipe.pico.sh applies, else 22.
+    assert options.board_address == (defaults.BOARD_HOST, None)
     assert set(options.sources.values()) == {"default"}
 
 
@@ -152,3 +154,52 @@ def test_every_option_is_a_field_with_the_same_default() -> None:
     fields = {f.name: f.default for f in Options.__dataclass_fields__.values()}
     for option in OPTIONS:
         assert fields[option.name] == option.default, option.name
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("myboard", ("myboard", None)),  # an SSH config alias: its Port applies downstream
+        ("board.example:2222", ("board.example", 2222)),
+        ("127.0.0.1:22", ("127.0.0.1", 22)),
+        (" host ", ("host", None)),
+        ("[::1]:2200", ("::1", 2200)),
+        ("[::1]", ("::1", None)),
+        ("::1", ("::1", None)),  # a bare IPv6 address has no port
+    ],
+)
+def test_split_board(text: str, expected: tuple) -> None:
+    assert split_board(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":22", "h:", "h:x", "h:0", "h:65536", "[::1", "[::1]x",
+                                  "[]:22", "h:-1"])
+def test_split_board_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        split_board(text)
+
+
+def test_every_entry_point_leaves_an_unnamed_port_to_the_ssh_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Pool's options, `p2ppool worker` and `p2ppool host/status` agree on the port."""
+    import argparse
+
+    from p2ppool import worker
+    from p2ppool.board_options import BoardSettings, add_board_arguments
+
+    for name in [k for k in os.environ if k.startswith("P2PPOOL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no config file
+    monkeypatch.setenv("P2PPOOL_CLUSTER", "alice/c")
+    for board, expected in (("myboard", ("myboard", None)), ("myboard:2200", ("myboard", 2200))):
+        monkeypatch.setenv("P2PPOOL_BOARD", board)
+        assert resolve_options({}).board_address == expected
+        parser = argparse.ArgumentParser()
+        worker.add_arguments(parser)
+        settings = worker.settings_from_args(parser.parse_args([]))
+        assert (settings.board_host, settings.board_port) == expected
+        parser = argparse.ArgumentParser()
+        add_board_arguments(parser)
+        board_settings = BoardSettings.from_args(parser.parse_args([]))
+        assert (board_settings.host, board_settings.port) == expected
