@@ -160,6 +160,11 @@ class ClusterLink:
             keys.move_to_end(func_blob)
         return key
 
+    def new_job(self) -> None:
+        """A map or apply begins: local modules edited or imported since the last one
+        travel with its first tasks (see :mod:`p2ppool.shipping`)."""
+        self.backend.refresh_code()
+
     # --- the manager's turn ------------------------------------------------------------------
 
     def turn(self, manager: _Manager, now: float) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Tuple
 
 from . import defaults
 from .errors import ConfigError
@@ -180,6 +180,14 @@ def _parse_positive_int(value: Any) -> int:
     return number
 
 
+def _parse_ship_modules(value: Any) -> Tuple[str, ...]:
+    from .shipping import parse_ship_modules
+
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError(f"expected module names ('a,-b' or a list), got {value!r}")
+    return parse_ship_modules(value)
+
+
 def _parse_relay(value: Any) -> str:
     parsed = _parse_str(value)
     if not parsed.startswith(("ws://", "wss://")):
@@ -226,6 +234,10 @@ OPTIONS: tuple[Option, ...] = (
         "bind and advertise 127.0.0.1 only for wormhole connections (local clusters, tests)",
     ),
     Option("max_attempts", defaults.MAX_ATTEMPTS, _parse_positive_int, "attempts per chunk"),
+    Option(
+        "ship_modules", (), _parse_ship_modules,
+        "modules to ship to workers although installed ('name'), or never to ship ('-name')",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -247,6 +259,7 @@ class Options:
     fallback: float | None = defaults.FALLBACK_S
     loopback_only: bool = False
     max_attempts: int = defaults.MAX_ATTEMPTS
+    ship_modules: Tuple[str, ...] = ()
     #: option name -> where its value came from ("default", "keyword argument", ...)
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -270,6 +283,8 @@ class Options:
                 env[option.env] = "none"
             elif isinstance(value, bool):
                 env[option.env] = "1" if value else "0"
+            elif isinstance(value, tuple):
+                env[option.env] = ",".join(value)
             else:
                 env[option.env] = str(value)
         return env

@@ -38,6 +38,13 @@ WRITE_PIECE_BYTES: int = 64 * 1024
 # --- Worker ----------------------------------------------------------------------------
 #: Largest payload (function, chunk or result) a worker accepts by default.
 MAX_PAYLOAD_BYTES: int = 256 * 1024 * 1024
+#: Most source a client ships to workers in one code bundle (its own modules, uncompressed);
+#: a larger set is not shipped, with a warning that says how to leave modules out.
+MAX_CODE_BUNDLE_BYTES: int = 50 * 1024 * 1024
+#: Most source a worker unpacks from one client's code bundle (a larger one is refused).
+WORKER_MAX_CODE_BYTES: int = 64 * 1024 * 1024
+#: Code bundles a worker keeps on disk once no session uses them (least recently used go).
+WORKER_CODE_BUNDLES_KEPT: int = 8
 #: Default per-task time limit on a worker (None: unlimited).
 MAX_TASK_S: float | None = None
 #: How long a worker announces itself for by default (None: until stopped).

@@ -162,12 +162,20 @@ class _LoadFailed:
 
 
 def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
-                max_result_bytes: int | None, inherited_fds: Sequence[int] = ()) -> None:
-    """The loop of one child process: read tasks from ``rx``, write results to ``conn``."""
+                max_result_bytes: int | None, inherited_fds: Sequence[int] = (),
+                code_dir: str | None = None) -> None:
+    """The loop of one child process: read tasks from ``rx``, write results to ``conn``.
+
+    ``code_dir`` holds the client's own modules (a shipped code bundle): first on
+    ``sys.path``, so they import as real modules before anything is unpickled.
+    """
     try:
         os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
     except OSError:
         pass
+    if code_dir is not None:
+        sys.path.insert(0, code_dir)
+        sys.dont_write_bytecode = True  # the bundle's directory is read-only
     # A forked child inherits the owner's ends of every pipe; holding them would keep its own
     # (and its siblings') pipes open after the owner dies, so nobody would see EOF and exit.
     for fd in inherited_fds:
@@ -261,6 +269,7 @@ class _Child:
         self.placed = 0  # tasks given to this child over its life (maxtasksperchild)
         self.head_since: float | None = None  # when the running task started
         self.broken = False  # a send failed: it is dying; wait for its sentinel
+        self.stale = False  # started with an older code bundle: retire once idle
 
 
 class ProcessEngine:
@@ -274,6 +283,7 @@ class ProcessEngine:
         max_task_seconds: kill a child whose task runs longer (the task is lost).
         max_result_bytes: a larger result becomes a ``TaskLimitExceeded`` error.
         depth: tasks a child may hold at once (1 running + prefetched small ones).
+        code_dir: a directory of shipped modules, first on the children's ``sys.path``.
     """
 
     def __init__(
@@ -285,6 +295,7 @@ class ProcessEngine:
         max_task_seconds: float | None = None,
         max_result_bytes: int | None = None,
         depth: int = defaults.ENGINE_TASKS_PER_PROCESS,
+        code_dir: str | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -299,6 +310,7 @@ class ProcessEngine:
         self._max_task_seconds = max_task_seconds
         self._max_result_bytes = max_result_bytes
         self._depth = max(1, depth)
+        self._code_dir = code_dir
         self._children: List[_Child] = []
         self._retired: List[_Child] = []  # done with work, waiting to be reaped
         self._backlog: Deque[_Task] = collections.deque()
@@ -331,6 +343,25 @@ class ProcessEngine:
     def pids(self) -> List[int]:
         """Process ids of the live children."""
         return [c.process.pid for c in self._children]
+
+    @property
+    def code_dir(self) -> str | None:
+        """The directory of shipped modules new children import from (None: none)."""
+        return self._code_dir
+
+    def set_code_dir(self, code_dir: str | None) -> None:
+        """New children import shipped modules from ``code_dir``; every child started
+        before is replaced once it has finished the tasks it holds (a module is never
+        reloaded into a live interpreter)."""
+        if code_dir == self._code_dir:
+            return
+        self._code_dir = code_dir
+        for child in list(self._children):
+            child.stale = True
+            if not child.inflight:
+                self._say_exit(child)
+                self._retire(child)
+        self._place()
 
     def submit(self, task_id: int, func_key: Hashable, func_blob: bytes, args_blob: bytes) -> None:
         """Queue a task (never blocks).  Its outcome comes back from :meth:`collect`."""
@@ -471,7 +502,7 @@ class ProcessEngine:
         process = self._ctx.Process(
             target=_child_main,
             args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
-                  self._max_result_bytes, inherited),
+                  self._max_result_bytes, inherited, self._code_dir),
             name=f"P2PPoolWorker-{next(self._names)}",
             daemon=True,
         )
@@ -488,7 +519,7 @@ class ProcessEngine:
         self._readables = None
 
     def _accepts(self, child: _Child, task: _Task) -> bool:
-        if child.broken or len(child.inflight) >= self._depth:
+        if child.broken or child.stale or len(child.inflight) >= self._depth:
             return False
         if self._maxtasks is not None and child.placed >= self._maxtasks:
             return False
@@ -580,7 +611,10 @@ class ProcessEngine:
             self._events.append(TaskDone(task_id, ok, blob))
         # else: a task cancelled while it was prefetched; its result is dropped.
         child.head_since = now if child.inflight else None
-        if self._maxtasks is not None and child.placed >= self._maxtasks and not child.inflight:
+        if child.stale and not child.inflight:
+            self._say_exit(child)
+            self._retire(child)
+        elif self._maxtasks is not None and child.placed >= self._maxtasks and not child.inflight:
             self._retire(child)
         elif self._closing and not child.inflight:
             self._say_exit(child)

@@ -142,6 +142,11 @@ class LocalCluster:
         stop_timeout: seconds each child gets to exit after SIGTERM before SIGKILL.
         worker_grace: the workers' ``--grace`` (seconds in-flight tasks get when stopping).
         keep_dir: keep the temporary directory (keys, logs) after stopping.
+        isolated: workers start in their own empty directory and can import p2ppool and
+            what is installed, but not the caller's files (neither its directory nor its
+            ``PYTHONPATH``): what a remote machine sees, so the caller's own modules must
+            travel (:mod:`p2ppool.shipping`).  False starts them in the caller's directory
+            with its ``PYTHONPATH``, as before.
 
     Attributes:
         directory: the temporary directory with keys, the users file and every log.
@@ -166,6 +171,7 @@ class LocalCluster:
         stop_timeout: float = defaults.LOCALCLUSTER_STOP_TIMEOUT_S,
         worker_grace: float = 2.0,
         keep_dir: bool = False,
+        isolated: bool = True,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, not {workers!r}")
@@ -184,6 +190,7 @@ class LocalCluster:
         self.stop_timeout = stop_timeout
         self.worker_grace = worker_grace
         self.keep_dir = keep_dir
+        self.isolated = isolated
         self.directory = tempfile.mkdtemp(prefix="p2ppool-local-")
         self.board = ""
         self.relay = ""
@@ -368,19 +375,28 @@ class LocalCluster:
             with open(empty, "w", encoding="utf-8") as f:
                 f.write("# the local cluster's processes read no user configuration\n")
         env["P2PPOOL_CONFIG"] = empty
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(
-            [pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
+        caller_path = [env["PYTHONPATH"]] if env.get("PYTHONPATH") and not self.isolated else []
+        env["PYTHONPATH"] = os.pathsep.join([self._package_dir(), *caller_path])
         env["PYTHONUNBUFFERED"] = "1"
         env[_MARK] = self.directory  # inherited by grandchildren: what stop() may sweep
         return env
 
-    def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False
-               ) -> subprocess.Popen[bytes]:
+    def _package_dir(self) -> str:
+        """A directory that holds p2ppool and nothing else, for the children's PYTHONPATH
+        (the directory p2ppool lies in may be a source checkout with tests and scripts,
+        which a remote worker would not have)."""
+        here = os.path.join(self.directory, "pythonpath")
+        if not os.path.isdir(here):
+            os.makedirs(here)
+            os.symlink(os.path.dirname(os.path.abspath(__file__)),
+                       os.path.join(here, "p2ppool"))
+        return here
+
+    def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False,
+               cwd: str | None = None) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log:
             return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL,
+                argv, stdin=subprocess.DEVNULL, cwd=cwd,
                 stdout=subprocess.PIPE if stdout_pipe else log, stderr=log,
                 env=self._child_env(), close_fds=True, start_new_session=True,
                 preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
@@ -488,7 +504,11 @@ class LocalCluster:
             "--loopback-only", "--name", name, "--grace", f"{self.worker_grace:g}",
             *self.worker_args, *extra_args,
         ]
-        proc = self._popen(argv, log_path)
+        cwd = None
+        if self.isolated:  # its own empty working directory, as on another machine
+            cwd = os.path.join(self.directory, f"worker-{name}")
+            os.makedirs(cwd, exist_ok=True)
+        proc = self._popen(argv, log_path, cwd=cwd)
         worker = WorkerProcess(name, proc.pid, log_path, proc)
         self._workers.append(worker)
         return worker

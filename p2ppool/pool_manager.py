@@ -172,6 +172,8 @@ class _Manager:
             self._fail_job(job, BrokenPool("the pool was terminated before this task started"))
             return
         self.jobs[job.job_id] = job
+        if self.link is not None:
+            self.link.new_job()
         if job.length == 0:
             self._job_finished(job)
             return
@@ -186,6 +188,8 @@ class _Manager:
         chunks per slot ahead of its results (counted here, where executors join, so a
         peer that joins meanwhile is not missed)."""
         self.jobs[job.job_id] = job
+        if self.link is not None:
+            self.link.new_job()
         # Two chunks, and as many more per executor as add_executor gives a running job
         # (which remove_executor takes back): never fewer than two in circulation.
         read_ahead = 2 + sum(self._read_ahead_of.values())

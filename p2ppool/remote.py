@@ -89,6 +89,7 @@ from .recruit import AbandonSession, AcceptOffer, Command, PublishWant, PublishW
 from .session_protocol import (
     SESSION_VERSION,
     Cancel,
+    Code,
     Forget,
     Func,
     Lost,
@@ -104,6 +105,7 @@ from .session_protocol import (
 from .session_protocol import (
     Bye as ByeFrame,
 )
+from .shipping import Bundle, CodeShipper
 
 __all__ = [
     "BoardTrouble",
@@ -201,6 +203,7 @@ class _Remote:
         # Function keys the worker holds, least recently used first (it drops them when told).
         self.funcs: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.inflight: Set[int] = set()
+        self.code_digest: str | None = None  # the code bundle the worker has from us
         self.abandoned = False
         self.released = False  # let go while idle, for another job (see _release_idle)
         self.end_cause: str | None = None  # why we closed it, when the worker made us
@@ -248,6 +251,8 @@ class ClusterBackend:
         self._maxtasksperchild = maxtasksperchild
         self._notify = notify
         self._recruiter = recruiter or Recruiter(self.python)
+        self._shipper = CodeShipper(options.ship_modules)
+        self._code: Bundle | None = self._shipper.current()
         self._lock = threading.Lock()
         self._events: List[Event] = []
         self._remotes: Dict[str, _Remote] = {}  # executor id -> remote
@@ -297,6 +302,13 @@ class ClusterBackend:
         if became_idle and waiting:  # another job waits for slots: let ours go now
             self._post(lambda: self._release_idle(waiting[0]))
 
+    def refresh_code(self) -> None:
+        """Look for changed or newly imported local modules (a new map begins): sessions
+        get the new bundle with their next task.  Manager thread; cheap when unchanged."""
+        code = self._shipper.current()
+        with self._lock:
+            self._code = code
+
     def submit(
         self, executor_id: str, task_id: int, func_key: int, func_blob: bytes, args_blob: bytes
     ) -> None:
@@ -312,6 +324,10 @@ class ClusterBackend:
             if usable:
                 assert remote is not None
                 frames = []
+                code = self._code
+                if code is not None and remote.code_digest != code.digest:
+                    frames.append(encode_frame_parts(Code(code.blob)))
+                    remote.code_digest = code.digest
                 if func_key in remote.funcs:
                     remote.funcs.move_to_end(func_key)
                 else:
@@ -610,11 +626,14 @@ class ClusterBackend:
         with self._lock:
             remote.session = session
             drop = remote.abandoned or self._closed or remote.state == _GONE
+            bundle = self._code
+            remote.code_digest = bundle.digest if bundle is not None else None
         if drop:
             session.close("not needed any more")
             return
         opening = Open(job=self.job_id, python=self.python, slots=remote.taken,
-                       maxtasksperchild=self._maxtasksperchild, initializer=self._initializer)
+                       maxtasksperchild=self._maxtasksperchild, initializer=self._initializer,
+                       code=bundle.blob if bundle is not None else b"")
         try:
             session.send(encode_frame(opening))
         except TransferError:

@@ -9,8 +9,10 @@ frame is the payload (pickled bytes, which only a worker's *child* process ever 
 
     client                                             worker
       | Open(job, python, maxtasksperchild, slots,       |   once, first frame
-      |      init blob) ------------------------------>  |
+      |      code bundle, init blob) ----------------->  |
       |<- Ready(worker name, slots, limits)              |   or Refuse(reason) and close
+      | Code(bundle) --------------------------------->  |   the client's own modules changed:
+      |                                                  |   new task processes import these
       | Func(func_key, blob) ------------------------->  |   once per function per session
       | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight
       |<- Result(task_id, ok, blob)                      |   ok=False: pickled exception
@@ -37,6 +39,7 @@ __all__ = [
     "SESSION_VERSION",
     "Bye",
     "Cancel",
+    "Code",
     "Frame",
     "Forget",
     "Func",
@@ -51,8 +54,9 @@ __all__ = [
     "encode_frame_parts",
 ]
 
-#: Bumped on any incompatible change of the frames below (2: the Forget frame).
-SESSION_VERSION = 2
+#: Bumped on any incompatible change of the frames below (2: the Forget frame; 3: code
+#: bundles, in Open and the Code frame).
+SESSION_VERSION = 3
 
 _U64 = struct.Struct("!Q")
 _U64_U64 = struct.Struct("!QQ")
@@ -80,6 +84,8 @@ class Open:
     initializer: bytes = b""  # cloudpickled (initializer, initargs), or empty
     version: int = SESSION_VERSION
     slots: int | None = None
+    #: the client's own modules (:mod:`p2ppool.code_bundle`), or empty: none to ship
+    code: Blob = b""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +111,14 @@ class Func:
 
     func_key: int
     blob: Blob
+
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    """Client -> worker: the client's own modules changed (a new bundle): task processes
+    started from now on import these; running ones finish their tasks and are replaced."""
+
+    bundle: Blob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +174,10 @@ class Bye:
     """Either side: the session ends normally."""
 
 
-Frame = Union[Open, Ready, Refuse, Func, Forget, Task, Result, Lost, Cancel, Bye]
+Frame = Union[Open, Ready, Refuse, Code, Func, Forget, Task, Result, Lost, Cancel, Bye]
 
 _OPEN, _READY, _REFUSE, _FUNC, _FORGET, _TASK, _RESULT, _LOST, _CANCEL, _BYE = b"ORXFGTSLCB"
+_CODE = ord("K")
 
 
 def _json(kind: int, obj: dict[str, Any], tail: bytes = b"") -> bytes:
@@ -186,12 +201,14 @@ def encode_frame(frame: Frame) -> bytes:
         return bytes([_FORGET]) + b"".join(_U64.pack(k) for k in frame.func_keys)
     if isinstance(frame, Bye):
         return bytes([_BYE])
+    if isinstance(frame, Code):
+        return bytes([_CODE]) + frame.bundle
     if isinstance(frame, Open):
         fields = {"v": frame.version, "job": frame.job, "python": frame.python,
-                  "maxtasksperchild": frame.maxtasksperchild}
+                  "maxtasksperchild": frame.maxtasksperchild, "code": len(frame.code)}
         if frame.slots is not None:  # (an older worker ignores the key)
             fields["slots"] = frame.slots
-        return _json(_OPEN, fields, frame.initializer)
+        return _json(_OPEN, fields, bytes(frame.code) + frame.initializer)
     if isinstance(frame, Ready):
         fields = {"worker": frame.worker, "slots": frame.slots,
                   "max_payload_bytes": frame.max_payload_bytes,
@@ -211,6 +228,8 @@ def encode_frame_parts(frame: Frame) -> Tuple[Blob, ...]:
         return bytes([_RESULT]) + _U64_U8.pack(frame.task_id, frame.ok), frame.blob
     if isinstance(frame, Func):
         return bytes([_FUNC]) + _U64.pack(frame.func_key), frame.blob
+    if isinstance(frame, Code):
+        return bytes([_CODE]), frame.bundle
     return (encode_frame(frame),)
 
 
@@ -271,6 +290,8 @@ def decode_frame(data: bytes) -> Frame:
             return Cancel(_u64_list(body, "cancel frame", "task ids"))
         if kind == _FORGET:
             return Forget(_u64_list(body, "forget frame", "function keys"))
+        if kind == _CODE:
+            return Code(body)
     except struct.error:
         raise ProtocolError(f"session frame of kind {chr(kind)!r} is too short") from None
     if kind == _BYE:
@@ -283,10 +304,14 @@ def decode_frame(data: bytes) -> Frame:
                 f"session protocol version {version} is not supported (this p2ppool speaks "
                 f"version {SESSION_VERSION}); upgrade the older side"
             )
+        code_size = _field(obj, "code", int, optional=True) or 0
+        if not 0 <= code_size <= len(tail):
+            raise ProtocolError("open frame's code bundle is longer than the frame")
         return Open(job=_field(obj, "job", str), python=_field(obj, "python", str),
                     maxtasksperchild=_field(obj, "maxtasksperchild", int, optional=True),
-                    initializer=tail, version=version,
-                    slots=_field(obj, "slots", int, optional=True))
+                    initializer=tail[code_size:], version=version,
+                    slots=_field(obj, "slots", int, optional=True),
+                    code=tail[:code_size])
     if kind == _READY:
         obj, _ = _split_json(data)
         return Ready(worker=_field(obj, "worker", str), slots=_field(obj, "slots", int),

@@ -45,6 +45,7 @@ from typing import Any, Deque, Dict, List, Sequence, Tuple
 
 from . import defaults
 from ._version import __version__
+from .code_cache import CodeCache
 from .errors import P2PPoolError
 from .payload import WORKER_NAME_ENV  # re-exported: it has always been named here
 from .worker_board import BoardPresence
@@ -172,6 +173,7 @@ class Worker(BoardPresence, SessionHandling):
             new_offer_keypair,
         )
         self.sessions: Dict[int, _ClientSession] = {}
+        self.code_cache = CodeCache()  # the clients' own modules, for their task processes
         self.board: Any = None
         self.signals = 0
         self._signals_handled = 0
@@ -396,6 +398,7 @@ class Worker(BoardPresence, SessionHandling):
                 log.info("board lines dropped (by reason): %s",
                          ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
             self.board.close()
+        self.code_cache.close()
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.
         log.info("stopped")

@@ -21,6 +21,7 @@ from . import defaults
 from .errors import ProtocolError, TransferError
 
 if TYPE_CHECKING:
+    from .code_cache import CodeCache
     from .peer import Peer
     from .worker_loop import WorkerSettings, _Inbox
 
@@ -46,6 +47,7 @@ class _ClientSession:
         self.engine: Any = None  # engine.ProcessEngine once the Open frame was accepted
         self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
         self.functions: Dict[int, bytes] = {}
+        self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
         self.refused_functions: Dict[int, str] = {}
         # task id -> (function key, function blob, arguments blob): references, not copies,
         # so that a task that never started when its child died can be run again here
@@ -68,6 +70,7 @@ class SessionHandling:
     inbox: _Inbox
     peer: Peer
     sessions: Dict[int, _ClientSession]
+    code_cache: CodeCache
     withdrawing: bool
     _mp_context: Any
     _closers: List[threading.Thread]
@@ -128,7 +131,7 @@ class SessionHandling:
     # -- sessions: frames ----------------------------------------------------------------------
 
     def _frame(self, sid: int, data: bytes) -> None:
-        from .session_protocol import Bye, Cancel, Forget, Func, Open, Task, decode_frame
+        from .session_protocol import Bye, Cancel, Code, Forget, Func, Open, Task, decode_frame
 
         session = self.sessions.get(sid)
         if session is None or session.state == ENDED:
@@ -161,6 +164,8 @@ class SessionHandling:
                 session.refused_functions.pop(func_key, None)
         elif isinstance(frame, Cancel):
             self._got_cancel(session, frame)
+        elif isinstance(frame, Code):
+            self._got_code(session, frame.bundle)
         elif isinstance(frame, Bye):
             log.info("session %d with %s: the client said goodbye", sid, session.who())
             self._end_session(session, "", send_bye=False)
@@ -187,11 +192,14 @@ class SessionHandling:
                      session.who(), frame.slots, session.slots)
             session.slots = frame.slots
             self._execute(self.peer.session_opened(session.sid, frame.slots, time.time()))
+        if frame.code and not self._install_code(session, frame.code):
+            return
         try:
             session.engine = ProcessEngine(
                 session.slots, initializer_blob=frame.initializer or None,
                 maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
                 max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
+                code_dir=session.code_dir,
             )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
@@ -206,6 +214,32 @@ class SessionHandling:
                  session.slots,
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
+
+    def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
+        """Unpack the client's modules for this session's task processes; on failure
+        refuse (before Ready) or end the session, and say False."""
+        try:
+            path = self.code_cache.acquire(bundle)
+        except (ProtocolError, OSError) as exc:
+            log.warning("session %d with %s: cannot use its code bundle: %s", session.sid,
+                        session.who(), exc)
+            reason = f"worker {self.settings.name} cannot use the shipped modules: {exc}"
+            if session.state == RUNNING:
+                self._end_session(session, reason)
+            else:
+                self._refuse(session, reason)
+            return False
+        old, session.code_dir = session.code_dir, path
+        if old is not None:
+            self.code_cache.release(old)
+        return True
+
+    def _got_code(self, session: _ClientSession, bundle: Any) -> None:
+        """The client's modules changed: new task processes for what comes next."""
+        if self._install_code(session, bundle):
+            log.info("session %d with %s: new code bundle; replacing its processes",
+                     session.sid, session.who())
+            session.engine.set_code_dir(session.code_dir)
 
     def _got_func(self, session: _ClientSession, frame: Any) -> None:
         from .peer import payload_refusal
@@ -343,6 +377,9 @@ class SessionHandling:
                 pass  # already gone: nothing to say goodbye to
         if session.engine is not None:
             session.engine.terminate(timeout=_KILL_WAIT_S)
+        if session.code_dir is not None:
+            self.code_cache.release(session.code_dir)
+            session.code_dir = None
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)

@@ -533,3 +533,26 @@ def test_a_lost_executor_takes_its_read_ahead_back(tmp_path: Path) -> None:
                 assert read_ahead <= 2 + local, (i, read_ahead)
         with pytest.raises(StopIteration):
             next(it)
+
+
+def test_engine_children_import_shipped_modules_and_a_new_bundle_replaces_them(
+        tmp_path: Path) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    for directory, value in ((first, 1), (second, 2)):
+        directory.mkdir()
+        (directory / "shipped_for_engine_test.py").write_text(f"VALUE = {value}\n")
+    ask = "__import__('shipped_for_engine_test').VALUE"
+    engine = ProcessEngine(1, mp_context=FORK, code_dir=str(first))
+    try:
+        engine.submit(1, "k", *_task(eval, ask))
+        [done] = _collect(engine, 1)
+        assert payload.loads(done.blob) == 1
+        [old_pid] = engine.pids()
+        engine.set_code_dir(str(second))  # never a reload into a live interpreter
+        [new_pid] = engine.pids()
+        assert new_pid != old_pid and engine.code_dir == str(second)
+        engine.submit(2, "k", *_task(eval, ask))
+        [done] = _collect(engine, 1)
+        assert done.task_id == 2 and payload.loads(done.blob) == 2
+    finally:
+        engine.terminate()

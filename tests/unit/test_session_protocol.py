@@ -11,6 +11,7 @@ from p2ppool.session_protocol import (
     SESSION_VERSION,
     Bye,
     Cancel,
+    Code,
     Forget,
     Func,
     Lost,
@@ -27,7 +28,8 @@ u64 = st.integers(min_value=0, max_value=2**64 - 1)
 frames = st.one_of(
     st.builds(Open, job=st.text(), python=st.text(),
               maxtasksperchild=st.none() | st.integers(1, 10**6), initializer=st.binary(),
-              slots=st.none() | st.integers(1, 10**4)),
+              slots=st.none() | st.integers(1, 10**4), code=st.binary()),
+    st.builds(Code, bundle=st.binary()),
     st.builds(Ready, worker=st.text(), slots=st.integers(0, 10**4),
               max_payload_bytes=st.none() | st.integers(0, 2**40),
               max_task_seconds=st.none() | st.floats(0, 1e6)),
@@ -98,3 +100,18 @@ def test_wrong_session_version_is_refused_with_advice() -> None:
 def test_malformed_frames_name_the_problem(data: bytes, fragment: str) -> None:
     with pytest.raises(ProtocolError, match=fragment):
         decode_frame(data)
+
+
+def test_open_carries_the_code_bundle_before_the_initializer() -> None:
+    data = encode_frame(Open(job="j", python="3.11", initializer=b"INIT", code=b"CODE"))
+    assert data.endswith(b"CODEINIT")
+    frame = decode_frame(data)
+    assert isinstance(frame, Open) and frame.code == b"CODE" and frame.initializer == b"INIT"
+
+
+def test_open_whose_code_size_exceeds_the_frame_is_a_protocol_error() -> None:
+    data = encode_frame(Open(job="j", python="3.11", code=b"CODE"))
+    forged = data.replace(b'"code":4', b'"code":9')
+    assert forged != data
+    with pytest.raises(ProtocolError, match="code bundle is longer than the frame"):
+        decode_frame(forged)
