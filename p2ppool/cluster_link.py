@@ -12,7 +12,14 @@ runs one wormhole session per worker) and turns its events into the manager's la
     TaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
     ExecutorLost(id, cause)          executor_lost(id, cause)           -> chunks requeued
       (released=True: the pool was idle and another job wanted slots; logged as info)
+    TaskUnloadable(id, task, ...)    executor_lost(id, charged=False)   -> chunks requeued
+      (the worker lacks a module the job needs: declined, its chunks cost no attempt)
     BoardTrouble(message)            a log line
+
+Capability misses: when every worker the job has heard of was declined for lacking a
+module, the pool does not wait for one that can: it falls back to local processes at once
+(``fallback`` set), or fails its pending work with an ImportError that names the module and
+each worker that lacked it (``fallback=None``).
 
 Task ids on the wire are the Pool's chunk ids.  Local fallback: when the pool has work and
 no executor at all for ``fallback`` seconds, the link adds the local process engine, and
@@ -45,6 +52,7 @@ from .remote import (
     ExecutorLost,
     TaskDone,
     TaskLost,
+    TaskUnloadable,
 )
 
 if TYPE_CHECKING:
@@ -141,6 +149,8 @@ class ClusterLink:
         self._fallback_at: float | None = None
         self.local_started = False
         self.remote_names: Dict[str, str] = {}  # executor id -> worker name
+        #: worker -> the load failure that made this job decline it
+        self.misses: Dict[str, TaskUnloadable] = {}
         self.backend.start()
 
     def func_key(self, func_blob: bytes) -> int:
@@ -180,6 +190,8 @@ class ClusterLink:
         if demand != self._demand or (lost and demand):
             self._demand = demand
             self.backend.set_demand(demand)
+        if busy and self.misses and not manager.executors and not self.local_started:
+            self._no_capable_worker(manager, now)
         self._check_fallback(manager, busy, now)
         if busy:
             self._show_workers(manager)
@@ -213,15 +225,56 @@ class ClusterLink:
             self.remote_names[event.executor_id] = event.name
             log.info("peer %s joined with %d slot(s)", event.name, event.slots)
             manager.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
+        elif isinstance(event, TaskUnloadable):
+            if event.worker not in self.misses:
+                self.misses[event.worker] = event
+                log.warning("peer %s cannot load this job's %s (%s): running its work "
+                            "elsewhere", event.worker, event.phase, event.error)
+            manager.remove_executor(
+                event.executor_id, f"peer {event.worker} cannot load the job: {event.error}",
+                charged=False)
         elif isinstance(event, ExecutorLost):
             worker = self.remote_names.pop(event.executor_id, event.executor_id)
             if event.released:  # idle, let go for another job: not a failure
                 log.info("peer %s released (idle, another job wants slots)", worker)
+            elif event.declined:
+                log.info("peer %s left this job: %s", worker, event.cause)
             else:
                 log.warning("peer %s lost: %s", worker, event.cause)
             manager.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
         elif isinstance(event, BoardTrouble):
             log.warning("%s", event.message)
+
+    def _no_capable_worker(self, manager: _Manager, now: float) -> None:
+        """No executor is left and every worker heard of was declined: fall back now, or
+        fail the pending work with the modules and workers that lacked them."""
+        if self.backend.usable_workers():
+            return  # one that might load it is still there (busy, or being recruited)
+        error = self.capability_error()
+        if self.options.fallback is not None:
+            self.local_started = True
+            log.warning("%s: running on local processes", error)
+            manager.add_executor(self._start_local())
+            return
+        doomed = list(manager.chunks)
+        manager._execute(manager.scheduler.cancel(doomed, now))
+        for chunk_id in doomed:
+            manager._resolve_outcome(chunk_id, (False, error))
+
+    def capability_error(self) -> ImportError:
+        """The error for work no worker of the cluster could load (see the docstring)."""
+        misses = list(self.misses.values())
+        modules = sorted({m.module for m in misses if m.module})
+        tried = ", ".join(f"{m.worker} ({m.host})" if m.host else m.worker for m in misses)
+        if modules:
+            what = "import " + ", ".join(repr(name) for name in modules)
+        else:
+            what = f"load this job's code ({misses[0].error})"
+        message = (f"no worker of {self.options.cluster} can {what} (tried: {tried}); install "
+                   f"it there, or let the pool fall back to local processes (fallback=SECONDS)")
+        only_missing = all(m.error.startswith("ModuleNotFoundError") for m in misses)
+        kind = ModuleNotFoundError if only_missing else ImportError
+        return kind(message, name=modules[0] if len(modules) == 1 else None)
 
     def _check_fallback(self, manager: _Manager, busy: bool, now: float) -> None:
         fallback = self.options.fallback

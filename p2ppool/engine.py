@@ -49,11 +49,17 @@ __all__ = ["EngineEvent", "ProcessEngine", "TaskDone", "TaskLost", "describe_exi
 
 @dataclass
 class TaskDone:
-    """A task finished.  ``ok``: ``blob`` is the pickled value; else a pickled exception."""
+    """A task finished.  ``ok``: ``blob`` is the pickled value; else a pickled exception.
+
+    ``unloadable`` (JSON, see :func:`p2ppool.payload.load_failure`) when the exception is an
+    ImportError raised while loading the function, its arguments or the initializer: this
+    machine lacks a module, the user's code did not fail.
+    """
 
     task_id: int
     ok: bool
     blob: bytes
+    unloadable: bytes | None = None
 
 
 @dataclass
@@ -75,10 +81,16 @@ EngineEvent = Union[TaskDone, TaskLost]
 #                   T<task:u64><key:u32><args blob> | t<task:u64><key:u32> then <blob>
 #                   D<key:u32>  forget a function;   X  exit
 # child -> parent:  R<task:u64><ok:u8><result blob> | r<task:u64><ok:u8> then <blob>
+#                   U<task:u64><n:u32><n bytes of JSON><exception blob> | u... then <blob>:
+#                       loading the function or the arguments raised an ImportError
 #                   E<exception blob>  the initializer raised; the child exits
+#                   L<n:u32><JSON><exception blob>  loading the initializer raised an
+#                       ImportError; the child exits
 _KEY = struct.Struct(">I")
 _TASK = struct.Struct(">QI")
 _RESULT = struct.Struct(">QB")
+_UNLOADABLE = struct.Struct(">QI")
+_INFO = struct.Struct(">I")
 #: Blobs larger than this go as a message of their own (no copy to prepend a header).
 _INLINE_MAX = 64 * 1024
 
@@ -157,8 +169,9 @@ def _read_exact(fd: int, size: int) -> bytes:
 class _LoadFailed:
     """Stands in for a function whose blob did not unpickle in the child."""
 
-    def __init__(self, blob: bytes) -> None:
+    def __init__(self, blob: bytes, info: bytes | None) -> None:
         self.blob = blob
+        self.info = info
 
 
 def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
@@ -185,7 +198,15 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             pass
     if initializer_blob is not None:
         try:
-            initializer, initargs = payload.loads(initializer_blob)
+            try:
+                initializer, initargs = payload.loads(initializer_blob)
+            except Exception as exc:
+                info = payload.load_failure(exc, "initializer")
+                if info is None:
+                    raise
+                conn.send_bytes(b"L" + _INFO.pack(len(info)) + info + payload.dump_exception(exc))
+                conn.close()
+                os._exit(1)
             initializer(*initargs)
         except BaseException as exc:  # report it: the owner fails tasks instead of respawning
             conn.send_bytes(b"E" + payload.dump_exception(exc))
@@ -207,10 +228,12 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
         if kind in (b"T", b"t"):
             task_id, key = _TASK.unpack_from(message, 1)
             args: Any = memoryview(message)[13:] if kind == b"T" else recv()
-            ok, blob = _run(functions.get(key), args, max_result_bytes)
-            header = _RESULT.pack(task_id, ok)
+            ok, blob, info = _run(functions.get(key), args, max_result_bytes)
             try:
-                _send(tx_fd, b"R", header, blob)
+                if info is None:
+                    _send(tx_fd, b"R", _RESULT.pack(task_id, ok), blob)
+                else:
+                    _send(tx_fd, b"U", _UNLOADABLE.pack(task_id, len(info)) + info, blob)
             except (OSError, EOFError):
                 break
             completed += 1
@@ -221,7 +244,8 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             try:
                 functions[key] = payload.loads(fblob)
             except Exception as exc:
-                functions[key] = _LoadFailed(payload.dump_exception(exc))
+                functions[key] = _LoadFailed(payload.dump_exception(exc),
+                                             payload.load_failure(exc, "function"))
             del fblob
         elif kind == b"D":
             functions.pop(_KEY.unpack_from(message, 1)[0], None)
@@ -231,16 +255,23 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
     rx.close()
 
 
-def _run(func: Any, args_blob: Any, max_result_bytes: int | None) -> tuple[bool, bytes]:
+def _run(func: Any, args_blob: Any, max_result_bytes: int | None
+         ) -> tuple[bool, bytes, bytes | None]:
+    """Load and run one task: ``(ok, blob, unloadable)`` (see :class:`TaskDone`)."""
     if isinstance(func, _LoadFailed):
-        return False, func.blob
+        return False, func.blob, func.info
+    try:
+        call = payload.loads(args_blob)  # its own phase: an ImportError here is no user bug
+    except Exception as exc:
+        return False, payload.dump_exception(exc), payload.load_failure(exc, "arguments")
     try:
         if func is None:
             raise RuntimeError("p2ppool internal error: task for an unknown function")
-        value = payload.execute(func, payload.loads(args_blob))
+        value = payload.execute(func, call)
     except Exception as exc:
-        return False, payload.dump_exception(exc)
-    return payload.dump_result(value, max_result_bytes)
+        return False, payload.dump_exception(exc), None
+    ok, blob = payload.dump_result(value, max_result_bytes)
+    return ok, blob, None
 
 
 # --- the owner's side -----------------------------------------------------------------------
@@ -316,6 +347,7 @@ class ProcessEngine:
         self._backlog: Deque[_Task] = collections.deque()
         self._events: List[EngineEvent] = []
         self._init_error: bytes | None = None
+        self._init_unloadable: bytes | None = None
         self._key_ids = itertools.count()
         self._names = itertools.count(1)
         self._closing = False
@@ -369,7 +401,7 @@ class ProcessEngine:
             raise RuntimeError("the engine is closed")
         task = _Task(task_id, func_key, func_blob, args_blob)
         if self._init_error is not None:
-            self._events.append(TaskDone(task_id, False, self._init_error))
+            self._events.append(TaskDone(task_id, False, self._init_error, self._init_unloadable))
             return
         self._backlog.append(task)
         self._place()
@@ -597,10 +629,21 @@ class ProcessEngine:
             task_id, ok = _RESULT.unpack_from(message, 1)
             blob = message[10:] if kind == b"R" else _recv_message(child.fd)
             self._finished(child, task_id, bool(ok), blob)
+        elif kind in (b"U", b"u"):
+            task_id, size = _UNLOADABLE.unpack_from(message, 1)
+            start = 1 + _UNLOADABLE.size
+            info = bytes(message[start:start + size])
+            blob = message[start + size:] if kind == b"U" else _recv_message(child.fd)
+            self._finished(child, task_id, False, blob, info)
         elif kind == b"E":
             self._init_failed(child, message[1:])
+        elif kind == b"L":
+            (size,) = _INFO.unpack_from(message, 1)
+            start = 1 + _INFO.size
+            self._init_failed(child, message[start + size:], bytes(message[start:start + size]))
 
-    def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes) -> None:
+    def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes,
+                  unloadable: bytes | None = None) -> None:
         now = time.monotonic()
         if child.head_since is not None:
             took = now - child.head_since
@@ -608,7 +651,7 @@ class ProcessEngine:
             self._avg_task_s = took if avg is None else 0.8 * avg + 0.2 * took
         if child.inflight and child.inflight[0].task_id == task_id:
             child.inflight.popleft()
-            self._events.append(TaskDone(task_id, ok, blob))
+            self._events.append(TaskDone(task_id, ok, blob, unloadable))
         # else: a task cancelled while it was prefetched; its result is dropped.
         child.head_since = now if child.inflight else None
         if child.stale and not child.inflight:
@@ -627,13 +670,15 @@ class ProcessEngine:
         if not self._closing:
             self._start_child()
 
-    def _init_failed(self, child: _Child, blob: bytes) -> None:
+    def _init_failed(self, child: _Child, blob: bytes, unloadable: bytes | None = None) -> None:
         self._init_error = blob
+        self._init_unloadable = unloadable
         for task in child.inflight:
-            self._events.append(TaskDone(task.task_id, False, blob))
+            self._events.append(TaskDone(task.task_id, False, blob, unloadable))
         child.inflight.clear()
         while self._backlog:
-            self._events.append(TaskDone(self._backlog.popleft().task_id, False, blob))
+            self._events.append(
+                TaskDone(self._backlog.popleft().task_id, False, blob, unloadable))
 
     def _died(self, child: _Child) -> None:
         cause = f"process {child.process.pid} died with {describe_exit(child.process.exitcode)}"

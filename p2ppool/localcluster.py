@@ -258,10 +258,11 @@ class LocalCluster:
         return Pool(processes, **{**self.options, **kwargs})
 
     def add_worker(self, processes: int | None = None, extra_args: Sequence[str] = (),
-                   wait: bool = True) -> str:
+                   wait: bool = True, python: str | None = None) -> str:
         """Start one more worker and (unless ``wait`` is false) wait for its Hello; return
-        its name."""
-        worker = self._spawn_worker(processes or self.processes_per_worker, extra_args)
+        its name.  ``python``: the interpreter to run it with (e.g. another virtual
+        environment's, to have a worker that lacks or has a package); default this one."""
+        worker = self._spawn_worker(processes or self.processes_per_worker, extra_args, python)
         if wait:
             self.wait_for_hello(worker.name, timeout=self.start_timeout)
         return worker.name
@@ -490,14 +491,15 @@ class LocalCluster:
         )
         self._host_client.connect()
 
-    def _spawn_worker(self, processes: int, extra_args: Sequence[str] = ()) -> WorkerProcess:
+    def _spawn_worker(self, processes: int, extra_args: Sequence[str] = (),
+                      python: str | None = None) -> WorkerProcess:
         if self._stopped:
             raise LocalClusterError("the local cluster has been stopped")
         name = f"w{self._next_worker}"
         self._next_worker += 1
         log_path = os.path.join(self.directory, f"worker-{name}.log")
         argv = [
-            sys.executable, "-m", "p2ppool.worker", "--cluster", self.cluster,
+            python or sys.executable, "-m", "p2ppool.worker", "--cluster", self.cluster,
             "--processes", str(processes), "--board", self.board,
             "--identity", self._keys[VOLUNTEER], "--known-hosts", self._known_hosts,
             "--user", VOLUNTEER, "--relay", self.relay, "--transit", self.transit,

@@ -16,6 +16,7 @@ with every start method (``multiprocessing`` cannot send them at all).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import platform
@@ -36,6 +37,7 @@ __all__ = [
     "dump_exception",
     "dump_result",
     "dumps",
+    "load_failure",
     "execute",
     "loads",
     "map_call",
@@ -229,6 +231,23 @@ def dump_exception(exc: BaseException) -> bytes:
         return dumps(wrapped)
     except Exception as pickling_error:
         return dumps(MaybeEncodingError(pickling_error, wrapped))
+
+
+def load_failure(exc: BaseException, phase: str) -> bytes | None:
+    """Describe an ImportError raised while *loading* a task's ``phase`` ("function",
+    "arguments" or "initializer"): JSON ``{"phase", "module", "type", "error"}``, which the
+    worker's main process may read (it never unpickles).  None for any other exception:
+    that one is the user's, returned as the task's error.
+
+    A module missing on a worker while loading is not the user's bug and will not load
+    on a retry there: the client routes such a chunk to another worker instead.
+    """
+    if not isinstance(exc, ImportError):
+        return None
+    name = exc.name if isinstance(exc.name, str) else None
+    info = {"phase": phase, "module": name, "type": type(exc).__name__,
+            "error": f"{type(exc).__name__}: {exc}"[:1000]}
+    return json.dumps(info).encode()
 
 
 def dump_result(value: Any, max_bytes: int | None = None) -> tuple[bool, bytes]:

@@ -156,7 +156,7 @@ class _Manager:
                 self._credit(job, extra)
         self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
 
-    def remove_executor(self, name: str, cause: str) -> None:
+    def remove_executor(self, name: str, cause: str, charged: bool = True) -> None:
         """An executor is gone (a peer was lost): its chunks go back to the queue, and
         running imaps read that much less ahead again (peers that come and go for hours
         must not make them read ever further)."""
@@ -165,7 +165,7 @@ class _Manager:
             for job in self.jobs.values():
                 if job.slots is not None or job.reader is not None:
                     job.read_ahead_debt += fewer
-            self._execute(self.scheduler.executor_lost(name, cause, time.monotonic()))
+            self._execute(self.scheduler.executor_lost(name, cause, time.monotonic(), charged))
 
     def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
         if self.state == TERMINATE:

@@ -208,6 +208,11 @@ class Recruiter:
         """Names of the workers this job keeps any state for."""
         return sorted(self._workers)
 
+    def usable(self) -> List[str]:
+        """Workers heard from that this job may use (not refused or declined, the right
+        Python, busy or not), sorted."""
+        return sorted(n for n, w in self._workers.items() if self._may_use_ever(w))
+
     def pending(self) -> List[str]:
         """Workers accepted whose session is not Ready yet, sorted."""
         return sorted(n for n, w in self._workers.items() if w.state == _PENDING)
@@ -383,6 +388,9 @@ class Recruiter:
         ]
         for name in silent:
             del self._workers[name]
+
+    def _may_use_ever(self, worker: _Worker) -> bool:
+        return worker.refused is None and (worker.python is None or worker.python == self.python)
 
     def _may_use(self, worker: _Worker) -> bool:
         return (

@@ -98,6 +98,7 @@ from .session_protocol import (
     Refuse,
     Result,
     Task,
+    Unable,
     decode_frame,
     encode_frame,
     encode_frame_parts,
@@ -115,6 +116,7 @@ __all__ = [
     "ExecutorLost",
     "TaskDone",
     "TaskLost",
+    "TaskUnloadable",
     "python_version",
 ]
 
@@ -167,12 +169,28 @@ class TaskLost:
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskUnloadable:
+    """The worker could not load a task: it lacks a module (an ImportError while loading
+    the function, the arguments or the initializer).  The backend has already declined
+    that worker for this job; the task must run elsewhere, at no cost of an attempt."""
+
+    executor_id: str
+    task_id: int
+    worker: str
+    host: str
+    phase: str
+    module: str | None
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ExecutorLost:
     """A session ended: every task in flight on it is lost."""
 
     executor_id: str
     cause: str
     released: bool = False  # this job let the session go on purpose (idle): no failure
+    declined: bool = False  # this job ended it: the worker cannot load the job's code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +200,7 @@ class BoardTrouble:
     message: str
 
 
-Event = Union[ExecutorJoined, TaskDone, TaskLost, ExecutorLost, BoardTrouble]
+Event = Union[ExecutorJoined, TaskDone, TaskLost, TaskUnloadable, ExecutorLost, BoardTrouble]
 
 # Executor states.
 _OPENING = "opening"  # Accept published, session being opened or waiting for Ready
@@ -204,6 +222,7 @@ class _Remote:
         self.funcs: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.inflight: Set[int] = set()
         self.code_digest: str | None = None  # the code bundle the worker has from us
+        self.declined = False  # it lacks a module the job needs: closed, never used again
         self.abandoned = False
         self.released = False  # let go while idle, for another job (see _release_idle)
         self.end_cause: str | None = None  # why we closed it, when the worker made us
@@ -265,6 +284,7 @@ class ClusterBackend:
         self._closed = False
         self._idle = True  # the pool's last demand was 0: it has no work at all
         self._other_wants: Dict[str, float] = {}  # other jobs wanting slots -> until when
+        self._usable: tuple[str, ...] = ()  # see usable_workers
         #: Result/Lost frames dropped because their task was not in flight there.
         self.dropped_frames = 0
 
@@ -438,9 +458,18 @@ class ClusterBackend:
                         break
                 commands += self._recruiter.timer_expired(time.monotonic())
                 self._execute(commands)
+                self._note_usable()
         except Exception as exc:  # noqa: BLE001 - report, never die silently
             log.exception("the recruit thread failed")
             self._trouble(f"recruiting workers stopped after an internal error: {exc!r}")
+
+    def _note_usable(self) -> None:
+        """Recruit thread: publish :meth:`usable_workers`; wake the pool when it changed."""
+        usable = tuple(self._recruiter.usable())
+        with self._lock:
+            changed, self._usable = usable != self._usable, usable
+        if changed:
+            self._notify()
 
     def _connect_board(self) -> bool:
         from .board_client import BoardClient, backoff_delay
@@ -701,6 +730,8 @@ class ClusterBackend:
                 if remote.worker not in cause:  # workers usually name themselves already
                     cause = f"worker {remote.worker}: {cause}"
                 self._emit(TaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
+        elif isinstance(frame, Unable):
+            self._on_unable(remote, frame)
         elif isinstance(frame, Ready):
             self._on_ready(remote, frame)
         elif isinstance(frame, Refuse):
@@ -711,6 +742,30 @@ class ClusterBackend:
         else:
             self._close_remote(remote, f"sent a {type(frame).__name__} frame, which only "
                                        "clients send")
+
+    def _on_unable(self, remote: _Remote, frame: Unable) -> None:
+        """The worker lacks a module the job needs: report the task (it runs elsewhere),
+        and decline the worker for this job (once: its other tasks fail the same way)."""
+        with self._lock:
+            known = frame.task_id in remote.inflight
+            remote.inflight.discard(frame.task_id)
+            first, remote.declined = not remote.declined, True
+        if known:
+            self._emit(TaskUnloadable(remote.executor_id, frame.task_id, remote.worker,
+                                      frame.host, frame.phase, frame.module, frame.error))
+        if first:
+            reason = f"it cannot load the job's {frame.phase}: {frame.error}"
+            log.info("worker %s %s; declining it for this job", remote.worker, reason)
+            remote.end_cause = reason
+            self._post(lambda: self._recruiter.session_refused(remote.worker, reason,
+                                                               time.monotonic()))
+            self._close_in_background(remote, "declined: a module is missing there")
+
+    def usable_workers(self) -> List[str]:
+        """Workers heard on the board that this job may still use (not declined or
+        refused, the right Python), as of the recruit thread's last turn."""
+        with self._lock:
+            return list(self._usable)
 
     def _on_ready(self, remote: _Remote, frame: Ready) -> None:
         with self._lock:
@@ -756,9 +811,10 @@ class ClusterBackend:
             cause = remote.end_cause or cause
             self._forget(remote)
         if state == _READY:
-            if not closing:
+            if not closing and not remote.declined:
                 log.warning("lost worker %s (%s): %s", remote.worker, remote.executor_id, cause)
-            self._emit(ExecutorLost(remote.executor_id, f"worker {remote.worker}: {cause}"))
+            self._emit(ExecutorLost(remote.executor_id, f"worker {remote.worker}: {cause}",
+                                    declined=remote.declined))
             self._post(lambda: self._recruiter.session_failed(remote.worker, time.monotonic()))
         elif state == _OPENING:
             self._post(lambda: self._recruiter.session_failed(remote.worker, time.monotonic()))

@@ -220,8 +220,13 @@ class Scheduler:
         commands = self._lose(chunk, f"{executor}: {cause}", charged)
         return self._with_wake(now, commands + self._dispatch(now))
 
-    def executor_lost(self, name: str, cause: str, now: float) -> List[Command]:
-        """Executor ``name`` is gone: every chunk it ran is lost, and it gets no more work."""
+    def executor_lost(self, name: str, cause: str, now: float, charged: bool = True
+                      ) -> List[Command]:
+        """Executor ``name`` is gone: every chunk it ran is lost, and it gets no more work.
+
+        ``charged=False`` when the loss is no chunk's fault (the executor could not load
+        the job's code): its chunks run elsewhere without spending an attempt.
+        """
         found = self._executors.pop(name, None)
         if found is None:
             return []
@@ -229,7 +234,8 @@ class Scheduler:
         back: List[ChunkId] = []
         for chunk_id in sorted(found.running, key=_order_key):
             chunk = self._chunks[chunk_id]
-            commands += self._lose(chunk, f"{name} lost: {cause}", True, released=True, back=back)
+            commands += self._lose(chunk, f"{name} lost: {cause}", charged, released=True,
+                                   back=back)
         self._pending.extendleft(reversed(back))
         return self._with_wake(now, commands + self._dispatch(now))
 

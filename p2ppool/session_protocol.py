@@ -17,6 +17,8 @@ frame is the payload (pickled bytes, which only a worker's *child* process ever 
       | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight
       |<- Result(task_id, ok, blob)                      |   ok=False: pickled exception
       |<- Lost(task_id, retry, cause)                    |   child died / limit hit
+      |<- Unable(task_id, phase, module, error, host)    |   this worker lacks a module that
+      |                                                  |   loading the task needs
       | Forget(func_keys) ---------------------------->  |   drop these functions (a client
       |                                                  |   keeps a bounded number per session)
       | Cancel(task_ids) ----------------------------->  |   stop these tasks (terminate)
@@ -49,6 +51,7 @@ __all__ = [
     "Refuse",
     "Result",
     "Task",
+    "Unable",
     "decode_frame",
     "encode_frame",
     "encode_frame_parts",
@@ -163,6 +166,23 @@ class Lost:
 
 
 @dataclasses.dataclass(frozen=True)
+class Unable:
+    """Worker -> client: loading a task raised an ImportError on this worker.
+
+    ``phase`` is what was being loaded ("function", "arguments" or "initializer"),
+    ``module`` the missing module's name when known, ``error`` the exception as text and
+    ``host`` the worker's host name.  Not the user's error: the client runs the task
+    elsewhere and does not offer this job to the worker again.
+    """
+
+    task_id: int
+    phase: str
+    module: str | None
+    error: str
+    host: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Cancel:
     """Client -> worker: stop these tasks; their results are no longer wanted."""
 
@@ -174,10 +194,11 @@ class Bye:
     """Either side: the session ends normally."""
 
 
-Frame = Union[Open, Ready, Refuse, Code, Func, Forget, Task, Result, Lost, Cancel, Bye]
+Frame = Union[Open, Ready, Refuse, Code, Func, Forget, Task, Result, Lost, Unable, Cancel, Bye]
 
 _OPEN, _READY, _REFUSE, _FUNC, _FORGET, _TASK, _RESULT, _LOST, _CANCEL, _BYE = b"ORXFGTSLCB"
 _CODE = ord("K")
+_UNABLE = ord("U")
 
 
 def _json(kind: int, obj: dict[str, Any], tail: bytes = b"") -> bytes:
@@ -203,6 +224,9 @@ def encode_frame(frame: Frame) -> bytes:
         return bytes([_BYE])
     if isinstance(frame, Code):
         return bytes([_CODE]) + frame.bundle
+    if isinstance(frame, Unable):
+        return _json(_UNABLE, {"task": frame.task_id, "phase": frame.phase,
+                               "module": frame.module, "error": frame.error, "host": frame.host})
     if isinstance(frame, Open):
         fields = {"v": frame.version, "job": frame.job, "python": frame.python,
                   "maxtasksperchild": frame.maxtasksperchild, "code": len(frame.code)}
@@ -321,4 +345,12 @@ def decode_frame(data: bytes) -> Frame:
     if kind == _REFUSE:
         obj, _ = _split_json(data)
         return Refuse(reason=_field(obj, "reason", str))
+    if kind == _UNABLE:
+        obj, _ = _split_json(data)
+        task_id = _field(obj, "task", int)
+        if not 0 <= task_id < 2**64:
+            raise ProtocolError("unable frame's task id is out of range")
+        return Unable(task_id=task_id, phase=_field(obj, "phase", str),
+                      module=_field(obj, "module", str, optional=True),
+                      error=_field(obj, "error", str), host=_field(obj, "host", str))
     raise ProtocolError(f"unknown session frame kind {kind!r}")

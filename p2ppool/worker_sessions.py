@@ -12,7 +12,9 @@ is drawn in :mod:`p2ppool.worker_loop`.
 
 from __future__ import annotations
 
+import json
 import logging
+import platform
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
@@ -310,7 +312,10 @@ class SessionHandling:
                 continue  # cancelled: the client no longer wants it
             if isinstance(event, TaskDone):
                 del session.inflight[event.task_id]
-                self._send(session, Result(event.task_id, event.ok, event.blob))
+                if event.unloadable is not None:
+                    self._send(session, self._unable(session, event.task_id, event.unloadable))
+                else:
+                    self._send(session, Result(event.task_id, event.ok, event.blob))
                 continue
             if not event.charged and not self.withdrawing:
                 # It waited behind a task whose child died and never ran: run it again here.
@@ -327,6 +332,20 @@ class SessionHandling:
                      event.task_id, cause)
             self._send_lost(session, event.task_id, not limit_hit,
                             f"worker {self.settings.name}: {cause}")
+
+    def _unable(self, session: _ClientSession, task_id: int, info: bytes) -> Any:
+        """The Unable frame for a task whose loading lacked a module here."""
+        from .session_protocol import Unable
+
+        try:
+            described = json.loads(info)
+            phase, module, error = described["phase"], described["module"], described["error"]
+        except (ValueError, KeyError, TypeError):
+            phase, module, error = "function", None, "ImportError"
+        log.warning("session %d with %s: cannot load its %s here (%s); declining the job",
+                    session.sid, session.who(), phase, error)
+        return Unable(task_id, str(phase), module if isinstance(module, str) else None,
+                      str(error), platform.node())
 
     # -- sessions: ending ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from p2ppool.session_protocol import (
     Refuse,
     Result,
     Task,
+    Unable,
     decode_frame,
     encode_frame,
 )
@@ -38,6 +39,8 @@ frames = st.one_of(
     st.builds(Task, task_id=u64, func_key=u64, args=st.binary()),
     st.builds(Result, task_id=u64, ok=st.booleans(), blob=st.binary()),
     st.builds(Lost, task_id=u64, retry=st.booleans(), cause=st.text()),
+    st.builds(Unable, task_id=u64, phase=st.text(), module=st.none() | st.text(),
+              error=st.text(), host=st.text()),
     st.builds(Cancel, task_ids=st.lists(u64).map(tuple)),
     st.builds(Forget, func_keys=st.lists(u64).map(tuple)),
     st.just(Bye()),
