@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
 from . import defaults
 from .config import Options
-from .errors import TaskLimitExceeded
+from .errors import P2PPoolError, TaskLimitExceeded
 from .pool_executors import ChunkDone, ChunkLost
 from .pool_jobs import _Failed
 from .remote import (
@@ -190,7 +190,8 @@ class ClusterLink:
         if demand != self._demand or (lost and demand):
             self._demand = demand
             self.backend.set_demand(demand)
-        if busy and self.misses and not manager.executors and not self.local_started:
+        if (busy and not manager.executors and not self.local_started
+                and (self.misses or self.backend.refusals())):
             self._no_capable_worker(manager, now)
         self._check_fallback(manager, busy, now)
         if busy:
@@ -261,9 +262,15 @@ class ClusterLink:
         for chunk_id in doomed:
             manager._resolve_outcome(chunk_id, (False, error))
 
-    def capability_error(self) -> ImportError:
-        """The error for work no worker of the cluster could load (see the docstring)."""
+    def capability_error(self) -> Exception:
+        """The error for work no worker of the cluster could load or would run (see the
+        module docstring): an ImportError when modules were missing."""
+        refused = "; ".join(f"{worker} refused it: {reason}"
+                            for worker, reason in sorted(self.backend.refusals().items()))
         misses = list(self.misses.values())
+        if not misses:
+            return P2PPoolError(f"no worker of {self.options.cluster} can run this job "
+                                f"({refused})")
         modules = sorted({m.module for m in misses if m.module})
         tried = ", ".join(f"{m.worker} ({m.host})" if m.host else m.worker for m in misses)
         if modules:
@@ -272,6 +279,8 @@ class ClusterLink:
             what = f"load this job's code ({misses[0].error})"
         message = (f"no worker of {self.options.cluster} can {what} (tried: {tried}); install "
                    f"it there, or let the pool fall back to local processes (fallback=SECONDS)")
+        if refused:
+            message += f"; {refused}"
         only_missing = all(m.error.startswith("ModuleNotFoundError") for m in misses)
         kind = ModuleNotFoundError if only_missing else ImportError
         return kind(message, name=modules[0] if len(modules) == 1 else None)

@@ -14,6 +14,7 @@ The config file may hold the options at top level or under a ``[p2ppool]`` table
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -188,6 +189,20 @@ def _parse_ship_modules(value: Any) -> Tuple[str, ...]:
     return parse_ship_modules(value)
 
 
+def _parse_requirements(value: Any) -> Tuple[str, ...]:
+    from .requirements import parse_requirements
+
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"expected a JSON list of requirements, got {value!r}") from None
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError(f"expected requirements ('numpy>=2 scipy', a JSON list, or a list), "
+                         f"got {value!r}")
+    return parse_requirements(value)
+
+
 def _parse_relay(value: Any) -> str:
     parsed = _parse_str(value)
     if not parsed.startswith(("ws://", "wss://")):
@@ -235,6 +250,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_attempts", defaults.MAX_ATTEMPTS, _parse_positive_int, "attempts per chunk"),
     Option(
+        "requirements", (), _parse_requirements,
+        "packages the job needs on workers (PEP 508; workers that lack them do not offer)",
+    ),
+    Option(
         "ship_modules", (), _parse_ship_modules,
         "modules to ship to workers although installed ('name'), or never to ship ('-name')",
     ),
@@ -259,6 +278,7 @@ class Options:
     fallback: float | None = defaults.FALLBACK_S
     loopback_only: bool = False
     max_attempts: int = defaults.MAX_ATTEMPTS
+    requirements: Tuple[str, ...] = ()
     ship_modules: Tuple[str, ...] = ()
     #: option name -> where its value came from ("default", "keyword argument", ...)
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
@@ -283,6 +303,8 @@ class Options:
                 env[option.env] = "none"
             elif isinstance(value, bool):
                 env[option.env] = "1" if value else "0"
+            elif option.name == "requirements":
+                env[option.env] = json.dumps(list(value))
             elif isinstance(value, tuple):
                 env[option.env] = ",".join(value)
             else:

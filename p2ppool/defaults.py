@@ -45,6 +45,12 @@ MAX_CODE_BUNDLE_BYTES: int = 50 * 1024 * 1024
 WORKER_MAX_CODE_BYTES: int = 64 * 1024 * 1024
 #: Code bundles a worker keeps on disk once no session uses them (least recently used go).
 WORKER_CODE_BUNDLES_KEPT: int = 8
+#: Size bound of a worker's cache of per-job package directories (--install-cache-mb).
+WORKER_INSTALL_CACHE_BYTES: int = 5_000 * 1_000_000
+#: Seconds one install of a job's requirements may take on a worker.
+WORKER_INSTALL_TIMEOUT_S: float = 900.0
+#: Seconds after a failed install before the same requirements are tried again.
+WORKER_INSTALL_RETRY_S: float = 300.0
 #: Default per-task time limit on a worker (None: unlimited).
 MAX_TASK_S: float | None = None
 #: How long a worker announces itself for by default (None: until stopped).

@@ -176,16 +176,23 @@ class _LoadFailed:
 
 def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
                 max_result_bytes: int | None, inherited_fds: Sequence[int] = (),
-                code_dir: str | None = None) -> None:
+                code_dir: str | None = None, site_dir: str | None = None) -> None:
     """The loop of one child process: read tasks from ``rx``, write results to ``conn``.
 
     ``code_dir`` holds the client's own modules (a shipped code bundle): first on
-    ``sys.path``, so they import as real modules before anything is unpickled.
+    ``sys.path``, so they import as real modules before anything is unpickled.  ``site_dir``
+    holds the job's installed requirements: next, before the worker's own packages.
     """
     try:
         os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
     except OSError:
         pass
+    if site_dir is not None:
+        import site
+
+        site.addsitedir(site_dir)  # its .pth files too
+        sys.path.remove(site_dir)
+        sys.path.insert(0, site_dir)
     if code_dir is not None:
         sys.path.insert(0, code_dir)
         sys.dont_write_bytecode = True  # the bundle's directory is read-only
@@ -315,6 +322,7 @@ class ProcessEngine:
         max_result_bytes: a larger result becomes a ``TaskLimitExceeded`` error.
         depth: tasks a child may hold at once (1 running + prefetched small ones).
         code_dir: a directory of shipped modules, first on the children's ``sys.path``.
+        site_dir: a directory of installed packages, next on their ``sys.path``.
     """
 
     def __init__(
@@ -327,6 +335,7 @@ class ProcessEngine:
         max_result_bytes: int | None = None,
         depth: int = defaults.ENGINE_TASKS_PER_PROCESS,
         code_dir: str | None = None,
+        site_dir: str | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -342,6 +351,7 @@ class ProcessEngine:
         self._max_result_bytes = max_result_bytes
         self._depth = max(1, depth)
         self._code_dir = code_dir
+        self._site_dir = site_dir
         self._children: List[_Child] = []
         self._retired: List[_Child] = []  # done with work, waiting to be reaped
         self._backlog: Deque[_Task] = collections.deque()
@@ -534,7 +544,7 @@ class ProcessEngine:
         process = self._ctx.Process(
             target=_child_main,
             args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
-                  self._max_result_bytes, inherited, self._code_dir),
+                  self._max_result_bytes, inherited, self._code_dir, self._site_dir),
             name=f"P2PPoolWorker-{next(self._names)}",
             daemon=True,
         )

@@ -27,7 +27,7 @@ Inputs are past-tense events (``got_want``, ``session_ended``, ``timer_expired``
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import defaults
 from .protocol import (
@@ -96,6 +96,16 @@ class Note:
 Action = Union[Publish, OpenSession, Note]
 
 
+#: What a worker says to a job's requirements: offer now, later (installing), or never.
+NOW, LATER, NEVER = "now", "later", "never"
+#: ``serves(requirements) -> (NOW | LATER | NEVER, what is missing)``
+RequirementCheck = Callable[[Sequence[str]], Tuple[str, Optional[str]]]
+
+
+def _serves_nothing_extra(requirements: Sequence[str]) -> Tuple[str, str | None]:
+    return NEVER, ", ".join(requirements)
+
+
 @dataclasses.dataclass(frozen=True)
 class PeerConfig:
     """Who the worker is and how it paces its board messages.
@@ -143,9 +153,11 @@ class Peer:
         new_keypair: makes a fresh X25519 key pair per offer; tests pass a deterministic one.
     """
 
-    def __init__(self, config: PeerConfig, new_keypair: KeypairFactory) -> None:
+    def __init__(self, config: PeerConfig, new_keypair: KeypairFactory,
+                 serves: RequirementCheck | None = None) -> None:
         self.config = config
         self._new_keypair = new_keypair
+        self._serves = serves or _serves_nothing_extra
         self._offers: Dict[str, _PendingOffer] = {}  # job -> offer
         self._wants: Dict[str, Want] = {}  # job -> latest compatible Want not yet offered
         self._sessions: Dict[int, Tuple[str, int]] = {}  # session id -> (job, slots)
@@ -212,6 +224,10 @@ class Peer:
         if self.withdrawn or want.sender == self.config.worker_id:
             return []
         reason = self._incompatibility(want)
+        if reason is None and want.requires:
+            verdict, detail = self._serves(want.requires)
+            if verdict == NEVER:
+                reason = f"it requires {detail}, which this worker lacks (see --allow-install)"
         if reason is not None:
             return [Note(f"not offering to job {want.job} of {want.sender}: {reason}")]
         if want.job in self._offers or self._has_session(want.job):
@@ -287,6 +303,10 @@ class Peer:
         self._sessions[session_id] = (found[0], max(1, slots))
         return self._announce_if_changed(self._offer_to_waiting(now), now)
 
+    def requirements_changed(self, now: float) -> List[Action]:
+        """An install finished (or failed): offer to the Wants that waited for it."""
+        return self._announce_if_changed(self._offer_to_waiting(now), now)
+
     def session_ended(self, session_id: int, now: float) -> List[Action]:
         """A session closed, failed to open, or was lost: its slots are free again."""
         if self._sessions.pop(session_id, None) is None:
@@ -348,9 +368,12 @@ class Peer:
         for job, want in list(self._wants.items()):
             if self.free_slots < 1:
                 break
-            del self._wants[job]
             if want.expires_at() < now or job in self._offers or self._has_session(job):
+                del self._wants[job]
                 continue
+            if want.requires and self._serves(want.requires)[0] == LATER:
+                continue  # its packages are being installed: remembered until then
+            del self._wants[job]
             actions.append(Publish(self._make_offer(want, now)))
         return actions
 

@@ -192,6 +192,18 @@ def _sealed(name: str, value: Any) -> str:
     return _b64(name, value)
 
 
+def _requirements(name: str, value: Any) -> list[str] | None:
+    """An optional list of at most 32 requirement strings (checked in full by the worker,
+    with :func:`p2ppool.requirements.parse_requirements`)."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) > 32
+            or not all(isinstance(v, str) and 0 < len(v) <= 200 and v.isprintable()
+                       for v in value)):
+        raise _bad(name, value, "a list of at most 32 requirement strings")
+    return list(value)
+
+
 def _checked(check: Check, *, default: Any = dataclasses.MISSING) -> Any:
     """A dataclass field validated by ``check`` on construction and on decode."""
     if default is dataclasses.MISSING:
@@ -272,6 +284,8 @@ class Want(Message):
         slots: how many slots it can use.
         python: the Python ``major.minor`` a worker must run.
         session: the session protocol version the client speaks.
+        requires: what the job needs installed (PEP 508 strings), or None; a worker that
+            lacks it and may not install it does not offer.
     """
 
     TYPE: ClassVar[str] = "want"
@@ -280,6 +294,11 @@ class Want(Message):
     slots: int = _checked(_positive)
     python: str = _checked(_python)
     session: int = _checked(_positive)
+    requires: tuple[str, ...] | None = _checked(_requirements, default=None)
+
+    def _check(self) -> None:
+        if self.requires is not None and not isinstance(self.requires, tuple):
+            object.__setattr__(self, "requires", tuple(self.requires))  # JSON gives a list
 
 
 @dataclass(frozen=True)

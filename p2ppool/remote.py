@@ -285,6 +285,7 @@ class ClusterBackend:
         self._idle = True  # the pool's last demand was 0: it has no work at all
         self._other_wants: Dict[str, float] = {}  # other jobs wanting slots -> until when
         self._usable: tuple[str, ...] = ()  # see usable_workers
+        self._refusals: Dict[str, str] = {}  # worker -> why it refused this job
         #: Result/Lost frames dropped because their task was not in flight there.
         self.dropped_frames = 0
 
@@ -568,7 +569,8 @@ class ClusterBackend:
                 self._publish(Want(sender=self.peer_id, ts=time.time(),
                                    ttl=defaults.RECRUIT_WANT_TTL_S, job=self.job_id,
                                    slots=command.slots, python=self.python,
-                                   session=SESSION_VERSION))
+                                   session=SESSION_VERSION,
+                                   requires=self.options.requirements or None))
             elif isinstance(command, PublishWithdraw):
                 self._publish(Withdraw(sender=self.peer_id, ts=time.time(),
                                        ttl=defaults.MESSAGE_TTL_S, job=self.job_id))
@@ -662,7 +664,8 @@ class ClusterBackend:
             return
         opening = Open(job=self.job_id, python=self.python, slots=remote.taken,
                        maxtasksperchild=self._maxtasksperchild, initializer=self._initializer,
-                       code=bundle.blob if bundle is not None else b"")
+                       code=bundle.blob if bundle is not None else b"",
+                       requires=self.options.requirements)
         try:
             session.send(encode_frame(opening))
         except TransferError:
@@ -780,9 +783,15 @@ class ClusterBackend:
                                                          time.monotonic()))
         self._emit(ExecutorJoined(remote.executor_id, remote.worker, slots))
 
+    def refusals(self) -> Dict[str, str]:
+        """Workers that refused this job's session -> their reason."""
+        with self._lock:
+            return dict(self._refusals)
+
     def _on_refuse(self, remote: _Remote, reason: str) -> None:
         with self._lock:
             remote.state = _GONE
+            self._refusals[remote.worker] = reason
         message = f"worker {remote.worker} refused this job: {reason}"
         log.warning("%s", message)
         self._post(lambda: self._recruiter.session_refused(remote.worker, reason,

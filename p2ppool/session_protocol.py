@@ -89,6 +89,8 @@ class Open:
     slots: int | None = None
     #: the client's own modules (:mod:`p2ppool.code_bundle`), or empty: none to ship
     code: Blob = b""
+    #: what the job needs installed (``Pool(requirements=...)``), PEP 508 strings
+    requires: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +234,8 @@ def encode_frame(frame: Frame) -> bytes:
                   "maxtasksperchild": frame.maxtasksperchild, "code": len(frame.code)}
         if frame.slots is not None:  # (an older worker ignores the key)
             fields["slots"] = frame.slots
+        if frame.requires:
+            fields["requires"] = list(frame.requires)
         return _json(_OPEN, fields, bytes(frame.code) + frame.initializer)
     if isinstance(frame, Ready):
         fields = {"worker": frame.worker, "slots": frame.slots,
@@ -280,6 +284,13 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ProtocolError(f"session frame field {name!r} is missing or of the wrong type")
     return value
+
+
+def _requires(obj: dict[str, Any]) -> Tuple[str, ...]:
+    value = obj.get("requires") or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError("open frame's requires is not a list of strings")
+    return tuple(value)
 
 
 def _u64_list(body: memoryview, frame: str, what: str) -> tuple[int, ...]:
@@ -335,7 +346,7 @@ def decode_frame(data: bytes) -> Frame:
                     maxtasksperchild=_field(obj, "maxtasksperchild", int, optional=True),
                     initializer=tail[code_size:], version=version,
                     slots=_field(obj, "slots", int, optional=True),
-                    code=tail[:code_size])
+                    code=tail[:code_size], requires=_requires(obj))
     if kind == _READY:
         obj, _ = _split_json(data)
         return Ready(worker=_field(obj, "worker", str), slots=_field(obj, "slots", int),

@@ -75,6 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: {defaults.MAX_PAYLOAD_BYTES // 1_000_000})")
     parser.add_argument("--ttl", metavar="DURATION",
                         help="stop gracefully after this long (90, 90s, 10m, 2h, 1d)")
+    parser.add_argument("--allow-install", dest="allow_install", action="store_true",
+                        help="let cluster members install packages on this machine: a job's "
+                        "requirements= are installed (wheels only, from the index your pip "
+                        "or uv is configured for) into a cached directory that its tasks "
+                        "import from (default: off; jobs needing packages this environment "
+                        "lacks are not offered slots)")
+    parser.add_argument("--install-cache", dest="install_cache", metavar="DIR",
+                        help="where --allow-install keeps installed requirement sets "
+                        "(default: ~/.cache/p2ppool/environments)")
+    parser.add_argument("--install-cache-mb", dest="install_cache_mb", type=float, metavar="M",
+                        help="size bound of that cache; least recently used sets go first "
+                        f"(default: {defaults.WORKER_INSTALL_CACHE_BYTES // 1_000_000})")
     parser.add_argument("--name", help="this worker's name on the board (default: host-pid)")
     parser.add_argument("--grace", type=float, default=defaults.WORKER_GRACE_S, metavar="S",
                         help="seconds in-flight tasks may take to finish when stopping "
@@ -121,6 +133,12 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
                           f"got {name!r}")
     if not args.grace >= 0:
         raise ConfigError(f"--grace must be >= 0, got {args.grace}")
+    cache_mb = getattr(args, "install_cache_mb", None)
+    if cache_mb is not None and not cache_mb > 0:
+        raise ConfigError(f"--install-cache-mb must be positive, got {cache_mb}")
+    install_cache = getattr(args, "install_cache", None) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "p2ppool", "environments")
     host, port = options.board_address
     return WorkerSettings(
         cluster=options.cluster, name=name, processes=processes, board_host=host,
@@ -128,6 +146,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         known_hosts=options.known_hosts, relay=options.relay, transit=options.transit,
         loopback_only=options.loopback_only, max_task_seconds=args.max_task_seconds,
         max_payload_bytes=max_payload, ttl=ttl, grace=args.grace, max_memory_mb=memory_mb,
+        allow_install=bool(getattr(args, "allow_install", False)),
+        install_cache=os.path.abspath(install_cache),
+        install_cache_bytes=(defaults.WORKER_INSTALL_CACHE_BYTES if cache_mb is None
+                             else int(cache_mb * 1_000_000)),
     )
 
 

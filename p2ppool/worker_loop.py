@@ -46,6 +46,7 @@ from typing import Any, Deque, Dict, List, Sequence, Tuple
 from . import defaults
 from ._version import __version__
 from .code_cache import CodeCache
+from .environments import Environments
 from .errors import P2PPoolError
 from .payload import WORKER_NAME_ENV  # re-exported: it has always been named here
 from .worker_board import BoardPresence
@@ -96,6 +97,10 @@ class WorkerSettings:
     grace: float = defaults.WORKER_GRACE_S
     max_memory_mb: float | None = None
     python: str = dataclasses.field(default_factory=_python)
+    #: let cluster members have packages installed here (``requirements=``)
+    allow_install: bool = False
+    install_cache: str | None = None  # where installed requirement sets live
+    install_cache_bytes: int = defaults.WORKER_INSTALL_CACHE_BYTES
 
     @property
     def max_frame_bytes(self) -> int:
@@ -167,10 +172,13 @@ class Worker(BoardPresence, SessionHandling):
 
         self.settings = settings
         self.inbox = _Inbox()
+        self.environments = Environments(
+            settings.install_cache, settings.allow_install, settings.install_cache_bytes,
+            on_change=lambda: self.inbox.post("requirements"))
         self.peer = Peer(
             PeerConfig(worker_id=settings.name, python=settings.python, version=__version__,
                        slots=settings.processes),
-            new_offer_keypair,
+            new_offer_keypair, serves=self._serves,
         )
         self.sessions: Dict[int, _ClientSession] = {}
         self.code_cache = CodeCache()  # the clients' own modules, for their task processes
@@ -316,6 +324,23 @@ class Worker(BoardPresence, SessionHandling):
             self._frame(event[1], event[2])
         elif kind == "lost":
             self._lost(event[1], event[2])
+        elif kind == "requirements":
+            self._execute(self.peer.requirements_changed(time.time()))
+
+    def _serves(self, requirements: Sequence[str]) -> Tuple[str, str | None]:
+        """The peer's question: may this worker offer for a job with these requirements?
+        (Yes once they are installed; a failed install is offered too, and its session
+        refused with the installer's error, so that the client learns why.)"""
+        from .environments import BUILDING, MISSING
+        from .peer import LATER, NEVER, NOW
+
+        try:
+            state, detail = self.environments.state(requirements)
+        except ValueError as exc:  # not a requirement this worker can parse
+            return NEVER, str(exc)
+        if state == MISSING:
+            return NEVER, detail
+        return (LATER if state == BUILDING else NOW), detail
 
     def _execute(self, actions: Sequence[Any]) -> None:
         from .peer import Note, OpenSession, Publish
@@ -399,6 +424,7 @@ class Worker(BoardPresence, SessionHandling):
                          ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
             self.board.close()
         self.code_cache.close()
+        self.environments.close()
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.
         log.info("stopped")

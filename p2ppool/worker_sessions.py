@@ -24,6 +24,7 @@ from .errors import ProtocolError, TransferError
 
 if TYPE_CHECKING:
     from .code_cache import CodeCache
+    from .environments import Environments
     from .peer import Peer
     from .worker_loop import WorkerSettings, _Inbox
 
@@ -50,6 +51,7 @@ class _ClientSession:
         self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
         self.functions: Dict[int, bytes] = {}
         self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
+        self.site_dir: str | None = None  # the job's installed requirements (Environments)
         self.refused_functions: Dict[int, str] = {}
         # task id -> (function key, function blob, arguments blob): references, not copies,
         # so that a task that never started when its child died can be run again here
@@ -73,6 +75,7 @@ class SessionHandling:
     peer: Peer
     sessions: Dict[int, _ClientSession]
     code_cache: CodeCache
+    environments: Environments
     withdrawing: bool
     _mp_context: Any
     _closers: List[threading.Thread]
@@ -194,6 +197,13 @@ class SessionHandling:
                      session.who(), frame.slots, session.slots)
             session.slots = frame.slots
             self._execute(self.peer.session_opened(session.sid, frame.slots, time.time()))
+        if frame.requires:
+            try:
+                session.site_dir = self.environments.acquire(frame.requires)
+            except (LookupError, ValueError) as exc:
+                self._refuse(session, f"worker {s.name} cannot provide the job's "
+                                      f"requirements: {exc}")
+                return
         if frame.code and not self._install_code(session, frame.code):
             return
         try:
@@ -201,7 +211,7 @@ class SessionHandling:
                 session.slots, initializer_blob=frame.initializer or None,
                 maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
                 max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
-                code_dir=session.code_dir,
+                code_dir=session.code_dir, site_dir=session.site_dir,
             )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
@@ -399,6 +409,9 @@ class SessionHandling:
         if session.code_dir is not None:
             self.code_cache.release(session.code_dir)
             session.code_dir = None
+        if session.site_dir is not None:
+            self.environments.release(session.site_dir)
+            session.site_dir = None
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)

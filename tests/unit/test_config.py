@@ -203,3 +203,35 @@ def test_every_entry_point_leaves_an_unnamed_port_to_the_ssh_config(
         add_board_arguments(parser)
         board_settings = BoardSettings.from_args(parser.parse_args([]))
         assert (board_settings.host, board_settings.port) == expected
+
+
+def test_requirements_option_from_keywords_environment_and_json() -> None:
+    from p2ppool.config import resolve_options
+
+    assert resolve_options({"requirements": ["numpy>=2", "scipy"]}, environ={},
+                           read_file=False).requirements == ("numpy>=2", "scipy")
+    env = {"P2PPOOL_REQUIREMENTS": "numpy>=2 scipy"}
+    options = resolve_options({}, environ=env, read_file=False)
+    assert options.requirements == ("numpy>=2", "scipy")
+    marker = ['pywin32; sys_platform == "win32"']
+    as_env = resolve_options({"requirements": marker}, environ={}, read_file=False).as_env()
+    assert resolve_options({}, environ=as_env, read_file=False).requirements == (
+        'pywin32; sys_platform == "win32"',)
+    with pytest.raises(ConfigError, match="direct URLs are not allowed"):
+        resolve_options({"requirements": ["evil @ https://example.org/x.whl"]}, environ={},
+                        read_file=False)
+    with pytest.raises(ConfigError, match="not a requirement"):
+        resolve_options({"requirements": ["numpy>>2"]}, environ={}, read_file=False)
+
+
+def test_requirement_sets_key_by_content_not_spelling() -> None:
+    from p2ppool.requirements import environment_key, normalize, unmet
+
+    assert normalize(["SciPy", "numpy >=2"]) == normalize(["numpy>=2", "scipy"])
+    key = environment_key(["numpy>=2", "scipy"], "3.11", "linux-x86_64")
+    assert key == environment_key(["scipy", "NumPy>=2"], "3.11", "linux-x86_64")
+    assert key != environment_key(["scipy", "numpy>=2"], "3.12", "linux-x86_64")
+    assert key != environment_key(["scipy", "numpy>=2"], "3.11", "linux-x86_64", ["PIP_NO_INDEX=1"])
+    versions = {"numpy": "1.26.0", "scipy": "1.13.0"}.get
+    assert unmet(["numpy>=2", "scipy", 'pywin32; sys_platform == "win32"'], versions) == [
+        "numpy>=2"]

@@ -450,3 +450,57 @@ def test_withdrawing_forgets_waiting_wants() -> None:
     peer.withdraw(T0 + 1)
     assert peer.waiting_wants() == []
     assert peer.session_ended(1, T0 + 2) == []
+
+
+# --- per-job requirements -----------------------------------------------------------------
+
+
+def with_requires(requires: tuple[str, ...], job: str = "j1") -> Want:
+    return Want(sender="alice", ts=T0, ttl=60.0, job=job, slots=2, python="3.11",
+                session=SESSION_VERSION, requires=requires)
+
+
+def test_a_want_whose_requirements_are_missing_gets_no_offer() -> None:
+    from p2ppool.peer import NEVER
+
+    peer = Peer(PeerConfig(worker_id=ME, python="3.11", version="0.1.0", slots=4,
+                           offer_ttl=10.0, hello_interval=30.0, hello_ttl=90.0), Keys(),
+                serves=lambda reqs: (NEVER, "numpy>=2"))
+    peer.start(T0)
+    actions = peer.got_want(with_requires(("numpy>=2",)), T0 + 1)
+    assert not [a for a in actions if isinstance(a, Publish) and isinstance(a.message, Offer)]
+    assert any(isinstance(a, Note) and "requires numpy>=2, which this worker lacks" in a.text
+               for a in actions)
+    assert peer.waiting_wants() == []
+
+
+def test_a_want_waits_while_its_requirements_install_then_gets_its_offer() -> None:
+    from p2ppool.peer import LATER, NOW
+
+    state = {"verdict": LATER}
+    peer = Peer(PeerConfig(worker_id=ME, python="3.11", version="0.1.0", slots=4,
+                           offer_ttl=10.0, hello_interval=30.0, hello_ttl=90.0), Keys(),
+                serves=lambda reqs: (state["verdict"], None))
+    peer.start(T0)
+    plain = peer.got_want(want(job="j0"), T0 + 1)  # no requirements: offered at once
+    assert [a.message.job for a in plain if isinstance(a, Publish)
+            and isinstance(a.message, Offer)] == ["j0"]
+    actions = peer.got_want(with_requires(("numpy>=2",)), T0 + 1)
+    assert not [a for a in actions if isinstance(a, Publish) and isinstance(a.message, Offer)]
+    assert peer.waiting_wants() == ["j1"]
+    assert not [a for a in peer.timer_expired(T0 + 2)
+                if isinstance(a, Publish) and isinstance(a.message, Offer)]
+    state["verdict"] = NOW
+    offers = [a.message for a in peer.requirements_changed(T0 + 3)
+              if isinstance(a, Publish) and isinstance(a.message, Offer)]
+    assert [o.job for o in offers] == ["j1"] and peer.waiting_wants() == []
+
+
+def test_requirements_travel_in_the_want_line() -> None:
+    from p2ppool.protocol import MessageRejected, decode, encode
+
+    line = encode(with_requires(("numpy>=2", "scipy")))
+    assert b'"requires":["numpy>=2","scipy"]' in line
+    assert decode(line, T0).requires == ("numpy>=2", "scipy")  # type: ignore[attr-defined]
+    with pytest.raises(MessageRejected, match="requirement strings"):
+        with_requires(tuple(f"p{i}" for i in range(40)))

@@ -29,7 +29,8 @@ u64 = st.integers(min_value=0, max_value=2**64 - 1)
 frames = st.one_of(
     st.builds(Open, job=st.text(), python=st.text(),
               maxtasksperchild=st.none() | st.integers(1, 10**6), initializer=st.binary(),
-              slots=st.none() | st.integers(1, 10**4), code=st.binary()),
+              slots=st.none() | st.integers(1, 10**4), code=st.binary(),
+              requires=st.lists(st.text(), max_size=3).map(tuple)),
     st.builds(Code, bundle=st.binary()),
     st.builds(Ready, worker=st.text(), slots=st.integers(0, 10**4),
               max_payload_bytes=st.none() | st.integers(0, 2**40),
