@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import site
 import subprocess
 import sys
 import zipfile
@@ -52,9 +53,17 @@ def capable_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The python of a virtual environment with everything this one has, plus PACKAGE."""
     root = tmp_path_factory.mktemp("capable-env")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
-                    str(venv)], check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60)
     python = str(venv / "bin" / "python")
+    # Everything this interpreter has (it may itself be a virtual environment, as in CI,
+    # where --system-site-packages would reach only the base interpreter's packages).
+    inner_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    outer = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    Path(inner_site, "_p2ppool_tests_outer.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in outer) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
                     "--no-index", "--no-deps", str(build_wheel(root))], check=True, timeout=120)
     probe = subprocess.run([python, "-c", f"import {PACKAGE}, p2ppool"], timeout=60)
