@@ -1,19 +1,22 @@
-"""A worker's per-job package directories: ``requirements=`` installed where the volunteer
+"""A worker's per-job virtual environments: ``requirements=`` installed where the volunteer
 allows it (``--allow-install``).
 
 For each distinct requirement set (keyed by :func:`p2ppool.requirements.environment_key`:
 the normalised set, the worker's Python and platform, and its pip index settings) the
-worker installs the packages with its own interpreter, wheels only, into one directory of
-its cache; that job's task processes put the directory first on ``sys.path`` (in front of
-the worker's own environment, so ``numpy>=2`` wins over an older numpy installed there).
-uv is used when it is on ``PATH`` (much faster), else ``python -m pip``; each honours the
-worker's own configuration (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ``UV_INDEX_URL``...).
+worker builds one virtual environment of its own interpreter (``--system-site-packages``,
+so what the worker has stays importable) and installs the packages into it, wheels only;
+that job's task processes put the environment's site-packages first on ``sys.path`` (in
+front of the worker's own packages, so ``numpy>=2`` wins over an older numpy installed
+there).  uv is used when it is on ``PATH`` (much faster), else ``python -m venv`` and
+``python -m pip --python``; each honours the worker's own configuration
+(``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ``UV_INDEX_URL``...).
 
 States of a set: ``here`` (the worker's own environment satisfies it: nothing to install),
 ``missing`` (not satisfied and installs are not allowed: no offer), ``building`` (an
 install runs in a background thread: offer once it is ``ready``), ``ready``, ``failed``
-(the error names the requirements and pip's last lines; the worker still offers, and
-refuses the session with that error so the client learns why; retried after a while).
+(the error names the requirements and the installer's last lines; the worker still
+offers, and refuses the session with that error so the client learns why; retried after
+a while).
 
 The cache keeps environments up to ``max_bytes`` in all; the least recently used go first,
 never one a session is using.
@@ -125,8 +128,8 @@ class Environments:
             return entry.state, entry.error
 
     def acquire(self, requirements: Sequence[str]) -> str | None:
-        """The directory a session of this set uses (None: the worker's own environment is
-        enough); call :meth:`release` with it when the session ends.
+        """The site-packages directory a session of this set uses (None: the worker's own
+        environment is enough); call :meth:`release` with it when the session ends.
 
         Raises:
             LookupError: the set is not ready (its detail says why).
@@ -140,15 +143,17 @@ class Environments:
         with self._lock:
             self._in_use[detail] = self._in_use.get(detail, 0) + 1
         os.utime(detail)  # least recently used: by directory mtime
-        return detail
+        return site_packages(detail)
 
-    def release(self, path: str) -> None:
+    def release(self, site_dir: str) -> None:
+        """A session of the environment whose site-packages is ``site_dir`` ended."""
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(site_dir))))
         with self._lock:
-            left = self._in_use.get(path, 0) - 1
+            left = self._in_use.get(root, 0) - 1
             if left > 0:
-                self._in_use[path] = left
+                self._in_use[root] = left
             else:
-                self._in_use.pop(path, None)
+                self._in_use.pop(root, None)
 
     def install_seconds(self, requirements: Sequence[str]) -> float | None:
         """How long the install of a ready set took (None: not installed by this worker)."""
@@ -177,15 +182,20 @@ class Environments:
         os.makedirs(self.cache_dir, exist_ok=True)
         final = os.path.join(self.cache_dir, key)
         staging = tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=self.cache_dir)
-        command = _install_command(staging, requirements)
-        log.info("installing %s for a job (%s)", ", ".join(requirements), command[0])
-        try:
-            proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=self.timeout)
-            output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
-            ok = proc.returncode == 0
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            ok, output = False, f"{type(exc).__name__}: {exc}"
+        commands = _install_commands(os.path.join(staging, "env"), requirements)
+        log.info("installing %s for a job (%s)", ", ".join(requirements), commands[-1][0])
+        ok, output = True, ""
+        deadline = started + self.timeout
+        for command in commands:
+            try:
+                proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=max(1.0, deadline - time.monotonic()))
+                output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+                ok = proc.returncode == 0
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                ok, output = False, f"{type(exc).__name__}: {exc}"
+            if not ok:
+                break
         if ok:
             with open(os.path.join(staging, ".p2ppool-ready"), "w", encoding="utf-8") as f:
                 json.dump({"requirements": list(normalize(requirements))}, f)
@@ -229,13 +239,25 @@ class Environments:
                      self.max_bytes // 1_000_000)
 
 
-def _install_command(target: str, requirements: Sequence[str]) -> list[str]:
+def _install_commands(env: str, requirements: Sequence[str]) -> list[list[str]]:
+    """Create a virtual environment of this interpreter at ``env`` (seeing its system
+    packages), then install ``requirements`` into it, wheels only."""
+    python = os.path.join(env, "bin", "python")
     uv = shutil.which("uv")
     if uv is not None:
-        return [uv, "pip", "install", "--python", sys.executable, "--target", target,
-                "--only-binary", ":all:", *requirements]
-    return [sys.executable, "-m", "pip", "install", "--target", target, "--only-binary",
-            ":all:", "--disable-pip-version-check", "--no-input", "--quiet", *requirements]
+        return [[uv, "venv", "--quiet", "--python", sys.executable, "--system-site-packages",
+                 env],
+                [uv, "pip", "install", "--quiet", "--python", python, "--only-binary", ":all:",
+                 *requirements]]
+    return [[sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", env],
+            [sys.executable, "-m", "pip", "--python", python, "install", "--only-binary",
+             ":all:", "--disable-pip-version-check", "--no-input", "--quiet", *requirements]]
+
+
+def site_packages(root: str) -> str:
+    """The site-packages directory of the environment under ``root`` (a cache entry)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return os.path.join(root, "env", "lib", version, "site-packages")
 
 
 def _tree_bytes(path: str) -> int:

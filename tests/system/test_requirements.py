@@ -58,6 +58,7 @@ def test_requirements_install_on_the_consenting_worker_and_are_reused(
             assert results == [(7 * x, "w1") for x in range(6)]
         installed = [e for e in os.listdir(cache) if not e.startswith(".")]
         assert len(installed) == 1, installed  # the second job reused the first one's
+        assert (cache / installed[0] / "env" / "pyvenv.cfg").is_file()  # a virtual env
         log = Path(cluster.workers[0].log_path).read_text()
         assert log.count(f"installing {PACKAGE}==1.0") == 1
         assert "installed" in log
