@@ -663,6 +663,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task processes per worker (default 1)")
     parser.add_argument("--write-env", metavar="FILE",
                         help="also write the export lines to FILE (source it in another shell)")
+    parser.add_argument("--no-isolation", dest="isolated", action="store_false",
+                        help="start the workers in this directory with this PYTHONPATH (by "
+                        "default they see only p2ppool and what is installed, as workers on "
+                        "other machines do, so your own modules must travel)")
 
 
 def export_lines(env: Mapping[str, str]) -> List[str]:
@@ -747,7 +751,8 @@ def run(args: argparse.Namespace) -> int:
     print("# starting a p2ppool cluster on 127.0.0.1 ...", flush=True)
     try:
         try:
-            cluster = LocalCluster(args.workers, args.processes_per_worker)
+            cluster = LocalCluster(args.workers, args.processes_per_worker,
+                                   isolated=getattr(args, "isolated", True))
             state["starting"] = False
         except _StopRequested:
             print("# stopped while starting", flush=True)

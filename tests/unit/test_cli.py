@@ -59,3 +59,10 @@ def test_a_subcommand_gets_its_own_arguments(capsys: pytest.CaptureFixture[str])
         main(["board", "--help"])
     assert info.value.code == 0
     assert "--host-key" in capsys.readouterr().out
+
+
+def test_local_isolates_its_workers_unless_told_not_to() -> None:
+    from p2ppool.cli import build_parser
+
+    assert build_parser("local").parse_args(["local"]).isolated is True
+    assert build_parser("local").parse_args(["local", "--no-isolation"]).isolated is False
