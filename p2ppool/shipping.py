@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 from . import code_bundle, defaults
 from .code_bundle import ModuleSource
+from .errors import ProtocolError
 
 __all__ = ["Bundle", "CodeShipper", "parse_ship_modules"]
 
@@ -145,6 +146,10 @@ class CodeShipper:
         top = name.partition(".")[0]
         if top in _NEVER or _covers(self.exclude, name):
             return None, False
+        try:
+            code_bundle.check_module_name(name)
+        except ProtocolError:
+            return None, False  # loaded under a name no import statement could use
         spec = getattr(module, "__spec__", None)
         origin = getattr(spec, "origin", None) or getattr(module, "__file__", None)
         if not isinstance(origin, str) or origin in ("built-in", "frozen"):

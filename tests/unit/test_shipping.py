@@ -98,10 +98,13 @@ def test_nothing_to_ship_gives_none() -> None:
     assert CodeShipper(modules=table).current() is None  # type: ignore[arg-type]
 
 
-def test_extension_modules_and_builtins_stay(tmp_path: Path) -> None:
+def test_extension_modules_builtins_and_unimportable_names_stay(tmp_path: Path) -> None:
     compiled = types.ModuleType("fast")
     compiled.__file__ = str(tmp_path / "fast.cpython-311-x86_64-linux-gnu.so")
-    table = {"fast": compiled, "sys": sys}
+    (tmp_path / "odd-name.py").write_text("X = 1\n")
+    odd = types.ModuleType("odd-name")
+    odd.__file__ = str(tmp_path / "odd-name.py")
+    table = {"fast": compiled, "sys": sys, "odd-name": odd}
     assert CodeShipper(modules=table).current() is None  # type: ignore[arg-type]
 
 
