@@ -32,15 +32,17 @@ from __future__ import annotations
 import collections
 import fcntl
 import itertools
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Hashable, Iterable, List, Sequence, Set, Union
+from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Sequence, Set, Union
 
 from . import defaults, payload
 
@@ -176,17 +178,29 @@ class _LoadFailed:
 
 def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
                 max_result_bytes: int | None, inherited_fds: Sequence[int] = (),
-                code_dir: str | None = None, site_dir: str | None = None) -> None:
+                code_dir: str | None = None, site_dir: str | None = None,
+                env: Dict[str, str] | None = None, work_dir: str | None = None,
+                reap_strays: bool = False) -> None:
     """The loop of one child process: read tasks from ``rx``, write results to ``conn``.
 
     ``code_dir`` holds the client's own modules (a shipped code bundle): first on
     ``sys.path``, so they import as real modules before anything is unpickled.  ``site_dir``
     holds the job's installed requirements: next, before the worker's own packages.
+    ``env`` replaces the whole environment (a worker's allowlist) and ``work_dir`` is the
+    working directory (the session's job directory).  ``reap_strays`` (a sandboxed child,
+    alone in its PID namespace) kills every other process there after each task: nothing a
+    task starts outlives it.
     """
+    reap_strays = reap_strays and os.getpid() <= 3  # never outside a PID namespace
     try:
         os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
     except OSError:
         pass
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    if work_dir is not None:
+        os.chdir(work_dir)
     if site_dir is not None:
         import site
 
@@ -236,6 +250,8 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             task_id, key = _TASK.unpack_from(message, 1)
             args: Any = memoryview(message)[13:] if kind == b"T" else recv()
             ok, blob, info = _run(functions.get(key), args, max_result_bytes)
+            if reap_strays:
+                _kill_strays()
             try:
                 if info is None:
                     _send(tx_fd, b"R", _RESULT.pack(task_id, ok), blob)
@@ -260,6 +276,25 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             break
     conn.close()
     rx.close()
+
+
+def _kill_strays() -> None:
+    """In a sandbox's PID namespace: SIGKILL every process but its init (1) and this one,
+    then reap this one's own children (what a task started, detached or not)."""
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, me):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _run(func: Any, args_blob: Any, max_result_bytes: int | None
@@ -323,6 +358,13 @@ class ProcessEngine:
         depth: tasks a child may hold at once (1 running + prefetched small ones).
         code_dir: a directory of shipped modules, first on the children's ``sys.path``.
         site_dir: a directory of installed packages, next on their ``sys.path``.
+        env: the children's whole environment (default: inherited).
+        work_dir: the children's working directory (default: inherited).
+        launcher: starts each child as a subprocess instead (a worker's sandbox):
+            ``launcher(rx_fd, tx_fd, read_only_paths) -> subprocess.Popen`` must run
+            ``python -I -m p2ppool._sandbox_child RX TX`` with those two descriptors.
+        memory_mb: a launched child's address-space limit (forked ones get it from the
+            fork server, see :mod:`p2ppool._worker_child`).
     """
 
     def __init__(
@@ -336,6 +378,10 @@ class ProcessEngine:
         depth: int = defaults.ENGINE_TASKS_PER_PROCESS,
         code_dir: str | None = None,
         site_dir: str | None = None,
+        env: Dict[str, str] | None = None,
+        work_dir: str | None = None,
+        launcher: Callable[[int, int, List[str]], Any] | None = None,
+        memory_mb: float | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -352,6 +398,10 @@ class ProcessEngine:
         self._depth = max(1, depth)
         self._code_dir = code_dir
         self._site_dir = site_dir
+        self._env = env
+        self._work_dir = work_dir
+        self._launcher = launcher
+        self._memory_mb = memory_mb
         self._children: List[_Child] = []
         self._retired: List[_Child] = []  # done with work, waiting to be reaped
         self._backlog: Deque[_Task] = collections.deque()
@@ -528,6 +578,9 @@ class ProcessEngine:
         self._readables = None
 
     def _start_child(self) -> None:
+        if self._launcher is not None:
+            self._launch_child()
+            return
         # Two one-way pipes rather than one duplex socketpair: a pipe wakes the other side
         # a few microseconds sooner, which is most of an apply() round trip.
         child_rx, tx = self._ctx.Pipe(duplex=False)
@@ -544,7 +597,8 @@ class ProcessEngine:
         process = self._ctx.Process(
             target=_child_main,
             args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
-                  self._max_result_bytes, inherited, self._code_dir, self._site_dir),
+                  self._max_result_bytes, inherited, self._code_dir, self._site_dir,
+                  self._env, self._work_dir),
             name=f"P2PPoolWorker-{next(self._names)}",
             daemon=True,
         )
@@ -559,6 +613,38 @@ class ProcessEngine:
             child_tx.close()
         self._children.append(_Child(process, conn, tx))
         self._readables = None
+
+    def _launch_child(self) -> None:
+        """Start a child through the launcher (its own sandbox): raw pipes, passed by
+        number; its settings travel as the first message."""
+        child_rx, tx_fd = os.pipe()
+        conn_fd, child_tx = os.pipe()
+        for fd in (tx_fd, conn_fd):
+            _grow_pipe(fd)
+        paths = [d for d in (self._code_dir, self._site_dir) if d is not None]
+        try:
+            popen = self._launcher(child_rx, child_tx, paths)  # type: ignore[misc]
+        except BaseException:
+            for fd in (tx_fd, conn_fd):
+                os.close(fd)
+            raise
+        finally:
+            os.close(child_rx)
+            os.close(child_tx)
+        settings = {"maxtasks": self._maxtasks, "max_result_bytes": self._max_result_bytes,
+                    "code_dir": self._code_dir, "site_dir": self._site_dir,
+                    "memory_mb": self._memory_mb, "work_dir": self._work_dir}
+        process = _LaunchedProcess(popen)
+        tx = multiprocessing.connection.Connection(tx_fd, readable=False)
+        conn = multiprocessing.connection.Connection(conn_fd, writable=False)
+        child = _Child(process, conn, tx)
+        self._children.append(child)
+        self._readables = None
+        try:
+            _send(tx_fd, b"C", json.dumps(settings).encode() + b"\n",
+                  self._initializer_blob or b"")
+        except OSError:
+            child.broken = True  # it died at once; its sentinel reports it
 
     def _accepts(self, child: _Child, task: _Task) -> bool:
         if child.broken or child.stale or len(child.inflight) >= self._depth:
@@ -720,6 +806,42 @@ class ProcessEngine:
                 self._lose_child(
                     child, f"exceeded the {limit:g} s task time limit", charge_head=True, kill=True
                 )
+
+
+class _LaunchedProcess:
+    """A launched child (``subprocess.Popen``) with the parts of ``multiprocessing.Process``
+    the engine uses: ``pid``, ``sentinel`` (a pidfd), ``exitcode``, ``join``, ``terminate``,
+    ``kill``.  bwrap reports a child killed by signal N as exit status 128 + N: that becomes
+    -N, as multiprocessing reports it."""
+
+    def __init__(self, popen: Any) -> None:
+        self._popen = popen
+        self.pid: int = popen.pid
+        self.sentinel: int = os.pidfd_open(popen.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        code = self._popen.poll()
+        if code is None:
+            return None
+        return -(code - 128) if 128 < code < 128 + 65 else int(code)
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+    def terminate(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.terminate()
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
 
 
 def _grow_pipe(fd: int) -> None:

@@ -146,7 +146,11 @@ class LocalCluster:
             what is installed, but not the caller's files (neither its directory nor its
             ``PYTHONPATH``): what a remote machine sees, so the caller's own modules must
             travel (:mod:`p2ppool.shipping`).  False starts them in the caller's directory
-            with its ``PYTHONPATH``, as before.
+            with its ``PYTHONPATH``, as before (with ``sandbox="none"`` their tasks then see
+            the caller's files too).
+        sandbox: the workers' ``--sandbox``: ``auto`` (bubblewrap where it works, as a real
+            worker's default), ``bwrap`` or ``none``; default ``$P2PPOOL_SANDBOX``, else
+            ``auto``.
 
     Attributes:
         directory: the temporary directory with keys, the users file and every log.
@@ -172,6 +176,7 @@ class LocalCluster:
         worker_grace: float = 2.0,
         keep_dir: bool = False,
         isolated: bool = True,
+        sandbox: str | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, not {workers!r}")
@@ -191,6 +196,11 @@ class LocalCluster:
         self.worker_grace = worker_grace
         self.keep_dir = keep_dir
         self.isolated = isolated
+        if sandbox is None:
+            sandbox = os.environ.get("P2PPOOL_SANDBOX") or "auto"
+        if sandbox not in ("auto", "bwrap", "none"):
+            raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'none', not {sandbox!r}")
+        self.sandbox = sandbox
         self.directory = tempfile.mkdtemp(prefix="p2ppool-local-")
         self.board = ""
         self.relay = ""
@@ -504,6 +514,7 @@ class LocalCluster:
             "--identity", self._keys[VOLUNTEER], "--known-hosts", self._known_hosts,
             "--user", VOLUNTEER, "--relay", self.relay, "--transit", self.transit,
             "--loopback-only", "--name", name, "--grace", f"{self.worker_grace:g}",
+            "--sandbox", self.sandbox,
             *self.worker_args, *extra_args,
         ]
         cwd = None

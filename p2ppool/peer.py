@@ -119,6 +119,7 @@ class PeerConfig:
         hello_interval: seconds between periodic Hello messages.
         hello_ttl: time-to-live of a Hello (longer than the interval, so it never lapses).
         session_version: the session protocol version this worker speaks.
+        sandbox: how its tasks are confined, announced in every Hello.
     """
 
     worker_id: str
@@ -129,6 +130,7 @@ class PeerConfig:
     hello_interval: float = defaults.HELLO_INTERVAL_S
     hello_ttl: float = defaults.HELLO_TTL_S
     session_version: int = SESSION_VERSION
+    sandbox: str | None = None  # announced in Hello: "bwrap", "bwrap+network" or "none"
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -393,6 +395,7 @@ class Peer:
         return Hello(
             sender=self.config.worker_id, ts=now, ttl=self.config.hello_ttl, role="worker",
             python=self.config.python, version=self.config.version, slots=self.free_slots,
+            sandbox=self.config.sandbox,
         )
 
     def _announce_if_changed(self, actions: List[Action], now: float) -> List[Action]:

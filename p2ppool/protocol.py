@@ -252,6 +252,8 @@ class Hello(Message):
         python: Python ``major.minor`` of the peer, e.g. ``"3.11"``.
         version: the peer's p2ppool version.
         slots: free worker slots (0 for clients, hosts and observers).
+        sandbox: workers: how their tasks are confined ("bwrap", "bwrap+network" or
+            "none"); None for other roles and older workers.
     """
 
     TYPE: ClassVar[str] = "hello"
@@ -260,6 +262,7 @@ class Hello(Message):
     python: str = _checked(_python)
     version: str = _checked(_text)
     slots: int = _checked(_slots)
+    sandbox: str | None = _checked(_opt_ident, default=None)
 
 
 @dataclass(frozen=True)
@@ -418,7 +421,10 @@ def encode(msg: Message) -> bytes:
         raise MessageRejected(UNKNOWN_TYPE, f"{type(msg).__name__} is not a board message type")
     obj: Dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
     for f in dataclasses.fields(msg):
-        obj[_wire_name(f.name)] = getattr(msg, f.name)
+        value = getattr(msg, f.name)
+        if value is None and f.default is None:
+            continue  # an optional field left out (what an older peer sends, too)
+        obj[_wire_name(f.name)] = value
     line = (
         json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
         + b"\n"

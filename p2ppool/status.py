@@ -42,6 +42,7 @@ class PeerInfo:
     python: str = "?"
     version: str = "?"
     slots: int | None = None
+    sandbox: str | None = None  # workers: "bwrap", "bwrap+network", "none" (None: unknown)
     last_seen: float = 0.0
     jobs: Dict[str, int] = field(default_factory=dict)  # job id -> slots wanted (clients)
 
@@ -82,6 +83,7 @@ class BoardView:
                 msg.version,
                 msg.slots,
             )
+            peer.sandbox = msg.sandbox
         elif isinstance(msg, Bye):
             self.peers.pop(msg.sender, None)
             for name in [n for n, c in self.clusters.items() if c.host == msg.sender]:
@@ -140,12 +142,13 @@ def render_table(view: BoardView, topic: str) -> str:
             f"cluster {topic}: open cluster (no host announced it): anyone who may use this "
             f"board topic may join; to host it with an access list, its owner runs "
             f"`p2ppool host --cluster {name} --users NAME,...`")
-    rows = [("ROLE", "ID", "SLOTS", "PYTHON", "VERSION", "JOBS")]
+    rows = [("ROLE", "ID", "SLOTS", "SANDBOX", "PYTHON", "VERSION", "JOBS")]
     for role in ("host", "worker", "client"):
         for p in view.by_role(role):
             jobs = ", ".join(f"{j} (wants {n})" for j, n in sorted(p.jobs.items()))
             slots = "-" if p.slots is None or role != "worker" else str(p.slots)
-            rows.append((role, p.id, slots, p.python, p.version, jobs or "-"))
+            sandbox = (p.sandbox or "?") if role == "worker" else "-"
+            rows.append((role, p.id, slots, sandbox, p.python, p.version, jobs or "-"))
     if len(rows) == 1:
         lines.append("nobody else announced themselves")
     else:

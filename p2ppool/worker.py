@@ -87,10 +87,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--install-cache-mb", dest="install_cache_mb", type=float, metavar="M",
                         help="size bound of that cache; least recently used sets go first "
                         f"(default: {defaults.WORKER_INSTALL_CACHE_BYTES // 1_000_000})")
+    parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=None,
+                        help="confine every task process: bwrap (bubblewrap: read-only system, "
+                        "private home and /tmp, no network, own PID namespace), none, or auto "
+                        "(default: bwrap where it works, else none with a warning)")
+    parser.add_argument("--allow-network", dest="allow_network", action="store_true",
+                        help="let sandboxed tasks use the network (default: none at all)")
+    parser.add_argument("--sandbox-ro", dest="sandbox_ro", action="append", default=[],
+                        metavar="PATH", help="let sandboxed tasks read PATH (repeatable)")
+    parser.add_argument("--sandbox-rw", dest="sandbox_rw", action="append", default=[],
+                        metavar="PATH", help="let sandboxed tasks read and write PATH "
+                        "(repeatable)")
     parser.add_argument("--name", help="this worker's name on the board (default: host-pid)")
     parser.add_argument("--grace", type=float, default=defaults.WORKER_GRACE_S, metavar="S",
                         help="seconds in-flight tasks may take to finish when stopping "
                         f"(default: {defaults.WORKER_GRACE_S:g})")
+
+
+def _existing(path: str, flag: str) -> str:
+    real = os.path.realpath(os.path.expanduser(path))
+    if not os.path.exists(real):
+        raise ConfigError(f"{flag} {path}: no such file or directory")
+    return real
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
@@ -139,6 +157,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     install_cache = getattr(args, "install_cache", None) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "p2ppool", "environments")
+    sandbox = getattr(args, "sandbox", None) or os.environ.get("P2PPOOL_SANDBOX") or "auto"
+    if sandbox not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"sandbox: expected auto, bwrap or none, got {sandbox!r} (from "
+                          f"environment variable P2PPOOL_SANDBOX)")
     host, port = options.board_address
     return WorkerSettings(
         cluster=options.cluster, name=name, processes=processes, board_host=host,
@@ -147,6 +169,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         loopback_only=options.loopback_only, max_task_seconds=args.max_task_seconds,
         max_payload_bytes=max_payload, ttl=ttl, grace=args.grace, max_memory_mb=memory_mb,
         allow_install=bool(getattr(args, "allow_install", False)),
+        sandbox=sandbox, allow_network=bool(getattr(args, "allow_network", False)),
+        sandbox_ro=tuple(_existing(p, "--sandbox-ro") for p in getattr(args, "sandbox_ro", [])),
+        sandbox_rw=tuple(_existing(p, "--sandbox-rw") for p in getattr(args, "sandbox_rw", [])),
         install_cache=os.path.abspath(install_cache),
         install_cache_bytes=(defaults.WORKER_INSTALL_CACHE_BYTES if cache_mb is None
                              else int(cache_mb * 1_000_000)),

@@ -37,8 +37,10 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Deque, Dict, List, Sequence, Tuple
@@ -101,6 +103,11 @@ class WorkerSettings:
     allow_install: bool = False
     install_cache: str | None = None  # where installed requirement sets live
     install_cache_bytes: int = defaults.WORKER_INSTALL_CACHE_BYTES
+    #: how tasks are confined: "auto" (bwrap where it works), "bwrap" or "none"
+    sandbox: str = "auto"
+    allow_network: bool = False  # sandboxed tasks share the host's network
+    sandbox_ro: Tuple[str, ...] = ()  # extra paths sandboxed tasks may read
+    sandbox_rw: Tuple[str, ...] = ()  # extra paths sandboxed tasks may write
 
     @property
     def max_frame_bytes(self) -> int:
@@ -197,6 +204,9 @@ class Worker(BoardPresence, SessionHandling):
         # Task processes inherit the environment of the fork server (started just below) or
         # of this process (spawn): that is how they learn WORKER_NAME_ENV.
         os.environ[WORKER_NAME_ENV] = settings.name
+        self.sandbox = _choose_sandbox(settings)
+        self.peer.config = dataclasses.replace(self.peer.config, sandbox=self.sandbox.label)
+        self._jobs_root = tempfile.mkdtemp(prefix="p2ppool-jobs-")
         self._mp_context = _child_context()
         _warm_up(self._mp_context, settings.max_memory_mb)
 
@@ -425,11 +435,43 @@ class Worker(BoardPresence, SessionHandling):
             self.board.close()
         self.code_cache.close()
         self.environments.close()
+        self.sandbox.close()
+        shutil.rmtree(self._jobs_root, ignore_errors=True)
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.
         log.info("stopped")
 
 
+
+
+def _choose_sandbox(settings: WorkerSettings) -> Any:
+    """The sandbox of this worker's tasks: bwrap where it works (``auto``, ``bwrap``), else
+    none, said loudly; ``--sandbox bwrap`` without a working bwrap refuses to start.
+
+    Raises:
+        P2PPoolError: ``--sandbox bwrap`` and bwrap cannot confine tasks here.
+    """
+    from .sandbox import BWRAP, NONE, Sandbox, SandboxUnavailable, probe
+
+    if settings.sandbox == NONE:
+        log.warning("tasks run WITHOUT a sandbox (--sandbox none): they can read your files "
+                    "and use your network with your rights")
+        return Sandbox(NONE)
+    candidate = Sandbox(BWRAP, allow_network=settings.allow_network,
+                        read_only=settings.sandbox_ro, read_write=settings.sandbox_rw)
+    try:
+        probe(candidate)
+    except SandboxUnavailable as exc:
+        candidate.close()
+        if settings.sandbox == BWRAP:
+            raise P2PPoolError(f"--sandbox bwrap: {exc}") from None
+        log.warning("WARNING: tasks run WITHOUT a sandbox: %s.  They can read your files and "
+                    "use your network with your rights; cluster members see 'sandbox: none' "
+                    "in p2ppool status.", exc)
+        return Sandbox(NONE)
+    log.info("tasks run in a bubblewrap sandbox (%s)",
+             "with network" if settings.allow_network else "no network")
+    return candidate
 
 
 def _warm_up(ctx: Any, max_memory_mb: float | None = None) -> None:

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
@@ -52,6 +57,7 @@ class _ClientSession:
         self.functions: Dict[int, bytes] = {}
         self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
         self.site_dir: str | None = None  # the job's installed requirements (Environments)
+        self.job_dir: str | None = None  # the tasks' writable working directory
         self.refused_functions: Dict[int, str] = {}
         # task id -> (function key, function blob, arguments blob): references, not copies,
         # so that a task that never started when its child died can be run again here
@@ -76,6 +82,8 @@ class SessionHandling:
     sessions: Dict[int, _ClientSession]
     code_cache: CodeCache
     environments: Environments
+    sandbox: Any
+    _jobs_root: str
     withdrawing: bool
     _mp_context: Any
     _closers: List[threading.Thread]
@@ -207,11 +215,14 @@ class SessionHandling:
         if frame.code and not self._install_code(session, frame.code):
             return
         try:
+            session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
+                                               dir=self._jobs_root)
             session.engine = ProcessEngine(
                 session.slots, initializer_blob=frame.initializer or None,
                 maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
                 max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
                 code_dir=session.code_dir, site_dir=session.site_dir,
+                **self._confinement(session.job_dir),
             )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
@@ -226,6 +237,28 @@ class SessionHandling:
                  session.slots,
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
+
+    def _confinement(self, job_dir: str) -> Dict[str, Any]:
+        """The engine arguments that confine a session's task processes: the environment
+        allowlist and the job directory always, the sandbox launcher with bwrap."""
+        from .sandbox import BWRAP, TASK_HOME, task_environment
+
+        s = self.settings
+        if self.sandbox.mode != BWRAP:
+            # No sandbox: the same environment allowlist; the working directory stays the
+            # worker's (without a sandbox a job directory would hide nothing).
+            home = os.environ.get("HOME") or job_dir
+            return {"env": task_environment(s.name, home, tempfile.gettempdir())}
+        env = task_environment(s.name, TASK_HOME, "/tmp")
+        sandbox = self.sandbox
+
+        def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
+            argv = sandbox.argv(job_dir, read_only, env) + [
+                sys.executable, "-I", "-m", "p2ppool._sandbox_child", str(rx_fd), str(tx_fd)]
+            return subprocess.Popen(argv, pass_fds=(rx_fd, tx_fd), close_fds=True,
+                                    start_new_session=True, stdin=subprocess.DEVNULL)
+
+        return {"work_dir": job_dir, "launcher": launch, "memory_mb": s.max_memory_mb}
 
     def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
         """Unpack the client's modules for this session's task processes; on failure
@@ -412,6 +445,9 @@ class SessionHandling:
         if session.site_dir is not None:
             self.environments.release(session.site_dir)
             session.site_dir = None
+        if session.job_dir is not None:
+            shutil.rmtree(session.job_dir, ignore_errors=True)
+            session.job_dir = None
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+
+# Most tests watch their tasks from the host (task pids, files in tmp_path, signals), which a
+# sandboxed task cannot show them: their LocalClusters and workers run with --sandbox none.
+# tests/system/test_sandbox.py runs the real sandbox (bwrap) and what must work inside it.
+os.environ.setdefault("P2PPOOL_SANDBOX", "none")
 
 # Fixture modules of each area; star-imported so every test directory sees them.
 for _name in ("tests._board_fixtures", "tests._wormhole_fixtures", "tests._cluster_fixtures"):

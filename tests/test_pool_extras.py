@@ -47,7 +47,8 @@ def pool() -> Iterator[p2ppool.Pool]:
 def run_script(body: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``body`` as ``__main__`` of a fresh interpreter (bounded by a timeout)."""
     script = f"import sys\nsys.path.insert(0, {ROOT!r})\n" + textwrap.dedent(body)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"}
     environment.update(env or {})
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env=environment)

@@ -102,7 +102,8 @@ def net() -> Iterator[Net]:
 
 
 def _env(directory: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"}
     config = os.path.join(directory, "config.toml")
     with open(config, "w", encoding="utf-8") as f:
         f.write("# no user configuration\n")

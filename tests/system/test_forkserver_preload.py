@@ -21,7 +21,8 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
         timeout=60, cwd=_ROOT,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")},
+        env={**{k: v for k, v in os.environ.items()
+                if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"},
              "PYTHONPATH": _ROOT})
 
 

@@ -115,7 +115,8 @@ def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
         [sys.executable, "-m", "p2ppool", "local", "--workers", "1",
          "--processes-per-worker", "2", "--write-env", str(env_file)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(tmp_path),
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")},
+        env={**{k: v for k, v in os.environ.items()
+                if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"},
              "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(
                  os.path.abspath(__file__))))},
     )
@@ -157,7 +158,8 @@ def test_p2ppool_local_leaves_an_env_file_that_another_process_rewrote(tmp_path:
         [sys.executable, "-m", "p2ppool", "local", "--workers", "0", "--write-env",
          str(env_file)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(tmp_path),
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")},
+        env={**{k: v for k, v in os.environ.items()
+                if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"},
              "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(
                  os.path.abspath(__file__))))},
     )

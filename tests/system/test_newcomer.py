@@ -44,7 +44,8 @@ MARK = "NEWCOMER_TEST_MARK"  # not P2PPOOL_*: LocalCluster drops those from its 
 def _clean_env(tmp_path: Path, marked: bool = True, **extra: str) -> Dict[str, str]:
     """The test's environment without P2PPOOL_*, with no user configuration, and (unless
     ``marked`` is false: clients) the marker of what must be gone at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"}
     config_home = tmp_path / "config-home"  # no user configuration file
     config_home.mkdir(exist_ok=True)
     env["XDG_CONFIG_HOME"] = str(config_home)

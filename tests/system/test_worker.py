@@ -116,7 +116,8 @@ class Cluster:
                            self.board.key_path(user), self.board.known_hosts)
 
     def env(self) -> Dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PPOOL_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("P2PPOOL_") or k == "P2PPOOL_SANDBOX"}
         env["XDG_CONFIG_HOME"] = str(self.tmp / "xdg")  # no user config file
         env["PYTHONPATH"] = ROOT
         return env
