@@ -51,6 +51,8 @@ WORKER_INSTALL_CACHE_BYTES: int = 5_000 * 1_000_000
 WORKER_INSTALL_TIMEOUT_S: float = 900.0
 #: Seconds after a failed install before the same requirements are tried again.
 WORKER_INSTALL_RETRY_S: float = 300.0
+#: Processes the sandboxed tasks of one session may run at once (--max-task-processes).
+WORKER_MAX_TASK_PROCESSES: int = 256
 #: Default per-task time limit on a worker (None: unlimited).
 MAX_TASK_S: float | None = None
 #: How long a worker announces itself for by default (None: until stopped).

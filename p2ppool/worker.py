@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sandbox-rw", dest="sandbox_rw", action="append", default=[],
                         metavar="PATH", help="let sandboxed tasks read and write PATH "
                         "(repeatable)")
+    parser.add_argument("--max-task-processes", dest="max_task_processes", type=int,
+                        metavar="N", help="processes the sandboxed tasks of one session may "
+                        "run at once, their children included (a pids cgroup, where the "
+                        f"worker may create one; default {defaults.WORKER_MAX_TASK_PROCESSES})")
     parser.add_argument("--name", help="this worker's name on the board (default: host-pid)")
     parser.add_argument("--grace", type=float, default=defaults.WORKER_GRACE_S, metavar="S",
                         help="seconds in-flight tasks may take to finish when stopping "
@@ -161,6 +165,11 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     if sandbox not in ("auto", "bwrap", "none"):
         raise ConfigError(f"sandbox: expected auto, bwrap or none, got {sandbox!r} (from "
                           f"environment variable P2PPOOL_SANDBOX)")
+    max_processes = getattr(args, "max_task_processes", None)
+    if max_processes is None:
+        max_processes = defaults.WORKER_MAX_TASK_PROCESSES
+    elif max_processes < 4:
+        raise ConfigError(f"--max-task-processes must be at least 4, got {max_processes}")
     host, port = options.board_address
     return WorkerSettings(
         cluster=options.cluster, name=name, processes=processes, board_host=host,
@@ -170,6 +179,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_payload_bytes=max_payload, ttl=ttl, grace=args.grace, max_memory_mb=memory_mb,
         allow_install=bool(getattr(args, "allow_install", False)),
         sandbox=sandbox, allow_network=bool(getattr(args, "allow_network", False)),
+        max_task_processes=max_processes,
         sandbox_ro=tuple(_existing(p, "--sandbox-ro") for p in getattr(args, "sandbox_ro", [])),
         sandbox_rw=tuple(_existing(p, "--sandbox-rw") for p in getattr(args, "sandbox_rw", [])),
         install_cache=os.path.abspath(install_cache),

@@ -51,6 +51,7 @@ from .code_cache import CodeCache
 from .environments import Environments
 from .errors import P2PPoolError
 from .payload import WORKER_NAME_ENV  # re-exported: it has always been named here
+from .task_limits import ProcessLimit
 from .worker_board import BoardPresence
 from .worker_sessions import (
     _KILL_WAIT_S,
@@ -108,6 +109,8 @@ class WorkerSettings:
     allow_network: bool = False  # sandboxed tasks share the host's network
     sandbox_ro: Tuple[str, ...] = ()  # extra paths sandboxed tasks may read
     sandbox_rw: Tuple[str, ...] = ()  # extra paths sandboxed tasks may write
+    #: processes one session's sandboxed tasks may have at once (a pids cgroup, if allowed)
+    max_task_processes: int = defaults.WORKER_MAX_TASK_PROCESSES
 
     @property
     def max_frame_bytes(self) -> int:
@@ -205,6 +208,13 @@ class Worker(BoardPresence, SessionHandling):
         # of this process (spawn): that is how they learn WORKER_NAME_ENV.
         os.environ[WORKER_NAME_ENV] = settings.name
         self.sandbox = _choose_sandbox(settings)
+        self.process_limit = ProcessLimit(settings.max_task_processes, settings.name,
+                                          enabled=self.sandbox.mode == "bwrap")
+        if self.sandbox.mode == "bwrap" and not self.process_limit.available:
+            log.warning("no process-count limit for tasks: %s", self.process_limit.reason)
+        elif self.process_limit.available:
+            log.info("tasks of a session may run at most %d processes",
+                     settings.max_task_processes)
         self.peer.config = dataclasses.replace(self.peer.config, sandbox=self.sandbox.label)
         self._jobs_root = tempfile.mkdtemp(prefix="p2ppool-jobs-")
         self._mp_context = _child_context()
@@ -436,6 +446,7 @@ class Worker(BoardPresence, SessionHandling):
         self.code_cache.close()
         self.environments.close()
         self.sandbox.close()
+        self.process_limit.close()
         shutil.rmtree(self._jobs_root, ignore_errors=True)
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.

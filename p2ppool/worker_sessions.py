@@ -58,6 +58,7 @@ class _ClientSession:
         self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
         self.site_dir: str | None = None  # the job's installed requirements (Environments)
         self.job_dir: str | None = None  # the tasks' writable working directory
+        self.cgroup: str | None = None  # the pids cgroup bounding its task processes
         self.refused_functions: Dict[int, str] = {}
         # task id -> (function key, function blob, arguments blob): references, not copies,
         # so that a task that never started when its child died can be run again here
@@ -83,6 +84,7 @@ class SessionHandling:
     code_cache: CodeCache
     environments: Environments
     sandbox: Any
+    process_limit: Any
     _jobs_root: str
     withdrawing: bool
     _mp_context: Any
@@ -222,7 +224,7 @@ class SessionHandling:
                 maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
                 max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
                 code_dir=session.code_dir, site_dir=session.site_dir,
-                **self._confinement(session.job_dir),
+                **self._confinement(session),
             )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
@@ -238,12 +240,14 @@ class SessionHandling:
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
 
-    def _confinement(self, job_dir: str) -> Dict[str, Any]:
+    def _confinement(self, session: _ClientSession) -> Dict[str, Any]:
         """The engine arguments that confine a session's task processes: the environment
         allowlist and the job directory always, the sandbox launcher with bwrap."""
         from .sandbox import BWRAP, TASK_HOME, task_environment
 
         s = self.settings
+        job_dir = session.job_dir
+        assert job_dir is not None
         if self.sandbox.mode != BWRAP:
             # No sandbox: the same environment allowlist; the working directory stays the
             # worker's (without a sandbox a job directory would hide nothing).
@@ -251,10 +255,14 @@ class SessionHandling:
             return {"env": task_environment(s.name, home, tempfile.gettempdir())}
         env = task_environment(s.name, TASK_HOME, "/tmp")
         sandbox = self.sandbox
+        cgroup = session.cgroup = self.process_limit.session(session.sid)
 
         def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
             argv = sandbox.argv(job_dir, read_only, env) + [
                 sys.executable, "-I", "-m", "p2ppool._sandbox_child", str(rx_fd), str(tx_fd)]
+            if cgroup is not None:  # in the cgroup before bwrap forks anything
+                argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                        os.path.join(cgroup, "cgroup.procs"), *argv]
             return subprocess.Popen(argv, pass_fds=(rx_fd, tx_fd), close_fds=True,
                                     start_new_session=True, stdin=subprocess.DEVNULL)
 
@@ -448,6 +456,9 @@ class SessionHandling:
         if session.job_dir is not None:
             shutil.rmtree(session.job_dir, ignore_errors=True)
             session.job_dir = None
+        if session.cgroup is not None:
+            self.process_limit.remove(session.cgroup)
+            session.cgroup = None
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)

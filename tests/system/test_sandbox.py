@@ -99,6 +99,21 @@ def allocate(megabytes: int) -> int:
     return len(bytearray(megabytes * 1024 * 1024))
 
 
+def fork_many(count: int) -> str:
+    """Start ``count`` sleeping children; say how many forks succeeded before one failed."""
+    children = []
+    try:
+        for _ in range(count):
+            children.append(subprocess.Popen(["sleep", "30"]))
+    except OSError as exc:
+        return f"{len(children)} then {type(exc).__name__}"
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    return f"{len(children)}"
+
+
 def write_file(path: str) -> str:
     Path(path).write_text("from the task")
     return "written"
@@ -285,3 +300,19 @@ def test_without_bwrap_auto_warns_and_bwrap_refuses(tmp_path: Path,
         assert proc.wait(timeout=30) != 0
         text = Path(cluster.workers[-1].log_path).read_text()
         assert refused == "w2" and "--sandbox bwrap: bubblewrap (bwrap) is not installed" in text
+
+
+def test_a_session_may_run_at_most_max_task_processes() -> None:
+    from p2ppool.task_limits import ProcessLimit
+
+    probe = ProcessLimit(8, "probe")
+    if not probe.available:
+        pytest.skip(f"this machine gives the worker no pids cgroup: {probe.reason}")
+    probe.close()
+    with LocalCluster(workers=1, sandbox="bwrap",
+                      worker_args=["--max-task-processes", "12"]) as cluster:
+        with pool(cluster, processes=1) as p:
+            outcome = p.apply(fork_many, (40,))
+            assert p.apply(fork_many, (3,)) == "3"  # the limit is per running set, not spent
+    count, _, error = outcome.partition(" then ")
+    assert error == "BlockingIOError" and int(count) < 12, outcome
