@@ -74,7 +74,24 @@ __all__ = [
     "TransferError",
     "TransferTimeout",
     "__version__",
+    "register_joblib",
 ]
+
+
+def register_joblib(name: str = "p2ppool") -> None:
+    """Register p2ppool as joblib backend ``name``: then ``with
+    joblib.parallel_config(backend="p2ppool", n_jobs=N, cluster=...)`` runs
+    ``joblib.Parallel`` (and scikit-learn's ``n_jobs``) on a Pool.  Needs joblib
+    (``pip install p2ppool[joblib]``); see :mod:`p2ppool.joblib_backend`."""
+    try:
+        from .joblib_backend import register
+    except ModuleNotFoundError as exc:
+        if exc.name != "joblib":
+            raise
+        raise ModuleNotFoundError(
+            "register_joblib needs joblib: pip install 'p2ppool[joblib]'", name="joblib"
+        ) from None
+    register(name)
 
 
 def __getattr__(name: str) -> Any:
