@@ -182,6 +182,19 @@ class _Manager:
         ]
         self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
 
+    def cancel_job(self, job_id: int, error: BaseException) -> None:
+        """Withdraw a job (its caller was interrupted): its chunks leave the queue and are
+        cancelled where they run (local processes or peers); its result fails with
+        ``error``; the pool goes on with the other jobs."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        doomed = [cid for cid, chunk in self.chunks.items() if chunk.job is job]
+        self._execute(self.scheduler.cancel(doomed, time.monotonic()))
+        for chunk_id in doomed:
+            self.chunks.pop(chunk_id, None)
+        self._fail_job(job, error)
+
     def start_stream(self, job: _Job) -> None:
         """An imap job: its chunks arrive later through :meth:`got_stream_chunks` (read by
         its feeder thread), or, if it has a ``reader``, are read here; either way a few

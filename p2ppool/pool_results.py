@@ -79,9 +79,19 @@ class _Ready:
 
 class _Result:
     _job: int
+    _pool: Pool | None
 
     def _set(self, i: int, obj: Outcome) -> None:
         raise NotImplementedError
+
+    def _withdraw(self) -> None:
+        """The waiter was interrupted (Ctrl-C, a Jupyter kernel interrupt): the job's
+        chunks are withdrawn from processes and peers, and the pool stays usable."""
+        pool = self._pool
+        manager = getattr(pool, "_manager", None)
+        if manager is not None:
+            manager.inbox.post(manager.cancel_job, self._job,
+                               KeyboardInterrupt("the caller was interrupted"))
 
     def _abort(self, error: BaseException) -> None:
         raise NotImplementedError
@@ -115,8 +125,16 @@ class ApplyResult(_Result):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is ready or ``timeout`` seconds pass."""
-        self._event.wait(timeout)
+        """Wait until the result is ready or ``timeout`` seconds pass.
+
+        Interrupted (KeyboardInterrupt), it withdraws the call's remaining work first.
+        """
+        try:
+            self._event.wait(timeout)
+        except KeyboardInterrupt:
+            if not self._event.is_set():
+                self._withdraw()
+            raise
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the result when it arrives; re-raise the call's exception if it raised.
@@ -216,7 +234,11 @@ class IMapIterator(_Result):
         """
         with self._cond:
             if not self._items and self._index != self._length:
-                self._cond.wait(timeout)
+                try:
+                    self._cond.wait(timeout)
+                except KeyboardInterrupt:
+                    self._withdraw()  # the caller stopped iterating: stop the work too
+                    raise
             try:
                 item = self._items.popleft()
             except IndexError:

@@ -32,7 +32,7 @@ class ProgressBar:
 
     def __init__(self, total: int | None, file: IO[str] | None = None,
                  desc: str = "p2ppool") -> None:
-        from tqdm import tqdm  # imported only when a bar is wanted
+        from tqdm.auto import tqdm  # only when a bar is wanted; a widget in Jupyter
 
         self._bar: Any = tqdm(
             total=total,

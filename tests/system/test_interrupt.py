@@ -1,0 +1,63 @@
+"""Ctrl-C (a Jupyter kernel interrupt) during a map stops it at once, withdraws its work from
+the processes and peers that run it, and leaves the Pool usable (issue 12, item 4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from p2ppool import Pool
+from p2ppool.localcluster import LocalCluster
+
+pytestmark = pytest.mark.system
+
+
+def started_then_wait(args: tuple[str, int]) -> int:
+    """Say it started (a file), then run for a long time."""
+    directory, i = args
+    Path(directory, f"started-{i}-{os.getpid()}").write_text("")
+    time.sleep(30)
+    return i
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(workers=2, processes_per_worker=1) as c:
+        yield c
+
+
+def interrupt_when_started(directory: Path) -> threading.Thread:
+    """SIGINT to this process (its main thread) once a task has said it started."""
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while not list(directory.glob("started-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_an_interrupted_map_is_withdrawn_and_the_pool_goes_on(
+        where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    options: dict[str, Any] = {}
+    if where == "cluster":
+        options = dict(request.getfixturevalue("cluster").options, fallback=None)
+    with Pool(2, **options) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]  # warm: processes or sessions are up
+        watcher = interrupt_when_started(tmp_path)
+        with pytest.raises(KeyboardInterrupt):
+            pool.map(started_then_wait, [(str(tmp_path), i) for i in range(8)], chunksize=1)
+        interrupted_at = time.monotonic()
+        watcher.join(5)
+        # The next map does not wait behind the withdrawn one's 30-second tasks.
+        assert pool.map(abs, range(-6, 0)) == [6, 5, 4, 3, 2, 1]
+        assert time.monotonic() - interrupted_at < 10
+    assert len(list(tmp_path.glob("started-*"))) <= 2  # queued tasks never started
