@@ -1,5 +1,6 @@
-"""The entry of a task process started in its own sandbox: ``python -I -m
-p2ppool._sandbox_child RX TX`` (see :class:`p2ppool.engine.ProcessEngine`'s ``launcher``).
+"""The entry of a task process started in its own sandbox: ``main([_, RX, TX])``, run by
+:func:`p2ppool.sandbox.task_command` (see :class:`p2ppool.engine.ProcessEngine`'s
+``launcher``).
 
 ``RX`` and ``TX`` are the two pipe ends the worker passed in.  The first message on ``RX``
 carries the engine's settings (JSON) and the initializer blob; then the usual task loop of

@@ -362,7 +362,7 @@ class ProcessEngine:
         work_dir: the children's working directory (default: inherited).
         launcher: starts each child as a subprocess instead (a worker's sandbox):
             ``launcher(rx_fd, tx_fd, read_only_paths) -> subprocess.Popen`` must run
-            ``python -I -m p2ppool._sandbox_child RX TX`` with those two descriptors.
+            :func:`p2ppool.sandbox.task_command` with those two descriptors.
         memory_mb: a launched child's address-space limit (forked ones get it from the
             fork server, see :mod:`p2ppool._worker_child`).
     """

@@ -39,7 +39,7 @@ import tempfile
 from typing import Dict, List, Sequence
 
 __all__ = ["AUTO", "BWRAP", "MODES", "NONE", "Sandbox", "SandboxUnavailable", "diagnose",
-           "probe", "task_environment"]
+           "probe", "task_command", "task_environment"]
 
 AUTO, BWRAP, NONE = "auto", "bwrap", "none"
 MODES = (AUTO, BWRAP, NONE)
@@ -164,6 +164,23 @@ class Sandbox:
         return self._etc_dir
 
 
+def task_command(rx_fd: int, tx_fd: int) -> List[str]:
+    """The command a sandboxed task process runs: this interpreter, isolated (``-I``: no
+    ``PYTHONPATH``, no user site, no cwd on ``sys.path``), importing this very p2ppool
+    (which may come from ``PYTHONPATH`` rather than site-packages)."""
+    return [sys.executable, "-I", "-c", _boot(), str(rx_fd), str(tx_fd)]
+
+
+def _boot(then: str = "from p2ppool._sandbox_child import main; main(sys.argv)") -> str:
+    return f"import sys; sys.path.insert(0, {_package_parent()!r}); {then}"
+
+
+def _package_parent() -> str:
+    import p2ppool
+
+    return os.path.dirname(os.path.realpath(list(p2ppool.__path__)[0]))
+
+
 def _python_paths() -> List[str]:
     """What the task's interpreter needs, read-only: its prefixes and p2ppool's own source
     (never the worker's working directory, which may be the volunteer's home)."""
@@ -188,6 +205,7 @@ def _python_paths() -> List[str]:
 #: What a task checks about its own surroundings in :func:`probe` (printed as JSON).
 _PROBE_SCRIPT = """
 import json, os, socket
+import p2ppool._sandbox_child  # the task entry imports in the sandbox
 home = os.environ.get("P2PPOOL_PROBE_CANARY", "")
 print(json.dumps({
     "pid": os.getpid(),
@@ -218,7 +236,8 @@ def probe(sandbox: Sandbox, timeout: float = 20.0) -> None:
     try:
         env = task_environment("probe", TASK_HOME, "/tmp")
         env["P2PPOOL_PROBE_CANARY"] = canary
-        argv = sandbox.argv(job_dir, env=env) + [sys.executable, "-I", "-c", _PROBE_SCRIPT]
+        argv = sandbox.argv(job_dir, env=env) + [sys.executable, "-I", "-c",
+                                                 _boot(_PROBE_SCRIPT)]
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout, close_fds=True)

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -243,7 +242,7 @@ class SessionHandling:
     def _confinement(self, session: _ClientSession) -> Dict[str, Any]:
         """The engine arguments that confine a session's task processes: the environment
         allowlist and the job directory always, the sandbox launcher with bwrap."""
-        from .sandbox import BWRAP, TASK_HOME, task_environment
+        from .sandbox import BWRAP, TASK_HOME, task_command, task_environment
 
         s = self.settings
         job_dir = session.job_dir
@@ -258,8 +257,7 @@ class SessionHandling:
         cgroup = session.cgroup = self.process_limit.session(session.sid)
 
         def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
-            argv = sandbox.argv(job_dir, read_only, env) + [
-                sys.executable, "-I", "-m", "p2ppool._sandbox_child", str(rx_fd), str(tx_fd)]
+            argv = sandbox.argv(job_dir, read_only, env) + task_command(rx_fd, tx_fd)
             if cgroup is not None:  # in the cgroup before bwrap forks anything
                 argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
                         os.path.join(cgroup, "cgroup.procs"), *argv]
