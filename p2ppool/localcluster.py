@@ -25,7 +25,10 @@ and every process left in the child's session, so grandchildren (a worker's task
 even those of a worker that was SIGKILLed) go too.  Children also get SIGTERM from the kernel
 if the process that started them dies (Linux ``PR_SET_PDEATHSIG``; strictly, when the
 *thread* that started them ends, so start a cluster, and call :meth:`LocalCluster.add_worker`,
-from a thread that lives as long as the cluster).
+from a thread that lives as long as the cluster).  Children keep their temporary files
+(``TMPDIR``) in the cluster's directory, which stopping removes: a worker that was killed
+leaves its multiprocessing directory (``pymp-*``, its fork server's socket) there, not in
+``/tmp``.
 
 ``p2ppool local`` runs one in the foreground and prints the ``export P2PPOOL_...`` lines that
 make ``Pool()`` in another shell use it (:func:`add_arguments`, :func:`run`).
@@ -94,6 +97,22 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+#: Longest ``TMPDIR`` given to children: multiprocessing puts its fork server's socket at
+#: ``TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``, and a Unix socket path has at most 104 bytes
+#: (macOS; 108 on Linux).
+_MAX_CHILD_TMPDIR = 104 - len("/pymp-XXXXXXXX/listener-XXXXXXXX") - 1
+
+
+def _child_tempdir(directory: str) -> str | None:
+    """Make ``directory/tmp`` for the children's temporary files; return it, or None (the
+    children keep the usual one) if it is too long a prefix for a Unix socket path."""
+    path = os.path.join(directory, "tmp")
+    if len(os.fsencode(path)) > _MAX_CHILD_TMPDIR:
+        return None
+    os.mkdir(path, 0o700)
+    return path
 
 
 def _write_ed25519_key(path: str, comment: str) -> str:
@@ -185,6 +204,7 @@ class LocalCluster:
         self.worker_grace = worker_grace
         self.keep_dir = keep_dir
         self.directory = tempfile.mkdtemp(prefix="p2ppool-local-")
+        self._child_tmp: str | None = None  # the children's TMPDIR (see _child_tempdir)
         self.board = ""
         self.relay = ""
         self.transit = ""
@@ -374,6 +394,8 @@ class LocalCluster:
         )
         env["PYTHONUNBUFFERED"] = "1"
         env[_MARK] = self.directory  # inherited by grandchildren: what stop() may sweep
+        if self._child_tmp is not None:
+            env["TMPDIR"] = self._child_tmp  # what a killed child leaves goes with stop()
         return env
 
     def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False
@@ -390,6 +412,7 @@ class LocalCluster:
         from .wormhole_servers import WormholeServers
 
         deadline = time.monotonic() + self.start_timeout
+        self._child_tmp = _child_tempdir(self.directory)
         for user in (OWNER, VOLUNTEER, *self.members):
             path = os.path.join(self.directory, f"id_{user}")
             public = _write_ed25519_key(path, user)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any, List
 
 import psutil
@@ -83,6 +84,20 @@ def test_a_killed_worker_leaves_no_orphans(cluster_backend: Any, task_gate: Any)
         pump.backend.terminate()
     # The task process lost its worker; stopping the cluster still ended it (process group).
     assert_gone(started | {task_pid}, timeout=10)
+
+
+def test_a_killed_workers_temporary_files_go_with_the_cluster() -> None:
+    """A SIGKILLed worker cannot remove multiprocessing's directory of its fork server
+    (``pymp-*``, holding the socket); it is in the cluster's directory, which stopping
+    removes, not in the temporary directory."""
+    with LocalCluster(workers=1) as cluster:
+        child_tmp = os.path.join(cluster.directory, "tmp")
+        worker = cluster.kill_worker(0)
+        worker.process.wait(10)
+        left = [name for name in os.listdir(child_tmp) if name.startswith("pymp-")]
+        assert left, os.listdir(child_tmp)  # the worker's fork server was running
+        assert not set(left) & set(os.listdir(tempfile.gettempdir()))
+    assert not os.path.exists(cluster.directory)
 
 
 def test_add_worker_joins_a_running_cluster(cluster_backend: Any) -> None:
