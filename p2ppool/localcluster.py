@@ -28,7 +28,8 @@ if the process that started them dies (Linux ``PR_SET_PDEATHSIG``; strictly, whe
 from a thread that lives as long as the cluster).  Children keep their temporary files
 (``TMPDIR``) in the cluster's directory, which stopping removes: a worker that was killed
 leaves its multiprocessing directory (``pymp-*``, its fork server's socket) there, not in
-``/tmp``.
+``/tmp``.  If the process that started the cluster dies without stopping it, the wormhole
+servers (which notice: their stdin ends) remove that directory (unless ``keep_dir``).
 
 ``p2ppool local`` runs one in the foreground and prints the ``export P2PPOOL_...`` lines that
 make ``Pool()`` in another shell use it (:func:`add_arguments`, :func:`run`).
@@ -314,7 +315,7 @@ class LocalCluster:
         self._servers = WormholeServers(
             mailbox_port=mailbox_port, relay_port=relay_port,
             state_dir=os.path.join(self.directory, "wormhole"),
-            start_timeout=self.start_timeout,
+            remove_if_orphaned=self._remove_if_orphaned(), start_timeout=self.start_timeout,
         )
         if old is not None:
             old.stop()
@@ -398,6 +399,12 @@ class LocalCluster:
             env["TMPDIR"] = self._child_tmp  # what a killed child leaves goes with stop()
         return env
 
+    def _remove_if_orphaned(self) -> str | None:
+        """What the wormhole servers remove if this process dies without stopping the
+        cluster (they notice; the other children get SIGTERM): the cluster's directory,
+        unless it is to be kept."""
+        return None if self.keep_dir else self.directory
+
     def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False
                ) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log:
@@ -425,6 +432,7 @@ class LocalCluster:
         os.makedirs(os.path.join(self.directory, "wormhole"))
         self._servers = WormholeServers(
             state_dir=os.path.join(self.directory, "wormhole"),
+            remove_if_orphaned=self._remove_if_orphaned(),
             start_timeout=max(1.0, deadline - time.monotonic()),
         )
         self.relay, self.transit = self._servers.relay_url, self._servers.transit

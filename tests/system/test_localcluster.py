@@ -100,6 +100,31 @@ def test_a_killed_workers_temporary_files_go_with_the_cluster() -> None:
     assert not os.path.exists(cluster.directory)
 
 
+def test_a_cluster_whose_owner_is_killed_leaves_nothing() -> None:
+    """The process holding a LocalCluster is SIGKILLed: its children exit (SIGTERM from the
+    kernel, end of stdin), and the wormhole servers remove the cluster's directory."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\n"
+         "from p2ppool.localcluster import LocalCluster\n"
+         "c = LocalCluster(workers=1)\n"
+         "print(c.directory, c._servers.pid, c._board_proc.pid, c.workers[0].pid, flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    try:
+        assert owner.stdout is not None
+        directory, *pids = owner.stdout.readline().decode().split()
+        assert os.path.isdir(directory)
+        owner.kill()
+        owner.wait(5)
+        assert_gone([int(pid) for pid in pids], timeout=15)
+        assert not os.path.exists(directory)
+    finally:
+        reap(owner)
+
+
 def test_add_worker_joins_a_running_cluster(cluster_backend: Any) -> None:
     with LocalCluster(workers=0, processes_per_worker=1) as cluster:
         assert cluster.workers == []
