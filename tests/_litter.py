@@ -11,10 +11,13 @@ inherits.  At the end, after every fixture has been torn down, it looks for
 
 * entries of the temporary directory that are new and still there, among the names that
   Python, multiprocessing and p2ppool give (:data:`PREFIXES`: ``pymp-*``, ``p2ppool-*``,
-  ``tmp*``, ``wormhole*``); this process's own multiprocessing directory is not litter
-  (multiprocessing removes it when the process exits);
+  ``tmp*``, ``wormhole*``);
 * processes that are new and still alive: descendants of the test process, and any process
   carrying the run's mark (an orphan the kernel gave to another parent).
+
+What multiprocessing keeps for the test process itself until it exits is not litter: its
+directory (``pymp-*``, removed at exit), its resource tracker and its fork server (both end
+when it does).
 
 Processes get a few seconds to finish exiting (a fixture may have signalled them without
 waiting); the entries are listed after that (an exiting process may remove its own).  If
@@ -26,7 +29,9 @@ not leave them running too.  The entries stay, for a look at what is in them.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing.forkserver
 import multiprocessing.process
+import multiprocessing.resource_tracker
 import os
 import tempfile
 import uuid
@@ -123,6 +128,21 @@ def _own_multiprocessing_dir() -> str | None:
     return os.path.basename(tempdir) if isinstance(tempdir, str) else None
 
 
+def _own_multiprocessing_helpers() -> Set[int]:
+    """Pids of this process's multiprocessing resource tracker and fork server, if they run
+    (started by the first spawn or forkserver process; they end when this process does)."""
+    helpers = (
+        (multiprocessing.resource_tracker, "_resource_tracker", "_pid"),
+        (multiprocessing.forkserver, "_forkserver", "_forkserver_pid"),
+    )
+    pids = set()
+    for module, instance, attribute in helpers:
+        pid = getattr(getattr(module, instance, None), attribute, None)
+        if isinstance(pid, int):
+            pids.add(pid)
+    return pids
+
+
 def _entries(tempdir: str, prefixes: Sequence[str]) -> Set[str]:
     try:
         names = os.listdir(tempdir)
@@ -152,9 +172,10 @@ def find_litter(snapshot: Snapshot, prefixes: Sequence[str] = PREFIXES,
     """What is there now that was not at ``snapshot``: live processes (given ``grace``
     seconds to exit), then temporary entries."""
     candidates = {}
+    helpers = _own_multiprocessing_helpers()
     for proc in _descendants() + _marked(snapshot.mark):
         try:
-            if _key(proc) not in snapshot.processes:
+            if proc.pid not in helpers and _key(proc) not in snapshot.processes:
                 candidates[proc.pid] = proc
         except psutil.Error:
             continue

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -19,12 +22,22 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture
+def inner_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The inner session's TMPDIR, removed afterwards.  (Not under pytester's directory: a
+    fork server's socket path in it would be too long.)"""
+    path = Path(tempfile.mkdtemp(prefix="tmp-litter-"))
+    monkeypatch.setenv("TMPDIR", str(path))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str
          ) -> pytest.RunResult:
-    """Run ``source`` as the inner session's only test file, with the litter plugin."""
-    tmp = pytester.path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
+    """Run ``source`` as the inner session's only test file, with the litter plugin (the
+    test asks for ``inner_tmp``, its TMPDIR)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     pytester.makepyfile(test_inner=source)
@@ -48,7 +61,8 @@ def _gone(pid: int) -> bool:
 
 
 def test_a_new_temporary_directory_fails_the_run(pytester: pytest.Pytester,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 inner_tmp: Path) -> None:
     result = _run(pytester, monkeypatch, """
         import os, tempfile
 
@@ -60,7 +74,7 @@ def test_a_new_temporary_directory_fails_the_run(pytester: pytest.Pytester,
     """)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=1)
-    tmp = pytester.path / "tmp"
+    tmp = inner_tmp
     result.stdout.fnmatch_lines([
         "*the run left litter behind*",
         f"temporary entry left: {tmp / 'p2ppool-local-left'} (empty)",
@@ -71,7 +85,8 @@ def test_a_new_temporary_directory_fails_the_run(pytester: pytest.Pytester,
 
 
 def test_a_process_left_running_fails_the_run_and_is_killed(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, inner_tmp: Path
+) -> None:
     result = _run(pytester, monkeypatch, """
         import subprocess, sys
 
@@ -90,7 +105,8 @@ def test_a_process_left_running_fails_the_run_and_is_killed(
 
 
 def test_an_orphan_carrying_the_runs_mark_fails_the_run(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, inner_tmp: Path
+) -> None:
     """A process that is no longer below the test process (its parent exited) is found by
     the mark in its environment."""
     result = _run(pytester, monkeypatch, """
@@ -122,11 +138,12 @@ def test_an_orphan_carrying_the_runs_mark_fails_the_run(
 
 
 def test_a_run_that_cleans_up_passes(pytester: pytest.Pytester,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                     monkeypatch: pytest.MonkeyPatch, inner_tmp: Path) -> None:
     """Entries removed and processes reaped before the end are not litter, and neither is
-    the test process's own multiprocessing directory (multiprocessing removes it at exit)."""
+    what multiprocessing keeps for the test process until it exits: its directory, its
+    resource tracker and its fork server."""
     result = _run(pytester, monkeypatch, """
-        import multiprocessing.util, os, shutil, subprocess, sys, tempfile
+        import multiprocessing, multiprocessing.util, os, shutil, subprocess, sys, tempfile
 
         def test_cleans_up():
             path = tempfile.mkdtemp(prefix="p2ppool-local-")
@@ -134,8 +151,15 @@ def test_a_run_that_cleans_up_passes(pytester: pytest.Pytester,
             child = subprocess.Popen([sys.executable, "-c", "pass"])
             assert child.wait(10) == 0
             assert os.path.isdir(multiprocessing.util.get_temp_dir())
+
+        def test_uses_multiprocessing_helpers():
+            for method in ("spawn", "forkserver"):  # a resource tracker, a fork server
+                process = multiprocessing.get_context(method).Process(target=os.getpid)
+                process.start()
+                process.join(30)
+                assert process.exitcode == 0
     """)
     assert result.ret == pytest.ExitCode.OK
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     assert "left litter behind" not in result.stdout.str()
-    assert os.listdir(pytester.path / "tmp") == []
+    assert os.listdir(inner_tmp) == []
