@@ -25,7 +25,11 @@ and every process left in the child's session, so grandchildren (a worker's task
 even those of a worker that was SIGKILLed) go too.  Children also get SIGTERM from the kernel
 if the process that started them dies (Linux ``PR_SET_PDEATHSIG``; strictly, when the
 *thread* that started them ends, so start a cluster, and call :meth:`LocalCluster.add_worker`,
-from a thread that lives as long as the cluster).
+from a thread that lives as long as the cluster).  Children keep their temporary files
+(``TMPDIR``) in the cluster's directory, which stopping removes: a worker that was killed
+leaves its multiprocessing directory (``pymp-*``, its fork server's socket) there, not in
+``/tmp``.  If the process that started the cluster dies without stopping it, the wormhole
+servers (which notice: their stdin ends) remove that directory (unless ``keep_dir``).
 
 ``p2ppool local`` runs one in the foreground and prints the ``export P2PPOOL_...`` lines that
 make ``Pool()`` in another shell use it (:func:`add_arguments`, :func:`run`).
@@ -94,6 +98,22 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+#: Longest ``TMPDIR`` given to children: multiprocessing puts its fork server's socket at
+#: ``TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``, and a Unix socket path has at most 104 bytes
+#: (macOS; 108 on Linux).
+_MAX_CHILD_TMPDIR = 104 - len("/pymp-XXXXXXXX/listener-XXXXXXXX") - 1
+
+
+def _child_tempdir(directory: str) -> str | None:
+    """Make ``directory/tmp`` for the children's temporary files; return it, or None (the
+    children keep the usual one) if it is too long a prefix for a Unix socket path."""
+    path = os.path.join(directory, "tmp")
+    if len(os.fsencode(path)) > _MAX_CHILD_TMPDIR:
+        return None
+    os.mkdir(path, 0o700)
+    return path
 
 
 def _write_ed25519_key(path: str, comment: str) -> str:
@@ -202,6 +222,7 @@ class LocalCluster:
             raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'none', not {sandbox!r}")
         self.sandbox = sandbox
         self.directory = tempfile.mkdtemp(prefix="p2ppool-local-")
+        self._child_tmp: str | None = None  # the children's TMPDIR (see _child_tempdir)
         self.board = ""
         self.relay = ""
         self.transit = ""
@@ -312,7 +333,7 @@ class LocalCluster:
         self._servers = WormholeServers(
             mailbox_port=mailbox_port, relay_port=relay_port,
             state_dir=os.path.join(self.directory, "wormhole"),
-            start_timeout=self.start_timeout,
+            remove_if_orphaned=self._remove_if_orphaned(), start_timeout=self.start_timeout,
         )
         if old is not None:
             old.stop()
@@ -390,6 +411,8 @@ class LocalCluster:
         env["PYTHONPATH"] = os.pathsep.join([self._package_dir(), *caller_path])
         env["PYTHONUNBUFFERED"] = "1"
         env[_MARK] = self.directory  # inherited by grandchildren: what stop() may sweep
+        if self._child_tmp is not None:
+            env["TMPDIR"] = self._child_tmp  # what a killed child leaves goes with stop()
         return env
 
     def _package_dir(self) -> str:
@@ -402,6 +425,12 @@ class LocalCluster:
             os.symlink(os.path.dirname(os.path.abspath(__file__)),
                        os.path.join(here, "p2ppool"))
         return here
+
+    def _remove_if_orphaned(self) -> str | None:
+        """What the wormhole servers remove if this process dies without stopping the
+        cluster (they notice; the other children get SIGTERM): the cluster's directory,
+        unless it is to be kept."""
+        return None if self.keep_dir else self.directory
 
     def _popen(self, argv: List[str], log_path: str, stdout_pipe: bool = False,
                cwd: str | None = None) -> subprocess.Popen[bytes]:
@@ -417,6 +446,7 @@ class LocalCluster:
         from .wormhole_servers import WormholeServers
 
         deadline = time.monotonic() + self.start_timeout
+        self._child_tmp = _child_tempdir(self.directory)
         for user in (OWNER, VOLUNTEER, *self.members):
             path = os.path.join(self.directory, f"id_{user}")
             public = _write_ed25519_key(path, user)
@@ -429,6 +459,7 @@ class LocalCluster:
         os.makedirs(os.path.join(self.directory, "wormhole"))
         self._servers = WormholeServers(
             state_dir=os.path.join(self.directory, "wormhole"),
+            remove_if_orphaned=self._remove_if_orphaned(),
             start_timeout=max(1.0, deadline - time.monotonic()),
         )
         self.relay, self.transit = self._servers.relay_url, self._servers.transit

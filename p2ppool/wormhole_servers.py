@@ -17,6 +17,11 @@ object ``{"ready": true, "mailbox_port": P, "relay_port": Q, "pid": N}``, on std
 waits for that line (no sleeping).  The child exits when its stdin reaches end of file, so it
 never outlives a parent that was killed, and on SIGTERM/SIGINT.  Its logs go to
 ``DIR/servers.log``.
+
+A parent that was killed cannot remove the temporary directories it made either; with
+``--remove-if-orphaned PATH`` the child removes PATH when its stdin ends without a word
+first.  The parent's :meth:`WormholeServers.stop` says one (a line on stdin) before closing
+it: it removes what it owns itself, and may want to keep it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ __all__ = ["WormholeServers", "main"]
 
 _READY_KEY = "ready"
 
+#: What the parent writes to the child's stdin before closing it on purpose.
+_DISMISS = b"stop\n"
+
 
 class WormholeServers:
     """Run a mailbox server and a transit relay on 127.0.0.1 in one child process.
@@ -53,6 +61,9 @@ class WormholeServers:
         relay_port: TCP port for the transit relay (0: a free port).
         state_dir: directory for the channel database and the log; default a fresh temporary
             directory that :meth:`stop` removes.
+        remove_if_orphaned: a directory the child removes if this process goes away without
+            calling :meth:`stop` (it was killed); default the state directory if this object
+            made it.
         start_timeout: seconds to wait for the readiness line.
         python: the interpreter to run the child with (default: this one).
 
@@ -74,11 +85,15 @@ class WormholeServers:
         relay_port: int = 0,
         *,
         state_dir: str | None = None,
+        remove_if_orphaned: str | None = None,
         start_timeout: float = defaults.WORMHOLE_SERVERS_START_TIMEOUT_S,
         python: str | None = None,
     ) -> None:
         self._own_state = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="p2ppool-wormhole-")
+        if remove_if_orphaned is None and self._own_state:
+            remove_if_orphaned = self.state_dir
+        self._remove_if_orphaned = remove_if_orphaned
         self._log_path = os.path.join(self.state_dir, "servers.log")
         self._proc: subprocess.Popen[bytes] | None = None
         self.mailbox_port = 0
@@ -107,6 +122,8 @@ class WormholeServers:
             "--relay-port", str(relay_port),
             "--state", self.state_dir,
         ]
+        if self._remove_if_orphaned is not None:
+            cmd += ["--remove-if-orphaned", self._remove_if_orphaned]
         env = dict(os.environ)
         # The child must import this very p2ppool, wherever it comes from.
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,6 +195,12 @@ class WormholeServers:
         """
         proc = self._proc
         if proc is not None:
+            if proc.stdin is not None and not proc.stdin.closed:
+                try:
+                    proc.stdin.write(_DISMISS)  # not orphaned: remove nothing
+                    proc.stdin.flush()
+                except OSError:
+                    pass  # it has exited already
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     try:
@@ -245,8 +268,13 @@ def _listening_port(parent: Any) -> Any:
     raise RuntimeError("no listening service found")
 
 
-def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127.0.0.1") -> int:
-    """Run both servers until stdin closes or a signal arrives; return the exit code."""
+def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127.0.0.1",
+           remove_if_orphaned: str | None = None) -> int:
+    """Run both servers until stdin closes or a signal arrives; return the exit code.
+
+    ``remove_if_orphaned``: a directory to remove on the way out if the parent went away
+    without a word (stdin ended, or it was gone before we were ready).
+    """
     from twisted.internet import defer, stdio
     from twisted.internet.error import ReactorNotRunning
     from twisted.internet.protocol import Protocol
@@ -273,6 +301,12 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
     mailbox.startService()
     relay.startService()
     status = {"code": 0}
+    parent = {"dismissed": False, "orphaned": False, "stopping": False}
+
+    def _stopping() -> None:
+        parent["stopping"] = True
+
+    reactor.addSystemEventTrigger("before", "shutdown", _stopping)
 
     def _stop() -> None:
         try:
@@ -281,9 +315,15 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
             pass  # already stopping (the parent went away while we were being stopped)
 
     class _ParentWatch(Protocol):
-        """Stop when the parent closes our stdin (or dies)."""
+        """Stop when the parent closes our stdin (or dies): orphaned, unless it said a word
+        first or we were stopping already (a signal)."""
+
+        def dataReceived(self, data: bytes) -> None:
+            parent["dismissed"] = True
 
         def connectionLost(self, reason: Any = None) -> None:
+            if not (parent["dismissed"] or parent["stopping"]):
+                parent["orphaned"] = True
             if reactor.running:
                 _stop()
 
@@ -318,6 +358,7 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
             sys.stderr.write(f"p2ppool.wormhole_servers: the parent is gone ({exc}); "
                              "stopping\n")
             status["code"] = 1
+            parent["orphaned"] = True
             _stop()
         # Nothing else goes to the parent's pipe: a later write (a library's print) would
         # block once the unread pipe fills, or end the process if the parent closed it.
@@ -338,6 +379,8 @@ def _serve(mailbox_port: int, relay_port: int, state: str, interface: str = "127
 
     reactor.callWhenRunning(_watch_ports)  # so that reactor.stop() works in the callbacks
     reactor.run()  # installs SIGTERM/SIGINT handlers that stop the reactor
+    if remove_if_orphaned is not None and parent["orphaned"]:
+        shutil.rmtree(remove_if_orphaned, ignore_errors=True)
     return status["code"]
 
 
@@ -353,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interface", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; the network-namespace "
                         "tests use a test-only address)")
+    parser.add_argument("--remove-if-orphaned", metavar="PATH",
+                        help="remove the directory PATH (one the parent made) when stdin ends "
+                        "without a word first: the parent was killed")
     args = parser.parse_args(argv)
     for name in ("mailbox_port", "relay_port"):
         port = getattr(args, name)
@@ -360,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 65535, not {port}")
     # A network server must survive a peer that vanishes mid-send: EPIPE, not death.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    return _serve(args.mailbox_port, args.relay_port, args.state, args.interface)
+    return _serve(args.mailbox_port, args.relay_port, args.state, args.interface,
+                  args.remove_if_orphaned)
 
 
 if __name__ == "__main__":

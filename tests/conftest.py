@@ -10,6 +10,10 @@ import os
 # tests/system/test_sandbox.py runs the real sandbox (bwrap) and what must work inside it.
 os.environ.setdefault("P2PPOOL_SANDBOX", "none")
 
+# tests._litter: the run fails if it leaves temporary entries or processes behind (issue
+# 15.2); pytester: tests/test_litter_check.py runs inner sessions to prove that check fails.
+pytest_plugins = ["tests._litter", "pytester"]
+
 # Fixture modules of each area; star-imported so every test directory sees them.
 for _name in ("tests._board_fixtures", "tests._wormhole_fixtures", "tests._cluster_fixtures"):
     try:

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -114,9 +115,18 @@ def _env(directory: str) -> Dict[str, str]:
 
 
 class Procs:
+    """The test's processes, each in a session of its own; :meth:`stop` SIGKILLs them all.
+
+    They share a ``TMPDIR`` that :meth:`stop` removes: a killed worker cannot remove
+    multiprocessing's directory (``pymp-*``) of its fork server.
+    """
+
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.env = _env(directory)
+        # Not under ``directory`` (pytest's): a Unix socket path in it would be too long.
+        self.tmpdir = tempfile.mkdtemp(prefix="tmp-netns-")
+        self.env["TMPDIR"] = self.tmpdir
         self.procs: List[subprocess.Popen[bytes]] = []
 
     def start(self, argv: List[str], name: str, stdin: Any = subprocess.DEVNULL
@@ -138,6 +148,7 @@ class Procs:
             proc.wait(10)
             if proc.stdout is not None:
                 proc.stdout.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def log(self, name: str) -> str:
         with open(os.path.join(self.directory, f"{name}.log"), encoding="utf-8",

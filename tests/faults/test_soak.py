@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -17,12 +18,15 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
 
 def test_a_short_soak_loses_and_duplicates_nothing() -> None:
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), "--minutes", "0.5",
-         "--kill-every", "3", "--items", "100"],
-        capture_output=True, text=True, timeout=170, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
+    # Its own TMPDIR: a soak that overruns the timeout is SIGKILLed, and cannot remove its
+    # temporary directories then.
+    with tempfile.TemporaryDirectory(prefix="tmp-soak-") as tmp:
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), "--minutes", "0.5",
+             "--kill-every", "3", "--items", "100"],
+            capture_output=True, text=True, timeout=170, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmp},
+        )
     lines = done.stdout.strip().splitlines()
     assert lines, f"no report; stderr:\n{done.stderr[-3000:]}"
     report = json.loads(lines[-1])

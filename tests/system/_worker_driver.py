@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,10 +233,19 @@ def result_value(frame: Frame) -> Any:
 
 
 class WorkerProcess:
-    """``python -m p2ppool.worker`` as a subprocess, with its stderr collected line by line."""
+    """``python -m p2ppool.worker`` as a subprocess, with its stderr collected line by line.
 
-    def __init__(self, argv: Sequence[str], env: Dict[str, str]) -> None:
+    ``tmpdir``, if given, is the worker's ``TMPDIR``; it is removed once the worker has been
+    stopped or killed (a killed worker cannot remove what it keeps there: multiprocessing's
+    ``pymp-*`` directory with its fork server's socket).
+    """
+
+    def __init__(self, argv: Sequence[str], env: Dict[str, str],
+                 tmpdir: str | None = None) -> None:
         self.argv = list(argv)
+        self.tmpdir = tmpdir
+        if tmpdir is not None:
+            env = {**env, "TMPDIR": tmpdir}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p2ppool.worker", *argv], cwd=ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -286,12 +296,15 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             return self.proc.wait(10)
+        self._remove_tmpdir()
+        return code
 
     def kill(self) -> None:
+        """SIGKILL the worker and its descendants, wait for it, remove its ``tmpdir``."""
         for child in self.descendants():
             try:
                 child.kill()
@@ -301,6 +314,11 @@ class WorkerProcess:
             self.proc.kill()
         self.proc.wait(10)
         self._reader.join(5)
+        self._remove_tmpdir()
+
+    def _remove_tmpdir(self) -> None:
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 # --- as a program: a client that opens a session, starts a long task, then is killed -------

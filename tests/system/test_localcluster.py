@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any, List
 
 import psutil
@@ -83,6 +84,45 @@ def test_a_killed_worker_leaves_no_orphans(cluster_backend: Any, task_gate: Any)
         pump.backend.terminate()
     # The task process lost its worker; stopping the cluster still ended it (process group).
     assert_gone(started | {task_pid}, timeout=10)
+
+
+def test_a_killed_workers_temporary_files_go_with_the_cluster() -> None:
+    """A SIGKILLed worker cannot remove multiprocessing's directory of its fork server
+    (``pymp-*``, holding the socket); it is in the cluster's directory, which stopping
+    removes, not in the temporary directory."""
+    with LocalCluster(workers=1) as cluster:
+        child_tmp = os.path.join(cluster.directory, "tmp")
+        worker = cluster.kill_worker(0)
+        worker.process.wait(10)
+        left = [name for name in os.listdir(child_tmp) if name.startswith("pymp-")]
+        assert left, os.listdir(child_tmp)  # the worker's fork server was running
+        assert not set(left) & set(os.listdir(tempfile.gettempdir()))
+    assert not os.path.exists(cluster.directory)
+
+
+def test_a_cluster_whose_owner_is_killed_leaves_nothing() -> None:
+    """The process holding a LocalCluster is SIGKILLed: its children exit (SIGTERM from the
+    kernel, end of stdin), and the wormhole servers remove the cluster's directory."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\n"
+         "from p2ppool.localcluster import LocalCluster\n"
+         "c = LocalCluster(workers=1)\n"
+         "print(c.directory, c._servers.pid, c._board_proc.pid, c.workers[0].pid, flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    try:
+        assert owner.stdout is not None
+        directory, *pids = owner.stdout.readline().decode().split()
+        assert os.path.isdir(directory)
+        owner.kill()
+        owner.wait(5)
+        assert_gone([int(pid) for pid in pids], timeout=15)
+        assert not os.path.exists(directory)
+    finally:
+        reap(owner)
 
 
 def test_add_worker_joins_a_running_cluster(cluster_backend: Any) -> None:

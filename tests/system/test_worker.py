@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -128,7 +129,10 @@ class Cluster:
         argv = ["--cluster", "alice/friends", "--name", name, "--processes", str(processes),
                 "--relay", self.servers.relay_url, "--transit", self.servers.transit,
                 "--loopback-only", *self.access("bob").argv(), *extra]
-        worker = WorkerProcess(argv, self.env())
+        # Its own TMPDIR, which kill() removes: tests SIGKILL workers.  (Not in self.tmp: the
+        # fork server's socket path inside it must stay under the 108 bytes of a Unix socket.)
+        tmpdir = tempfile.mkdtemp(prefix=f"tmp-worker-{name}-")
+        worker = WorkerProcess(argv, self.env(), tmpdir=tmpdir)
         if not announce:
             return worker
         try:

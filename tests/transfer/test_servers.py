@@ -13,7 +13,7 @@ import pytest
 
 from p2ppool.errors import TransferError
 from p2ppool.wormhole_servers import WormholeServers
-from tests._cluster_fixtures import reap
+from tests._cluster_fixtures import read_until, reap
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
 
@@ -74,25 +74,29 @@ def test_a_busy_port_is_a_clear_error():
         assert time.monotonic() - started < 10
 
 
-def test_servers_exit_when_their_parent_is_killed():
+def test_servers_exit_when_their_parent_is_killed_and_remove_its_temporary_state():
+    """The parent made the state directory; killed, it cannot remove it: the servers do."""
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
          "from p2ppool.wormhole_servers import WormholeServers\n"
          "s = WormholeServers()\n"
-         "print(s.pid, flush=True)\n"
+         "print(s.pid, s.state_dir, flush=True)\n"
          "sys.stdin.read()\n"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )
     try:
         assert parent.stdout is not None
-        child_pid = int(parent.stdout.readline())
+        pid_text, state_dir = parent.stdout.readline().decode().split()
+        child_pid = int(pid_text)
         child = psutil.Process(child_pid)
         assert child.is_running()
+        assert os.path.isdir(state_dir)
         parent.kill()
         parent.wait(5)
         child.wait(5)  # raises psutil.TimeoutExpired if the orphan lingers
+        assert not os.path.exists(state_dir)
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -109,6 +113,37 @@ def test_command_line_rejects_bad_ports():
     )
     assert result.returncode == 2
     assert "--mailbox-port must be between 0 and 65535" in result.stderr
+
+
+def test_servers_stopped_by_their_parent_remove_nothing(tmp_path):
+    """stop() says a word before closing the servers' stdin: they are not orphaned, and
+    what they would remove if they were stays (the parent removes what it owns itself)."""
+    state = tmp_path / "s"
+    state.mkdir()
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    with WormholeServers(state_dir=str(state), remove_if_orphaned=str(keep)) as servers:
+        child = psutil.Process(servers.pid)
+    child.wait(5)
+    assert keep.is_dir() and (state / "channels.sqlite").exists()
+
+
+def test_servers_without_remove_if_orphaned_keep_their_state(tmp_path):
+    """Without ``--remove-if-orphaned`` the servers remove nothing, even when their parent
+    goes away (the state directory is the caller's)."""
+    state = tmp_path / "s"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "p2ppool.wormhole_servers", "--state", str(state)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        read_until(child, b'"ready"', timeout=20)
+        assert child.stdin is not None
+        child.stdin.close()  # the parent went away
+        assert child.wait(timeout=10) == 0
+        assert (state / "channels.sqlite").exists()
+    finally:
+        reap(child)
 
 
 def test_servers_stop_when_their_parent_went_away_before_they_were_ready(tmp_path):
