@@ -280,21 +280,36 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
 
 def _kill_strays() -> None:
     """In a sandbox's PID namespace: SIGKILL every process but its init (1) and this one,
-    then reap this one's own children (what a task started, detached or not)."""
+    reap this one's own children, and return once none of them runs any more (what a task
+    started, detached or not, is gone before its result is sent)."""
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, me):
+    for attempt in range(200):
+        alive = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in (1, me):
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue  # gone already
+            if state in (b"Z", b"X"):
+                continue  # dead, waiting to be reaped
+            alive.append(int(name))
             try:
                 os.kill(int(name), signal.SIGKILL)
             except OSError:
                 pass
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        if not alive:
             return
-        if pid == 0:
-            return
+        time.sleep(0.001 * min(attempt + 1, 10))
 
 
 def _run(func: Any, args_blob: Any, max_result_bytes: int | None
@@ -365,6 +380,10 @@ class ProcessEngine:
             :func:`p2ppool.sandbox.task_command` with those two descriptors.
         memory_mb: a launched child's address-space limit (forked ones get it from the
             fork server, see :mod:`p2ppool._worker_child`).
+        deferred: with a launcher, start the children now but give them their settings
+            (initializer, ``maxtasksperchild``, code and packages) only at
+            :meth:`configure`: a worker starts a session's sandboxes while its wormhole
+            is still being opened, so that they are up when the first task comes.
     """
 
     def __init__(
@@ -382,6 +401,7 @@ class ProcessEngine:
         work_dir: str | None = None,
         launcher: Callable[[int, int, List[str]], Any] | None = None,
         memory_mb: float | None = None,
+        deferred: bool = False,
     ) -> None:
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -402,6 +422,7 @@ class ProcessEngine:
         self._work_dir = work_dir
         self._launcher = launcher
         self._memory_mb = memory_mb
+        self._configured = not (deferred and launcher is not None)
         self._children: List[_Child] = []
         self._retired: List[_Child] = []  # done with work, waiting to be reaped
         self._backlog: Deque[_Task] = collections.deque()
@@ -435,6 +456,32 @@ class ProcessEngine:
     def pids(self) -> List[int]:
         """Process ids of the live children."""
         return [c.process.pid for c in self._children]
+
+    def configure(self, *, initializer_blob: bytes | None, maxtasksperchild: int | None,
+                  code_dir: str | None, site_dir: str | None, processes: int) -> None:
+        """Give a deferred engine's children their settings (see ``deferred``); keeps at
+        most ``processes`` of them."""
+        if self._configured:
+            raise RuntimeError("the engine is configured already")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self._initializer_blob = initializer_blob
+        self._maxtasks = maxtasksperchild
+        self._code_dir = code_dir
+        self._site_dir = site_dir
+        self._configured = True
+        extra = self._children[max(1, processes):]
+        self.processes = max(1, min(processes, self.processes))
+        for child in extra:
+            _kill_tree(child.process)
+            self._children.remove(child)
+            self._retired.append(child)
+        for child in self._children:
+            self._send_settings(child)
+        self._readables = None
+        self._place()
 
     @property
     def code_dir(self) -> str | None:
@@ -631,17 +678,22 @@ class ProcessEngine:
         finally:
             os.close(child_rx)
             os.close(child_tx)
-        settings = {"maxtasks": self._maxtasks, "max_result_bytes": self._max_result_bytes,
-                    "code_dir": self._code_dir, "site_dir": self._site_dir,
-                    "memory_mb": self._memory_mb, "work_dir": self._work_dir}
         process = _LaunchedProcess(popen)
         tx = multiprocessing.connection.Connection(tx_fd, readable=False)
         conn = multiprocessing.connection.Connection(conn_fd, writable=False)
         child = _Child(process, conn, tx)
         self._children.append(child)
         self._readables = None
+        if self._configured:
+            self._send_settings(child)
+
+    def _send_settings(self, child: _Child) -> None:
+        """A launched child's first message: its settings and the initializer."""
+        settings = {"maxtasks": self._maxtasks, "max_result_bytes": self._max_result_bytes,
+                    "code_dir": self._code_dir, "site_dir": self._site_dir,
+                    "memory_mb": self._memory_mb, "work_dir": self._work_dir}
         try:
-            _send(tx_fd, b"C", json.dumps(settings).encode() + b"\n",
+            _send(child.tx_fd, b"C", json.dumps(settings).encode() + b"\n",
                   self._initializer_blob or b"")
         except OSError:
             child.broken = True  # it died at once; its sentinel reports it
@@ -663,7 +715,7 @@ class ProcessEngine:
         return True
 
     def _place(self) -> None:
-        while self._backlog and not self._closing:
+        while self._backlog and not self._closing and self._configured:
             task = self._backlog[0]
             best: _Child | None = None
             for child in self._children:

@@ -55,8 +55,10 @@ class _ClientSession:
         self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
         self.functions: Dict[int, bytes] = {}
         self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
+        self._code_view: str | None = None  # its copy in view_root (prestarted), or code_dir
         self.site_dir: str | None = None  # the job's installed requirements (Environments)
         self.job_dir: str | None = None  # the tasks' writable working directory
+        self.view_root: str | None = None  # what prestarted sandboxes see of its code
         self.cgroup: str | None = None  # the pids cgroup bounding its task processes
         self.refused_functions: Dict[int, str] = {}
         # task id -> (function key, function blob, arguments blob): references, not copies,
@@ -67,6 +69,11 @@ class _ClientSession:
 
     def who(self) -> str:
         return f"{self.client}'s job {self.job}"
+
+    @property
+    def code_view(self) -> str | None:
+        """Where its task processes import its code from (set by ``_install_code``)."""
+        return self._code_view
 
 
 class SessionHandling:
@@ -97,6 +104,7 @@ class SessionHandling:
         self.sessions[session.sid] = session
         log.info("%s accepted %d slot(s); opening the wormhole session %d",
                  session.who(), session.slots, session.sid)
+        self._prestart(session)
         thread = threading.Thread(target=self._open_in_thread, args=(session.sid, action.code),
                                   name=f"p2ppool-open-{session.sid}", daemon=True)
         thread.start()
@@ -140,7 +148,7 @@ class SessionHandling:
         if session is None:
             return
         log.warning("session %d with %s could not be opened: %s", sid, session.who(), exc)
-        self._forget(session)
+        self._end_session(session, f"could not be opened: {exc}", send_bye=False)
 
     # -- sessions: frames ----------------------------------------------------------------------
 
@@ -216,15 +224,21 @@ class SessionHandling:
         if frame.code and not self._install_code(session, frame.code):
             return
         try:
-            session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
-                                               dir=self._jobs_root)
-            session.engine = ProcessEngine(
-                session.slots, initializer_blob=frame.initializer or None,
-                maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
-                max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
-                code_dir=session.code_dir, site_dir=session.site_dir,
-                **self._confinement(session),
-            )
+            if session.engine is not None:  # sandboxes started at accept: configure them
+                session.engine.configure(
+                    initializer_blob=frame.initializer or None,
+                    maxtasksperchild=frame.maxtasksperchild, code_dir=session.code_view,
+                    site_dir=session.site_dir, processes=session.slots)
+            else:
+                session.job_dir = session.job_dir or tempfile.mkdtemp(
+                    prefix=f"session-{session.sid}-", dir=self._jobs_root)
+                session.engine = ProcessEngine(
+                    session.slots, initializer_blob=frame.initializer or None,
+                    maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
+                    max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
+                    code_dir=session.code_dir, site_dir=session.site_dir,
+                    **self._confinement(session),
+                )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
             self._refuse(session, f"worker {s.name} could not start its processes: {exc}")
@@ -238,6 +252,56 @@ class SessionHandling:
                  session.slots,
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
+
+    def _prestart(self, session: _ClientSession) -> None:
+        """With the sandbox, start the session's task processes now, while its wormhole
+        opens (a sandboxed interpreter takes tens of milliseconds to start); they get their
+        settings when the Open frame comes.  Their code is read from the session's own
+        view directory, filled then.  On any failure the processes start at Open instead."""
+        from .engine import ProcessEngine
+        from .sandbox import BWRAP
+
+        if self.sandbox.mode != BWRAP:
+            return
+        s = self.settings
+        try:
+            session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
+                                               dir=self._jobs_root)
+            session.view_root = tempfile.mkdtemp(prefix=f"code-{session.sid}-",
+                                                 dir=self._jobs_root)
+            session.engine = ProcessEngine(
+                session.slots, max_task_seconds=s.max_task_seconds,
+                max_result_bytes=s.max_payload_bytes, deferred=True,
+                **self._confinement(session))
+        except Exception as exc:  # e.g. out of processes: Open tries again
+            log.warning("could not start the sandboxes of session %d early: %s",
+                        session.sid, exc)
+            if session.engine is not None:
+                session.engine.terminate(timeout=_KILL_WAIT_S)
+                session.engine = None
+
+    def _code_view(self, session: _ClientSession) -> str | None:
+        """The session's copy of its code bundle, inside its view directory (which its
+        prestarted sandboxes can read): hard links to the cache's files."""
+        if session.view_root is None or session.code_dir is None:
+            return session.code_dir
+        target = os.path.join(session.view_root, os.path.basename(session.code_dir))
+        if not os.path.isdir(target):
+            try:
+                shutil.copytree(session.code_dir, target, copy_function=os.link)
+            except OSError:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(session.code_dir, target)  # another file system
+        return target
+
+    def _environments_root(self) -> str | None:
+        """The cache of installed requirement sets, for sandboxes to read (public packages;
+        a session's own set is chosen at Open), when installs are allowed."""
+        root = self.environments.cache_dir
+        if not self.settings.allow_install or root is None:
+            return None
+        os.makedirs(root, exist_ok=True)
+        return root
 
     def _confinement(self, session: _ClientSession) -> Dict[str, Any]:
         """The engine arguments that confine a session's task processes: the environment
@@ -255,9 +319,12 @@ class SessionHandling:
         env = task_environment(s.name, TASK_HOME, "/tmp")
         sandbox = self.sandbox
         cgroup = session.cgroup = self.process_limit.session(session.sid)
+        fixed = [d for d in (session.view_root, self._environments_root()) if d]
 
         def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
-            argv = sandbox.argv(job_dir, read_only, env) + task_command(rx_fd, tx_fd)
+            extra = [p for p in read_only
+                     if not any(p == f or p.startswith(f + os.sep) for f in fixed)]
+            argv = sandbox.argv(job_dir, fixed + extra, env) + task_command(rx_fd, tx_fd)
             if cgroup is not None:  # in the cgroup before bwrap forks anything
                 argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
                         os.path.join(cgroup, "cgroup.procs"), *argv]
@@ -283,6 +350,15 @@ class SessionHandling:
         old, session.code_dir = session.code_dir, path
         if old is not None:
             self.code_cache.release(old)
+        try:
+            session._code_view = self._code_view(session)
+        except OSError as exc:
+            reason = f"worker {self.settings.name} cannot use the shipped modules: {exc}"
+            if session.state == RUNNING:
+                self._end_session(session, reason)
+            else:
+                self._refuse(session, reason)
+            return False
         return True
 
     def _got_code(self, session: _ClientSession, bundle: Any) -> None:
@@ -290,7 +366,7 @@ class SessionHandling:
         if self._install_code(session, bundle):
             log.info("session %d with %s: new code bundle; replacing its processes",
                      session.sid, session.who())
-            session.engine.set_code_dir(session.code_dir)
+            session.engine.set_code_dir(session.code_view)
 
     def _got_func(self, session: _ClientSession, frame: Any) -> None:
         from .peer import payload_refusal
@@ -451,9 +527,10 @@ class SessionHandling:
         if session.site_dir is not None:
             self.environments.release(session.site_dir)
             session.site_dir = None
-        if session.job_dir is not None:
-            shutil.rmtree(session.job_dir, ignore_errors=True)
-            session.job_dir = None
+        for directory in (session.job_dir, session.view_root):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+        session.job_dir = session.view_root = None
         if session.cgroup is not None:
             self.process_limit.remove(session.cgroup)
             session.cgroup = None

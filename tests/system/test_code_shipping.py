@@ -131,7 +131,9 @@ def test_a_script_with_its_own_module_and_package_maps_on_workers(tmp_path: Path
     assert [row[:2] for row in out["work"]] == [[42, 2 * x] for x in range(6)]
     assert {row[2] for row in out["work"]} <= {"w1", "w2"} and None not in {
         row[2] for row in out["work"]}
-    assert all("p2ppool-code-" in row[3] and row[3].endswith("helpers.py")
+    caller_copy = str(a / "helpers.py")
+    assert all(row[3].endswith("helpers.py") and row[3] != caller_copy
+               and ("p2ppool-code-" in row[3] or "p2ppool-jobs-" in row[3])
                for row in out["work"]), out["work"]
     # A class of the local package round-trips as the caller's own class, untouched.
     assert out["moved"] == [2, 2, True, 8]
