@@ -216,9 +216,14 @@ class Worker(BoardPresence, SessionHandling):
             log.info("tasks of a session may run at most %d processes",
                      settings.max_task_processes)
         self.peer.config = dataclasses.replace(self.peer.config, sandbox=self.sandbox.label)
-        self._jobs_root = tempfile.mkdtemp(prefix="p2ppool-jobs-")
         self._mp_context = _child_context()
-        _warm_up(self._mp_context, settings.max_memory_mb)
+        try:
+            _warm_up(self._mp_context, settings.max_memory_mb)
+            self._jobs_root = tempfile.mkdtemp(prefix="p2ppool-jobs-")
+        except BaseException:  # the worker does not start: leave nothing behind
+            self.sandbox.close()
+            self.process_limit.close()
+            raise
 
     # -- setup -----------------------------------------------------------------------------
 
