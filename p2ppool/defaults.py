@@ -173,3 +173,24 @@ REMOTE_FUNCTIONS_PER_SESSION: int = 32
 #: The most functions a worker holds for one session: a client that sends more without
 #: Forget frames (a misbehaving one: ours keeps REMOTE_FUNCTIONS_PER_SESSION) is closed.
 WORKER_FUNCTIONS_PER_SESSION: int = 256
+
+# --- One member cannot stall the cluster (issue 17; peer.py, recruit.py) -------------------
+#: Wants a worker remembers per sender (the newest win) and senders it keeps any state for
+#: (least recently heard forgotten first): forged ids cannot grow a worker's memory.
+WORKER_WANTS_PER_SENDER: int = 4
+WORKER_SENDERS_KEPT: int = 256
+#: Longest time-to-live a worker honours, per message type, counted from arrival (a client
+#: sends Wants for RECRUIT_WANT_TTL_S, peers say Hello for HELLO_TTL_S).
+WORKER_WANT_TTL_MAX_S: float = 120.0
+WORKER_HELLO_TTL_MAX_S: float = 300.0
+#: An offer not accepted this long after it was made may be withdrawn (its slots offered to
+#: another sender's waiting Want); its sender then counts one unaccepted offer against it.
+#: A p2ppool client accepts within RECRUIT_OFFER_WINDOW_S plus two board trips.
+WORKER_OFFER_ANSWER_S: float = 2.0
+#: Least seconds between two Hellos of a worker (one Hello answers every newcomer since
+#: the last), and the messages per second (with a burst) a worker writes on the board in all.
+WORKER_HELLO_MIN_INTERVAL_S: float = 1.0
+WORKER_MESSAGES_PER_S: float = 5.0
+WORKER_MESSAGE_BURST: int = 20
+#: Workers a client job keeps any state for (least recently heard, idle ones forgotten first).
+RECRUIT_WORKERS_KEPT: int = 256

@@ -553,6 +553,12 @@ class ClusterBackend:
                     self._other_wants = {j: u for j, u in self._other_wants.items() if u > now}
                 self._other_wants[msg.job] = now + (msg.expires_at() - time.time())
             self._post(lambda: self._release_idle(msg.job))
+        elif (isinstance(msg, Withdraw) and msg.job == self.job_id
+              and msg.worker is not None and msg.worker == msg.sender):
+            # The worker withdrew its offer (we were too slow, and another job waited).
+            self._post(lambda: self._recruiter.offer_withdrawn(msg.sender, time.monotonic()))
+        elif isinstance(msg, Withdraw) and msg.worker is not None:
+            return  # a worker's offer to another job: that job still wants slots
         elif isinstance(msg, (Withdraw, Done)) and msg.job not in (None, self.job_id):
             with self._lock:
                 self._other_wants.pop(msg.job, None)
