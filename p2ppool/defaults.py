@@ -173,6 +173,13 @@ REMOTE_FUNCTIONS_PER_SESSION: int = 32
 #: The most functions a worker holds for one session: a client that sends more without
 #: Forget frames (a misbehaving one: ours keeps REMOTE_FUNCTIONS_PER_SESSION) is closed.
 WORKER_FUNCTIONS_PER_SESSION: int = 256
+#: ... and the most bytes of functions (``--max-functions-mb``; never less than the payload
+#: limit, so one function of any allowed size fits).  The worker says it in Ready, and a
+#: client keeps within it (Forget before Func); a session over it is closed (issue 17).
+WORKER_FUNCTION_BYTES_PER_SESSION: int = MAX_PAYLOAD_BYTES
+#: Tasks a session may have in flight on a worker beyond its slots (a client sends at most
+#: one per slot); a Task past them closes the session with a protocol error (issue 17).
+WORKER_TASKS_PREFETCH: int = 2
 
 # --- One member cannot stall the cluster (issue 17; peer.py, recruit.py) -------------------
 #: Wants a worker remembers per sender (the newest win) and senders it keeps any state for

@@ -101,6 +101,13 @@ class WorkerSettings:
     allow_install: bool = False
     install_cache: str | None = None  # where installed requirement sets live
     install_cache_bytes: int = defaults.WORKER_INSTALL_CACHE_BYTES
+    #: bytes of functions one session may keep here (``--max-functions-mb``)
+    max_function_bytes: int = defaults.WORKER_FUNCTION_BYTES_PER_SESSION
+
+    @property
+    def function_budget(self) -> int:
+        """Bytes of functions a session may keep: at least one function of any size allowed."""
+        return max(self.max_function_bytes, self.max_payload_bytes)
 
     @property
     def max_frame_bytes(self) -> int:
