@@ -201,3 +201,16 @@ WORKER_MESSAGES_PER_S: float = 5.0
 WORKER_MESSAGE_BURST: int = 20
 #: Workers a client job keeps any state for (least recently heard, idle ones forgotten first).
 RECRUIT_WORKERS_KEPT: int = 256
+
+# --- No silent worker holds a map (issue 17; scheduler.py) -----------------------------------
+#: A chunk runs again on another idle executor (speculatively: the first result wins, the
+#: other run is cancelled) once it has run SPECULATE_FACTOR times as long as the median of
+#: its job's finished chunks (at least SPECULATE_AFTER of them), and at least
+#: SPECULATE_MIN_S; or once it has run ``Pool(task_timeout=...)`` seconds.
+SPECULATE_FACTOR: float = 4.0
+SPECULATE_MIN_S: float = 2.0
+SPECULATE_AFTER: int = 1
+#: Finished chunks per job whose durations are remembered for the median.
+SPECULATE_SAMPLES: int = 32
+#: Default of ``Pool(task_timeout=...)``: None (only the median rule applies).
+TASK_TIMEOUT_S: float | None = None
