@@ -169,6 +169,20 @@ def _parse_fallback(value: Any) -> float | None:
     return seconds
 
 
+def _parse_timeout(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number of seconds or 'none', got {value!r}")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds or 'none', got {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"expected a number of seconds > 0 or 'none', got {value!r}")
+    return seconds
+
+
 def _parse_positive_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a positive integer, got {value!r}")
@@ -250,6 +264,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_attempts", defaults.MAX_ATTEMPTS, _parse_positive_int, "attempts per chunk"),
     Option(
+        "task_timeout", defaults.TASK_TIMEOUT_S, _parse_timeout,
+        "seconds a chunk may run before it also runs on another idle worker (first result "
+        "wins); 'none': only once it runs far longer than its job's other chunks",
+    ),
+    Option(
         "requirements", (), _parse_requirements,
         "packages the job needs on workers (PEP 508; workers that lack them do not offer)",
     ),
@@ -278,6 +297,7 @@ class Options:
     fallback: float | None = defaults.FALLBACK_S
     loopback_only: bool = False
     max_attempts: int = defaults.MAX_ATTEMPTS
+    task_timeout: float | None = defaults.TASK_TIMEOUT_S
     requirements: Tuple[str, ...] = ()
     ship_modules: Tuple[str, ...] = ()
     #: option name -> where its value came from ("default", "keyword argument", ...)

@@ -175,3 +175,44 @@ REMOTE_FUNCTIONS_PER_SESSION: int = 32
 #: The most functions a worker holds for one session: a client that sends more without
 #: Forget frames (a misbehaving one: ours keeps REMOTE_FUNCTIONS_PER_SESSION) is closed.
 WORKER_FUNCTIONS_PER_SESSION: int = 256
+#: ... and the most bytes of functions (``--max-functions-mb``; never less than the payload
+#: limit, so one function of any allowed size fits).  The worker says it in Ready, and a
+#: client keeps within it (Forget before Func); a session over it is closed (issue 17).
+WORKER_FUNCTION_BYTES_PER_SESSION: int = MAX_PAYLOAD_BYTES
+#: Tasks a session may have in flight on a worker beyond its slots (a client sends at most
+#: one per slot); a Task past them closes the session with a protocol error (issue 17).
+WORKER_TASKS_PREFETCH: int = 2
+
+# --- One member cannot stall the cluster (issue 17; peer.py, recruit.py) -------------------
+#: Wants a worker remembers per sender (the newest win) and senders it keeps any state for
+#: (least recently heard forgotten first): forged ids cannot grow a worker's memory.
+WORKER_WANTS_PER_SENDER: int = 4
+WORKER_SENDERS_KEPT: int = 256
+#: Longest time-to-live a worker honours, per message type, counted from arrival (a client
+#: sends Wants for RECRUIT_WANT_TTL_S, peers say Hello for HELLO_TTL_S).
+WORKER_WANT_TTL_MAX_S: float = 120.0
+WORKER_HELLO_TTL_MAX_S: float = 300.0
+#: An offer not accepted this long after it was made may be withdrawn (its slots offered to
+#: another sender's waiting Want); its sender then counts one unaccepted offer against it.
+#: A p2ppool client accepts within RECRUIT_OFFER_WINDOW_S plus two board trips.
+WORKER_OFFER_ANSWER_S: float = 2.0
+#: Least seconds between two Hellos of a worker (one Hello answers every newcomer since
+#: the last), and the messages per second (with a burst) a worker writes on the board in all.
+WORKER_HELLO_MIN_INTERVAL_S: float = 1.0
+WORKER_MESSAGES_PER_S: float = 5.0
+WORKER_MESSAGE_BURST: int = 20
+#: Workers a client job keeps any state for (least recently heard, idle ones forgotten first).
+RECRUIT_WORKERS_KEPT: int = 256
+
+# --- No silent worker holds a map (issue 17; scheduler.py) -----------------------------------
+#: A chunk runs again on another idle executor (speculatively: the first result wins, the
+#: other run is cancelled) once it has run SPECULATE_FACTOR times as long as the median of
+#: its job's finished chunks (at least SPECULATE_AFTER of them), and at least
+#: SPECULATE_MIN_S; or once it has run ``Pool(task_timeout=...)`` seconds.
+SPECULATE_FACTOR: float = 4.0
+SPECULATE_MIN_S: float = 2.0
+SPECULATE_AFTER: int = 1
+#: Finished chunks per job whose durations are remembered for the median.
+SPECULATE_SAMPLES: int = 32
+#: Default of ``Pool(task_timeout=...)``: None (only the median rule applies).
+TASK_TIMEOUT_S: float | None = None

@@ -137,12 +137,14 @@ class Pool:
             return LocalExecutor(ProcessEngine(processes, init_blob, maxtasksperchild, context))
 
         if self._options.cluster is None:
-            manager = _Manager(self, [local_executor()], self._options.max_attempts)
+            manager = _Manager(self, [local_executor()], self._options.max_attempts,
+                               self._options.task_timeout)
         else:
             # Peers first; the local engine only when none answers in time (cluster_link).
             from .cluster_link import ClusterLink
 
-            manager = _Manager(self, [], self._options.max_attempts)
+            manager = _Manager(self, [], self._options.max_attempts,
+                               self._options.task_timeout)
             manager.link = ClusterLink(self._options, processes, init_blob, maxtasksperchild,
                                        manager.inbox.wake, local_executor)
         self._manager = manager

@@ -116,11 +116,12 @@ class Inbox:
 class _Manager:
     """The state behind one Pool, driven by its manager thread."""
 
-    def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int) -> None:
+    def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int,
+                 task_timeout: float | None = None) -> None:
         self._pool_ref = weakref.ref(pool)
         self.pid = os.getpid()
         self.inbox = Inbox()
-        self.scheduler = Scheduler(max_attempts)
+        self.scheduler = Scheduler(max_attempts, task_timeout=task_timeout)
         self.executors: Dict[str, Executor] = {}
         self.jobs: Dict[int, _Job] = {}
         self.chunks: Dict[int, _Chunk] = {}
@@ -180,7 +181,7 @@ class _Manager:
         ids = [
             self._new_chunk(job, index, items, size) for index, (items, size) in enumerate(chunks)
         ]
-        self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id))
 
     def cancel_job(self, job_id: int, error: BaseException) -> None:
         """Withdraw a job (its caller was interrupted): its chunks leave the queue and are
@@ -217,7 +218,7 @@ class _Manager:
         if job.job_id not in self.jobs:
             return
         ids = [self._new_chunk(job, index, items, size) for index, items, size in chunks]
-        self._execute(self.scheduler.got_chunks(ids, time.monotonic()))
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id))
 
     def got_stream_error(self, job: _Job, index: int, error: BaseException) -> None:
         if job.job_id not in self.jobs:
@@ -477,6 +478,7 @@ class _Manager:
 
     def _job_finished(self, job: _Job) -> None:
         self.jobs.pop(job.job_id, None)
+        self.scheduler.forget_group(job.job_id)
         if job.progress is not None:
             job.progress.close()
             job.progress = None

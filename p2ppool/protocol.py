@@ -344,6 +344,9 @@ class Accept(Message):
 class Withdraw(Message):
     """A job no longer wants slots, or a worker withdraws (at least one of the two is set).
 
+    Both set, by the worker itself: the worker withdraws its offer to that job (it was not
+    accepted in time while another job waited; see :mod:`p2ppool.peer`).
+
     Attributes:
         job: the job withdrawn, or None.
         worker: the worker withdrawing, or None.

@@ -47,6 +47,14 @@ taken, and its Accept fails (the accept timeout ends it): rare, and not closed, 
 not say which Want they answer.  Offers are
 ignored from workers that refused this job, that said Hello with another Python
 ``major.minor``, or that are waiting out a retry backoff.
+
+**A worker withdraws its offer** (:meth:`Recruiter.offer_withdrawn`: it was not accepted in
+time while another job waited there): the offer is forgotten, and a session being opened on
+it is abandoned at once, with no backoff (the worker will not open it).
+
+**Bounded state** (issue 17): anyone on the board can say Hello as a worker under any name,
+so at most ``workers_kept`` workers are remembered; past that, the least recently heard one
+with nothing under way is forgotten first.
 """
 
 from __future__ import annotations
@@ -146,6 +154,7 @@ class Recruiter:
         forget_silent_s: a worker with nothing under way (no session, offer, refusal or
             backoff) that has said nothing for this long is forgotten: killed workers never
             say Bye, and a long-lived pool must not keep every name it ever saw.
+        workers_kept: most workers remembered (idle ones least recently heard go first).
     """
 
     def __init__(
@@ -161,6 +170,7 @@ class Recruiter:
         retry_factor: float = defaults.RECRUIT_RETRY_FACTOR,
         retry_max_s: float = defaults.RECRUIT_RETRY_MAX_S,
         forget_silent_s: float = defaults.HELLO_TTL_S,
+        workers_kept: int = defaults.RECRUIT_WORKERS_KEPT,
     ) -> None:
         self.python = python
         self._repeat = want_repeat_s
@@ -172,6 +182,7 @@ class Recruiter:
         self._retry_factor = retry_factor
         self._retry_max = retry_max_s
         self._forget_after = forget_silent_s
+        self._workers_kept = workers_kept
         self._workers: Dict[str, _Worker] = {}
         self._demand = 0
         self._want_out = False  # a Want is on the board and not withdrawn
@@ -262,7 +273,7 @@ class Recruiter:
         if self._closed:
             return []
         self._forget_silent(now)
-        found = self._workers.setdefault(worker, _Worker())
+        found = self._worker(worker)
         if found.python is None or (found.free == 0 and slots is not None and slots > 0):
             self._new_hello = True
         found.python, found.heard = python, now
@@ -300,11 +311,25 @@ class Recruiter:
         """
         if self._closed or slots < 1 or not self._want_out:
             return []
-        found = self._workers.setdefault(worker, _Worker())
+        found = self._worker(worker)
         found.heard = now
         if found.state is None:
             found.offer = _Offer(slots, key, expires, now)
         return self._step(now)
+
+    def offer_withdrawn(self, worker: str, now: float) -> List[Command]:
+        """``worker`` withdrew its offer to this job (``Withdraw(job, worker)`` from it):
+        forget the offer; a session being opened on it is abandoned, with no backoff."""
+        found = self._workers.get(worker)
+        if self._closed or found is None:
+            return []
+        found.offer = None
+        commands: List[Command] = []
+        if found.state == _PENDING:
+            commands.append(AbandonSession(worker, "it withdrew its offer before the "
+                                                   "session opened"))
+            found.state, found.slots = None, 0
+        return commands + self._step(now)
 
     def session_ready(self, worker: str, slots: int, now: float) -> List[Command]:
         """The session with ``worker`` is Ready with ``slots`` slots."""
@@ -378,6 +403,20 @@ class Recruiter:
         worker.failures += 1
         delay = self._retry_first * self._retry_factor ** (worker.failures - 1)
         worker.retry_at = now + min(delay, self._retry_max)
+
+    def _worker(self, name: str) -> _Worker:
+        """The state of ``name``; past ``workers_kept`` workers, the least recently heard
+        one with nothing under way is forgotten to make room."""
+        found = self._workers.get(name)
+        if found is not None:
+            return found
+        if len(self._workers) >= self._workers_kept:
+            idle = [(w.heard, n) for n, w in self._workers.items()
+                    if w.state is None and w.refused is None and w.failures == 0]
+            if idle:
+                del self._workers[min(idle)[1]]
+        found = self._workers[name] = _Worker()
+        return found
 
     def _forget_silent(self, now: float) -> None:
         silent = [

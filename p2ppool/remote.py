@@ -218,14 +218,31 @@ class _Remote:
         self.session: Any = None
         self.slots = 0
         self.taken = taken  # slots accepted of the worker's offer: the session uses no more
-        # Function keys the worker holds, least recently used first (it drops them when told).
-        self.funcs: collections.OrderedDict[int, None] = collections.OrderedDict()
+        # Function keys the worker holds -> their sizes, least recently used first (it drops
+        # them when told); at most REMOTE_FUNCTIONS_PER_SESSION of them, and no more bytes
+        # than the worker's Ready allows (issue 17: it closes a session that goes over).
+        self.funcs: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.func_bytes = 0
+        self.max_function_bytes: int | None = None
         self.inflight: Set[int] = set()
         self.code_digest: str | None = None  # the code bundle the worker has from us
         self.declined = False  # it lacks a module the job needs: closed, never used again
         self.abandoned = False
         self.released = False  # let go while idle, for another job (see _release_idle)
         self.end_cause: str | None = None  # why we closed it, when the worker made us
+
+    def make_room(self, size: int) -> tuple[int, ...]:
+        """Drop the least recently used functions until one more of ``size`` bytes fits;
+        return their keys (for a Forget frame)."""
+        most_bytes = self.max_function_bytes
+        forget = []
+        while self.funcs and (
+                len(self.funcs) >= defaults.REMOTE_FUNCTIONS_PER_SESSION
+                or (most_bytes is not None and self.func_bytes + size > most_bytes)):
+            oldest, oldest_size = self.funcs.popitem(last=False)
+            self.func_bytes -= oldest_size
+            forget.append(oldest)
+        return tuple(forget)
 
 
 class ClusterBackend:
@@ -352,11 +369,12 @@ class ClusterBackend:
                 if func_key in remote.funcs:
                     remote.funcs.move_to_end(func_key)
                 else:
-                    remote.funcs[func_key] = None
+                    forget = remote.make_room(len(func_blob))
+                    if forget:  # before the Func: the worker must never hold too much
+                        frames.append((encode_frame(Forget(forget)),))
+                    remote.funcs[func_key] = len(func_blob)
+                    remote.func_bytes += len(func_blob)
                     frames.append(encode_frame_parts(Func(func_key, func_blob)))
-                    if len(remote.funcs) > defaults.REMOTE_FUNCTIONS_PER_SESSION:
-                        oldest, _ = remote.funcs.popitem(last=False)
-                        frames.append((encode_frame(Forget((oldest,))),))
                 frames.append(encode_frame_parts(Task(task_id, func_key, args_blob)))
                 remote.inflight.add(task_id)
                 session = remote.session
@@ -553,6 +571,12 @@ class ClusterBackend:
                     self._other_wants = {j: u for j, u in self._other_wants.items() if u > now}
                 self._other_wants[msg.job] = now + (msg.expires_at() - time.time())
             self._post(lambda: self._release_idle(msg.job))
+        elif (isinstance(msg, Withdraw) and msg.job == self.job_id
+              and msg.worker is not None and msg.worker == msg.sender):
+            # The worker withdrew its offer (we were too slow, and another job waited).
+            self._post(lambda: self._recruiter.offer_withdrawn(msg.sender, time.monotonic()))
+        elif isinstance(msg, Withdraw) and msg.worker is not None:
+            return  # a worker's offer to another job: that job still wants slots
         elif isinstance(msg, (Withdraw, Done)) and msg.job not in (None, self.job_id):
             with self._lock:
                 self._other_wants.pop(msg.job, None)
@@ -775,6 +799,7 @@ class ClusterBackend:
             if remote.state != _OPENING or remote.abandoned or self._closed:
                 return
             remote.state = _READY
+            remote.max_function_bytes = frame.max_function_bytes
             # No more than accepted, even from a worker that ignores Open.slots.
             slots = remote.slots = min(frame.slots, remote.taken)
         log.info("worker %s is ready with %d slot(s) (%s)", frame.worker, slots,

@@ -10,11 +10,15 @@ frame is the payload (pickled bytes, which only a worker's *child* process ever 
     client                                             worker
       | Open(job, python, maxtasksperchild, slots,       |   once, first frame
       |      code bundle, init blob) ----------------->  |
-      |<- Ready(worker name, slots, limits)              |   or Refuse(reason) and close
+      |<- Ready(worker name, slots, limits)              |   or Refuse(reason) and close;
+      |                                                  |   limits: payload and function
+      |                                                  |   bytes, task seconds
       | Code(bundle) --------------------------------->  |   the client's own modules changed:
       |                                                  |   new task processes import these
       | Func(func_key, blob) ------------------------->  |   once per function per session
-      | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight
+      | Task(task_id, func_key, args blob) ----------->  |   up to `slots` in flight (a
+      |                                                  |   worker closes a session that
+      |                                                  |   goes 2 past them)
       |<- Result(task_id, ok, blob)                      |   ok=False: pickled exception
       |<- Lost(task_id, retry, cause)                    |   child died / limit hit
       |<- Unable(task_id, phase, module, error, host)    |   this worker lacks a module that
@@ -95,12 +99,18 @@ class Open:
 
 @dataclasses.dataclass(frozen=True)
 class Ready:
-    """Worker -> client: the session is accepted; up to ``slots`` tasks may be in flight."""
+    """Worker -> client: the session is accepted; up to ``slots`` tasks may be in flight.
+
+    ``max_function_bytes``: the most bytes of functions the worker holds for the session
+    (None: a worker that predates the field, which only counts them); a client sends Forget
+    frames before a Func that would go over it.
+    """
 
     worker: str
     slots: int
     max_payload_bytes: int | None = None
     max_task_seconds: float | None = None
+    max_function_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +251,8 @@ def encode_frame(frame: Frame) -> bytes:
         fields = {"worker": frame.worker, "slots": frame.slots,
                   "max_payload_bytes": frame.max_payload_bytes,
                   "max_task_seconds": frame.max_task_seconds}
+        if frame.max_function_bytes is not None:  # (an older client ignores the key)
+            fields["max_function_bytes"] = frame.max_function_bytes
         return _json(_READY, fields)
     if isinstance(frame, Refuse):
         return _json(_REFUSE, {"reason": frame.reason})
@@ -352,7 +364,9 @@ def decode_frame(data: bytes) -> Frame:
         return Ready(worker=_field(obj, "worker", str), slots=_field(obj, "slots", int),
                      max_payload_bytes=_field(obj, "max_payload_bytes", int, optional=True),
                      max_task_seconds=_field(obj, "max_task_seconds", (int, float),
-                                             optional=True))
+                                             optional=True),
+                     max_function_bytes=_field(obj, "max_function_bytes", int,
+                                               optional=True))
     if kind == _REFUSE:
         obj, _ = _split_json(data)
         return Refuse(reason=_field(obj, "reason", str))

@@ -107,8 +107,8 @@ class BoardView:
             if peer is not None:
                 peer.jobs.pop(msg.job, None)
                 peer.last_seen = now
-        if isinstance(msg, Withdraw) and msg.worker is not None:
-            self.peers.pop(msg.worker, None)
+        if isinstance(msg, Withdraw) and msg.worker is not None and msg.job is None:
+            self.peers.pop(msg.worker, None)  # (with a job: it withdrew one offer, not itself)
 
     def by_role(self, role: str) -> List[PeerInfo]:
         """Peers of one role, by id."""

@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-payload-mb", dest="max_payload_mb", type=float, metavar="M",
                         help="refuse functions, arguments and results over M megabytes "
                         f"(default: {defaults.MAX_PAYLOAD_BYTES // 1_000_000})")
+    parser.add_argument("--max-functions-mb", dest="max_functions_mb", type=float,
+                        metavar="M", help="close a client session that keeps more than M "
+                        "megabytes of functions here (default: "
+                        f"{defaults.WORKER_FUNCTION_BYTES_PER_SESSION / 1_000_000:g}, and never "
+                        "less than --max-payload-mb)")
     parser.add_argument("--ttl", metavar="DURATION",
                         help="stop gracefully after this long (90, 90s, 10m, 2h, 1d)")
     parser.add_argument("--allow-install", dest="allow_install", action="store_true",
@@ -143,6 +148,11 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         raise ConfigError(f"--max-payload-mb must be positive, got {payload_mb}")
     max_payload = (defaults.MAX_PAYLOAD_BYTES if payload_mb is None
                    else int(payload_mb * 1_000_000))
+    functions_mb = getattr(args, "max_functions_mb", None)
+    if functions_mb is not None and not functions_mb > 0:
+        raise ConfigError(f"--max-functions-mb must be positive, got {functions_mb}")
+    max_functions = (defaults.WORKER_FUNCTION_BYTES_PER_SESSION if functions_mb is None
+                     else int(functions_mb * 1_000_000))
     ttl = None
     if args.ttl is not None:
         try:
@@ -185,6 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         install_cache=os.path.abspath(install_cache),
         install_cache_bytes=(defaults.WORKER_INSTALL_CACHE_BYTES if cache_mb is None
                              else int(cache_mb * 1_000_000)),
+        max_function_bytes=max_functions,
     )
 
 

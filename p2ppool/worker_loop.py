@@ -111,6 +111,13 @@ class WorkerSettings:
     sandbox_rw: Tuple[str, ...] = ()  # extra paths sandboxed tasks may write
     #: processes one session's sandboxed tasks may have at once (a pids cgroup, if allowed)
     max_task_processes: int = defaults.WORKER_MAX_TASK_PROCESSES
+    #: bytes of functions one session may keep here (``--max-functions-mb``)
+    max_function_bytes: int = defaults.WORKER_FUNCTION_BYTES_PER_SESSION
+
+    @property
+    def function_budget(self) -> int:
+        """Bytes of functions a session may keep: at least one function of any size allowed."""
+        return max(self.max_function_bytes, self.max_payload_bytes)
 
     @property
     def max_frame_bytes(self) -> int:

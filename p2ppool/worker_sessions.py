@@ -5,6 +5,13 @@ A session opens its wormhole in a thread, must send an Open frame in time (then 
 Cancel frames; its engine's events go back as Result and Lost frames; it ends with a Bye,
 a refusal or a lost connection, and its slots are free again.
 
+**Memory budget per session** (issue 17): a session holds at most
+``WORKER_FUNCTIONS_PER_SESSION`` functions of at most ``settings.function_budget`` bytes in
+all (``--max-functions-mb``, said in Ready), and at most its slots plus
+``WORKER_TASKS_PREFETCH`` tasks in flight.  A p2ppool client stays within both; a session
+that goes over either is closed with a protocol error that says which limit (a Lost frame
+names it for the task that went over), and the worker goes on serving its other sessions.
+
 :class:`SessionHandling` is a part of :class:`~p2ppool.worker_loop.Worker` (a mixin): its
 methods run on the worker's main thread, which owns every session; the loop that calls them
 is drawn in :mod:`p2ppool.worker_loop`.
@@ -54,6 +61,7 @@ class _ClientSession:
         self.engine: Any = None  # engine.ProcessEngine once the Open frame was accepted
         self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
         self.functions: Dict[int, bytes] = {}
+        self.function_bytes = 0  # the sizes of `functions`, summed
         self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
         self._code_view: str | None = None  # its copy in view_root (prestarted), or code_dir
         self.site_dir: str | None = None  # the job's installed requirements (Environments)
@@ -182,7 +190,7 @@ class SessionHandling:
             self._got_func(session, frame)
         elif isinstance(frame, Forget):
             for func_key in frame.func_keys:  # tasks already received keep their blob
-                session.functions.pop(func_key, None)
+                self._drop_function(session, func_key)
                 session.refused_functions.pop(func_key, None)
         elif isinstance(frame, Cancel):
             self._got_cancel(session, frame)
@@ -247,7 +255,8 @@ class SessionHandling:
         session.open_deadline = None
         self._send(session, Ready(worker=s.name, slots=session.slots,
                                   max_payload_bytes=s.max_payload_bytes,
-                                  max_task_seconds=s.max_task_seconds))
+                                  max_task_seconds=s.max_task_seconds,
+                                  max_function_bytes=s.function_budget))
         log.info("session %d with %s opened (%d slot(s)%s)", session.sid, session.who(),
                  session.slots,
                  f", maxtasksperchild={frame.maxtasksperchild}"
@@ -375,19 +384,36 @@ class SessionHandling:
                                  self.settings.max_payload_bytes)
         if reason is not None:
             session.refused_functions[frame.func_key] = reason
-            session.functions.pop(frame.func_key, None)
+            self._drop_function(session, frame.func_key)
             log.info("session %d with %s: refused %s", session.sid, session.who(), reason)
             return
         session.refused_functions.pop(frame.func_key, None)
+        self._drop_function(session, frame.func_key)  # (a key sent again replaces its blob)
         limit = defaults.WORKER_FUNCTIONS_PER_SESSION
-        if frame.func_key not in session.functions and len(session.functions) >= limit:
+        if len(session.functions) >= limit:
             log.warning("session %d with %s sent more than %d functions without Forget; "
                         "closing it", session.sid, session.who(), limit)
             self._end_session(session, f"the client kept more than {limit} functions on this "
                                        "worker (a p2ppool client keeps "
                                        f"{defaults.REMOTE_FUNCTIONS_PER_SESSION})")
             return
+        budget = self.settings.function_budget
+        if session.function_bytes + len(frame.blob) > budget:
+            from .peer import format_bytes
+
+            reason = (f"protocol error: the client kept more than {format_bytes(budget)} of "
+                      "functions on this worker (its limit, said in Ready)")
+            log.warning("session %d with %s: %s; closing it", session.sid, session.who(),
+                        reason)
+            self._end_session(session, reason)
+            return
         session.functions[frame.func_key] = frame.blob
+        session.function_bytes += len(frame.blob)
+
+    def _drop_function(self, session: _ClientSession, func_key: int) -> None:
+        blob = session.functions.pop(func_key, None)
+        if blob is not None:
+            session.function_bytes -= len(blob)
 
     def _got_task(self, session: _ClientSession, frame: Any) -> None:
         from .peer import payload_refusal
@@ -400,6 +426,16 @@ class SessionHandling:
         if task_id in session.inflight:
             self._send_lost(session, task_id, False,
                             f"task {task_id} is already running on worker {s.name}")
+            return
+        most = session.slots + defaults.WORKER_TASKS_PREFETCH
+        if len(session.inflight) >= most:
+            excess = (f"protocol error: task {task_id} came while {most} task(s) were in "
+                      f"flight on a session of {session.slots} slot(s) (at most its slots "
+                      f"plus {defaults.WORKER_TASKS_PREFETCH})")
+            log.warning("session %d with %s: %s; closing it", session.sid, session.who(),
+                        excess)
+            self._send_lost(session, task_id, True, f"worker {s.name}: {excess}")
+            self._end_session(session, excess)
             return
         reason = session.refused_functions.get(frame.func_key)
         if reason is None:

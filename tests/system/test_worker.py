@@ -204,7 +204,7 @@ def test_announce_offer_accept_open_and_a_chunk_of_pow_runs(
     cs = _session_from_offer(driver, offer)
     ready = cs.open()
     assert ready == Ready(worker="w-shared", slots=2, max_payload_bytes=256 * 1024 * 1024,
-                          max_task_seconds=None)
+                          max_task_seconds=None, max_function_bytes=256 * 1024 * 1024)
     shared_worker.wait_log(f"session 1 with carol-test's job {job} opened (2 slot(s))")
     task = cs.submit(pow, payload.starmap_call([(2, 3), (3, 2), (10, 4)]))
     frame = cs.next_frame()
@@ -314,17 +314,76 @@ def test_a_client_that_never_forgets_functions_is_closed(
         cs.close()
 
 
+def test_a_client_over_its_function_bytes_is_closed_and_others_are_served(
+    start_worker: Any, driver: Driver
+) -> None:
+    # 1 MB payloads, 2.5 MB of functions per session: a third 1 MB function is too much.
+    worker = start_worker("w-fbytes", "--max-payload-mb", "1", "--max-functions-mb", "2.5")
+    cs = driver.connect(slots=1, worker="w-fbytes")
+    other = driver.ready_session(slots=1, worker="w-fbytes")
+    try:
+        ready = cs.open()
+        assert isinstance(ready, Ready) and ready.max_function_bytes == 2_500_000
+        big = b"f" * 999_000
+        cs.send(Func(1, big))
+        cs.send(Func(2, big))
+        cs.send(Forget((1,)))  # forgotten: room for one more
+        cs.send(Func(3, big))
+        cs.submit(pow, payload.starmap_call([(3, 2)]), func_key=9)
+        frame = cs.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [9]
+        cs.send(Func(4, big))  # 2, 3, 4 and 9: over 2.5 MB
+        assert isinstance(cs.next_frame(), ByeFrame)
+        line = worker.wait_log("of functions on this worker")
+        assert "more than 2.5 MB of functions" in line, line
+        # the other session goes on
+        other.submit(pow, payload.starmap_call([(4, 2)]))
+        frame = other.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [16]
+    finally:
+        cs.close()
+        other.close()
+
+
+def test_tasks_past_the_slots_and_prefetch_close_the_session(
+    shared_worker: WorkerProcess, driver: Driver
+) -> None:
+    cs = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        tasks = [cs.submit(sleep_for, payload.apply_call((30.0,), {}))
+                 for _ in range(1 + defaults.WORKER_TASKS_PREFETCH)]  # as many as allowed
+        extra = cs.submit(sleep_for, payload.apply_call((30.0,), {}))
+        frame = cs.next_frame()
+        assert isinstance(frame, Lost) and frame.task_id == extra and frame.retry, frame
+        assert "protocol error: task" in frame.cause and "in flight" in frame.cause
+        assert isinstance(cs.next_frame(), ByeFrame)
+        assert extra not in tasks
+        shared_worker.wait_log(f"task {extra} came while 3 task(s) were in flight on a "
+                               "session of 1 slot(s)")
+    finally:
+        cs.close()
+    # the worker serves the next session as before
+    again = driver.ready_session(slots=1, worker="w-shared")
+    try:
+        again.submit(pow, payload.starmap_call([(2, 5)]))
+        frame = again.next_frame()
+        assert isinstance(frame, Result) and result_value(frame) == [32]
+    finally:
+        again.close()
+
+
 def test_initializer_runs_once_per_child(shared_worker: WorkerProcess, driver: Driver) -> None:
     cs = driver.ready_session(slots=2, worker="w-shared", initializer=record_init,
                               initargs=("hi",))
     try:
-        for _ in range(6):
-            cs.submit(init_state, payload.map_call([0]))
         states = []
-        for _ in range(6):
-            frame = cs.next_frame()
-            assert isinstance(frame, Result) and frame.ok, frame
-            states.extend(result_value(frame))
+        for batch in (4, 2):  # (at most the slots plus WORKER_TASKS_PREFETCH in flight)
+            for _ in range(batch):
+                cs.submit(init_state, payload.map_call([0]))
+            for _ in range(batch):
+                frame = cs.next_frame()
+                assert isinstance(frame, Result) and frame.ok, frame
+                states.extend(result_value(frame))
         pids = {pid for pid, _, _ in states}
         assert 1 <= len(pids) <= 2
         assert {(inits, tag) for _, inits, tag in states} == {("1", "hi")}

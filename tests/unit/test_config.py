@@ -235,3 +235,13 @@ def test_requirement_sets_key_by_content_not_spelling() -> None:
     versions = {"numpy": "1.26.0", "scipy": "1.13.0"}.get
     assert unmet(["numpy>=2", "scipy", 'pywin32; sys_platform == "win32"'], versions) == [
         "numpy>=2"]
+
+
+def test_task_timeout_is_positive_seconds_or_none() -> None:
+    assert resolve_options({"task_timeout": 30}, environ={}, read_file=False).task_timeout == 30.0
+    assert resolve_options({}, environ={"P2PPOOL_TASK_TIMEOUT": "none"},
+                           read_file=False).task_timeout is None
+    assert resolve_options({}, environ={}, read_file=False).task_timeout is None
+    for bad in (0, -1, "soon", True, float("inf")):
+        with pytest.raises(ConfigError, match="task_timeout"):
+            resolve_options({"task_timeout": bad}, environ={}, read_file=False)

@@ -45,6 +45,8 @@ class Keys:
 
 
 def make_peer(slots: int = 4, **kw: Any) -> Peer:
+    # Hello pacing has its own tests: here every change of free slots is announced at once.
+    kw.setdefault("hello_min_interval", 0.0)
     cfg = PeerConfig(worker_id=ME, python="3.11", version="0.1.0", slots=slots,
                      offer_ttl=10.0, hello_interval=30.0, hello_ttl=90.0, **kw)
     return Peer(cfg, Keys())
@@ -409,16 +411,15 @@ def test_a_waiting_want_gets_the_slots_of_an_expired_offer_once() -> None:
     assert peer.waiting_wants() == []
 
 
-def test_waiting_wants_are_served_oldest_first_and_expired_ones_are_dropped() -> None:
+def test_expired_waiting_wants_are_dropped() -> None:
     peer = started(1)
     peer.got_want(want("j0", slots=1), T0)  # takes the only slot
-    peer.got_want(want("old", slots=1, sender="bob", ts=T0 - 59), T0)  # lapses at T0 + 1
     peer.got_want(want("j2", slots=1, sender="carol"), T0)
-    peer.got_want(want("j3", slots=1, sender="dave"), T0)
-    assert peer.waiting_wants() == ["old", "j2", "j3"]
+    peer.got_want(want("old", slots=1, sender="bob", ts=T0 - 59), T0 + 0.5)  # lapses T0 + 1
+    assert peer.waiting_wants() == ["old", "j2"]  # the most recently heard first
     actions = peer.got_withdraw(Withdraw(sender="alice", ts=T0, ttl=60, job="j0"), T0 + 2)
     assert actions == [offer(T0 + 2, "j2", 1, 2)]
-    assert peer.waiting_wants() == ["j3"]
+    assert peer.waiting_wants() == []
 
 
 def test_withdraw_done_or_bye_forget_a_waiting_want() -> None:
@@ -455,8 +456,8 @@ def test_withdrawing_forgets_waiting_wants() -> None:
 # --- per-job requirements -----------------------------------------------------------------
 
 
-def with_requires(requires: tuple[str, ...], job: str = "j1") -> Want:
-    return Want(sender="alice", ts=T0, ttl=60.0, job=job, slots=2, python="3.11",
+def with_requires(requires: tuple[str, ...], job: str = "j1", sender: str = "alice") -> Want:
+    return Want(sender=sender, ts=T0, ttl=60.0, job=job, slots=2, python="3.11",
                 session=SESSION_VERSION, requires=requires)
 
 
@@ -485,7 +486,7 @@ def test_a_want_waits_while_its_requirements_install_then_gets_its_offer() -> No
     plain = peer.got_want(want(job="j0"), T0 + 1)  # no requirements: offered at once
     assert [a.message.job for a in plain if isinstance(a, Publish)
             and isinstance(a.message, Offer)] == ["j0"]
-    actions = peer.got_want(with_requires(("numpy>=2",)), T0 + 1)
+    actions = peer.got_want(with_requires(("numpy>=2",), sender="bob"), T0 + 1)
     assert not [a for a in actions if isinstance(a, Publish) and isinstance(a.message, Offer)]
     assert peer.waiting_wants() == ["j1"]
     assert not [a for a in peer.timer_expired(T0 + 2)
@@ -504,3 +505,230 @@ def test_requirements_travel_in_the_want_line() -> None:
     assert decode(line, T0).requires == ("numpy>=2", "scipy")  # type: ignore[attr-defined]
     with pytest.raises(MessageRejected, match="requirement strings"):
         with_requires(tuple(f"p{i}" for i in range(40)))
+
+
+# --- fair, bounded recruiting (issue 17) -------------------------------------------------------
+
+
+def offers_in(actions: List[Any]) -> List[Offer]:
+    return [a.message for a in actions if isinstance(a, Publish)
+            and isinstance(a.message, Offer)]
+
+
+def withdrawn(now: float, job: str) -> Publish:
+    return Publish(Withdraw(sender=ME, ts=now, ttl=10.0, job=job, worker=ME))
+
+
+def busy(peer: Peer, job: str = "j0", sender: str = "owner", now: float = T0) -> int:
+    """Give every free slot of ``peer`` to a session; return its session id."""
+    made = offers_in(peer.got_want(want(job, slots=99, sender=sender, ts=now), now))
+    assert made, "the peer had no free slot"
+    [opened] = [a for a in peer.got_accept(accept(job, n=_last_key(made[0]), sender=sender,
+                                                  ts=now), now)
+                if isinstance(a, OpenSession)]
+    return opened.session_id
+
+
+def _last_key(offer_message: Offer) -> int:
+    return next(n for n in range(1, 200) if pub(n) == offer_message.key)
+
+
+def test_freed_slots_go_round_robin_over_senders_not_oldest_first() -> None:
+    peer = started(1)
+    session = busy(peer)
+    for job in ("b1", "b2", "b3"):
+        peer.got_want(want(job, slots=1, sender="bob"), T0 + 1)
+    peer.got_want(want("c1", slots=1, sender="carol"), T0 + 2)
+    # never offered yet: the most recently heard first; a sender's newest Want first
+    assert peer.waiting_wants() == ["c1", "b3", "b2", "b1"]
+    assert offers_in(peer.session_ended(session, T0 + 3))[0].job == "c1"
+    peer.got_accept(accept("c1", n=2, sender="carol"), T0 + 3)
+    peer.got_want(want("c2", slots=1, sender="carol"), T0 + 4)  # carol asks again at once
+    # carol was served at T0 + 3, bob never: bob's turn, however recent carol's ask
+    assert peer.waiting_wants() == ["b3", "b2", "b1", "c2"]
+    assert offers_in(peer.session_ended(2, T0 + 5))[0].job == "b3"
+    peer.got_accept(accept("b3", n=3, sender="bob"), T0 + 5)
+    assert offers_in(peer.session_ended(3, T0 + 6))[0].job == "c2"
+
+
+def test_a_sender_keeps_at_most_four_waiting_wants_and_the_newest_win() -> None:
+    peer = started(1)
+    busy(peer)
+    for i in range(300):
+        peer.got_want(want(f"fake{i}", slots=1000, sender="mallory"), T0 + 1)
+    assert peer.waiting_wants() == ["fake299", "fake298", "fake297", "fake296"]
+
+
+def test_state_per_sender_is_bounded_least_recently_heard_forgotten_first() -> None:
+    peer = make_peer(1, senders_kept=3)
+    peer.start(T0)
+    busy(peer)  # sender "owner" is known, first
+    for i in range(1000):
+        peer.got_want(want(f"j{i}", slots=1, sender=f"forged{i}"), T0 + 1)
+        peer.got_hello(Hello(sender=f"h{i}", ts=T0, ttl=90.0, role="client", python="3.11",
+                             version="0.1", slots=0), T0 + 1)
+    assert peer.known_senders() == 3
+    assert peer.waiting_wants() == ["j999"]  # forged999, h999, h998 are kept
+
+
+def test_a_want_ttl_is_honoured_only_up_to_its_cap() -> None:
+    peer = started(1)
+    session = busy(peer)
+    forever = Want(sender="mallory", ts=T0, ttl=1e300, job="forever", slots=1000,
+                   python="3.11", session=SESSION_VERSION)
+    peer.got_want(forever, T0)
+    assert peer.waiting_wants() == ["forever"]
+    # it expires here 120 s after it arrived, whatever its ttl says
+    assert offers_in(peer.session_ended(session, T0 + 121)) == []
+    assert peer.waiting_wants() == []
+
+
+def test_an_offer_left_unaccepted_is_withdrawn_for_another_senders_want() -> None:
+    peer = started(2)
+    assert offers_in(peer.got_want(want("fake", slots=1000, sender="mallory"), T0)) != []
+    assert peer.got_want(want("real", slots=2, sender="alice"), T0 + 1) == []
+    assert peer.next_deadline() == T0 + 2.0  # when mallory's offer counts as unanswered
+    assert peer.timer_expired(T0 + 1.9) == []
+    assert peer.timer_expired(T0 + 2.0) == [
+        Note("withdrew the offer of 2 slot(s) to job fake of mallory: not accepted within "
+             "2 s while another job waits"),
+        withdrawn(T0 + 2.0, "fake"),
+        offer(T0 + 2.0, "real", 2, 2),
+    ]
+    assert peer.strikes("mallory") == 1
+    assert peer.got_accept(accept("fake", n=1, sender="mallory"), T0 + 2.1) == [
+        Note("ignored an accept for job fake from mallory: no offer of ours is pending for "
+             "that job (expired or never made)")
+    ]
+    assert peer.got_accept(accept("real", n=2), T0 + 2.1) == [
+        OpenSession(1, "real", "alice", 2, "7-secret")
+    ]
+
+
+def test_an_unaccepted_offer_is_kept_while_nobody_else_waits() -> None:
+    peer = started(2)
+    peer.got_want(want("j1", slots=2), T0)
+    assert peer.timer_expired(T0 + 5) == []
+    assert peer.pending_offers() == {"j1": 2}
+    assert peer.next_deadline() == T0 + 10.0  # its expiry
+
+
+def test_a_sender_whose_offer_lapsed_waits_behind_the_others_until_one_is_accepted() -> None:
+    peer = started(1)
+    peer.got_want(want("m1", slots=1, sender="mallory"), T0)
+    peer.timer_expired(T0 + 10)  # expired unaccepted: a strike, and the slot is free
+    assert peer.strikes("mallory") == 1
+    session = busy(peer, now=T0 + 11)
+    peer.got_want(want("b1", slots=1, sender="bob"), T0 + 12)
+    peer.got_want(want("m2", slots=1, sender="mallory"), T0 + 13)  # heard later, but struck
+    assert peer.waiting_wants() == ["b1", "m2"]
+    assert offers_in(peer.session_ended(session, T0 + 14))[0].job == "b1"
+    # a sender that takes what it is offered is forgiven
+    [m2] = offers_in(peer.got_withdraw(Withdraw(sender="bob", ts=T0, ttl=60, job="b1"),
+                                       T0 + 15))
+    assert m2.job == "m2"
+    peer.got_accept(accept("m2", n=_last_key(m2), sender="mallory"), T0 + 15)
+    assert peer.strikes("mallory") == 0
+
+
+def test_a_sender_has_at_most_one_pending_offer() -> None:
+    peer = started(4)
+    assert [o.job for o in offers_in(peer.got_want(want("m1", slots=1, sender="m"), T0))] \
+        == ["m1"]
+    assert offers_in(peer.got_want(want("m2", slots=1, sender="m"), T0)) == []
+    assert peer.free_slots == 3 and peer.waiting_wants() == ["m2"]
+    assert [o.job for o in offers_in(peer.got_want(want("b1", slots=1, sender="b"), T0))] \
+        == ["b1"]
+
+
+@pytest.mark.parametrize("same_sender", [True, False])
+def test_300_forged_wants_delay_a_real_want_by_the_answer_time_only(same_sender: bool) -> None:
+    peer = started(2)
+    for i in range(300):
+        sender = "mallory" if same_sender else f"forged{i}"
+        peer.got_message(Want(sender=sender, ts=T0, ttl=1e6, job=f"fake{i}", slots=1000,
+                              python="3.11", session=SESSION_VERSION), T0)
+    real = want("real", slots=2, sender="client:real", ts=T0 + 1)
+    assert offers_in(peer.got_want(real, T0 + 1)) == []
+    deadline = peer.next_deadline()
+    assert deadline == T0 + 2.0
+    assert [o.job for o in offers_in(peer.timer_expired(deadline))] == ["real"]
+
+
+def test_the_workers_own_messages_are_bounded_by_its_bucket() -> None:
+    peer = make_peer(100, messages_per_s=5.0, message_burst=20, hello_min_interval=1.0)
+    peer.start(T0)  # a Hello: one token of twenty
+    actions: List[Any] = []
+    for i in range(100):
+        actions += peer.got_want(want(f"j{i}", slots=1, sender=f"s{i}"), T0)
+    publishes = [a for a in actions if isinstance(a, Publish)]
+    assert len(publishes) == 19  # the rest of the burst (offers, and Hellos of the changes)
+    assert len(peer.waiting_wants()) == 100 - len(offers_in(actions))
+    assert peer.next_deadline() == pytest.approx(T0 + 0.2)  # the next token
+    later = [a for a in peer.timer_expired(T0 + 1.0) if isinstance(a, Publish)]
+    assert len(later) == 5  # five tokens a second
+    # never more than five a second after the burst, and the worker says Hello meanwhile
+    hellos = []
+    for t in range(2, 40):
+        published = [a.message for a in peer.timer_expired(T0 + t) if isinstance(a, Publish)]
+        assert len(published) <= 5
+        hellos += [m.ts for m in published if isinstance(m, Hello)]
+    assert hellos and hellos[0] <= T0 + 30
+
+
+# --- no amplification (issue 17, item 2) -----------------------------------------------------
+
+
+def paced(slots: int = 4) -> Peer:
+    peer = make_peer(slots, hello_min_interval=1.0)
+    assert peer.start(T0) == [hello(T0, slots)]
+    return peer
+
+
+def client_hello(sender: str, ts: float = T0, ttl: float = 60.0) -> Hello:
+    return Hello(sender=sender, ts=ts, ttl=ttl, role="client", python="3.11",
+                 version="0.1.0", slots=0)
+
+
+def test_one_hello_answers_every_newcomer_since_the_last_and_no_sooner_than_a_second() -> None:
+    peer = paced()
+    actions: List[Any] = []
+    for i in range(1500):
+        actions += peer.got_hello(client_hello(f"forged{i}"), T0 + 0.5)
+    assert actions == []  # our start Hello went out 0.5 s ago
+    assert peer.next_deadline() == T0 + 1.0
+    assert peer.timer_expired(T0 + 1.0) == [hello(T0 + 1.0, 4)]
+    assert peer.timer_expired(T0 + 5.0) == []  # one Hello answered them all
+    assert peer.next_deadline() == T0 + 31.0  # the periodic one
+
+
+def test_a_newcomer_answered_recently_is_not_answered_again() -> None:
+    peer = paced()
+    assert peer.got_hello(client_hello("alice"), T0 + 2) == [hello(T0 + 2, 4)]
+    assert peer.got_hello(client_hello("alice", ts=T0 + 3), T0 + 3) == []
+    # its Hello lapsed (T0 + 63): it is a newcomer again
+    assert peer.got_hello(client_hello("alice", ts=T0 + 70), T0 + 70) == [hello(T0 + 70, 4)]
+
+
+def test_a_forged_hello_that_lives_for_ever_is_answered_again_after_the_cap() -> None:
+    peer = paced()
+    assert peer.got_hello(client_hello("mallory", ttl=1e300), T0 + 2) == [hello(T0 + 2, 4)]
+    peer.timer_expired(T0 + 199)  # (the periodic Hello, due meanwhile)
+    assert peer.got_hello(client_hello("mallory", ts=T0 + 200), T0 + 200) == []
+    peer.timer_expired(T0 + 302)
+    # honoured for 300 s after it arrived, whatever its ttl said
+    assert peer.got_hello(client_hello("mallory", ts=T0 + 303), T0 + 303) == [
+        hello(T0 + 303, 4)]
+
+
+def test_changes_of_free_slots_are_announced_at_once_while_tokens_last() -> None:
+    peer = make_peer(4, hello_min_interval=1.0, messages_per_s=1.0, message_burst=6)
+    peer.start(T0)  # 4 tokens left
+    assert peer.got_want(want("j1", slots=1), T0 + 0.2) == [offer(T0 + 0.2, "j1", 1, 1),
+                                                            hello(T0 + 0.2, 3)]
+    assert peer.got_want(want("j2", slots=1, sender="bob"), T0 + 0.4) == [
+        offer(T0 + 0.4, "j2", 1, 2), hello(T0 + 0.4, 2)]
+    assert peer.got_want(want("j3", slots=1, sender="carol"), T0 + 0.5) == [
+        offer(T0 + 0.5, "j3", 1, 3)]  # no token left for the Hello ...
+    assert peer.next_deadline() == pytest.approx(T0 + 1.0)  # ... until the next one
+    assert peer.timer_expired(T0 + 1.0) == [hello(T0 + 1.0, 1)]

@@ -341,3 +341,50 @@ def test_silent_workers_are_forgotten_but_not_busy_or_refused_ones() -> None:
     assert r.known() == sorted(["busy", "fresh", "refuser"] + [f"gone{i}" for i in range(11, 50)])
     r.got_hello("fresh", PY, 200.0)  # everyone silent for 90 s and idle is gone now
     assert r.known() == ["busy", "fresh", "refuser"]
+
+
+# --- issue 17: withdrawn offers, bounded state ----------------------------------------------
+
+
+def test_a_withdrawn_offer_is_forgotten_before_it_is_accepted() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("a", 1, K1, 300.0, 100.0)
+    assert r.offer_withdrawn("a", 100.05) == []
+    assert r.timer_expired(100.2) == []  # nothing left to accept
+    assert r.pending() == []
+
+
+def test_a_withdrawn_offer_abandons_its_session_and_asks_again_without_backoff() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    r.got_offer("a", 1, K1, 300.0, 100.0)
+    r.timer_expired(100.1)  # accepted; the covered Want is withdrawn
+    assert r.pending() == ["a"]
+    assert r.offer_withdrawn("a", 100.2) == [
+        AbandonSession("a", "it withdrew its offer before the session opened"),
+        PublishWant(1),
+    ]
+    # no backoff: a's next offer is taken at once
+    assert r.got_offer("a", 1, K2, 300.0, 100.3) == []
+    assert r.timer_expired(100.4)[0] == AcceptOffer("a", K2, 1)
+
+
+def test_an_offer_withdrawn_by_a_worker_we_never_heard_is_ignored() -> None:
+    r = make()
+    r.set_demand(1, 100.0)
+    assert r.offer_withdrawn("stranger", 100.1) == []
+    assert r.known() == []
+
+
+def test_forged_worker_names_cannot_grow_the_state() -> None:
+    r = make(workers_kept=8)
+    r.set_demand(1, 0.0)
+    r.got_offer("busy", 1, K1, 1000.0, 0.0)
+    r.timer_expired(0.2)
+    assert r.pending() == ["busy"]
+    for i in range(1500):
+        r.got_hello(f"forged{i}", PY, 1.0 + i * 0.001)
+    known = r.known()
+    assert len(known) == 8 and "busy" in known  # a worker with a session is never dropped
+    assert "forged1499" in known

@@ -105,7 +105,8 @@ def test_a_retried_chunk_prefers_another_executor() -> None:
     s.got_executor("b", 1, now=0.0)
     s.got_chunks([0, 1], now=0.0)  # 0 -> a, 1 -> b
     s.got_result(1, "b", "r1", now=0.5)
-    assert s.task_lost(0, "a", "lost", now=1.0) == [Assign(0, "b", 2)]
+    # (and a's free slot could take a copy if it runs 2 s: see the speculation tests)
+    assert s.task_lost(0, "a", "lost", now=1.0) == [Assign(0, "b", 2), WakeAt(3.0)]
 
 
 def test_leases_expire_without_heartbeats() -> None:
@@ -173,3 +174,116 @@ def test_failure_table_exhausted_attempts() -> None:
     assert failed(s.timer_expired(now=20.0)) == [
         Cancel(0, "w1"), (0, 2, ["w1: no heartbeat for 10 s", "w1: no heartbeat for 10 s"])
     ]
+
+
+# --- speculative runs: no silent executor holds a map (issue 17) ------------------------------
+
+
+def tail_of_a_job(s: Scheduler) -> None:
+    """a and b (1 slot each); chunk 0 runs on a from 0.0, chunks 1-3 ran 0.1 s each on b."""
+    s.got_executor("a", 1, now=0.0)
+    s.got_executor("b", 1, now=0.0)
+    assert s.got_chunks([0, 1, 2, 3], now=0.0, group="job") == [
+        Assign(0, "a", 1), Assign(1, "b", 1)]
+    assert s.got_result(1, "b", "r1", now=0.1) == [Resolve(1, "r1"), Assign(2, "b", 1)]
+    assert s.got_result(2, "b", "r2", now=0.2) == [Resolve(2, "r2"), Assign(3, "b", 1)]
+    # the median is 0.1 s: chunk 0 is overdue at 4 x 0.1 s, but at least 2 s after it began
+    assert s.got_result(3, "b", "r3", now=0.3) == [Resolve(3, "r3"), WakeAt(2.0)]
+
+
+def test_a_chunk_far_longer_than_its_jobs_others_runs_again_on_an_idle_executor() -> None:
+    s = Scheduler()
+    tail_of_a_job(s)
+    assert s.next_deadline() == 2.0
+    assert s.timer_expired(1.9) == []
+    assert s.timer_expired(2.0) == [Assign(0, "b", 1, speculative=True)]
+    # the first result wins; the other run is cancelled and never delivered
+    assert s.got_result(0, "b", "from b", now=2.5) == [Resolve(0, "from b"), Cancel(0, "a")]
+    assert s.got_result(0, "a", "late from a", now=9.0) == []
+    assert s.overtaken("a") == 1 and s.overtaken("b") == 0
+    assert s.active_count == 0 and s.free_slots == 2
+
+
+def test_the_first_run_may_still_win_and_the_copy_is_cancelled() -> None:
+    s = Scheduler()
+    tail_of_a_job(s)
+    s.timer_expired(2.0)
+    assert s.got_result(0, "a", "from a", now=2.1) == [Resolve(0, "from a"), Cancel(0, "b")]
+    assert s.got_result(0, "b", "from b", now=2.2) == []
+    assert s.overtaken("b") == 1
+
+
+def test_losing_one_of_two_runs_costs_no_attempt_and_the_other_goes_on() -> None:
+    s = Scheduler(max_attempts=1)
+    tail_of_a_job(s)
+    s.timer_expired(2.0)
+    # (the copy is the only run now: overdue in its turn 2 s after it began)
+    assert s.task_lost(0, "a", "SIGKILL(-9)", now=2.1) == [WakeAt(4.0)]
+    assert s.got_result(0, "b", "from b", now=2.3) == [Resolve(0, "from b")]
+
+
+def test_the_executor_of_the_first_run_lost_leaves_the_copy_running() -> None:
+    s = Scheduler()
+    tail_of_a_job(s)
+    s.timer_expired(2.0)
+    assert s.executor_lost("a", "session closed", now=2.1) == []
+    assert s.running_on("b") == {0}
+    assert s.got_result(0, "b", "from b", now=2.3) == [Resolve(0, "from b")]
+
+
+def test_task_timeout_copies_a_chunk_even_before_any_finished() -> None:
+    s = Scheduler(task_timeout=5.0)
+    s.got_executor("a", 1, now=0.0)
+    s.got_executor("b", 1, now=0.0)
+    assert s.got_chunks([0], now=0.0, group="job") == [Assign(0, "a", 1), WakeAt(5.0)]
+    assert s.timer_expired(5.0) == [Assign(0, "b", 1, speculative=True)]
+
+
+def test_the_median_rule_and_task_timeout_whichever_comes_first() -> None:
+    s = Scheduler(task_timeout=1.0)  # the median rule alone would say 2 s
+    s.got_executor("a", 1, now=0.0)
+    s.got_executor("b", 1, now=0.0)
+    s.got_chunks([0, 1, 2, 3], now=0.0, group="job")
+    s.got_result(1, "b", "r1", now=0.1)
+    s.got_result(2, "b", "r2", now=0.2)
+    assert s.got_result(3, "b", "r3", now=0.3) == [Resolve(3, "r3"), WakeAt(1.0)]
+    assert s.next_deadline() == 1.0
+
+
+def test_no_copy_while_chunks_wait_in_line_or_with_one_executor() -> None:
+    s = Scheduler(task_timeout=1.0)
+    s.got_executor("a", 2, now=0.0)
+    s.got_chunks([0, 1, 2], now=0.0)
+    assert s.timer_expired(5.0) == []  # one executor: nowhere else to run it
+    assert s.next_deadline() is None
+    s.got_executor("b", 0, now=5.0)  # another executor, but no free slot
+    assert s.timer_expired(6.0) == []
+    assert s.got_executor("b", 1, now=7.0) == [Assign(2, "b", 1)]  # the line goes first
+
+
+def test_an_overdue_chunk_that_cannot_be_copied_does_not_spin_the_timer() -> None:
+    s = Scheduler(task_timeout=1.0)
+    s.got_executor("a", 2, now=0.0)
+    s.got_executor("b", 1, now=0.0)
+    s.got_chunks([0, 1], now=0.0)  # 0 on a, 1 on b
+    s.got_result(1, "b", "r1", now=0.5)
+    assert s.timer_expired(1.0) == [Assign(0, "b", 1, speculative=True)]
+    # both runs of 0 are overdue; a's free slot cannot take a third: nothing is due
+    assert s.next_deadline() is None
+    assert s.timer_expired(3.0) == []
+
+
+def test_new_work_goes_to_executors_that_were_not_overtaken_first() -> None:
+    s = Scheduler()
+    tail_of_a_job(s)
+    s.timer_expired(2.0)
+    s.got_result(0, "b", "from b", now=2.5)  # a was overtaken
+    assert s.got_chunks([10, 11], now=3.0, group="job2") == [
+        Assign(10, "b", 1), Assign(11, "a", 1)]
+
+
+def test_forgotten_groups_keep_no_durations() -> None:
+    s = Scheduler()
+    tail_of_a_job(s)
+    s.forget_group("job")
+    assert s.next_deadline() is None  # no median any more, and no task_timeout
