@@ -362,6 +362,41 @@ def test_input_error_surfaces_at_its_position(pool: Any, method: str, chunksize:
         assert set(seen[:-1]) <= set(values)
 
 
+def _next_within(it: Iterator[Any], timeout: float) -> Any:
+    """``next(it)`` that fails the test instead of hanging when nothing comes in time (a
+    chunked imap is a plain generator: it has no ``next(timeout)``)."""
+    box: List[Any] = []
+
+    def take() -> None:
+        try:
+            box.append((True, next(it)))
+        except BaseException as exc:  # noqa: B036 - handed to the test thread
+            box.append((False, exc))
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box, f"next() did not return within {timeout} s"
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_of_a_non_iterable_raises_type_error_to_the_caller(
+    pool: Any, method: str, chunksize: int
+) -> None:
+    # multiprocessing returns the iterator; iterating it raises the TypeError of iter(3)
+    # (_guarded_task_generation), then the iteration ends.
+    it = getattr(pool, method)(fx.square, 3, chunksize)
+    with pytest.raises(TypeError, match="not iterable"):
+        _next_within(it, WAIT_S)
+    with pytest.raises(StopIteration):
+        _next_within(it, WAIT_S)
+
+
 def test_map_input_error_raises_in_the_caller(pool: Any) -> None:
     with pytest.raises(KeyError, match="input broke"):
         pool.map(fx.square, fx.raising_iter(3, KeyError("input broke")))
