@@ -22,6 +22,20 @@ frames messages); there is no shared queue and no feeder thread.  A child may ho
 so a finished child need not wait for the owner), but a large blob is only sent to an idle
 child: an idle child is always reading, so neither side can block the other on a full pipe.
 
+A prefetched task is only a loan.  multiprocessing's processes pull tasks from one shared
+queue, so no task waits behind a slow one while another process is free; here, when a
+child becomes idle while another still holds a task it has not started (behind one that
+turned out slow), the owner takes that task back and gives it to the idle child.  Taking
+back and starting must not race, so each child has a *claim*: a lock and three shared
+counters.  The child numbers the tasks it reads (``seq``); before it starts a prefetched
+one (sent as ``P``) it takes the lock, skips the task if the owner withdrew it
+(``lo <= seq <= hi``), and records ``claimed = seq`` either way.  The owner takes the lock
+without blocking (a child killed while holding it must not hang the owner: then it just
+does not take the task back) and withdraws the prefetched tasks behind the running one
+numbered above ``claimed``, as the range ``lo..hi``; it withdraws again from the same child
+only once the child has read past the last range (``claimed >= hi``).  Every task
+therefore runs exactly once, on the child that claimed it.
+
 The owner thread drives everything: it waits on :meth:`ProcessEngine.readables` (together
 with its own wake-ups), then calls :meth:`ProcessEngine.collect`.  Nothing here starts a
 thread.  Timing (task limits) uses ``time.monotonic``.
@@ -79,6 +93,7 @@ EngineEvent = Union[TaskDone, TaskLost]
 # --- wire format between engine and child (private to this module) -----------------------
 # parent -> child:  F<key:u32><function blob> | f<key:u32> then <blob>    define a function
 #                   T<task:u64><key:u32><args blob> | t<task:u64><key:u32> then <blob>
+#                   P/p: the same for a prefetched task, run only if claimed (see above)
 #                   D<key:u32>  forget a function;   X  exit
 # child -> parent:  R<task:u64><ok:u8><result blob> | r<task:u64><ok:u8> then <blob>
 #                   U<task:u64><n:u32><n bytes of JSON><exception blob> | u... then <blob>:
@@ -93,6 +108,8 @@ _UNLOADABLE = struct.Struct(">QI")
 _INFO = struct.Struct(">I")
 #: Blobs larger than this go as a message of their own (no copy to prepend a header).
 _INLINE_MAX = 64 * 1024
+#: The three counters of a child's claim (see the module docstring).
+_CLAIMED, _LO, _HI = 0, 1, 2
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -176,11 +193,13 @@ class _LoadFailed:
 
 def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
                 max_result_bytes: int | None, inherited_fds: Sequence[int] = (),
-                code_dir: str | None = None) -> None:
+                code_dir: str | None = None, claim: Any = None) -> None:
     """The loop of one child process: read tasks from ``rx``, write results to ``conn``.
 
     ``code_dir`` holds the client's own modules (a shipped code bundle): first on
-    ``sys.path``, so they import as real modules before anything is unpickled.
+    ``sys.path``, so they import as real modules before anything is unpickled.  ``claim``:
+    the ``(lock, counters)`` that prefetched tasks are claimed with (see the module
+    docstring); None when the owner never prefetches.
     """
     try:
         os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
@@ -214,6 +233,7 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             os._exit(1)
     functions: Dict[int, Any] = {}
     completed = 0
+    seq = 0  # task messages read so far: the owner numbers them the same way
     rx_fd = rx.fileno()
     tx_fd = conn.fileno()
 
@@ -225,9 +245,13 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
         except (EOFError, OSError):
             break
         kind = message[:1]
-        if kind in (b"T", b"t"):
+        if kind in (b"T", b"t", b"P", b"p"):
             task_id, key = _TASK.unpack_from(message, 1)
-            args: Any = memoryview(message)[13:] if kind == b"T" else recv()
+            args: Any = memoryview(message)[13:] if kind in (b"T", b"P") else recv()
+            seq += 1
+            if kind in (b"P", b"p") and not _claimed(claim, seq):
+                del args
+                continue  # the owner took it back for an idle sibling
             ok, blob, info = _run(functions.get(key), args, max_result_bytes)
             try:
                 if info is None:
@@ -255,6 +279,16 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
     rx.close()
 
 
+def _claimed(claim: Any, seq: int) -> bool:
+    """Claim prefetched task ``seq`` before running it: False if the owner withdrew it."""
+    if claim is None:  # pragma: no cover - the owner sends P only with a claim
+        return True
+    lock, counters = claim
+    with lock:
+        counters[_CLAIMED] = seq
+        return not counters[_LO] <= seq <= counters[_HI]
+
+
 def _run(func: Any, args_blob: Any, max_result_bytes: int | None
          ) -> tuple[bool, bytes, bytes | None]:
     """Load and run one task: ``(ok, blob, unloadable)`` (see :class:`TaskDone`)."""
@@ -278,17 +312,18 @@ def _run(func: Any, args_blob: Any, max_result_bytes: int | None
 
 
 class _Task:
-    __slots__ = ("task_id", "func_key", "func_blob", "args_blob")
+    __slots__ = ("task_id", "func_key", "func_blob", "args_blob", "seq")
 
     def __init__(self, task_id: int, func_key: Hashable, func_blob: bytes, args_blob: bytes):
         self.task_id = task_id
         self.func_key = func_key
         self.func_blob = func_blob
         self.args_blob = args_blob
+        self.seq = 0  # its number among the task messages sent to its child
 
 
 class _Child:
-    def __init__(self, process: Any, conn: Any, tx: Any) -> None:
+    def __init__(self, process: Any, conn: Any, tx: Any, claim: Any = None) -> None:
         self.process = process
         self.conn = conn  # results come in here (and it is what wait() watches)
         self.fd: int = conn.fileno()
@@ -298,6 +333,8 @@ class _Child:
         self.inflight: Deque[_Task] = collections.deque()
         self.functions: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
         self.placed = 0  # tasks given to this child over its life (maxtasksperchild)
+        self.sent = 0  # task messages sent to it (withdrawn ones included): their ``seq``
+        self.claim = claim  # (lock, counters) for prefetched tasks, or None
         self.head_since: float | None = None  # when the running task started
         self.broken = False  # a send failed: it is dying; wait for its sentinel
         self.stale = False  # started with an older code bundle: retire once idle
@@ -352,6 +389,8 @@ class ProcessEngine:
         self._names = itertools.count(1)
         self._closing = False
         self._avg_task_s: float | None = None  # moving average of task run times
+        self._maybe_prefetched = False  # a task may wait behind another (see _rebalance)
+        self.taken_back = 0  # prefetched tasks withdrawn for an idle child (a statistic)
         self._readables: List[Any] | None = None  # cache; None when children changed
         try:
             for _ in range(processes):
@@ -455,6 +494,8 @@ class ProcessEngine:
         self._check_deadlines()
         if self._backlog:
             self._place()
+        elif self._maybe_prefetched:
+            self._rebalance()
         events, self._events = self._events, []
         return events
 
@@ -524,6 +565,8 @@ class ProcessEngine:
         conn, child_tx = self._ctx.Pipe(duplex=False)
         for end in (tx, conn):
             _grow_pipe(end.fileno())
+        # A claim only where tasks may be prefetched (depth > 1).
+        claim = (self._ctx.Lock(), self._ctx.RawArray("q", 3)) if self._depth > 1 else None
         inherited: List[int] = []
         if self._ctx.get_start_method() == "fork":
             inherited = [tx.fileno(), conn.fileno()]
@@ -534,7 +577,7 @@ class ProcessEngine:
         process = self._ctx.Process(
             target=_child_main,
             args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
-                  self._max_result_bytes, inherited, self._code_dir),
+                  self._max_result_bytes, inherited, self._code_dir, claim),
             name=f"P2PPoolWorker-{next(self._names)}",
             daemon=True,
         )
@@ -547,13 +590,17 @@ class ProcessEngine:
         finally:
             child_rx.close()
             child_tx.close()
-        self._children.append(_Child(process, conn, tx))
+        self._children.append(_Child(process, conn, tx, claim))
         self._readables = None
 
-    def _accepts(self, child: _Child, task: _Task) -> bool:
+    def _open_to_work(self, child: _Child) -> bool:
+        """The child may be given another task at all (it is not dying, retiring or full)."""
         if child.broken or child.stale or len(child.inflight) >= self._depth:
             return False
-        if self._maxtasks is not None and child.placed >= self._maxtasks:
+        return self._maxtasks is None or child.placed < self._maxtasks
+
+    def _accepts(self, child: _Child, task: _Task) -> bool:
+        if not self._open_to_work(child):
             return False
         if child.inflight:
             # Prefetch only while tasks are short (a long one would strand the next task
@@ -573,6 +620,9 @@ class ProcessEngine:
             for child in self._children:
                 if self._accepts(child, task) and (
                     best is None or len(child.inflight) < len(best.inflight)
+                    # equally busy: behind the task that started last (least likely slow)
+                    or (len(child.inflight) == len(best.inflight) and child.inflight
+                        and (child.head_since or 0.0) > (best.head_since or 0.0))
                 ):
                     best = child
                     if not child.inflight:
@@ -581,12 +631,65 @@ class ProcessEngine:
                 return
             self._backlog.popleft()
             self._give(best, task)
+        if self._maybe_prefetched:
+            self._rebalance()
+
+    def _rebalance(self) -> None:
+        """No task may wait behind another while a child is idle: take prefetched tasks
+        back from busy children (the longest-running first) for the idle ones."""
+        if self._closing:
+            return
+        idle = sum(1 for c in self._children if not c.inflight and self._open_to_work(c))
+        if not idle:
+            return
+        waiting = [c for c in self._children if len(c.inflight) > 1]
+        if not waiting:
+            self._maybe_prefetched = False
+            return
+        waiting.sort(key=lambda c: c.head_since or 0.0)
+        taken: List[_Task] = []
+        for child in waiting:
+            taken += self._withdraw(child)
+            if len(taken) >= idle:
+                break
+        if taken:
+            self._backlog.extendleft(reversed(taken))
+            self._place()
+
+    def _withdraw(self, child: _Child) -> List[_Task]:
+        """Take back the prefetched tasks ``child`` has not started (maybe none)."""
+        lock, counters = child.claim
+        if not lock.acquire(False):  # it is claiming right now (or died holding the lock)
+            return []
+        try:
+            claimed = counters[_CLAIMED]
+            if claimed < counters[_HI]:  # it has not yet read past what was taken last time
+                return []
+            keep = 1  # the running task stays (claimed or not), and any it has claimed since
+            while keep < len(child.inflight) and child.inflight[keep].seq <= claimed:
+                keep += 1
+            taken = list(itertools.islice(child.inflight, keep, None))
+            if taken:
+                counters[_LO], counters[_HI] = taken[0].seq, taken[-1].seq
+        finally:
+            lock.release()
+        for _ in taken:
+            child.inflight.pop()
+        child.placed -= len(taken)
+        self.taken_back += len(taken)
+        return taken
 
     def _give(self, child: _Child, task: _Task) -> None:
         child.placed += 1
+        child.sent += 1
+        task.seq = child.sent
         child.inflight.append(task)
         if len(child.inflight) == 1:
             child.head_since = time.monotonic()
+            kind = b"T"
+        else:
+            kind = b"P"  # behind another: the child claims it first (see _withdraw)
+            self._maybe_prefetched = True
         try:
             key = child.functions.get(task.func_key)
             if key is None:
@@ -598,7 +701,7 @@ class ProcessEngine:
                     child.tx.send_bytes(b"D" + _KEY.pack(old))
             else:
                 child.functions.move_to_end(task.func_key)
-            _send(child.tx_fd, b"T", _TASK.pack(task.task_id, key), task.args_blob)
+            _send(child.tx_fd, kind, _TASK.pack(task.task_id, key), task.args_blob)
         except OSError:
             child.broken = True  # it died; its sentinel will fire and _read reports it
 

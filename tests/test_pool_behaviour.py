@@ -35,6 +35,7 @@ FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
 WAIT_S = 20.0  # every wait in this file is bounded by this
 MAXTASKS_WAIT_S = 5.0  # multiprocessing's maps take well under a second when nothing hangs
+QUICK_WAIT_S = 10.0  # for results that must come while another task is held back
 
 
 def _mp_pool(*args: Any, **kwargs: Any) -> Any:
@@ -395,6 +396,26 @@ def test_imap_of_a_non_iterable_raises_type_error_to_the_caller(
         _next_within(it, WAIT_S)
     with pytest.raises(StopIteration):
         _next_within(it, WAIT_S)
+
+
+def test_a_free_process_takes_the_next_task_while_another_runs_a_slow_one(
+    pool_factory: Any, gate: Any
+) -> None:
+    """multiprocessing's processes pull tasks from one queue: with imap_unordered and
+    chunksize 1 on 2 processes, while one process runs a slow first item the other runs all
+    the others, so the slow item's result comes last.  No task may wait behind the slow one
+    while the other process is free (prefetching onto a busy process would do that)."""
+    pool = pool_factory(2)
+    # Tiny tasks first: a pool that has seen only short tasks is the one tempted to prefetch.
+    assert sorted(pool.imap_unordered(fx.square, range(40))) == sorted(x * x for x in range(40))
+    slow = gate("slow")
+    it = pool.imap_unordered(fx.quick_or_wait, [slow] + [None] * 7)
+    quick = [it.next(timeout=QUICK_WAIT_S) for _ in range(7)]
+    assert quick == ["quick"] * 7
+    Path(slow).touch()
+    assert it.next(timeout=WAIT_S) == "waited"
+    with pytest.raises(StopIteration):
+        it.next(timeout=WAIT_S)
 
 
 def test_map_input_error_raises_in_the_caller(pool: Any) -> None:
