@@ -26,15 +26,15 @@ A prefetched task is only a loan.  multiprocessing's processes pull tasks from o
 queue, so no task waits behind a slow one while another process is free; here, when a
 child becomes idle while another still holds a task it has not started (behind one that
 turned out slow), the owner takes that task back and gives it to the idle child.  Taking
-back and starting must not race, so each child has a *claim*: a lock and three shared
-counters.  The child numbers the tasks it reads (``seq``); before it starts a prefetched
-one (sent as ``P``) it takes the lock, skips the task if the owner withdrew it
-(``lo <= seq <= hi``), and records ``claimed = seq`` either way.  The owner takes the lock
-without blocking (a child killed while holding it must not hang the owner: then it just
-does not take the task back) and withdraws the prefetched tasks behind the running one
-numbered above ``claimed``, as the range ``lo..hi``; it withdraws again from the same child
-only once the child has read past the last range (``claimed >= hi``).  Every task
-therefore runs exactly once, on the child that claimed it.
+back and starting must not race, so each child has a *claim*: a lock, a shared counter and
+a small shared ring.  The child numbers the tasks it reads (``seq``); before it starts a
+prefetched one (sent as ``P``) it takes the lock, records ``claimed = seq``, and skips the
+task if the owner withdrew it (``ring[seq % N] == seq``).  The owner takes the lock without
+blocking (a child killed while holding it must not hang the owner: then it just does not
+take the task back now) and withdraws prefetched tasks behind the running one numbered
+above ``claimed``, writing each one's number into its ring slot, but only into a slot whose
+number the child has already read past (``<= claimed``).  Every task therefore runs
+exactly once, on the child that claimed it.
 
 The owner thread drives everything: it waits on :meth:`ProcessEngine.readables` (together
 with its own wake-ups), then calls :meth:`ProcessEngine.collect`.  Nothing here starts a
@@ -108,8 +108,9 @@ _UNLOADABLE = struct.Struct(">QI")
 _INFO = struct.Struct(">I")
 #: Blobs larger than this go as a message of their own (no copy to prepend a header).
 _INLINE_MAX = 64 * 1024
-#: The three counters of a child's claim (see the module docstring).
-_CLAIMED, _LO, _HI = 0, 1, 2
+#: A child's claim (see the module docstring): ``claimed``, then the ring of withdrawn tasks.
+_CLAIMED = 0
+_RING = 32
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -286,7 +287,7 @@ def _claimed(claim: Any, seq: int) -> bool:
     lock, counters = claim
     with lock:
         counters[_CLAIMED] = seq
-        return not counters[_LO] <= seq <= counters[_HI]
+        return bool(counters[1 + seq % _RING] != seq)
 
 
 def _run(func: Any, args_blob: Any, max_result_bytes: int | None
@@ -390,6 +391,7 @@ class ProcessEngine:
         self._closing = False
         self._avg_task_s: float | None = None  # moving average of task run times
         self._maybe_prefetched = False  # a task may wait behind another (see _rebalance)
+        self._went_idle = False  # a child became idle (or new) since the last _rebalance
         self.taken_back = 0  # prefetched tasks withdrawn for an idle child (a statistic)
         self._readables: List[Any] | None = None  # cache; None when children changed
         try:
@@ -494,8 +496,10 @@ class ProcessEngine:
         self._check_deadlines()
         if self._backlog:
             self._place()
-        elif self._maybe_prefetched:
-            self._rebalance()
+        if self._went_idle:  # only then can a task wait behind another while a child idles
+            self._went_idle = False
+            if self._maybe_prefetched:
+                self._rebalance()
         events, self._events = self._events, []
         return events
 
@@ -566,7 +570,7 @@ class ProcessEngine:
         for end in (tx, conn):
             _grow_pipe(end.fileno())
         # A claim only where tasks may be prefetched (depth > 1).
-        claim = (self._ctx.Lock(), self._ctx.RawArray("q", 3)) if self._depth > 1 else None
+        claim = (self._ctx.Lock(), self._ctx.RawArray("q", 1 + _RING)) if self._depth > 1 else None
         inherited: List[int] = []
         if self._ctx.get_start_method() == "fork":
             inherited = [tx.fileno(), conn.fileno()]
@@ -592,6 +596,7 @@ class ProcessEngine:
             child_tx.close()
         self._children.append(_Child(process, conn, tx, claim))
         self._readables = None
+        self._went_idle = True
 
     def _open_to_work(self, child: _Child) -> bool:
         """The child may be given another task at all (it is not dying, retiring or full)."""
@@ -631,8 +636,6 @@ class ProcessEngine:
                 return
             self._backlog.popleft()
             self._give(best, task)
-        if self._maybe_prefetched:
-            self._rebalance()
 
     def _rebalance(self) -> None:
         """No task may wait behind another while a child is idle: take prefetched tasks
@@ -660,21 +663,23 @@ class ProcessEngine:
         """Take back the prefetched tasks ``child`` has not started (maybe none)."""
         lock, counters = child.claim
         if not lock.acquire(False):  # it is claiming right now (or died holding the lock)
+            self._went_idle = True  # try again at the next collect
             return []
+        taken: List[_Task] = []
         try:
             claimed = counters[_CLAIMED]
-            if claimed < counters[_HI]:  # it has not yet read past what was taken last time
-                return []
-            keep = 1  # the running task stays (claimed or not), and any it has claimed since
-            while keep < len(child.inflight) and child.inflight[keep].seq <= claimed:
-                keep += 1
-            taken = list(itertools.islice(child.inflight, keep, None))
-            if taken:
-                counters[_LO], counters[_HI] = taken[0].seq, taken[-1].seq
+            # The running task stays (claimed or not), and any the child claimed since.
+            for task in itertools.islice(child.inflight, 1, None):
+                slot = 1 + task.seq % _RING
+                if task.seq > claimed and counters[slot] <= claimed:
+                    counters[slot] = task.seq
+                    taken.append(task)
         finally:
             lock.release()
-        for _ in taken:
-            child.inflight.pop()
+        if not taken:
+            return taken
+        gone = {id(task) for task in taken}
+        child.inflight = collections.deque(t for t in child.inflight if id(t) not in gone)
         child.placed -= len(taken)
         self.taken_back += len(taken)
         return taken
@@ -756,7 +761,11 @@ class ProcessEngine:
             child.inflight.popleft()
             self._events.append(TaskDone(task_id, ok, blob, unloadable))
         # else: a task cancelled while it was prefetched; its result is dropped.
-        child.head_since = now if child.inflight else None
+        if child.inflight:
+            child.head_since = now
+        else:
+            child.head_since = None
+            self._went_idle = True
         if child.stale and not child.inflight:
             self._say_exit(child)
             self._retire(child)

@@ -472,6 +472,38 @@ def test_engine_takes_a_prefetched_task_back_for_an_idle_child(
         engine.terminate()
 
 
+def test_engine_takes_back_again_from_a_child_still_stuck_behind_the_same_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The second take-back from child A comes before A has read the first one's message.
+    monkeypatch.setattr(defaults, "ENGINE_PREFETCH_BELOW_S", 60.0)
+    slow, other, other2 = (str(tmp_path / n) for n in ("slow", "other", "other2"))
+    engine = ProcessEngine(2, mp_context=FORK)
+    try:
+        _warm(engine)
+        engine.submit(1, "w", *_task(fx.wait_for_file, slow))   # A, held to the end
+        engine.submit(2, "w", *_task(fx.wait_for_file, other))  # B, held
+        engine.submit(3, "q", *_task(fx.square, 3))  # behind B
+        engine.submit(4, "q", *_task(fx.square, 4))  # behind A
+        Path(other).touch()
+        assert sorted(e.task_id for e in _collect(engine, 3)) == [2, 3, 4]  # 4 went to B
+        engine.submit(5, "w", *_task(fx.wait_for_file, other2))  # B (idle), held
+        engine.submit(6, "q", *_task(fx.square, 6))  # behind B (its task started last)
+        engine.submit(7, "q", *_task(fx.square, 7))  # behind A's task 1, again
+        Path(other2).touch()
+        assert sorted(e.task_id for e in _collect(engine, 3)) == [5, 6, 7]
+        assert engine.taken_back == 2
+        Path(slow).touch()  # A finishes 1, skips 4 and 7, and goes on
+        [first] = _collect(engine, 1)
+        assert first.task_id == 1
+        for i in range(8, 28):
+            engine.submit(i, "q", *_task(fx.square, i))
+        later = _collect(engine, 20)
+        assert sorted(e.task_id for e in later) == list(range(8, 28))
+        assert all(isinstance(e, TaskDone) and e.ok for e in later)
+    finally:
+        engine.terminate()
+
+
 @pytest.mark.parametrize("context", [FORK, SPAWN], ids=["fork", "spawn"])
 def test_engine_runs_each_task_once_while_taking_prefetched_ones_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: Any) -> None:
