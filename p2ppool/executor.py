@@ -109,7 +109,6 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             # the same.
             raise ValueError("max_tasks_per_child is incompatible with the 'fork' "
                              "multiprocessing start method; supply a different mp_context.")
-        self._max_workers = max_workers
         self._mp_context = mp_context
         self._lock = threading.Lock()  # submit against shutdown
         self._shutdown = False
@@ -117,6 +116,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         pool = Pool(max_workers, _Initializer(initializer) if initializer else None,
                     tuple(initargs), max_tasks_per_child, mp_context, **options)
         self._pool = pool
+        self._max_workers = pool._processes  # as the stdlib's (os.cpu_count() by default)
         manager = pool._manager
         assert manager is not None
         manager.finish_at_exit = True
@@ -126,6 +126,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._finalizer = weakref.finalize(self, pool.close)
 
     def __repr__(self) -> str:
+        if self._pool is None:  # __init__ failed
+            return super().__repr__()
         cls = type(self)
         state = "shutdown" if self._shutdown else "broken" if self._state.broken else "running"
         return f"<{cls.__module__}.{cls.__qualname__} {state} max_workers={self._max_workers}>"
