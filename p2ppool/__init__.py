@@ -1,6 +1,7 @@
 """p2ppool: a drop-in ``multiprocessing.Pool`` whose processes are volunteer peers.
 
-``from p2ppool import Pool`` replaces ``from multiprocessing import Pool``.  With no cluster
+``from p2ppool import Pool`` replaces ``from multiprocessing import Pool`` (and ``from p2ppool
+import ProcessPoolExecutor`` replaces concurrent.futures').  With no cluster
 configured the work runs on local processes; with one (``Pool(cluster="alice/friends")`` or
 ``P2PPOOL_CLUSTER``) it runs on peers that volunteered with ``python -m p2ppool.worker``.
 
@@ -22,10 +23,12 @@ from .errors import (
     ChunkFailed,
     ConfigError,
     HostKeyMismatch,
+    InitializerFailed,
     MaybeEncodingError,
     NoWorkers,
     P2PPoolError,
     PoolNotRunning,
+    ProcessLost,
     ProtocolError,
     RemoteTraceback,
     SessionLost,
@@ -36,6 +39,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .executor import ProcessPoolExecutor
     from .localcluster import LocalCluster
     from .pool import AsyncResult, IMapIterator, MapResult, Pool
 
@@ -46,6 +50,7 @@ _LAZY = {
     "MapResult": "pool",
     "IMapIterator": "pool",
     "LocalCluster": "localcluster",
+    "ProcessPoolExecutor": "executor",
 }
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "ConfigError",
     "HostKeyMismatch",
     "IMapIterator",
+    "InitializerFailed",
     "LocalCluster",
     "MapResult",
     "MaybeEncodingError",
@@ -66,6 +72,8 @@ __all__ = [
     "P2PPoolError",
     "Pool",
     "PoolNotRunning",
+    "ProcessLost",
+    "ProcessPoolExecutor",
     "ProtocolError",
     "RemoteTraceback",
     "SessionLost",

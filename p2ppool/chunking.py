@@ -54,7 +54,9 @@ class ChunkReader:
 
     A chunk is a tuple of up to ``chunksize`` items.  When the iterable raises an
     ``Exception``, the next index carries an :class:`InputError` and the reader is exhausted
-    (items read into that partial chunk are dropped, as multiprocessing drops them).
+    (items read into that partial chunk are dropped, as multiprocessing drops them).  So does
+    an input that is not iterable at all (``iter(3)``'s TypeError comes as chunk 0), as
+    multiprocessing's ``imap`` raises it to the caller who iterates.
 
     Attributes:
         count: chunks handed out so far (the job's length once ``exhausted``).
@@ -62,10 +64,14 @@ class ChunkReader:
     """
 
     def __init__(self, iterable: Iterable[Any], chunksize: int) -> None:
-        self._it: Iterator[Any] = iter(iterable)
         self._chunksize = chunksize
         self.count = 0
         self.exhausted = False
+        self._it: Iterator[Any]
+        try:
+            self._it = iter(iterable)
+        except Exception as exc:  # not iterable: the first chunk is the error
+            self._it = _raising(exc)
 
     def next_chunk(self) -> tuple[int, Union[Chunk, InputError]] | None:
         """The next ``(index, chunk)``, or None when the input is used up."""
@@ -84,6 +90,11 @@ class ChunkReader:
             return None
         index, self.count = self.count, self.count + 1
         return index, chunk
+
+
+def _raising(exc: Exception) -> Iterator[Any]:
+    raise exc
+    yield  # pragma: no cover - makes this a generator
 
 
 def split(items: Any, chunksize: int) -> List[Chunk]:

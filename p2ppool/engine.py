@@ -22,6 +22,20 @@ frames messages); there is no shared queue and no feeder thread.  A child may ho
 so a finished child need not wait for the owner), but a large blob is only sent to an idle
 child: an idle child is always reading, so neither side can block the other on a full pipe.
 
+A prefetched task is only a loan.  multiprocessing's processes pull tasks from one shared
+queue, so no task waits behind a slow one while another process is free; here, when a
+child becomes idle while another still holds a task it has not started (behind one that
+turned out slow), the owner takes that task back and gives it to the idle child.  Taking
+back and starting must not race, so each child has a *claim*: a lock, a shared counter and
+a small shared ring.  The child numbers the tasks it reads (``seq``); before it starts a
+prefetched one (sent as ``P``) it takes the lock, records ``claimed = seq``, and skips the
+task if the owner withdrew it (``ring[seq % N] == seq``).  The owner takes the lock without
+blocking (a child killed while holding it must not hang the owner: then it just does not
+take the task back now) and withdraws prefetched tasks behind the running one numbered
+above ``claimed``, writing each one's number into its ring slot, but only into a slot whose
+number the child has already read past (``<= claimed``).  Every task therefore runs
+exactly once, on the child that claimed it.
+
 The owner thread drives everything: it waits on :meth:`ProcessEngine.readables` (together
 with its own wake-ups), then calls :meth:`ProcessEngine.collect`.  Nothing here starts a
 thread.  Timing (task limits) uses ``time.monotonic``.
@@ -81,6 +95,7 @@ EngineEvent = Union[TaskDone, TaskLost]
 # --- wire format between engine and child (private to this module) -----------------------
 # parent -> child:  F<key:u32><function blob> | f<key:u32> then <blob>    define a function
 #                   T<task:u64><key:u32><args blob> | t<task:u64><key:u32> then <blob>
+#                   P/p: the same for a prefetched task, run only if claimed (see above)
 #                   D<key:u32>  forget a function;   X  exit
 # child -> parent:  R<task:u64><ok:u8><result blob> | r<task:u64><ok:u8> then <blob>
 #                   U<task:u64><n:u32><n bytes of JSON><exception blob> | u... then <blob>:
@@ -95,6 +110,9 @@ _UNLOADABLE = struct.Struct(">QI")
 _INFO = struct.Struct(">I")
 #: Blobs larger than this go as a message of their own (no copy to prepend a header).
 _INLINE_MAX = 64 * 1024
+#: A child's claim (see the module docstring): ``claimed``, then the ring of withdrawn tasks.
+_CLAIMED = 0
+_RING = 32
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -180,7 +198,7 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
                 max_result_bytes: int | None, inherited_fds: Sequence[int] = (),
                 code_dir: str | None = None, site_dir: str | None = None,
                 env: Dict[str, str] | None = None, work_dir: str | None = None,
-                reap_strays: bool = False) -> None:
+                reap_strays: bool = False, claim: Any = None) -> None:
     """The loop of one child process: read tasks from ``rx``, write results to ``conn``.
 
     ``code_dir`` holds the client's own modules (a shipped code bundle): first on
@@ -189,7 +207,8 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
     ``env`` replaces the whole environment (a worker's allowlist) and ``work_dir`` is the
     working directory (the session's job directory).  ``reap_strays`` (a sandboxed child,
     alone in its PID namespace) kills every other process there after each task: nothing a
-    task starts outlives it.
+    task starts outlives it.  ``claim``: the ``(lock, counters)`` that prefetched tasks are
+    claimed with (see the module docstring); None when the owner never takes tasks back.
     """
     reap_strays = reap_strays and os.getpid() <= 3  # never outside a PID namespace
     try:
@@ -235,6 +254,7 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
             os._exit(1)
     functions: Dict[int, Any] = {}
     completed = 0
+    seq = 0  # task messages read so far: the owner numbers them the same way
     rx_fd = rx.fileno()
     tx_fd = conn.fileno()
 
@@ -246,9 +266,13 @@ def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: in
         except (EOFError, OSError):
             break
         kind = message[:1]
-        if kind in (b"T", b"t"):
+        if kind in (b"T", b"t", b"P", b"p"):
             task_id, key = _TASK.unpack_from(message, 1)
-            args: Any = memoryview(message)[13:] if kind == b"T" else recv()
+            args: Any = memoryview(message)[13:] if kind in (b"T", b"P") else recv()
+            seq += 1
+            if kind in (b"P", b"p") and not _claimed(claim, seq):
+                del args
+                continue  # the owner took it back for an idle sibling
             ok, blob, info = _run(functions.get(key), args, max_result_bytes)
             if reap_strays:
                 _kill_strays()
@@ -312,6 +336,16 @@ def _kill_strays() -> None:
         time.sleep(0.001 * min(attempt + 1, 10))
 
 
+def _claimed(claim: Any, seq: int) -> bool:
+    """Claim prefetched task ``seq`` before running it: False if the owner withdrew it."""
+    if claim is None:  # a launched (sandboxed) child: nothing is ever taken back from it
+        return True
+    lock, counters = claim
+    with lock:
+        counters[_CLAIMED] = seq
+        return bool(counters[1 + seq % _RING] != seq)
+
+
 def _run(func: Any, args_blob: Any, max_result_bytes: int | None
          ) -> tuple[bool, bytes, bytes | None]:
     """Load and run one task: ``(ok, blob, unloadable)`` (see :class:`TaskDone`)."""
@@ -335,17 +369,18 @@ def _run(func: Any, args_blob: Any, max_result_bytes: int | None
 
 
 class _Task:
-    __slots__ = ("task_id", "func_key", "func_blob", "args_blob")
+    __slots__ = ("task_id", "func_key", "func_blob", "args_blob", "seq")
 
     def __init__(self, task_id: int, func_key: Hashable, func_blob: bytes, args_blob: bytes):
         self.task_id = task_id
         self.func_key = func_key
         self.func_blob = func_blob
         self.args_blob = args_blob
+        self.seq = 0  # its number among the task messages sent to its child
 
 
 class _Child:
-    def __init__(self, process: Any, conn: Any, tx: Any) -> None:
+    def __init__(self, process: Any, conn: Any, tx: Any, claim: Any = None) -> None:
         self.process = process
         self.conn = conn  # results come in here (and it is what wait() watches)
         self.fd: int = conn.fileno()
@@ -355,6 +390,8 @@ class _Child:
         self.inflight: Deque[_Task] = collections.deque()
         self.functions: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
         self.placed = 0  # tasks given to this child over its life (maxtasksperchild)
+        self.sent = 0  # task messages sent to it (withdrawn ones included): their ``seq``
+        self.claim = claim  # (lock, counters) for prefetched tasks, or None
         self.head_since: float | None = None  # when the running task started
         self.broken = False  # a send failed: it is dying; wait for its sentinel
         self.stale = False  # started with an older code bundle: retire once idle
@@ -433,6 +470,9 @@ class ProcessEngine:
         self._names = itertools.count(1)
         self._closing = False
         self._avg_task_s: float | None = None  # moving average of task run times
+        self._maybe_prefetched = False  # a task may wait behind another (see _rebalance)
+        self._went_idle = False  # a child became idle (or new) since the last _rebalance
+        self.taken_back = 0  # prefetched tasks withdrawn for an idle child (a statistic)
         self._readables: List[Any] | None = None  # cache; None when children changed
         try:
             for _ in range(processes):
@@ -562,6 +602,10 @@ class ProcessEngine:
         self._check_deadlines()
         if self._backlog:
             self._place()
+        if self._went_idle:  # only then can a task wait behind another while a child idles
+            self._went_idle = False
+            if self._maybe_prefetched:
+                self._rebalance()
         events, self._events = self._events, []
         return events
 
@@ -634,6 +678,8 @@ class ProcessEngine:
         conn, child_tx = self._ctx.Pipe(duplex=False)
         for end in (tx, conn):
             _grow_pipe(end.fileno())
+        # A claim only where tasks may be prefetched (depth > 1).
+        claim = (self._ctx.Lock(), self._ctx.RawArray("q", 1 + _RING)) if self._depth > 1 else None
         inherited: List[int] = []
         if self._ctx.get_start_method() == "fork":
             inherited = [tx.fileno(), conn.fileno()]
@@ -645,7 +691,7 @@ class ProcessEngine:
             target=_child_main,
             args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
                   self._max_result_bytes, inherited, self._code_dir, self._site_dir,
-                  self._env, self._work_dir),
+                  self._env, self._work_dir, False, claim),
             name=f"P2PPoolWorker-{next(self._names)}",
             daemon=True,
         )
@@ -658,8 +704,9 @@ class ProcessEngine:
         finally:
             child_rx.close()
             child_tx.close()
-        self._children.append(_Child(process, conn, tx))
+        self._children.append(_Child(process, conn, tx, claim))
         self._readables = None
+        self._went_idle = True
 
     def _launch_child(self) -> None:
         """Start a child through the launcher (its own sandbox): raw pipes, passed by
@@ -681,9 +728,10 @@ class ProcessEngine:
         process = _LaunchedProcess(popen)
         tx = multiprocessing.connection.Connection(tx_fd, readable=False)
         conn = multiprocessing.connection.Connection(conn_fd, writable=False)
-        child = _Child(process, conn, tx)
+        child = _Child(process, conn, tx)  # no claim: nothing is taken back from it
         self._children.append(child)
         self._readables = None
+        self._went_idle = True
         if self._configured:
             self._send_settings(child)
 
@@ -698,10 +746,14 @@ class ProcessEngine:
         except OSError:
             child.broken = True  # it died at once; its sentinel reports it
 
-    def _accepts(self, child: _Child, task: _Task) -> bool:
+    def _open_to_work(self, child: _Child) -> bool:
+        """The child may be given another task at all (it is not dying, retiring or full)."""
         if child.broken or child.stale or len(child.inflight) >= self._depth:
             return False
-        if self._maxtasks is not None and child.placed >= self._maxtasks:
+        return self._maxtasks is None or child.placed < self._maxtasks
+
+    def _accepts(self, child: _Child, task: _Task) -> bool:
+        if not self._open_to_work(child):
             return False
         if child.inflight:
             # Prefetch only while tasks are short (a long one would strand the next task
@@ -721,6 +773,9 @@ class ProcessEngine:
             for child in self._children:
                 if self._accepts(child, task) and (
                     best is None or len(child.inflight) < len(best.inflight)
+                    # equally busy: behind the task that started last (least likely slow)
+                    or (len(child.inflight) == len(best.inflight) and child.inflight
+                        and (child.head_since or 0.0) > (best.head_since or 0.0))
                 ):
                     best = child
                     if not child.inflight:
@@ -730,11 +785,64 @@ class ProcessEngine:
             self._backlog.popleft()
             self._give(best, task)
 
+    def _rebalance(self) -> None:
+        """No task may wait behind another while a child is idle: take prefetched tasks
+        back from busy children (the longest-running first) for the idle ones."""
+        if self._closing:
+            return
+        idle = sum(1 for c in self._children if not c.inflight and self._open_to_work(c))
+        if not idle:
+            return
+        waiting = [c for c in self._children if len(c.inflight) > 1 and c.claim is not None]
+        if not waiting:
+            self._maybe_prefetched = False
+            return
+        waiting.sort(key=lambda c: c.head_since or 0.0)
+        taken: List[_Task] = []
+        for child in waiting:
+            taken += self._withdraw(child)
+            if len(taken) >= idle:
+                break
+        if taken:
+            self._backlog.extendleft(reversed(taken))
+            self._place()
+
+    def _withdraw(self, child: _Child) -> List[_Task]:
+        """Take back the prefetched tasks ``child`` has not started (maybe none)."""
+        lock, counters = child.claim
+        if not lock.acquire(False):  # it is claiming right now (or died holding the lock)
+            self._went_idle = True  # try again at the next collect
+            return []
+        taken: List[_Task] = []
+        try:
+            claimed = counters[_CLAIMED]
+            # The running task stays (claimed or not), and any the child claimed since.
+            for task in itertools.islice(child.inflight, 1, None):
+                slot = 1 + task.seq % _RING
+                if task.seq > claimed and counters[slot] <= claimed:
+                    counters[slot] = task.seq
+                    taken.append(task)
+        finally:
+            lock.release()
+        if not taken:
+            return taken
+        gone = {id(task) for task in taken}
+        child.inflight = collections.deque(t for t in child.inflight if id(t) not in gone)
+        child.placed -= len(taken)
+        self.taken_back += len(taken)
+        return taken
+
     def _give(self, child: _Child, task: _Task) -> None:
         child.placed += 1
+        child.sent += 1
+        task.seq = child.sent
         child.inflight.append(task)
         if len(child.inflight) == 1:
             child.head_since = time.monotonic()
+            kind = b"T"
+        else:
+            kind = b"P"  # behind another: the child claims it first (see _withdraw)
+            self._maybe_prefetched = True
         try:
             key = child.functions.get(task.func_key)
             if key is None:
@@ -746,7 +854,7 @@ class ProcessEngine:
                     child.tx.send_bytes(b"D" + _KEY.pack(old))
             else:
                 child.functions.move_to_end(task.func_key)
-            _send(child.tx_fd, b"T", _TASK.pack(task.task_id, key), task.args_blob)
+            _send(child.tx_fd, kind, _TASK.pack(task.task_id, key), task.args_blob)
         except OSError:
             child.broken = True  # it died; its sentinel will fire and _read reports it
 
@@ -801,7 +909,11 @@ class ProcessEngine:
             child.inflight.popleft()
             self._events.append(TaskDone(task_id, ok, blob, unloadable))
         # else: a task cancelled while it was prefetched; its result is dropped.
-        child.head_since = now if child.inflight else None
+        if child.inflight:
+            child.head_since = now
+        else:
+            child.head_since = None
+            self._went_idle = True
         if child.stale and not child.inflight:
             self._say_exit(child)
             self._retire(child)

@@ -7,7 +7,11 @@
     ├── BrokenPool(P2PPoolError)                   sticky: the pool cannot go on
     ├── ConfigError(P2PPoolError, ValueError)      a bad option; names where it came from
     ├── ChunkFailed(P2PPoolError)                  retries used up; .chunk_id .attempts .causes
-    │   └── NoWorkers(ChunkFailed)                 no peer took the chunk and fallback is off
+    │   ├── NoWorkers(ChunkFailed)                 no peer took the chunk and fallback is off
+    │   └── ProcessLost(ChunkFailed, BrokenProcessPool)   ProcessPoolExecutor: every attempt's
+    │                                              process or peer was lost
+    ├── InitializerFailed(P2PPoolError, BrokenProcessPool)  ProcessPoolExecutor: the
+    │                                              initializer raised; the executor is broken
     ├── TaskLimitExceeded(P2PPoolError)            a worker's limit (time, memory, size) hit
     ├── BoardError(P2PPoolError)
     │   ├── BoardConnectionError                   ssh connect/auth failed or session lost
@@ -21,6 +25,10 @@
 
     TimeoutError = multiprocessing.TimeoutError    AsyncResult.get(timeout), as multiprocessing
 
+``BrokenProcessPool`` is ``concurrent.futures.process.BrokenProcessPool`` (a
+``BrokenExecutor``, a ``RuntimeError``), so code written for concurrent.futures catches
+the executor's two failures where it expects them.
+
 A user function's own exception is never wrapped: it is re-raised as its own type, with the
 remote traceback text attached as ``__cause__`` (a :class:`RemoteTraceback`), exactly as
 ``multiprocessing`` does.  Board and transfer errors in one attempt are retried inside the
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import builtins
 import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Sequence
 
@@ -43,10 +52,12 @@ __all__ = [
     "ChunkFailed",
     "ConfigError",
     "HostKeyMismatch",
+    "InitializerFailed",
     "MaybeEncodingError",
     "NoWorkers",
     "P2PPoolError",
     "PoolNotRunning",
+    "ProcessLost",
     "ProtocolError",
     "RemoteTraceback",
     "SessionLost",
@@ -108,6 +119,26 @@ class ChunkFailed(P2PPoolError):
 
 class NoWorkers(ChunkFailed):
     """No peer took the chunk in time and local fallback is disabled (``fallback=None``)."""
+
+
+class ProcessLost(ChunkFailed, BrokenProcessPool):
+    """:class:`~p2ppool.ProcessPoolExecutor`: the task's process (or peer) was lost on every
+    attempt (killed, crashed, ``os._exit``), so the task did not run to its end.
+
+    concurrent.futures raises ``BrokenProcessPool`` at the first lost process and breaks the
+    whole executor; p2ppool runs the task again on a fresh process (``max_attempts`` tries in
+    all) and the executor keeps working.  ``causes`` names each loss, e.g. ``"local: process
+    4711 died with SIGKILL(-9)"``.
+    """
+
+
+class InitializerFailed(P2PPoolError, BrokenProcessPool):
+    """:class:`~p2ppool.ProcessPoolExecutor`: the ``initializer`` raised in a process.
+
+    As in concurrent.futures, the executor is then broken: every pending task fails with
+    this error and ``submit`` raises ``BrokenProcessPool``.  The initializer's own exception
+    and traceback are in the message and in ``__cause__``.
+    """
 
 
 class TaskLimitExceeded(P2PPoolError):

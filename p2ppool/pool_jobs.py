@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import copy
 import queue
+import types
 from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 from . import chunking, payload
@@ -43,6 +44,9 @@ class _Job:
         self.credit = 0
         # Chunks of read-ahead given for executors since lost: results that take them back.
         self.read_ahead_debt = 0
+        # Called (manager thread) when a chunk of the job is about to run; False: nobody
+        # wants it any more (a cancelled concurrent.futures.Future), do not run it.
+        self.on_start: Callable[[], bool] | None = None
 
     def blob(self, cache: _FunctionBlobs) -> bytes:
         """The pickled function, or raise why it cannot be pickled.
@@ -107,6 +111,10 @@ class _FunctionBlobs:
     def put(self, func: Any, blob: bytes) -> None:
         if len(blob) > self.MAX_BLOB:
             return  # a big closure: do not keep what it captured alive
+        if isinstance(func, types.MethodType):
+            # ``obj.method`` is a new object at each access, so it would never be found
+            # again, but it would keep ``obj`` alive (and a stale copy of its state).
+            return
         self._entries[id(func)] = (func, blob)
         self._entries.move_to_end(id(func))
         if len(self._entries) > self._size:

@@ -9,6 +9,7 @@ their waiters.  An exit hook terminates the managers of pools left open.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import math
 import multiprocessing
@@ -128,11 +129,15 @@ class _Manager:
         self._chunk_ids = itertools.count()
         self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
         self._hungry: Deque[_Job] = collections.deque()  # see _read_inputs
+        self._unstarted: List[Tuple[int, str]] = []  # see _release_unstarted
         self._read_ahead_of: Dict[str, int] = {}  # executor -> chunks it added to read-ahead
         self._function_blobs = _FunctionBlobs()
         self.state = RUN
         self.broken: BrokenPool | None = None
         self.link: Any = None  # a cluster_link.ClusterLink when a cluster is configured
+        # At interpreter exit: finish the submitted work (an executor's, as
+        # concurrent.futures does) instead of terminating (a Pool's, as multiprocessing).
+        self.finish_at_exit = False
         for executor in executors:
             self.add_executor(executor)
         self.thread = threading.Thread(
@@ -237,6 +242,12 @@ class _Manager:
         if job.resolved >= length:
             self._job_finished(job)
 
+    def cancel_unstarted(self) -> None:
+        """``shutdown(cancel_futures=True)``: cancel every result that can be cancelled and
+        has not started (an executor's futures); their chunks never run (see _assign)."""
+        for job in list(self.jobs.values()):
+            job.result._cancel()
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -280,6 +291,8 @@ class _Manager:
             # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
             # not whenever the next call arrives, which would then wait for their freeing.
             fn = args = None  # type: ignore[assignment]
+            if self._unstarted:  # before the checks below: this may end the last job
+                self._release_unstarted()
             if self.link is not None:  # peers joined or lost, demand, fallback
                 self.link.turn(self, time.monotonic())
             if self.state == TERMINATE:
@@ -311,7 +324,7 @@ class _Manager:
             if self._deliveries:
                 self._flush()
             inbox.sleeping = True
-            if inbox.pending() or self._hungry:  # calls waiting, or inputs to read on
+            if inbox.pending() or self._hungry or self._unstarted:  # more to do at once
                 timeout = 0.0
             ready = wait(readables, timeout, changed)
             inbox.sleeping = False
@@ -384,6 +397,18 @@ class _Manager:
                 job.reader = None
                 self.got_stream_end(job, reader.count)
 
+    def _release_unstarted(self) -> None:
+        """Free the slots of chunks whose future was cancelled just before they would have
+        run (see :meth:`_assign`): each ends as a cancelled result, and the next chunk
+        takes its slot.  A loop here, not a recursion there: after ``shutdown(
+        cancel_futures=True)`` or an abandoned ``map``, thousands may come in a row."""
+        while self._unstarted:
+            unstarted, self._unstarted = self._unstarted, []
+            now = time.monotonic()
+            for chunk_id, executor in unstarted:
+                cancelled = _Failed(concurrent.futures.CancelledError())
+                self._execute(self.scheduler.got_result(chunk_id, executor, cancelled, now))
+
     def _got_event(self, executor: str, event: ExecutorEvent) -> None:
         now = time.monotonic()
         if isinstance(event, ChunkDone):
@@ -411,6 +436,10 @@ class _Manager:
     def _assign(self, command: Assign) -> None:
         chunk_id = _cid(command.chunk_id)
         chunk = self.chunks[chunk_id]
+        on_start = chunk.job.on_start
+        if on_start is not None and not on_start():  # its future was cancelled
+            self._unstarted.append((chunk_id, command.executor))
+            return
         try:
             func_blob = chunk.job.blob(self._function_blobs)
             if chunk.call_blob is None:
@@ -568,7 +597,8 @@ _exiting = False
 
 
 def _at_exit() -> None:
-    """Interpreter exit: terminate pools left open (as multiprocessing does) and join them."""
+    """Interpreter exit: terminate pools left open (as multiprocessing does) and join them;
+    executors left open finish their work first (as concurrent.futures does)."""
     global _exiting
     _exiting = True
     # Only the process that made a manager may touch it: a forked child inherits this set
@@ -576,12 +606,14 @@ def _at_exit() -> None:
     managers = [m for m in _live_managers if m.pid == os.getpid()]
     for manager in managers:
         try:
-            manager.inbox.post(manager.terminate)
+            manager.inbox.post(manager.close if manager.finish_at_exit else manager.terminate)
         except PoolNotRunning:
             pass
     for manager in managers:
         if manager.thread.is_alive() and manager.thread is not threading.current_thread():
-            manager.thread.join(defaults.ENGINE_JOIN_S * 2)
+            # An executor's submitted work runs to its end, as concurrent.futures waits for
+            # it at exit; a Pool's is bounded (its processes were told to stop).
+            manager.thread.join(None if manager.finish_at_exit else defaults.ENGINE_JOIN_S * 2)
 
 
 # threading._register_atexit runs before non-daemon threads are joined (Python 3.9+), which is

@@ -96,6 +96,11 @@ class _Result:
     def _abort(self, error: BaseException) -> None:
         raise NotImplementedError
 
+    def _cancel(self) -> bool:
+        """Cancel the result if nobody's work has started on it (manager thread); True if
+        it was.  Only an executor's futures can be cancelled."""
+        return False
+
 
 class ApplyResult(_Result):
     """The result of ``apply_async`` (and base of :class:`MapResult`), as multiprocessing's."""

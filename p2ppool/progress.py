@@ -57,6 +57,12 @@ class ProgressBar:
             self._workers = text
             self._bar.set_postfix_str(text, refresh=True)
 
+    def add_total(self, items: int) -> None:
+        """``items`` more to do: an executor's bar grows as tasks are submitted (shown at
+        the next redraw, which tqdm paces)."""
+        if items:
+            self._bar.total = (self._bar.total or 0) + items
+
     def update(self, items: int) -> None:
         """Count ``items`` more finished items."""
         if items:

@@ -98,6 +98,13 @@ def touch_or_fail(args: tuple[str, bool]) -> str:
     return path
 
 
+def run_once(path: str, seconds: float = 0.0) -> str:
+    """Create ``path`` (failing if it exists: the task ran twice), then burn ``seconds``."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    burn(seconds)
+    return path
+
+
 def kill_self(_: Any = None) -> None:
     os.kill(os.getpid(), 9)
 

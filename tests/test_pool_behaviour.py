@@ -35,6 +35,7 @@ FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
 WAIT_S = 20.0  # every wait in this file is bounded by this
 MAXTASKS_WAIT_S = 5.0  # multiprocessing's maps take well under a second when nothing hangs
+QUICK_WAIT_S = 10.0  # for results that must come while another task is held back
 
 
 def _mp_pool(*args: Any, **kwargs: Any) -> Any:
@@ -360,6 +361,61 @@ def test_input_error_surfaces_at_its_position(pool: Any, method: str, chunksize:
     else:  # a generator over chunks: it ends at the error, which may overtake chunks
         assert seen[-1] == "error" and seen.count("error") == 1
         assert set(seen[:-1]) <= set(values)
+
+
+def _next_within(it: Iterator[Any], timeout: float) -> Any:
+    """``next(it)`` that fails the test instead of hanging when nothing comes in time (a
+    chunked imap is a plain generator: it has no ``next(timeout)``)."""
+    box: List[Any] = []
+
+    def take() -> None:
+        try:
+            box.append((True, next(it)))
+        except BaseException as exc:  # noqa: B036 - handed to the test thread
+            box.append((False, exc))
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box, f"next() did not return within {timeout} s"
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_of_a_non_iterable_raises_type_error_to_the_caller(
+    pool: Any, method: str, chunksize: int
+) -> None:
+    # multiprocessing returns the iterator; iterating it raises the TypeError of iter(3)
+    # (_guarded_task_generation), then the iteration ends.
+    it = getattr(pool, method)(fx.square, 3, chunksize)
+    with pytest.raises(TypeError, match="not iterable"):
+        _next_within(it, WAIT_S)
+    with pytest.raises(StopIteration):
+        _next_within(it, WAIT_S)
+
+
+def test_a_free_process_takes_the_next_task_while_another_runs_a_slow_one(
+    pool_factory: Any, gate: Any
+) -> None:
+    """multiprocessing's processes pull tasks from one queue: with imap_unordered and
+    chunksize 1 on 2 processes, while one process runs a slow first item the other runs all
+    the others, so the slow item's result comes last.  No task may wait behind the slow one
+    while the other process is free (prefetching onto a busy process would do that)."""
+    pool = pool_factory(2)
+    # Tiny tasks first: a pool that has seen only short tasks is the one tempted to prefetch.
+    assert sorted(pool.imap_unordered(fx.square, range(40))) == sorted(x * x for x in range(40))
+    slow = gate("slow")
+    it = pool.imap_unordered(fx.quick_or_wait, [slow] + [None] * 7)
+    quick = [it.next(timeout=QUICK_WAIT_S) for _ in range(7)]
+    assert quick == ["quick"] * 7
+    Path(slow).touch()
+    assert it.next(timeout=WAIT_S) == "waited"
+    with pytest.raises(StopIteration):
+        it.next(timeout=WAIT_S)
 
 
 def test_map_input_error_raises_in_the_caller(pool: Any) -> None:

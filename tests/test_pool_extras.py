@@ -16,6 +16,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -432,6 +433,101 @@ def test_engine_cancel_kills_and_replaces_the_child(tmp_path: Path) -> None:
         engine.submit(2, "k", *_task(fx.square, 4))
         [done] = _collect(engine, 1)
         assert done.task_id == 2 and payload.loads(done.blob) == 16
+    finally:
+        engine.terminate()
+
+
+def _warm(engine: ProcessEngine, count: int = 10) -> None:
+    """Run tiny tasks one by one: an engine that has seen only short tasks prefetches."""
+    for i in range(count):
+        engine.submit(10_000 + i, "warm", *_task(fx.square, i))
+        [done] = _collect(engine, 1)
+        assert isinstance(done, TaskDone) and done.ok
+
+
+def test_engine_takes_a_prefetched_task_back_for_an_idle_child(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # However loaded the machine, tiny tasks count as short here (prefetch is on).
+    monkeypatch.setattr(defaults, "ENGINE_PREFETCH_BELOW_S", 60.0)
+    slow, other = str(tmp_path / "slow"), str(tmp_path / "other")
+    engine = ProcessEngine(2, mp_context=FORK)
+    try:
+        _warm(engine)
+        engine.submit(1, "w", *_task(fx.wait_for_file, slow))   # child A, held
+        engine.submit(2, "w", *_task(fx.wait_for_file, other))  # child B, held
+        engine.submit(3, "q", *_task(fx.square, 3))  # prefetched behind B (started last)
+        engine.submit(4, "q", *_task(fx.square, 4))  # prefetched behind A
+        assert engine.taken_back == 0
+        Path(other).touch()  # B finishes 2 and 3, goes idle: 4 must not wait behind A's 1
+        done = sorted(e.task_id for e in _collect(engine, 3))
+        assert done == [2, 3, 4] and engine.taken_back == 1
+        Path(slow).touch()  # A finishes 1, then reads 4's message and skips it
+        [first] = _collect(engine, 1)
+        assert first.task_id == 1
+        for i in range(5, 25):  # both children go on normally
+            engine.submit(i, "q", *_task(fx.square, i))
+        later = _collect(engine, 20)
+        assert sorted(e.task_id for e in later) == list(range(5, 25))
+        assert all(isinstance(e, TaskDone) and e.ok for e in later)
+    finally:
+        engine.terminate()
+
+
+def test_engine_takes_back_again_from_a_child_still_stuck_behind_the_same_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The second take-back from child A comes before A has read the first one's message.
+    monkeypatch.setattr(defaults, "ENGINE_PREFETCH_BELOW_S", 60.0)
+    slow, other, other2 = (str(tmp_path / n) for n in ("slow", "other", "other2"))
+    engine = ProcessEngine(2, mp_context=FORK)
+    try:
+        _warm(engine)
+        engine.submit(1, "w", *_task(fx.wait_for_file, slow))   # A, held to the end
+        engine.submit(2, "w", *_task(fx.wait_for_file, other))  # B, held
+        engine.submit(3, "q", *_task(fx.square, 3))  # behind B
+        engine.submit(4, "q", *_task(fx.square, 4))  # behind A
+        Path(other).touch()
+        assert sorted(e.task_id for e in _collect(engine, 3)) == [2, 3, 4]  # 4 went to B
+        engine.submit(5, "w", *_task(fx.wait_for_file, other2))  # B (idle), held
+        engine.submit(6, "q", *_task(fx.square, 6))  # behind B (its task started last)
+        engine.submit(7, "q", *_task(fx.square, 7))  # behind A's task 1, again
+        Path(other2).touch()
+        assert sorted(e.task_id for e in _collect(engine, 3)) == [5, 6, 7]
+        assert engine.taken_back == 2
+        Path(slow).touch()  # A finishes 1, skips 4 and 7, and goes on
+        [first] = _collect(engine, 1)
+        assert first.task_id == 1
+        for i in range(8, 28):
+            engine.submit(i, "q", *_task(fx.square, i))
+        later = _collect(engine, 20)
+        assert sorted(e.task_id for e in later) == list(range(8, 28))
+        assert all(isinstance(e, TaskDone) and e.ok for e in later)
+    finally:
+        engine.terminate()
+
+
+@pytest.mark.parametrize("context", [FORK, SPAWN], ids=["fork", "spawn"])
+def test_engine_runs_each_task_once_while_taking_prefetched_ones_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: Any) -> None:
+    monkeypatch.setattr(defaults, "ENGINE_PREFETCH_BELOW_S", 60.0)
+    engine = ProcessEngine(2, mp_context=context)
+    rounds, per_round = 50, 4  # each round fills the engine, then lets it run dry
+    durations = random.Random(12).choices([0.0, 0.0, 0.0, 0.01], k=rounds * per_round)
+    try:
+        _warm(engine, 3)
+        results: List[Any] = []
+        for start in range(0, rounds * per_round, per_round):
+            for i in range(start, start + per_round):
+                path = str(tmp_path / f"t{i}")
+                engine.submit(i, "once", *_task(fx.run_once, path, durations[i]))
+            got = _collect(engine, per_round)
+            assert len(got) == per_round
+            results += got
+        assert all(isinstance(e, TaskDone) for e in results), results
+        failures = [payload.loads(e.blob) for e in results if not e.ok]
+        assert not failures  # a FileExistsError would mean a task ran twice
+        assert sorted(e.task_id for e in results) == list(range(rounds * per_round))
+        assert len(os.listdir(tmp_path)) == rounds * per_round
+        assert engine.taken_back > 0  # the rounds did make it take tasks back
     finally:
         engine.terminate()
 

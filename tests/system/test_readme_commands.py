@@ -81,6 +81,8 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
     "python:lambda": (HERE, "test_python_examples_on_a_worker"),
     "python:cluster": (HERE, "test_worker_commands_with_self_hosted_wormhole_servers"),
     "python:localcluster": (HERE, "test_localcluster_example_as_is"),
+    # --- concurrent.futures: ProcessPoolExecutor
+    "python:executor": (HERE, "test_executor_example_on_a_worker"),
     # --- A cluster on your own machine
     "p2ppool local --workers 2 --processes-per-worker 2 --write-env cluster.env":
         (HERE, "test_p2ppool_local_and_a_script_that_sources_its_file"),
@@ -179,6 +181,8 @@ def _is_shell(block: str) -> bool:
 def _python_name(code: str) -> str:
     """A stable name for a Python example, from what it does."""
     ast.parse(code)
+    if "ProcessPoolExecutor" in code:
+        return "python:executor"
     if "LocalCluster(" in code:
         return "python:localcluster"
     if "lambda" in code:
@@ -463,6 +467,23 @@ def test_python_examples_on_a_worker(friends: Any, tmp_path: Path, background: A
     worker.stop(expect=0)
     assert len(re.findall(r"session \d+ with \S+ job \S+ opened", worker.text())) == 2, \
         worker.text()
+
+
+@pytest.mark.timeout(60)
+def test_executor_example_on_a_worker(friends: Any, tmp_path: Path, background: Any) -> None:
+    """The README's ProcessPoolExecutor example as is, served by the README's worker command
+    (found through the cluster's ``P2PPOOL_*`` variables; it may not run locally)."""
+    worker = background(command("python -m p2ppool.worker "), cluster_env(friends, tmp_path))
+    script = tmp_path / "executor_example.py"
+    script.write_text(example("python:executor"))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env=cluster_env(friends, tmp_path, P2PPOOL_FALLBACK="none"),
+                            timeout=WAIT)
+    assert result.returncode == 0, result.stderr + worker.text()
+    squares = str([x * x for x in range(10)])
+    assert result.stdout.splitlines() == [squares, squares]
+    worker.stop(expect=0)
+    assert re.search(r"session \d+ with \S+ job \S+ opened", worker.text()), worker.text()
 
 
 @pytest.mark.timeout(60)

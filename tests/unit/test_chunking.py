@@ -99,6 +99,15 @@ def test_reader_puts_an_input_error_in_place_of_the_next_chunk(
     assert reader.next_chunk() is None and reader.count == chunks_before + 1
 
 
+@pytest.mark.parametrize("not_iterable", [3, None, object()])
+def test_reader_of_a_non_iterable_gives_its_type_error_as_chunk_0(not_iterable: Any) -> None:
+    reader = ChunkReader(not_iterable, 2)  # raises nothing here: the caller who iterates sees it
+    found = reader.next_chunk()
+    assert found is not None and found[0] == 0 and isinstance(found[1], InputError)
+    assert isinstance(found[1].error, TypeError) and "not iterable" in str(found[1].error)
+    assert reader.next_chunk() is None and reader.exhausted and reader.count == 1
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.permutations(list(range(12))))
 def test_reorder_buffer_releases_in_index_order(order: list[int]) -> None:
