@@ -155,29 +155,29 @@ def _parse_board(value: Any) -> str:
     return parsed
 
 
-def _parse_fallback(value: Any) -> float | None:
+def _seconds_or_none(value: Any) -> float | None:
+    """A number of seconds, or None for 'none' (ValueError for anything else)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
         return None
     if isinstance(value, bool):
         raise ValueError(f"expected a number of seconds or 'none', got {value!r}")
     try:
-        seconds = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"expected a number of seconds or 'none', got {value!r}") from None
-    if not seconds >= 0:
+
+
+def _parse_fallback(value: Any) -> float | None:
+    seconds = _seconds_or_none(value)
+    if seconds is not None and not seconds >= 0:
         raise ValueError(f"expected a number of seconds >= 0 or 'none', got {value!r}")
     return seconds
 
 
 def _parse_timeout(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+    seconds = _seconds_or_none(value)
+    if seconds is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number of seconds or 'none', got {value!r}")
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number of seconds or 'none', got {value!r}") from None
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"expected a number of seconds > 0 or 'none', got {value!r}")
     return seconds

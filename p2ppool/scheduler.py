@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Hashable, Iterable, List, Set, Tuple, Union
+from typing import Any, Deque, Dict, Hashable, Iterable, Iterator, List, Set, Tuple, Union
 
 from . import defaults
 from .errors import ChunkFailed
@@ -440,11 +440,9 @@ class Scheduler:
                     break
         return best
 
-    def _speculate(self, now: float) -> List[Command]:
-        """Copy overdue chunks to free executors, the longest overdue first."""
-        if not any(e.free > 0 for e in self._executors.values()):
-            return []
-        overdue = []
+    def _single_runs(self) -> Iterator[Tuple[_Chunk, Any, float]]:
+        """``(chunk, its one run, the job's overdue threshold)`` for every chunk running
+        once whose job has a threshold (candidates for a speculative copy)."""
         for chunk in self._chunks.values():
             if len(chunk.runs) != 1:
                 continue
@@ -452,6 +450,14 @@ class Scheduler:
             if threshold is None:
                 continue
             (run,) = chunk.runs.values()
+            yield chunk, run, threshold
+
+    def _speculate(self, now: float) -> List[Command]:
+        """Copy overdue chunks to free executors, the longest overdue first."""
+        if not any(e.free > 0 for e in self._executors.values()):
+            return []
+        overdue = []
+        for chunk, run, threshold in self._single_runs():
             late = now - run.started - threshold
             if late >= 0:
                 overdue.append((-late, _order_key(chunk.chunk_id), chunk))
@@ -473,13 +479,7 @@ class Scheduler:
         if not any(e.free > 0 for e in self._executors.values()):
             return None  # a result frees a slot first, and dispatches then
         earliest: float | None = None
-        for chunk in self._chunks.values():
-            if len(chunk.runs) != 1:
-                continue
-            threshold = self._threshold(chunk.group)
-            if threshold is None:
-                continue
-            (run,) = chunk.runs.values()
+        for _, run, threshold in self._single_runs():
             when = run.started + threshold
             # Times already passed at the last input were dealt with then (or no executor
             # can take the copy): they must not spin the caller's loop.

@@ -347,21 +347,13 @@ class SessionHandling:
         refuse (before Ready) or end the session, and say False."""
         try:
             path = self.code_cache.acquire(bundle)
+            old, session.code_dir = session.code_dir, path
+            if old is not None:
+                self.code_cache.release(old)
+            session._code_view = self._code_view(session)
         except (ProtocolError, OSError) as exc:
             log.warning("session %d with %s: cannot use its code bundle: %s", session.sid,
                         session.who(), exc)
-            reason = f"worker {self.settings.name} cannot use the shipped modules: {exc}"
-            if session.state == RUNNING:
-                self._end_session(session, reason)
-            else:
-                self._refuse(session, reason)
-            return False
-        old, session.code_dir = session.code_dir, path
-        if old is not None:
-            self.code_cache.release(old)
-        try:
-            session._code_view = self._code_view(session)
-        except OSError as exc:
             reason = f"worker {self.settings.name} cannot use the shipped modules: {exc}"
             if session.state == RUNNING:
                 self._end_session(session, reason)
