@@ -265,6 +265,7 @@ def probe(sandbox: Sandbox, timeout: float = 20.0) -> None:
             raise SandboxUnavailable("the sandbox does not confine tasks: " + "; ".join(leaks))
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
+        sandbox.close()  # its identity files are made again with the first session
         try:
             os.unlink(canary)
         except OSError:

@@ -40,7 +40,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Deque, Dict, List, Sequence, Tuple
@@ -214,6 +213,7 @@ class Worker(BoardPresence, SessionHandling):
         # Task processes inherit the environment of the fork server (started just below) or
         # of this process (spawn): that is how they learn WORKER_NAME_ENV.
         os.environ[WORKER_NAME_ENV] = settings.name
+        self._jobs_root_dir: str | None = None  # made with the first session (_jobs_root)
         self.sandbox = _choose_sandbox(settings)
         self.process_limit = ProcessLimit(settings.max_task_processes, settings.name,
                                           enabled=self.sandbox.mode == "bwrap")
@@ -226,7 +226,6 @@ class Worker(BoardPresence, SessionHandling):
         self._mp_context = _child_context()
         try:
             _warm_up(self._mp_context, settings.max_memory_mb)
-            self._jobs_root = tempfile.mkdtemp(prefix="p2ppool-jobs-")
         except BaseException:  # the worker does not start: leave nothing behind
             self.sandbox.close()
             self.process_limit.close()
@@ -459,7 +458,8 @@ class Worker(BoardPresence, SessionHandling):
         self.environments.close()
         self.sandbox.close()
         self.process_limit.close()
-        shutil.rmtree(self._jobs_root, ignore_errors=True)
+        if self._jobs_root_dir is not None:
+            shutil.rmtree(self._jobs_root_dir, ignore_errors=True)
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.
         log.info("stopped")

@@ -99,7 +99,7 @@ class SessionHandling:
     environments: Environments
     sandbox: Any
     process_limit: Any
-    _jobs_root: str
+    _jobs_root_dir: str | None
     withdrawing: bool
     _mp_context: Any
     _closers: List[threading.Thread]
@@ -239,7 +239,7 @@ class SessionHandling:
                     site_dir=session.site_dir, processes=session.slots)
             else:
                 session.job_dir = session.job_dir or tempfile.mkdtemp(
-                    prefix=f"session-{session.sid}-", dir=self._jobs_root)
+                    prefix=f"session-{session.sid}-", dir=self._jobs_root())
                 session.engine = ProcessEngine(
                     session.slots, initializer_blob=frame.initializer or None,
                     maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
@@ -262,6 +262,13 @@ class SessionHandling:
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
 
+    def _jobs_root(self) -> str:
+        """The worker's directory of job directories, made when the first session needs
+        it (a worker that never served leaves nothing, even when killed)."""
+        if self._jobs_root_dir is None:
+            self._jobs_root_dir = tempfile.mkdtemp(prefix="p2ppool-jobs-")
+        return self._jobs_root_dir
+
     def _prestart(self, session: _ClientSession) -> None:
         """With the sandbox, start the session's task processes now, while its wormhole
         opens (a sandboxed interpreter takes tens of milliseconds to start); they get their
@@ -275,9 +282,9 @@ class SessionHandling:
         s = self.settings
         try:
             session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
-                                               dir=self._jobs_root)
+                                               dir=self._jobs_root())
             session.view_root = tempfile.mkdtemp(prefix=f"code-{session.sid}-",
-                                                 dir=self._jobs_root)
+                                                 dir=self._jobs_root())
             session.engine = ProcessEngine(
                 session.slots, max_task_seconds=s.max_task_seconds,
                 max_result_bytes=s.max_payload_bytes, deferred=True,

@@ -133,5 +133,7 @@ def test_1500_forged_hellos_are_not_answered_one_by_one(cluster: LocalCluster) -
     print(f"\n1,500 forged Hellos: the 2 workers wrote {len(hellos)} Hello(s) in the "
           f"{window:.1f} s after them (map of 10 in {elapsed:.2f} s)")
     # At most one Hello per worker per second (WORKER_HELLO_MIN_INTERVAL_S), plus one.
-    assert len(hellos) <= len(watch.workers) * (window + 1)
+    # At most one paced answer per second per worker, plus the Hellos that announce a change
+    # of free slots (the map's own offers and sessions change them).
+    assert len(hellos) <= len(watch.workers) * (window + 3)
     assert elapsed < FEW_SECONDS
