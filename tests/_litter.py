@@ -33,6 +33,7 @@ import multiprocessing.forkserver
 import multiprocessing.process
 import multiprocessing.resource_tracker
 import os
+import sys
 import tempfile
 import uuid
 from typing import FrozenSet, List, Sequence, Set, Tuple
@@ -129,12 +130,18 @@ def _own_multiprocessing_dir() -> str | None:
 
 
 def _own_multiprocessing_helpers() -> Set[int]:
-    """Pids of this process's multiprocessing resource tracker and fork server, if they run
-    (started by the first spawn or forkserver process; they end when this process does)."""
-    helpers = (
+    """Pids of this process's multiprocessing (and loky) resource tracker and fork server,
+    if they run (started by the first spawn or forkserver process, or by joblib; they end
+    when this process does)."""
+    helpers = [
         (multiprocessing.resource_tracker, "_resource_tracker", "_pid"),
         (multiprocessing.forkserver, "_forkserver", "_forkserver_pid"),
-    )
+    ]
+    # joblib's loky (the joblib tests compare against it) has its own resource tracker,
+    # which also ends when this process does.
+    loky = sys.modules.get("joblib.externals.loky.backend.resource_tracker")
+    if loky is not None:
+        helpers.append((loky, "_resource_tracker", "_pid"))
     pids = set()
     for module, instance, attribute in helpers:
         pid = getattr(getattr(module, instance, None), attribute, None)
