@@ -230,9 +230,12 @@ def probe(sandbox: Sandbox, timeout: float = 20.0) -> None:
             "bubblewrap (bwrap) is not installed; install it (Debian/Ubuntu: apt install "
             "bubblewrap; Fedora: dnf install bubblewrap) or run with --sandbox none")
     job_dir = tempfile.mkdtemp(prefix="p2ppool-probe-")
-    canary_fd, canary = tempfile.mkstemp(prefix="p2ppool-canary-",
-                                         dir=os.path.expanduser("~"))
-    os.close(canary_fd)
+    try:  # a file in the volunteer's home that the task must not see
+        canary_fd, canary = tempfile.mkstemp(prefix="p2ppool-canary-",
+                                             dir=os.path.expanduser("~"))
+        os.close(canary_fd)
+    except OSError:
+        canary = ""  # no writable home: nothing there to hide, nothing to check
     try:
         env = task_environment("probe", TASK_HOME, "/tmp")
         env["P2PPOOL_PROBE_CANARY"] = canary
@@ -266,10 +269,11 @@ def probe(sandbox: Sandbox, timeout: float = 20.0) -> None:
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
         sandbox.close()  # its identity files are made again with the first session
-        try:
-            os.unlink(canary)
-        except OSError:
-            pass
+        if canary:
+            try:
+                os.unlink(canary)
+            except OSError:
+                pass
 
 
 def diagnose(stderr: str) -> str:
