@@ -18,7 +18,8 @@ p2ppool code on the data path:
 Figures, each the median over the runs: ``rtt_ms`` (100 bytes out, the same 100 bytes
 back), ``bulk_mb_per_s`` (``--bulk-mb`` MB written in 64 KiB pieces and echoed back, MB
 moved both ways per second, as ``payload_mb_per_s`` of ``bench_cluster.py`` counts them).
-Prints one JSON object per line; ``bench_cluster.py --wire`` imports :func:`measure`.
+Prints one JSON object per line; ``bench_cluster.py`` imports :func:`measure` (unless
+``--no-wire``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ SUBPROTOCOL = "bench/1"
 # --- the peer ------------------------------------------------------------------------------------
 
 
+def _dilate(reactor: Any, code: str, relay_url: str, transit: str) -> Any:
+    """One side's wormhole with the given code, dilated loopback-only: ``(wormhole, dilated)``."""
+    import wormhole
+
+    w = wormhole.create(APPID, relay_url, reactor, dilation=True)
+    w.set_code(code)
+    dw = w.dilate(transit_relay_location=transit, no_listen=False)
+    dw._manager._p2ppool_loopback_only = True
+    return w, dw
+
+
 def _tcp_peer(port: int) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,7 +69,6 @@ def _tcp_peer(port: int) -> None:
 
 
 def _dilated_peer(code: str, relay_url: str, transit: str) -> None:
-    import wormhole
     from twisted.internet import protocol, reactor
 
     from p2ppool.wormhole_patches import install_patches
@@ -73,10 +84,7 @@ def _dilated_peer(code: str, relay_url: str, transit: str) -> None:
                 reactor.stop()
 
     def start() -> None:
-        w = wormhole.create(APPID, relay_url, reactor, dilation=True)
-        w.set_code(code)
-        dw = w.dilate(transit_relay_location=transit, no_listen=False)
-        dw._manager._p2ppool_loopback_only = True
+        _w, dw = _dilate(reactor, code, relay_url, transit)
         dw.listener_for(SUBPROTOCOL).listen(protocol.Factory.forProtocol(Echo))
 
     reactor.callWhenRunning(start)
@@ -174,7 +182,6 @@ class _Client:
 
 
 def _dilated(round_trips: int, bulk: bytes, bulk_runs: int) -> Dict[str, float]:
-    import wormhole
     from twisted.internet import protocol
 
     from p2ppool import reactor as reactor_mod
@@ -201,10 +208,7 @@ def _dilated(round_trips: int, bulk: bytes, bulk_runs: int) -> Dict[str, float]:
             reactor = reactor_mod.ensure_running()
 
             def start() -> None:
-                w = wormhole.create(APPID, servers.relay_url, reactor, dilation=True)
-                w.set_code(code)
-                dw = w.dilate(transit_relay_location=servers.transit, no_listen=False)
-                dw._manager._p2ppool_loopback_only = True
+                w, dw = _dilate(reactor, code, servers.relay_url, servers.transit)
                 dw.connector_for(SUBPROTOCOL).connect(protocol.Factory.forProtocol(Proto))
                 holder["w"] = w
 
