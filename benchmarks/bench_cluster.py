@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_cluster.py [--quick] [--runs N] [--no-scale] [--no-memory]
 
-Everything runs in one sitting.  A :class:`~p2ppool.localcluster.LocalCluster` of 2 workers
+Everything runs in one sitting.  A :class:`~p2ppool.local.cluster.LocalCluster` of 2 workers
 x 1 process is started first (board, mailbox, relay and workers on 127.0.0.1, workers
 already waiting on the board).  Then each run opens one warm pool of each kind
 (``multiprocessing``, ``local`` = p2ppool.Pool without a cluster, ``cluster`` = p2ppool.Pool
@@ -68,7 +68,7 @@ import bench_wire  # noqa: E402  (the wire floor)
 import cloudpickle  # noqa: E402
 
 import p2ppool  # noqa: E402
-from p2ppool.localcluster import LocalCluster  # noqa: E402
+from p2ppool.local.cluster import LocalCluster  # noqa: E402
 
 # The cluster's workers cannot import bench_pool: send its functions by value.
 cloudpickle.register_pickle_by_value(bench_pool)

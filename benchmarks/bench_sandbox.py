@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from p2ppool import Pool  # noqa: E402
-from p2ppool.localcluster import LocalCluster  # noqa: E402
+from p2ppool.local.cluster import LocalCluster  # noqa: E402
 
 
 def measure(make_pool: Callable[[], Any], items: int) -> Dict[str, float]:

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_shipping.py [--runs N] [--lines L]
 
 A module of ``--lines`` lines (and a 10-line one) is written to a temporary directory and
-imported; a :class:`~p2ppool.localcluster.LocalCluster` of 2 workers x 1 process (workers in
+imported; a :class:`~p2ppool.local.cluster.LocalCluster` of 2 workers x 1 process (workers in
 their own empty directories, so the module must travel) is started once.  Each run opens a
 fresh cluster pool per module and times the first ``map`` of 16 items (session opening,
 the code bundle, the workers' new task processes importing it) and a second one (nothing
@@ -34,8 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from p2ppool import Pool  # noqa: E402
-from p2ppool.localcluster import LocalCluster  # noqa: E402
-from p2ppool.shipping import CodeShipper  # noqa: E402
+from p2ppool.local.cluster import LocalCluster  # noqa: E402
+from p2ppool.shipping.modules import CodeShipper  # noqa: E402
 
 
 def write_module(directory: str, name: str, lines: int) -> None:

@@ -30,8 +30,8 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from p2ppool import defaults  # noqa: E402
-from p2ppool.transfer import CLIENT, WORKER, Session, new_code  # noqa: E402
-from p2ppool.wormhole_servers import WormholeServers  # noqa: E402
+from p2ppool.transfer.servers import WormholeServers  # noqa: E402
+from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code  # noqa: E402
 
 
 def run_peer(relay_url: str, transit: str) -> int:

@@ -9,10 +9,10 @@ p2ppool code on the data path:
 
 * ``tcp``: a blocking socket pair (TCP_NODELAY); the peer echoes every byte it reads;
 * ``dilated``: a real mailbox server and transit relay on loopback
-  (:class:`p2ppool.wormhole_servers.WormholeServers`), one wormhole per side with
+  (:class:`p2ppool.transfer.servers.WormholeServers`), one wormhole per side with
   ``dilation=True``, one subchannel; the peer's Twisted protocol writes back every byte it
   receives.  The client drives everything from the reactor thread, so no thread hand-off is
-  timed.  :func:`p2ppool.wormhole_patches.install_patches` is applied on both sides (the
+  timed.  :func:`p2ppool.transfer.wormhole_patches.install_patches` is applied on both sides (the
   dilation p2ppool runs: TCP_NODELAY, loopback-only listening, batched acks).
 
 Figures, each the median over the runs: ``rtt_ms`` (100 bytes out, the same 100 bytes
@@ -71,7 +71,7 @@ def _tcp_peer(port: int) -> None:
 def _dilated_peer(code: str, relay_url: str, transit: str) -> None:
     from twisted.internet import protocol, reactor
 
-    from p2ppool.wormhole_patches import install_patches
+    from p2ppool.transfer.wormhole_patches import install_patches
 
     install_patches()
 
@@ -184,10 +184,10 @@ class _Client:
 def _dilated(round_trips: int, bulk: bytes, bulk_runs: int) -> Dict[str, float]:
     from twisted.internet import protocol
 
-    from p2ppool import reactor as reactor_mod
-    from p2ppool.transfer import new_code
-    from p2ppool.wormhole_patches import install_patches
-    from p2ppool.wormhole_servers import WormholeServers
+    from p2ppool.transfer import reactor as reactor_mod
+    from p2ppool.transfer.servers import WormholeServers
+    from p2ppool.transfer.session import new_code
+    from p2ppool.transfer.wormhole_patches import install_patches
 
     install_patches()
     client = _Client(round_trips, bulk, bulk_runs)

@@ -7,14 +7,14 @@ Usage::
 Modes (everything on 127.0.0.1: a real mailbox server and transit relay; real processes):
 
 ``transfer-close``
-    both ends of a :class:`p2ppool.transfer.Session` in this process; each cycle opens a
+    both ends of a :class:`p2ppool.transfer.session.Session` in this process; each cycle opens a
     pair, exchanges a frame and closes it normally (goodbye).
 ``transfer-kill``
     each cycle opens a session with a peer process (``tests/transfer/_peer.py``), exchanges
     a frame, SIGKILLs the peer and waits until the session is declared lost (heartbeat
     deadline, shortened to 0.6 s here).
 ``pool-close``
-    a :class:`~p2ppool.localcluster.LocalCluster` of 1 worker; each cycle opens a pool,
+    a :class:`~p2ppool.local.cluster.LocalCluster` of 1 worker; each cycle opens a pool,
     maps a few items on the worker and closes the pool (the session ends with a goodbye).
 ``pool-tasks``
     a LocalCluster of 1 worker (2 processes) and one pool; each cycle maps 200 items with
@@ -55,8 +55,8 @@ from typing import Any, Callable, Dict, List
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from p2ppool import transfer  # noqa: E402
-from p2ppool.transfer import CLIENT, WORKER, Session, new_code  # noqa: E402
+from p2ppool.transfer import session as transfer  # noqa: E402
+from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code  # noqa: E402
 
 PEER_SCRIPT = os.path.join(ROOT, "tests", "transfer", "_peer.py")
 
@@ -278,14 +278,14 @@ def main(argv: List[str] | None = None) -> int:
     stack: List[Any] = []
     try:
         if args.mode.startswith("transfer"):
-            from p2ppool.wormhole_servers import WormholeServers
+            from p2ppool.transfer.servers import WormholeServers
 
             servers = WormholeServers()
             stack.append(servers.stop)
             cycle = (_transfer_close if args.mode == "transfer-close"
                      else _transfer_kill)(servers)
         else:
-            from p2ppool.localcluster import LocalCluster
+            from p2ppool.local.cluster import LocalCluster
 
             cluster = LocalCluster(workers=1,
                                    processes_per_worker=1 if args.mode == "pool-handover" else 2)

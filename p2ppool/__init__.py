@@ -39,18 +39,18 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .executor import ProcessPoolExecutor
-    from .localcluster import LocalCluster
-    from .pool import AsyncResult, IMapIterator, MapResult, Pool
+    from .local.cluster import LocalCluster
+    from .pool.api import AsyncResult, IMapIterator, MapResult, Pool
+    from .pool.futures import ProcessPoolExecutor
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
 _LAZY = {
-    "Pool": "pool",
-    "AsyncResult": "pool",
-    "MapResult": "pool",
-    "IMapIterator": "pool",
-    "LocalCluster": "localcluster",
-    "ProcessPoolExecutor": "executor",
+    "Pool": "pool.api",
+    "AsyncResult": "pool.api",
+    "MapResult": "pool.api",
+    "IMapIterator": "pool.api",
+    "LocalCluster": "local.cluster",
+    "ProcessPoolExecutor": "pool.futures",
 }
 
 __all__ = [
@@ -90,9 +90,9 @@ def register_joblib(name: str = "p2ppool") -> None:
     """Register p2ppool as joblib backend ``name``: then ``with
     joblib.parallel_config(backend="p2ppool", n_jobs=N, cluster=...)`` runs
     ``joblib.Parallel`` (and scikit-learn's ``n_jobs``) on a Pool.  Needs joblib
-    (``pip install p2ppool[joblib]``); see :mod:`p2ppool.joblib_backend`."""
+    (``pip install p2ppool[joblib]``); see :mod:`p2ppool.pool.joblib_backend`."""
     try:
-        from .joblib_backend import register
+        from .pool.joblib_backend import register
     except ModuleNotFoundError as exc:
         if exc.name != "joblib":
             raise

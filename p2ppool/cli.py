@@ -17,12 +17,14 @@ from ._version import __version__
 
 # subcommand -> (module, one-line help).  Only the chosen subcommand's module is imported.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("p2ppool.demo", "run a whole cluster on 127.0.0.1 and one map with a progress bar"),
-    "local": ("p2ppool.localcluster", "run a local cluster in the foreground for other shells"),
-    "worker": ("p2ppool.worker", "volunteer this machine to a cluster"),
-    "board": ("p2ppool.board_server", "run a self-hosted, pico-pipe-compatible SSH board"),
-    "host": ("p2ppool.hosting", "host a shared cluster on the board (access list)"),
-    "status": ("p2ppool.status", "show who is on a cluster's board now"),
+    "demo": (
+        "p2ppool.local.demo", "run a whole cluster on 127.0.0.1 and one map with a progress bar"
+    ),
+    "local": ("p2ppool.local.cluster", "run a local cluster in the foreground for other shells"),
+    "worker": ("p2ppool.worker.cli", "volunteer this machine to a cluster"),
+    "board": ("p2ppool.board.server", "run a self-hosted, pico-pipe-compatible SSH board"),
+    "host": ("p2ppool.cluster.host", "host a shared cluster on the board (access list)"),
+    "status": ("p2ppool.cluster.status", "show who is on a cluster's board now"),
 }
 
 

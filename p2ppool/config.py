@@ -196,7 +196,7 @@ def _parse_positive_int(value: Any) -> int:
 
 
 def _parse_ship_modules(value: Any) -> Tuple[str, ...]:
-    from .shipping import parse_ship_modules
+    from .shipping.modules import parse_ship_modules
 
     if not isinstance(value, (str, list, tuple)):
         raise ValueError(f"expected module names ('a,-b' or a list), got {value!r}")
@@ -204,7 +204,7 @@ def _parse_ship_modules(value: Any) -> Tuple[str, ...]:
 
 
 def _parse_requirements(value: Any) -> Tuple[str, ...]:
-    from .requirements import parse_requirements
+    from .shipping.requirements import parse_requirements
 
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:

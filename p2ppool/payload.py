@@ -173,7 +173,7 @@ def execute(func: Callable[..., Any], call: Call) -> Any:
 
 
 #: The environment variable holding the worker's name in its task processes (set by
-#: :class:`p2ppool.worker_loop.Worker`; unset in a Pool's own local processes), so a task can
+#: :class:`p2ppool.worker.loop.Worker`; unset in a Pool's own local processes), so a task can
 #: tell where it ran: ``p2ppool demo`` counts who ran what with it, and tracebacks sent from
 #: a worker name it.
 WORKER_NAME_ENV = "P2PPOOL_WORKER"
@@ -209,7 +209,7 @@ class ExceptionWithTraceback:
 
 
 #: Set in a worker's task processes to the worker's ``--max-memory-mb`` (see
-#: :mod:`p2ppool._worker_child`): a ``MemoryError`` there is reported as
+#: :mod:`p2ppool.execution.child`): a ``MemoryError`` there is reported as
 #: :class:`~p2ppool.errors.TaskLimitExceeded` naming the limit.
 memory_limit_mb: float | None = None
 

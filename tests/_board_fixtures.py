@@ -1,4 +1,4 @@
-"""Fixtures for tests that need a real board server (``p2ppool.board_server``) on 127.0.0.1.
+"""Fixtures for tests that need a real board server (``p2ppool.board.server``) on 127.0.0.1.
 
 ``tests/conftest.py`` star-imports this module; importing it has no side effects.
 
@@ -93,7 +93,7 @@ class BoardFixture:
     """A running board and everything a test needs to talk to it.
 
     Attributes:
-        server: the :class:`p2ppool.board_server.BoardServer`.
+        server: the :class:`p2ppool.board.server.BoardServer`.
         host, port: where it listens (127.0.0.1 and a free port).
         host_key_path: the server's host key file.
         host_key_fingerprint: its ``SHA256:...`` fingerprint.
@@ -320,7 +320,7 @@ def start_board(
     directory: Path, keys: Dict[str, BoardKey], **server_kwargs: Any
 ) -> BoardFixture:
     """Write a users file for alice, bob and carol and start a board in ``directory``."""
-    from p2ppool.board_server import BoardServer
+    from p2ppool.board.server import BoardServer
 
     directory.mkdir(parents=True, exist_ok=True)
     users_path = directory / "users"

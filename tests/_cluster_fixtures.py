@@ -10,7 +10,7 @@ Fixtures:
         that they started over a loopback socket and run until the test releases them, so a
         test knows exactly when a task runs (no sleeping, no polling).
     cluster_backend: (function) ``cluster_backend(cluster, **kwargs)`` makes a
-        :class:`p2ppool.remote.ClusterBackend` for a cluster, started, with an event pump
+        :class:`p2ppool.cluster.backend.ClusterBackend` for a cluster, started, with an event pump
         (:class:`BackendPump`); it is closed after the test.
 
     recorded_codes: (function) the list of wormhole codes made in this process during the
@@ -154,7 +154,7 @@ def assert_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
 @pytest.fixture
 def recorded_codes(monkeypatch: pytest.MonkeyPatch) -> List[str]:
     """Every wormhole code this process makes during the test (``transfer.new_code`` spied)."""
-    from p2ppool import transfer
+    from p2ppool.transfer import session as transfer
 
     codes: List[str] = []
     real_new_code = transfer.new_code
@@ -171,7 +171,7 @@ def recorded_codes(monkeypatch: pytest.MonkeyPatch) -> List[str]:
 @pytest.fixture(scope="module")
 def local_cluster() -> Iterator[Any]:
     """A LocalCluster with 2 workers x 2 slots and member carol, shared by a test module."""
-    from p2ppool.localcluster import LocalCluster
+    from p2ppool.local.cluster import LocalCluster
 
     keep = bool(os.environ.get("P2PPOOL_TEST_KEEP_CLUSTER"))
     with LocalCluster(workers=2, processes_per_worker=2, members=("carol",),
@@ -356,8 +356,8 @@ class BackendPump:
 @pytest.fixture
 def cluster_backend() -> Iterator[Callable[..., BackendPump]]:
     """``cluster_backend(cluster, demand=None, **kwargs)`` -> a started backend's pump."""
+    from p2ppool.cluster.backend import ClusterBackend
     from p2ppool.config import resolve_options
-    from p2ppool.remote import ClusterBackend
 
     made: List[BackendPump] = []
 
@@ -395,7 +395,7 @@ class OldPythonWorker:
     NAME = "py27"
 
     def __init__(self, cluster: Any) -> None:
-        from p2ppool.board_client import BoardClient
+        from p2ppool.board.client import BoardClient
 
         host, _, port = cluster.board.rpartition(":")
         self.offers = threading.Semaphore(0)
@@ -405,13 +405,13 @@ class OldPythonWorker:
                                   known_hosts=cluster.known_hosts, on_message=self._on_message)
 
     def _hello(self, now: float) -> Any:
-        from p2ppool.protocol import Hello
+        from p2ppool.board.protocol import Hello
 
         return Hello(sender=self.NAME, ts=now, ttl=90.0, role="worker", python="2.7",
                      version="0.1", slots=8)
 
     def _on_message(self, msg: Any) -> None:
-        from p2ppool.protocol import Accept, Hello, Offer, Want, new_offer_keypair
+        from p2ppool.board.protocol import Accept, Hello, Offer, Want, new_offer_keypair
 
         now = time.time()
         if isinstance(msg, Want):
@@ -439,6 +439,6 @@ class OldPythonWorker:
 
 def executor_names(events: Sequence[Any]) -> List[str]:
     """Worker names of the ExecutorJoined events, sorted."""
-    from p2ppool.remote import ExecutorJoined
+    from p2ppool.cluster.backend import ExecutorJoined
 
     return sorted(e.name for e in events if isinstance(e, ExecutorJoined))

@@ -1,6 +1,6 @@
 """Fixtures for tests that need a real wormhole mailbox server and transit relay.
 
-``wormhole_servers`` (session scope) runs :class:`p2ppool.wormhole_servers.WormholeServers`
+``wormhole_servers`` (session scope) runs :class:`p2ppool.transfer.servers.WormholeServers`
 on 127.0.0.1 once per test run and stops it at the end.
 """
 
@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from p2ppool.wormhole_servers import WormholeServers
+from p2ppool.transfer.servers import WormholeServers
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 joblib = pytest.importorskip("joblib")
 
 import p2ppool  # noqa: E402
-from p2ppool.localcluster import LocalCluster  # noqa: E402
+from p2ppool.local.cluster import LocalCluster  # noqa: E402
 from p2ppool.payload import WORKER_NAME_ENV  # noqa: E402
 
 p2ppool.register_joblib()

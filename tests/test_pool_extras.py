@@ -30,7 +30,7 @@ import pytest
 
 import p2ppool
 from p2ppool import defaults, payload
-from p2ppool.engine import ProcessEngine, TaskDone, TaskLost
+from p2ppool.execution.engine import ProcessEngine, TaskDone, TaskLost
 from tests import _pool_fixtures as fx
 
 FORK = multiprocessing.get_context("fork")
@@ -218,7 +218,7 @@ def test_terminate_fails_pending_results_with_broken_pool(tmp_path: Path) -> Non
 
 def test_calls_after_the_manager_stopped_fail_instead_of_hanging() -> None:
     # The exit hook (or garbage collection) stops the manager behind the Pool's back.
-    from p2ppool.pool_manager import _terminate_manager
+    from p2ppool.pool.manager import _terminate_manager
 
     pool = p2ppool.Pool(1, context=FORK)
     manager = pool._manager

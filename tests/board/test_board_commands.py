@@ -1,10 +1,10 @@
-"""Unit tests of board command parsing (p2ppool.board_commands), against pico's behaviour."""
+"""Unit tests of board command parsing (p2ppool.board.commands), against pico's behaviour."""
 
 from __future__ import annotations
 
 import pytest
 
-from p2ppool.board_commands import (
+from p2ppool.board.commands import (
     Command,
     UsageFailure,
     format_duration,

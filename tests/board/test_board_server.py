@@ -20,7 +20,7 @@ from typing import Any, Callable
 import paramiko
 import pytest
 
-from p2ppool.board_state import BufferPolicy
+from p2ppool.board.state import BufferPolicy
 
 pytestmark = pytest.mark.system
 
@@ -147,7 +147,7 @@ def test_changed_host_key_makes_ssh_fail(board_server: Any, tmp_path: Path) -> N
 def test_host_key_persists_across_restarts(board_factory: Callable[..., Any]) -> None:
     first = board_factory()
     first.server.stop()
-    from p2ppool.board_server import BoardServer
+    from p2ppool.board.server import BoardServer
 
     again = BoardServer(
         host_key_path=first.host_key_path, users_path=first.users_path
@@ -558,7 +558,7 @@ def test_cli_reports_bad_users_file(tmp_path: Path) -> None:
 
 
 def test_parse_users_file_forms(board_keys: Any) -> None:
-    from p2ppool.board_keys import parse_users
+    from p2ppool.board.keys import parse_users
 
     alice, bob = board_keys["alice"], board_keys["bob"]
     text = (
@@ -591,7 +591,7 @@ def test_parse_users_file_forms(board_keys: Any) -> None:
     ],
 )
 def test_parse_users_errors(line: str, message: str) -> None:
-    from p2ppool.board_keys import parse_users
+    from p2ppool.board.keys import parse_users
     from p2ppool.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
@@ -600,7 +600,7 @@ def test_parse_users_errors(line: str, message: str) -> None:
 
 
 def test_one_key_for_two_users_is_refused(board_keys: Any) -> None:
-    from p2ppool.board_keys import parse_users
+    from p2ppool.board.keys import parse_users
     from p2ppool.errors import ConfigError
 
     line = board_keys["alice"].public_line

@@ -1,4 +1,4 @@
-"""Unit tests of the board server's pure state (p2ppool.board_state): no I/O, explicit now."""
+"""Unit tests of the board server's pure state (p2ppool.board.state): no I/O, explicit now."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import pytest
 
-from p2ppool.board_state import ERROR_SLOW_READER, BoardState, BufferPolicy
+from p2ppool.board.state import ERROR_SLOW_READER, BoardState, BufferPolicy
 from p2ppool.errors import AccessDenied
 
 FP = {"alice": "SHA256:aaa", "bob": "SHA256:bbb", "carol": "SHA256:ccc"}

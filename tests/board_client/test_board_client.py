@@ -14,16 +14,16 @@ from typing import Any, Callable, List
 
 import pytest
 
-from p2ppool import protocol
-from p2ppool.board_client import (
+from p2ppool.board import protocol
+from p2ppool.board.client import (
     BoardClient,
     State,
     backoff_delay,
     learn_username,
     run_command,
 )
+from p2ppool.board.protocol import Accept, Hello, Message, Want, encode
 from p2ppool.errors import AccessDenied, BoardAuthError, BoardConnectionError, HostKeyMismatch
-from p2ppool.protocol import Accept, Hello, Message, Want, encode
 
 pytestmark = pytest.mark.system
 
@@ -257,7 +257,7 @@ def test_peer_dying_mid_line_does_not_corrupt_the_next_line(
 def test_reconnects_after_the_server_restarts_on_the_same_port(
     board_server: Any, clients: Any
 ) -> None:
-    from p2ppool.board_server import BoardServer
+    from p2ppool.board.server import BoardServer
 
     alice, bob = pair(board_server, clients)
     before = hello("before")
@@ -578,7 +578,7 @@ class Lines:
 
 def test_a_reader_evicted_for_falling_behind_reconnects(board_factory: Any, clients: Any) -> None:
     """The board evicts a receiver that stops reading; the client comes back by itself."""
-    from p2ppool.board_state import BufferPolicy
+    from p2ppool.board.state import BufferPolicy
 
     board = board_factory(policy=BufferPolicy(max_buffer_bytes=64 * 1024,
                                               slow_reader_grace_s=0.3))

@@ -16,8 +16,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from p2ppool.board_client import BoardClient
-from p2ppool.protocol import Bye, Cluster, Hello, Message, Want
+from p2ppool.board.client import BoardClient
+from p2ppool.board.protocol import Bye, Cluster, Hello, Message, Want
 
 pytestmark = pytest.mark.system
 
@@ -242,7 +242,8 @@ def test_host_without_a_known_username_says_how_to_set_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # A board that cannot tell (pico.sh without an account answers `user` with an error).
-    from p2ppool import board_options, cli
+    from p2ppool import cli
+    from p2ppool.board import options as board_options
 
     monkeypatch.setattr(board_options, "learn_username", lambda *a, **k: None)
     for name, value in cli_env(board_server, tmp_path, None, "alice").items():
@@ -277,7 +278,7 @@ def test_status_with_an_unknown_key_fails_clearly(board_server: Any, tmp_path: P
 def test_host_keeps_hosting_across_a_board_restart(
     board_server: Any, tmp_path: Path, processes: List[Any]
 ) -> None:
-    from p2ppool.board_server import BoardServer
+    from p2ppool.board.server import BoardServer
 
     host = start_host(board_server, tmp_path, processes, "--cluster", "sturdy", "--users", "bob",
                       "--announce-every", "1h")

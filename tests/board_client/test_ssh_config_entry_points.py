@@ -5,7 +5,8 @@ config gives its ``HostName``, ``Port`` (the real board's free port, not 22), ``
 ``IdentityFile`` (alice's key) and ``UserKnownHostsFile``.  No ``P2PPOOL_IDENTITY`` or
 ``P2PPOOL_BOARD_USER`` is set, ``HOME`` is a fresh directory (so ``~/.ssh/config`` is the test's
 file and no other key is found) and the ssh-agent is hidden.  Each entry point must then log
-in to the real board on 127.0.0.1 as alice: the Pool's :class:`~p2ppool.remote.ClusterBackend`,
+in to the real board on 127.0.0.1 as alice: the Pool's
+:class:`~p2ppool.cluster.backend.ClusterBackend`,
 ``p2ppool worker`` and ``p2ppool status``.  Before the fix the Pool and the worker used port 22.
 """
 
@@ -89,8 +90,8 @@ def use_ssh_env(board_server: Any, tmp_path: Path,
 def test_pool_cluster_backend_uses_the_ssh_config(
     board_server: Any, use_ssh_env: Dict[str, str]
 ) -> None:
+    from p2ppool.cluster.backend import ClusterBackend
     from p2ppool.config import resolve_options
-    from p2ppool.remote import ClusterBackend
 
     options = resolve_options({})  # what Pool() resolves: P2PPOOL_* from the environment
     backend = ClusterBackend(options, "job-sshcfg", 1, None, None, lambda: None)

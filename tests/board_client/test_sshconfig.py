@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from p2ppool.board.sshconfig import known_hosts_name, resolve_target
 from p2ppool.errors import ConfigError
-from p2ppool.sshconfig import known_hosts_name, resolve_target
 
 
 def write(tmp_path: Path, text: str) -> str:

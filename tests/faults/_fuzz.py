@@ -16,8 +16,8 @@ import json
 import random
 from typing import Any, Dict, Iterator, List
 
-from p2ppool import protocol
-from p2ppool.protocol import encode
+from p2ppool.board import protocol
+from p2ppool.board.protocol import encode
 
 _WEIRD: List[Any] = [
     None, True, False, 0, -1, 1e308, -1e308, 2**70, "", "x" * 300, "\u202e\u0000\ud7ff",

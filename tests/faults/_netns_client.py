@@ -18,8 +18,8 @@ from typing import Any, Dict
 
 def main(config: Dict[str, Any]) -> int:
     from p2ppool import Pool
-    from p2ppool.board_client import BoardClient
-    from p2ppool.protocol import Hello
+    from p2ppool.board.client import BoardClient
+    from p2ppool.board.protocol import Hello
 
     from ._faults import record
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from p2ppool.board_state import TokenBucket
+from p2ppool.board.state import TokenBucket
 
 pytestmark = pytest.mark.system
 

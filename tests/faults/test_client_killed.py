@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 from ._faults import by_worker, check_exactly_once, record
 

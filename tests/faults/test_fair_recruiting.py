@@ -20,10 +20,10 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from p2ppool.localcluster import LocalCluster
-from p2ppool.protocol import Hello, Offer, Want, Withdraw, encode
-from p2ppool.remote import python_version
-from p2ppool.session_protocol import SESSION_VERSION
+from p2ppool.board.protocol import Hello, Offer, Want, Withdraw, encode
+from p2ppool.cluster.backend import python_version
+from p2ppool.local.cluster import LocalCluster
+from p2ppool.transfer.session_protocol import SESSION_VERSION
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -43,7 +43,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def _member(cluster: LocalCluster, name: str) -> Any:
-    from p2ppool.board_client import BoardClient
+    from p2ppool.board.client import BoardClient
 
     host, _, port = cluster.board.rpartition(":")
     client = BoardClient(host, int(port), topic=cluster.cluster, username=name,

@@ -20,8 +20,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from p2ppool.localcluster import LocalCluster
-from p2ppool.protocol import Want
+from p2ppool.board.protocol import Want
+from p2ppool.local.cluster import LocalCluster
 
 from ._faults import check_exactly_once, record
 from ._fuzz import lines
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 
 def _carol(cluster: LocalCluster) -> Any:
-    from p2ppool.board_client import BoardClient
+    from p2ppool.board.client import BoardClient
 
     host, _, port = cluster.board.rpartition(":")
     client = BoardClient(host, int(port), topic=cluster.cluster, username="carol",

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 
-from p2ppool import defaults, protocol
-from p2ppool.protocol import LineDecoder, encode
+from p2ppool import defaults
+from p2ppool.board import protocol
+from p2ppool.board.protocol import LineDecoder, encode
 
 from ._fuzz import lines
 

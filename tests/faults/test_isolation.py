@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 

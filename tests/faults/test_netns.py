@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from p2ppool.localcluster import _BOARD_MAIN, _write_ed25519_key
+from p2ppool.local.cluster import _BOARD_MAIN, _write_ed25519_key
 from tests._cluster_fixtures import read_until
 
 from ._faults import check_exactly_once, executions
@@ -182,7 +182,7 @@ def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
             "--log-level", "WARNING"], "board")
         read_until(board, b"board listening on", 20)
         servers = procs.start(net.exec("srv") + [
-            sys.executable, "-m", "p2ppool.wormhole_servers", "--interface", "0.0.0.0",
+            sys.executable, "-m", "p2ppool.transfer.servers", "--interface", "0.0.0.0",
             "--mailbox-port", str(MAILBOX_PORT), "--relay-port", str(RELAY_PORT),
             "--state", os.path.join(directory, "wormhole")], "servers", stdin=subprocess.PIPE)
         read_until(servers, b'"ready": true', 20)

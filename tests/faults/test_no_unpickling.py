@@ -2,12 +2,12 @@
 
 The argument, from the code:
 
-1. Board lines are JSON (:mod:`p2ppool.protocol`); wormhole codes travel sealed.
+1. Board lines are JSON (:mod:`p2ppool.board.protocol`); wormhole codes travel sealed.
 2. Session frames arrive only on a dilated wormhole connection, which exists only after the
    PAKE: a wrong code fails the open on both sides before any frame is delivered
    (``tests/transfer/test_session.py::test_wrong_code_fails_on_both_sides``, and the check
    below that no ``on_frame`` ever runs).
-3. Frames are parsed with ``struct``/``json`` only (:mod:`p2ppool.session_protocol`); the
+3. Frames are parsed with ``struct``/``json`` only (:mod:`p2ppool.transfer.session_protocol`); the
    worker process hands payloads, still bytes, to its task processes, which unpickle them.
    The modules of the worker's and the client's network path import no unpickler (checked
    below on their source), and parsing 20,000 hostile frames with every unpickler booby-
@@ -27,7 +27,7 @@ import pytest
 
 import p2ppool
 from p2ppool.errors import ProtocolError, TransferError
-from p2ppool.session_protocol import decode_frame
+from p2ppool.transfer.session_protocol import decode_frame
 
 NETWORK_PATH = ["protocol.py", "board_client.py", "session_protocol.py", "transfer.py",
                 "framing.py", "peer.py", "worker_loop.py", "worker_sessions.py", "worker_board.py",
@@ -95,7 +95,7 @@ def test_a_wrong_code_delivers_no_frame(wormhole_servers: Any) -> None:
     neither ``on_frame`` ever runs (so nothing could be unpickled)."""
     import threading
 
-    from p2ppool.transfer import Session, new_code
+    from p2ppool.transfer.session import Session, new_code
 
     frames: List[bytes] = []
     nameplate = new_code().split("-")[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2ppool.recruit import AcceptOffer, PublishWant, PublishWithdraw, Recruiter
+from p2ppool.cluster.recruit import AcceptOffer, PublishWant, PublishWithdraw, Recruiter
 
 PY = "3.11"
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 from ._faults import by_worker, check_exactly_once, executions, record
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import cloudpickle
 import pytest
 
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 from ._faults import check_exactly_once, executions, record
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from p2ppool.errors import ChunkFailed, TaskLimitExceeded
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
@@ -98,7 +98,7 @@ def test_max_memory_mb_is_checked() -> None:
     import argparse
 
     from p2ppool.errors import ConfigError
-    from p2ppool.worker import add_arguments, settings_from_args
+    from p2ppool.worker.cli import add_arguments, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

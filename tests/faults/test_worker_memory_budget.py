@@ -23,11 +23,11 @@ import cloudpickle
 import pytest
 
 from p2ppool import defaults, payload
-from p2ppool.board_client import BoardClient
+from p2ppool.board.client import BoardClient
 from p2ppool.errors import TransferError
-from p2ppool.localcluster import LocalCluster
-from p2ppool.peer import format_bytes
-from p2ppool.session_protocol import Bye, Frame, Func, Lost, Task, encode_frame_parts
+from p2ppool.local.cluster import LocalCluster
+from p2ppool.transfer.session_protocol import Bye, Frame, Func, Lost, Task, encode_frame_parts
+from p2ppool.worker.peer import format_bytes
 from tests.system._worker_driver import BoardListener, ClientSession, Driver
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]

@@ -1,9 +1,9 @@
 """A minimal real client for driving ``python -m p2ppool.worker`` in tests.
 
-It uses the real pieces a Pool uses: a :class:`~p2ppool.board_client.BoardClient` on the
-cluster topic, :func:`~p2ppool.protocol.seal_code` for the Accept, a
-:class:`~p2ppool.transfer.Session` as the client side, and the frames of
-:mod:`p2ppool.session_protocol`, with cloudpickle (``p2ppool.payload``) for functions and
+It uses the real pieces a Pool uses: a :class:`~p2ppool.board.client.BoardClient` on the
+cluster topic, :func:`~p2ppool.board.protocol.seal_code` for the Accept, a
+:class:`~p2ppool.transfer.session.Session` as the client side, and the frames of
+:mod:`p2ppool.transfer.session_protocol`, with cloudpickle (``p2ppool.payload``) for functions and
 arguments.  Every wait is bounded.
 
 Run as a program (``python -m tests.system._worker_driver ...``) it opens one session, starts
@@ -29,9 +29,10 @@ from typing import Any, Callable, Dict, List, Sequence
 import psutil
 
 from p2ppool import payload
-from p2ppool.board_client import BoardClient
-from p2ppool.protocol import Accept, Hello, Message, Offer, Want, Withdraw, seal_code
-from p2ppool.session_protocol import (
+from p2ppool.board.client import BoardClient
+from p2ppool.board.protocol import Accept, Hello, Message, Offer, Want, Withdraw, seal_code
+from p2ppool.transfer.session import CLIENT, Session, new_code
+from p2ppool.transfer.session_protocol import (
     SESSION_VERSION,
     Bye,
     Frame,
@@ -42,7 +43,6 @@ from p2ppool.session_protocol import (
     decode_frame,
     encode_frame,
 )
-from p2ppool.transfer import CLIENT, Session, new_code
 
 CLUSTER = "alice/friends"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"

@@ -18,7 +18,7 @@ from typing import Any, Dict
 import pytest
 
 from p2ppool import Pool
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 from p2ppool.payload import WORKER_NAME_ENV
 
 pytestmark = pytest.mark.system

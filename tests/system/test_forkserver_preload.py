@@ -29,7 +29,7 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(90)
 def test_a_fork_server_that_preloaded_the_child_module_passes_the_check() -> None:
     result = _run("""
-        from p2ppool.worker_loop import _child_context, _warm_up
+        from p2ppool.worker.loop import _child_context, _warm_up
         ctx = _child_context()
         _warm_up(ctx)
         print("started")
@@ -41,12 +41,12 @@ def test_a_fork_server_that_preloaded_the_child_module_passes_the_check() -> Non
 @pytest.mark.timeout(90)
 def test_a_preload_that_failed_in_the_fork_server_stops_the_worker_loudly() -> None:
     # The fork server is told to preload a module that does not import (as
-    # p2ppool._worker_child would be if it failed there): multiprocessing starts it anyway.
+    # p2ppool.execution.child would be if it failed there): multiprocessing starts it anyway.
     result = _run("""
         from p2ppool.errors import P2PPoolError
-        from p2ppool.worker_loop import _child_context, _warm_up
+        from p2ppool.worker.loop import _child_context, _warm_up
         ctx = _child_context()
-        ctx.set_forkserver_preload(["p2ppool.engine", "p2ppool_no_such_module"])
+        ctx.set_forkserver_preload(["p2ppool.execution.engine", "p2ppool_no_such_module"])
         try:
             _warm_up(ctx)
         except P2PPoolError as exc:
@@ -56,5 +56,5 @@ def test_a_preload_that_failed_in_the_fork_server_stops_the_worker_loudly() -> N
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("refused: the worker's fork server did not preload "
-                                    "p2ppool._worker_child (it was not imported there)")
+                                    "p2ppool.execution.child (it was not imported there)")
     assert "task processes would not die with the worker" in result.stdout

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from p2ppool import Pool
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.system
 

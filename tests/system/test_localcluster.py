@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from p2ppool import payload
-from p2ppool.localcluster import LocalCluster
-from p2ppool.remote import ExecutorJoined, TaskDone
+from p2ppool.cluster.backend import ExecutorJoined, TaskDone
+from p2ppool.local.cluster import LocalCluster
 from tests._cluster_fixtures import assert_gone, descendants, parse_exports, read_until, reap
 
 pytestmark = pytest.mark.system
@@ -106,7 +106,7 @@ def test_a_cluster_whose_owner_is_killed_leaves_nothing() -> None:
     owner = subprocess.Popen(
         [sys.executable, "-c",
          "import sys\n"
-         "from p2ppool.localcluster import LocalCluster\n"
+         "from p2ppool.local.cluster import LocalCluster\n"
          "c = LocalCluster(workers=1)\n"
          "print(c.directory, c._servers.pid, c._board_proc.pid, c.workers[0].pid, flush=True)\n"
          "sys.stdin.read()\n"],

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from p2ppool import BrokenPool
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 from tests import _pool_fixtures as fx
 from tests._cluster_fixtures import OldPythonWorker, assert_gone, descendants, wait_until_idle
 from tests.system import _pool_cluster_tasks as tasks
@@ -296,8 +296,8 @@ def test_a_worker_with_another_python_is_never_used(
 def test_a_third_member_reading_the_board_cannot_claim_the_wormhole(
     local_cluster: LocalCluster, recorded_codes: List[str]
 ) -> None:
-    from p2ppool.board_client import BoardClient
-    from p2ppool.protocol import Accept, MessageRejected, encode, new_offer_keypair, open_code
+    from p2ppool.board.client import BoardClient
+    from p2ppool.board.protocol import Accept, MessageRejected, encode, new_offer_keypair, open_code
 
     codes = recorded_codes
     host, _, port = local_cluster.board.rpartition(":")
@@ -403,7 +403,7 @@ def test_a_task_sent_to_an_ended_session_costs_no_attempt(cluster_backend: Any) 
     """Such a task never started: the link requeues it without charging an attempt (a pool
     with max_attempts=1 would otherwise fail a chunk that raced with a released session)."""
     from p2ppool import payload
-    from p2ppool.remote import TaskLost
+    from p2ppool.cluster.backend import TaskLost
 
     options = {"cluster": "alice/none", "board": "127.0.0.1:9", "relay": "ws://127.0.0.1:9/v1"}
     pump = cluster_backend(None, options=options)

@@ -113,7 +113,7 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
         (HERE, "test_worker_commands_with_self_hosted_wormhole_servers"),
     "twist transitrelay --port=tcp:4001":
         (HERE, "test_worker_commands_with_self_hosted_wormhole_servers"),
-    "python -m p2ppool.wormhole_servers --state DIR": (HERE, "test_wormhole_servers_module"),
+    "python -m p2ppool.transfer.servers --state DIR": (HERE, "test_wormhole_servers_module"),
     # --- Configuration
     "config:toml": (HERE, "test_config_file_example"),
     # --- Performance
@@ -400,7 +400,7 @@ def background(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def friends() -> Iterator[Any]:
     """A LocalCluster whose cluster is ``alice/friends`` (as in the README), no workers."""
-    from p2ppool.localcluster import LocalCluster
+    from p2ppool.local.cluster import LocalCluster
 
     with LocalCluster(workers=0, cluster_name="friends", members=("bob", "carol")) as cluster:
         assert cluster.cluster == "alice/friends"
@@ -583,7 +583,7 @@ def test_board_and_ssh_to_it(tmp_path: Path, background: Any, board_keys: Any) -
 
     # The board's key "changed": bob's known_hosts has another key for it.  p2ppool refuses
     # and names the ssh-keygen -R command; running it lets the next connection pin the key.
-    from p2ppool.board_client import BoardClient
+    from p2ppool.board.client import BoardClient
     from p2ppool.errors import HostKeyMismatch
 
     stale = tmp_path / "stale_known_hosts"
@@ -619,7 +619,7 @@ def test_leak_probe(tmp_path: Path) -> None:
 
 
 def test_wormhole_servers_module(tmp_path: Path, background: Any) -> None:
-    line = substitute(command("python -m p2ppool.wormhole_servers "),
+    line = substitute(command("python -m p2ppool.transfer.servers "),
                       ("DIR", str(tmp_path / "state")))
     servers = background(line, clean_env(tmp_path))
     info = json.loads(servers.wait_for(r'^\{"ready": true.*\}\s*$').string)

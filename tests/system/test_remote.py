@@ -11,14 +11,14 @@ from typing import Any, List
 import pytest
 
 from p2ppool import defaults, payload
-from p2ppool.protocol import (
+from p2ppool.board.protocol import (
     Accept,
     MessageRejected,
     Offer,
     new_offer_keypair,
     open_code,
 )
-from p2ppool.remote import (
+from p2ppool.cluster.backend import (
     BoardTrouble,
     ExecutorJoined,
     ExecutorLost,
@@ -117,7 +117,8 @@ def test_a_user_error_comes_back_as_itself(local_cluster: Any, cluster_backend: 
 def test_a_session_keeps_few_functions_on_the_worker(
     local_cluster: Any, cluster_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from p2ppool import remote, session_protocol
+    from p2ppool.cluster import backend as remote
+    from p2ppool.transfer import session_protocol
 
     monkeypatch.setattr(defaults, "REMOTE_FUNCTIONS_PER_SESSION", 2)
     sent: List[Any] = []
@@ -215,7 +216,7 @@ def test_terminate_frees_the_workers_slots(
 
 
 def test_close_says_goodbye_and_withdraws(local_cluster: Any, cluster_backend: Any) -> None:
-    from p2ppool.protocol import Done, Withdraw
+    from p2ppool.board.protocol import Done, Withdraw
 
     ends = _watch(local_cluster, (Withdraw, Done))
     pump = cluster_backend(local_cluster, demand=2)
@@ -264,8 +265,8 @@ def test_a_worker_with_another_python_is_never_used(
 def test_a_third_member_cannot_open_the_sealed_code(
     local_cluster: Any, cluster_backend: Any, recorded_codes: List[str]
 ) -> None:
-    from p2ppool.board_client import BoardClient
-    from p2ppool.protocol import encode
+    from p2ppool.board.client import BoardClient
+    from p2ppool.board.protocol import encode
 
     codes = recorded_codes
     host, _, port = local_cluster.board.rpartition(":")
@@ -329,7 +330,7 @@ def test_submit_to_an_unknown_executor_is_lost_at_once(cluster_backend: Any) -> 
 
 @pytest.mark.timeout(60)
 def test_a_killed_worker_is_lost_within_seconds(cluster_backend: Any, task_gate: Any) -> None:
-    from p2ppool.localcluster import LocalCluster
+    from p2ppool.local.cluster import LocalCluster
 
     with LocalCluster(workers=1, processes_per_worker=2) as cluster:
         pump = cluster_backend(cluster, demand=2)
@@ -372,7 +373,7 @@ def test_cancelled_tasks_stop_and_report_nothing(
 def test_a_withdrawing_worker_finishes_in_flight_tasks_and_sends_new_ones_back(
     cluster_backend: Any, task_gate: Any
 ) -> None:
-    from p2ppool.localcluster import LocalCluster
+    from p2ppool.local.cluster import LocalCluster
 
     with LocalCluster(workers=1, processes_per_worker=2, worker_grace=20) as cluster:
         pump = cluster_backend(cluster, demand=2)
@@ -397,7 +398,7 @@ _CLIENT_SCRIPT = r"""
 import json, sys, threading
 from p2ppool import payload
 from p2ppool.config import resolve_options
-from p2ppool.remote import ClusterBackend, ExecutorJoined
+from p2ppool.cluster.backend import ClusterBackend, ExecutorJoined
 from tests._cluster_fixtures import make_blocker
 
 options, port = json.loads(sys.argv[1]), int(sys.argv[2])

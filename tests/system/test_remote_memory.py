@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from p2ppool import reactor as rx
-from p2ppool.remote import ExecutorJoined, ExecutorLost
+from p2ppool.cluster.backend import ExecutorJoined, ExecutorLost
+from p2ppool.transfer import reactor as rx
 from tests.transfer.test_session_memory import _alive, _wait_closed
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
@@ -43,7 +43,7 @@ def _assert_forgotten_and_freed(pump: Any, executor_id: str, ref: Any) -> None:
 
 
 def test_a_session_released_for_another_job_is_forgotten(cluster_backend: Any) -> None:
-    from p2ppool.localcluster import LocalCluster
+    from p2ppool.local.cluster import LocalCluster
 
     with LocalCluster(workers=1, processes_per_worker=1) as cluster:
         first = cluster_backend(cluster, demand=1)
@@ -58,7 +58,7 @@ def test_a_session_released_for_another_job_is_forgotten(cluster_backend: Any) -
 
 
 def test_a_session_with_a_killed_worker_is_forgotten(cluster_backend: Any) -> None:
-    from p2ppool.localcluster import LocalCluster
+    from p2ppool.local.cluster import LocalCluster
 
     with LocalCluster(workers=1, processes_per_worker=1) as cluster:
         pump = cluster_backend(cluster, demand=1)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Tuple
 import pytest
 
 from p2ppool import P2PPoolError, Pool
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 from p2ppool.payload import WORKER_NAME_ENV
 from tests.system.test_capability_routing import build_wheel
 

@@ -26,7 +26,7 @@ import pytest
 
 import p2ppool
 from p2ppool import Pool
-from p2ppool.localcluster import LocalCluster
+from p2ppool.local.cluster import LocalCluster
 
 pytestmark = [
     pytest.mark.system,
@@ -303,7 +303,7 @@ def test_without_bwrap_auto_warns_and_bwrap_refuses(tmp_path: Path,
 
 
 def test_a_session_may_run_at_most_max_task_processes() -> None:
-    from p2ppool.task_limits import ProcessLimit
+    from p2ppool.execution.limits import ProcessLimit
 
     probe = ProcessLimit(8, "probe")
     if not probe.available:

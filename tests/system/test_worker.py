@@ -24,11 +24,20 @@ import psutil
 import pytest
 
 from p2ppool import defaults, payload
+from p2ppool.board.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
-from p2ppool.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
-from p2ppool.session_protocol import Bye as ByeFrame
-from p2ppool.session_protocol import Cancel, Forget, Func, Lost, Ready, Refuse, Result, Task
-from p2ppool.transfer import CLIENT, Session
+from p2ppool.transfer.session import CLIENT, Session
+from p2ppool.transfer.session_protocol import Bye as ByeFrame
+from p2ppool.transfer.session_protocol import (
+    Cancel,
+    Forget,
+    Func,
+    Lost,
+    Ready,
+    Refuse,
+    Result,
+    Task,
+)
 
 from ._worker_driver import (
     CLUSTER,
@@ -239,8 +248,8 @@ def test_a_session_that_takes_fewer_slots_than_offered_frees_the_rest(
 def _session_from_offer(driver: Driver, offer: Offer) -> Any:
     import queue
 
-    from p2ppool.session_protocol import decode_frame
-    from p2ppool.transfer import new_code
+    from p2ppool.transfer.session import new_code
+    from p2ppool.transfer.session_protocol import decode_frame
 
     from ._worker_driver import ClientSession
 

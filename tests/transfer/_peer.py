@@ -20,7 +20,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from p2ppool.errors import TransferError  # noqa: E402
-from p2ppool.transfer import Session  # noqa: E402
+from p2ppool.transfer.session import Session  # noqa: E402
 
 _out_lock = threading.Lock()
 

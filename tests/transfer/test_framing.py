@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2ppool.errors import TransferError
-from p2ppool.framing import (
+from p2ppool.transfer.framing import (
     HEADER_BYTES,
     KIND_BYE,
     KIND_DATA,
@@ -20,8 +20,8 @@ from p2ppool.framing import (
     FrameTooLarge,
     encode_header,
 )
-from p2ppool.transfer import _hint_host, new_code
-from p2ppool.wormhole_patches import describe_hint, install_patches
+from p2ppool.transfer.session import _hint_host, new_code
+from p2ppool.transfer.wormhole_patches import describe_hint, install_patches
 
 
 def record(kind: int, payload: bytes = b"") -> bytes:
@@ -183,9 +183,9 @@ def test_framing_is_pure() -> None:
     import ast
     from pathlib import Path
 
-    import p2ppool.framing
+    import p2ppool.transfer.framing
 
-    tree = ast.parse(Path(p2ppool.framing.__file__).read_text())
+    tree = ast.parse(Path(p2ppool.transfer.framing.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -10,8 +10,8 @@ import pytest
 from twisted.internet import defer
 from wormhole import errors as werrors
 
-from p2ppool import reactor as rx
 from p2ppool.errors import TransferError, TransferTimeout
+from p2ppool.transfer import reactor as rx
 
 
 def test_the_reactor_runs_once_in_a_named_daemon_thread() -> None:

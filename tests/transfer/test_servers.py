@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from p2ppool.errors import TransferError
-from p2ppool.wormhole_servers import WormholeServers
+from p2ppool.transfer.servers import WormholeServers
 from tests._cluster_fixtures import read_until, reap
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
@@ -79,7 +79,7 @@ def test_servers_exit_when_their_parent_is_killed_and_remove_its_temporary_state
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from p2ppool.wormhole_servers import WormholeServers\n"
+         "from p2ppool.transfer.servers import WormholeServers\n"
          "s = WormholeServers()\n"
          "print(s.pid, s.state_dir, flush=True)\n"
          "sys.stdin.read()\n"],
@@ -107,7 +107,7 @@ def test_servers_exit_when_their_parent_is_killed_and_remove_its_temporary_state
 
 def test_command_line_rejects_bad_ports():
     result = subprocess.run(
-        [sys.executable, "-m", "p2ppool.wormhole_servers", "--mailbox-port", "70000",
+        [sys.executable, "-m", "p2ppool.transfer.servers", "--mailbox-port", "70000",
          "--state", "/nonexistent"],
         capture_output=True, text=True, timeout=20,
     )
@@ -133,7 +133,7 @@ def test_servers_without_remove_if_orphaned_keep_their_state(tmp_path):
     goes away (the state directory is the caller's)."""
     state = tmp_path / "s"
     child = subprocess.Popen(
-        [sys.executable, "-m", "p2ppool.wormhole_servers", "--state", str(state)],
+        [sys.executable, "-m", "p2ppool.transfer.servers", "--state", str(state)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
     try:
@@ -152,7 +152,7 @@ def test_servers_stop_when_their_parent_went_away_before_they_were_ready(tmp_pat
     they find nobody to tell they are ready, and stop.  (They used to run forever: the
     failed write of the ready line ended the callback before stdin was watched.)"""
     child = subprocess.Popen(
-        [sys.executable, "-m", "p2ppool.wormhole_servers", "--state", str(tmp_path / "s")],
+        [sys.executable, "-m", "p2ppool.transfer.servers", "--state", str(tmp_path / "s")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

@@ -19,8 +19,8 @@ import pytest
 
 from p2ppool import defaults
 from p2ppool.errors import SessionLost, TransferError, TransferTimeout
-from p2ppool.transfer import CLIENT, WORKER, Session, new_code
-from p2ppool.wormhole_servers import WormholeServers
+from p2ppool.transfer.servers import WormholeServers
+from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
 
@@ -411,7 +411,7 @@ def test_a_dropped_tcp_connection_is_resumed_without_losing_frames(
 ):
     """Dilation reconnects after a transient TCP loss and replays unacknowledged data; the
     session (and its frame order) survives."""
-    from p2ppool import reactor as rx
+    from p2ppool.transfer import reactor as rx
 
     client, cc, worker, wc = open_pair(wormhole_servers)
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, List
 
 import pytest
 
-from p2ppool import reactor as rx
-from p2ppool.transfer import CLIENT, WORKER, Session, new_code
-from p2ppool.wormhole_servers import WormholeServers
+from p2ppool.transfer import reactor as rx
+from p2ppool.transfer.servers import WormholeServers
+from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code
 from tests.transfer.test_session import Collector, open_pair, open_session, peer_args
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]

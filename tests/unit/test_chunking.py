@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2ppool.chunking import (
+from p2ppool.pool.chunking import (
     ChunkReader,
     InputError,
     ReorderBuffer,

@@ -46,7 +46,7 @@ def test_version_and_help_load_no_subcommand_module() -> None:
         "        main(argv)\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "heavy = [m for m in ('paramiko', 'twisted', 'wormhole', 'p2ppool.board_server')\n"
+        "heavy = [m for m in ('paramiko', 'twisted', 'wormhole', 'p2ppool.board.server')\n"
         "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from p2ppool import defaults
-from p2ppool.cluster_link import ClusterLink
+from p2ppool.cluster.link import ClusterLink
 from p2ppool.config import resolve_options
 
 

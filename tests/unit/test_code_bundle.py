@@ -7,9 +7,9 @@ import zlib
 
 import pytest
 
-from p2ppool import code_bundle
-from p2ppool.code_bundle import ModuleSource, decode, digest, encode, relative_path
 from p2ppool.errors import ProtocolError
+from p2ppool.shipping import bundle as code_bundle
+from p2ppool.shipping.bundle import ModuleSource, decode, digest, encode, relative_path
 
 MODULES = [
     ModuleSource("mypkg", True, b"from .sub import f\n"),

@@ -185,8 +185,8 @@ def test_every_entry_point_leaves_an_unnamed_port_to_the_ssh_config(
     """The Pool's options, `p2ppool worker` and `p2ppool host/status` agree on the port."""
     import argparse
 
-    from p2ppool import worker
-    from p2ppool.board_options import BoardSettings, add_board_arguments
+    from p2ppool.board.options import BoardSettings, add_board_arguments
+    from p2ppool.worker import cli as worker
 
     for name in [k for k in os.environ if k.startswith("P2PPOOL_")]:
         monkeypatch.delenv(name)
@@ -225,7 +225,7 @@ def test_requirements_option_from_keywords_environment_and_json() -> None:
 
 
 def test_requirement_sets_key_by_content_not_spelling() -> None:
-    from p2ppool.requirements import environment_key, normalize, unmet
+    from p2ppool.shipping.requirements import environment_key, normalize, unmet
 
     assert normalize(["SciPy", "numpy >=2"]) == normalize(["numpy>=2", "scipy"])
     key = environment_key(["numpy>=2", "scipy"], "3.11", "linux-x86_64")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from p2ppool.hosting import parse_duration
-from p2ppool.protocol import Accept, Bye, Cluster, Done, Hello, Offer, Want, Withdraw
-from p2ppool.status import BoardView, render_table
+from p2ppool.board.protocol import Accept, Bye, Cluster, Done, Hello, Offer, Want, Withdraw
+from p2ppool.cluster.host import parse_duration
+from p2ppool.cluster.status import BoardView, render_table
 
 NOW = 1_800_000_000.0
 KEY = "A" * 43 + "="

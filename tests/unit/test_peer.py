@@ -1,4 +1,4 @@
-"""The worker's board decisions (p2ppool.peer): explicit `now`, exact actions, no I/O."""
+"""The worker's board decisions (p2ppool.worker.peer): explicit `now`, exact actions, no I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 from nacl.public import PrivateKey
 
-from p2ppool.peer import (
+from p2ppool.board.protocol import Accept, Bye, Done, Hello, Offer, Want, Withdraw, seal_code
+from p2ppool.transfer.session_protocol import SESSION_VERSION, Open
+from p2ppool.worker.peer import (
     Note,
     OpenSession,
     Peer,
@@ -18,8 +20,6 @@ from p2ppool.peer import (
     payload_refusal,
     refusal_for_open,
 )
-from p2ppool.protocol import Accept, Bye, Done, Hello, Offer, Want, Withdraw, seal_code
-from p2ppool.session_protocol import SESSION_VERSION, Open
 
 T0 = 1_800_000_000.0
 ME = "w1"
@@ -462,7 +462,7 @@ def with_requires(requires: tuple[str, ...], job: str = "j1", sender: str = "ali
 
 
 def test_a_want_whose_requirements_are_missing_gets_no_offer() -> None:
-    from p2ppool.peer import NEVER
+    from p2ppool.worker.peer import NEVER
 
     peer = Peer(PeerConfig(worker_id=ME, python="3.11", version="0.1.0", slots=4,
                            offer_ttl=10.0, hello_interval=30.0, hello_ttl=90.0), Keys(),
@@ -476,7 +476,7 @@ def test_a_want_whose_requirements_are_missing_gets_no_offer() -> None:
 
 
 def test_a_want_waits_while_its_requirements_install_then_gets_its_offer() -> None:
-    from p2ppool.peer import LATER, NOW
+    from p2ppool.worker.peer import LATER, NOW
 
     state = {"verdict": LATER}
     peer = Peer(PeerConfig(worker_id=ME, python="3.11", version="0.1.0", slots=4,
@@ -498,7 +498,7 @@ def test_a_want_waits_while_its_requirements_install_then_gets_its_offer() -> No
 
 
 def test_requirements_travel_in_the_want_line() -> None:
-    from p2ppool.protocol import MessageRejected, decode, encode
+    from p2ppool.board.protocol import MessageRejected, decode, encode
 
     line = encode(with_requires(("numpy>=2", "scipy")))
     assert b'"requires":["numpy>=2","scipy"]' in line

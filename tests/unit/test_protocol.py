@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2ppool import defaults, protocol
-from p2ppool.errors import ProtocolError
-from p2ppool.protocol import (
+from p2ppool import defaults
+from p2ppool.board import protocol
+from p2ppool.board.protocol import (
     Accept,
     Bye,
     Cluster,
@@ -30,6 +30,7 @@ from p2ppool.protocol import (
     open_code,
     seal_code,
 )
+from p2ppool.errors import ProtocolError
 
 NOW = 1_800_000_000.0
 

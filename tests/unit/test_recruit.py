@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2ppool.recruit import (
+from p2ppool.cluster.recruit import (
     AbandonSession,
     AcceptOffer,
     PublishWant,

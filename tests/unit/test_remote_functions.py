@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2ppool import defaults
-from p2ppool.remote import _Remote
+from p2ppool.cluster.backend import _Remote
 
 
 def keep(remote: _Remote, key: int, size: int) -> tuple[int, ...]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, List
 
+from p2ppool.cluster.backend import _READY, ClusterBackend, ExecutorLost, _Remote
+from p2ppool.cluster.recruit import PublishWant, PublishWithdraw, Recruiter
 from p2ppool.config import resolve_options
-from p2ppool.recruit import PublishWant, PublishWithdraw, Recruiter
-from p2ppool.remote import _READY, ClusterBackend, ExecutorLost, _Remote
 
 
 class _QuietSession:

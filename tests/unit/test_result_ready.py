@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from p2ppool.pool_results import _Ready
+from p2ppool.pool.results import _Ready
 
 
 def test_wait_times_out_until_set() -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from p2ppool.sandbox import BWRAP, TASK_HOME, Sandbox, diagnose, task_environment
+from p2ppool.execution.sandbox import BWRAP, TASK_HOME, Sandbox, diagnose, task_environment
 
 
 @pytest.fixture

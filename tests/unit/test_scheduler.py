@@ -7,7 +7,7 @@ from typing import Any, Callable, List
 import pytest
 
 from p2ppool.errors import ChunkFailed
-from p2ppool.scheduler import Assign, Cancel, Fail, Resolve, Scheduler, WakeAt
+from p2ppool.pool.scheduler import Assign, Cancel, Fail, Resolve, Scheduler, WakeAt
 
 
 def failed(commands: List[Any]) -> List[Any]:

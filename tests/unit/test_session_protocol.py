@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2ppool.errors import ProtocolError
-from p2ppool.session_protocol import (
+from p2ppool.transfer.session_protocol import (
     SESSION_VERSION,
     Bye,
     Cancel,

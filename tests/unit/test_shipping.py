@@ -17,11 +17,12 @@ import cloudpickle
 import pytest
 
 import p2ppool
-from p2ppool import code_bundle, shipping
-from p2ppool.code_cache import CodeCache
 from p2ppool.config import ConfigError, resolve_options
 from p2ppool.errors import ProtocolError
-from p2ppool.shipping import CodeShipper, parse_ship_modules
+from p2ppool.shipping import bundle as code_bundle
+from p2ppool.shipping import modules as shipping
+from p2ppool.shipping.cache import CodeCache
+from p2ppool.shipping.modules import CodeShipper, parse_ship_modules
 
 
 @pytest.fixture

@@ -1,0 +1,907 @@
+"""The Pool's link to a cluster: recruit workers on the board, run tasks over wormhole sessions.
+
+:class:`ClusterBackend` is the seam the Pool's manager thread uses.  Every method returns
+quickly and is thread-safe; the work happens in background threads, and what happened comes
+back as events from :meth:`ClusterBackend.collect`::
+
+    manager thread                  p2ppool-recruit thread               board / workers
+    ──────────────                  ──────────────────────               ───────────────
+    set_demand(n) ──inbox──────────▶ Recruiter (pure, recruit.py) ──────▶ Hello, Want
+                                     ◀── board reader thread ◀────────── Hello, Offer, Bye
+                                     AcceptOffer: seal code, Accept ────▶ the worker
+                                     p2ppool-open thread: Session.open ══▶ wormhole, Open
+    submit(ex, task, ...) ─────────────────────── Func (once), Task ═════▶ the worker
+    collect() ◀── events ◀── reactor thread: Ready / Result / Lost / session lost
+    notify() is called whenever events are waiting (the pool then writes its wakeup pipe)
+
+Usage by the Pool's manager::
+
+    backend = ClusterBackend(options, job_id, max_slots, initializer_blob,
+                             maxtasksperchild, notify)
+    backend.start()                      # connects to the board in the background
+    backend.set_demand(slots)            # more remote slots the pool could use now (0: none)
+    backend.submit(executor_id, task_id, func_key, func_blob, args_blob)
+    backend.cancel(executor_id, task_ids)
+    for event in backend.collect(): ...  # ExecutorJoined, TaskDone, TaskLost, ExecutorLost,
+                                         # BoardTrouble
+    backend.close()      # Bye to every session, Withdraw + Bye on the board (bounded)
+    backend.terminate()  # Cancel every task in flight, then as close() (bounded)
+
+Contract details:
+
+* **Demand** (:meth:`~ClusterBackend.set_demand`) counts slots *beyond* the executors already
+  reported by ``ExecutorJoined``; sessions being opened are counted here, so a demand that
+  does not change never opens more sessions than needed (see :mod:`p2ppool.cluster.recruit`).
+* **Payloads** are the engine's: ``func_blob = payload.dumps(func)``, ``args_blob =
+  payload.dumps(Call)`` (see :mod:`p2ppool.payload`); a TaskDone blob is what
+  ``payload.dump_result``/``dump_exception`` made in the worker's child.  This module never
+  unpickles anything.  A function is sent once per session (by ``func_key``).
+* **Task ids are per executor**: a ``Result`` or ``Lost`` for a task that is not in flight on
+  that executor (cancelled, or a duplicate) is **dropped here** and counted in
+  :attr:`ClusterBackend.dropped_frames`.
+* **Losing a session**: a session that ends after Ready (heartbeat deadline, connection
+  closed, the worker said goodbye or misbehaved) gives one ``ExecutorLost(executor_id,
+  cause)``; its in-flight tasks are lost with it (no TaskLost each).  ``submit`` to an
+  executor that is gone gives ``TaskLost(retry=True)`` at once.
+* **Refuse**: the reason is logged and reported as ``BoardTrouble``; the worker is never used
+  again for this job.  Incompatible workers (another Python ``major.minor`` in their Hello)
+  are never accepted in the first place.
+* **The board** going away is reported as ``BoardTrouble`` (the board client reconnects with
+  backoff); running sessions keep going.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import queue
+import random
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Sequence, Set, Union
+
+from .. import defaults
+from .._version import __version__
+from ..board.protocol import (
+    Accept,
+    Bye,
+    Done,
+    Hello,
+    Message,
+    Offer,
+    Want,
+    Withdraw,
+    seal_code,
+)
+from ..config import Options
+from ..errors import (
+    AccessDenied,
+    BoardAuthError,
+    BoardError,
+    HostKeyMismatch,
+    P2PPoolError,
+    ProtocolError,
+    TransferError,
+)
+from ..shipping.modules import Bundle, CodeShipper
+from ..transfer.session_protocol import (
+    SESSION_VERSION,
+    Cancel,
+    Code,
+    Forget,
+    Func,
+    Lost,
+    Open,
+    Ready,
+    Refuse,
+    Result,
+    Task,
+    Unable,
+    decode_frame,
+    encode_frame,
+    encode_frame_parts,
+)
+from ..transfer.session_protocol import (
+    Bye as ByeFrame,
+)
+from .recruit import AbandonSession, AcceptOffer, Command, PublishWant, PublishWithdraw, Recruiter
+
+__all__ = [
+    "BoardTrouble",
+    "ClusterBackend",
+    "Event",
+    "ExecutorJoined",
+    "ExecutorLost",
+    "TaskDone",
+    "TaskLost",
+    "TaskUnloadable",
+    "python_version",
+]
+
+log = logging.getLogger("p2ppool.cluster.backend")
+
+
+def python_version() -> str:
+    """This interpreter's ``major.minor``, as board messages and Open frames carry it."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorJoined:
+    """A worker session is Ready: ``slots`` tasks may be in flight on ``executor_id``."""
+
+    executor_id: str
+    name: str
+    slots: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskDone:
+    """A task finished; ``ok=False``: ``blob`` is a pickled exception (user error).
+
+    ``blob`` is a read-only view into the received frame (no copy of a large result).
+    """
+
+    executor_id: str
+    task_id: int
+    ok: bool
+    blob: bytes | memoryview
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLost:
+    """A task did not finish.  ``retry``: running it elsewhere may help.
+
+    ``started=False``: it never reached a worker (its session had ended), so it must not
+    count as an attempt.
+    """
+
+    executor_id: str
+    task_id: int
+    retry: bool
+    cause: str
+    started: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskUnloadable:
+    """The worker could not load a task: it lacks a module (an ImportError while loading
+    the function, the arguments or the initializer).  The backend has already declined
+    that worker for this job; the task must run elsewhere, at no cost of an attempt."""
+
+    executor_id: str
+    task_id: int
+    worker: str
+    host: str
+    phase: str
+    module: str | None
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorLost:
+    """A session ended: every task in flight on it is lost."""
+
+    executor_id: str
+    cause: str
+    released: bool = False  # this job let the session go on purpose (idle): no failure
+    declined: bool = False  # this job ended it: the worker cannot load the job's code
+
+
+@dataclasses.dataclass(frozen=True)
+class BoardTrouble:
+    """Something a person may want to know: the board is unreachable, a worker refused..."""
+
+    message: str
+
+
+Event = Union[ExecutorJoined, TaskDone, TaskLost, TaskUnloadable, ExecutorLost, BoardTrouble]
+
+# Executor states.
+_OPENING = "opening"  # Accept published, session being opened or waiting for Ready
+_READY = "ready"
+_GONE = "gone"
+
+
+class _Remote:
+    """One session with one worker (touched under the backend's lock)."""
+
+    def __init__(self, executor_id: str, worker: str, taken: int) -> None:
+        self.executor_id = executor_id
+        self.worker = worker
+        self.state = _OPENING
+        self.session: Any = None
+        self.slots = 0
+        self.taken = taken  # slots accepted of the worker's offer: the session uses no more
+        # Function keys the worker holds -> their sizes, least recently used first (it drops
+        # them when told); at most REMOTE_FUNCTIONS_PER_SESSION of them, and no more bytes
+        # than the worker's Ready allows (issue 17: it closes a session that goes over).
+        self.funcs: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.func_bytes = 0
+        self.max_function_bytes: int | None = None
+        self.inflight: Set[int] = set()
+        self.code_digest: str | None = None  # the code bundle the worker has from us
+        self.declined = False  # it lacks a module the job needs: closed, never used again
+        self.abandoned = False
+        self.released = False  # let go while idle, for another job (see _release_idle)
+        self.end_cause: str | None = None  # why we closed it, when the worker made us
+
+    def make_room(self, size: int) -> tuple[int, ...]:
+        """Drop the least recently used functions until one more of ``size`` bytes fits;
+        return their keys (for a Forget frame)."""
+        most_bytes = self.max_function_bytes
+        forget = []
+        while self.funcs and (
+                len(self.funcs) >= defaults.REMOTE_FUNCTIONS_PER_SESSION
+                or (most_bytes is not None and self.func_bytes + size > most_bytes)):
+            oldest, oldest_size = self.funcs.popitem(last=False)
+            self.func_bytes -= oldest_size
+            forget.append(oldest)
+        return tuple(forget)
+
+
+class ClusterBackend:
+    """Remote executors for one Pool job (see the module docstring for the contract).
+
+    Args:
+        options: resolved options (cluster, board, board_user, identity, known_hosts, relay,
+            transit, loopback_only).
+        job_id: the job's id on the board (letters, digits and ``._:@/+=-``).
+        max_slots: most remote slots the job will ever use (caps every demand).
+        initializer_blob: ``payload.dumps((initializer, initargs))`` or None.
+        maxtasksperchild: as for ``multiprocessing.Pool`` (None: unlimited).
+        notify: called (from any thread, including the process's one Twisted reactor
+            thread) when events are waiting in :meth:`collect`.  It must return at once
+            (write a byte to a wakeup pipe); it is called again for later events.
+        python: the Python ``major.minor`` the job needs (default: this interpreter's).
+        recruiter: a :class:`~p2ppool.cluster.recruit.Recruiter` to use (tests tune its timings).
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        job_id: str,
+        max_slots: int,
+        initializer_blob: bytes | None,
+        maxtasksperchild: int | None,
+        notify: Callable[[], None],
+        *,
+        python: str | None = None,
+        recruiter: Recruiter | None = None,
+    ) -> None:
+        if options.cluster is None:
+            raise ValueError("ClusterBackend needs options.cluster ('owner/name')")
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be at least 1, not {max_slots!r}")
+        self.options = options
+        self.job_id = job_id
+        self.peer_id = f"client:{job_id}"
+        self.python = python or python_version()
+        self.max_slots = max_slots
+        self._initializer = initializer_blob or b""
+        self._maxtasksperchild = maxtasksperchild
+        self._notify = notify
+        self._recruiter = recruiter or Recruiter(self.python)
+        self._shipper = CodeShipper(options.ship_modules)
+        self._code: Bundle | None = self._shipper.current()
+        self._lock = threading.Lock()
+        self._events: List[Event] = []
+        self._remotes: Dict[str, _Remote] = {}  # executor id -> remote
+        self._by_worker: Dict[str, _Remote] = {}  # worker -> its current remote
+        self._next_session = 1
+        self._inbox: queue.Queue[Callable[[], List[Command]]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._board: Any = None
+        self._closed = False
+        self._idle = True  # the pool's last demand was 0: it has no work at all
+        self._other_wants: Dict[str, float] = {}  # other jobs wanting slots -> until when
+        self._usable: tuple[str, ...] = ()  # see usable_workers
+        self._refusals: Dict[str, str] = {}  # worker -> why it refused this job
+        #: Result/Lost frames dropped because their task was not in flight there.
+        self.dropped_frames = 0
+
+    # --- the manager's API ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the board and start recruiting, in the background (returns at once)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"p2ppool-recruit-{self.job_id}", daemon=True
+            )
+        self._thread.start()
+
+    @property
+    def board_drops(self) -> Dict[str, int]:
+        """Board lines this job's board connection dropped so far, by reason."""
+        board = self._board
+        return dict(board.drops) if board is not None else {}
+
+    def set_demand(self, slots: int) -> None:
+        """The pool could use ``slots`` more remote slots now (0: it wants none).
+
+        Capped so that the Ready sessions and the new ones never exceed ``max_slots``.
+        """
+        now = time.monotonic()
+        with self._lock:
+            joined = sum(r.slots for r in self._remotes.values() if r.state == _READY)
+            became_idle = int(slots) <= 0 and not self._idle
+            self._idle = int(slots) <= 0
+            waiting = [job for job, until in self._other_wants.items() if until > now]
+        slots = max(0, min(int(slots), self.max_slots - joined))
+        self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
+        if became_idle and waiting:  # another job waits for slots: let ours go now
+            self._post(lambda: self._release_idle(waiting[0]))
+
+    def refresh_code(self) -> None:
+        """Look for changed or newly imported local modules (a new map begins): sessions
+        get the new bundle with their next task.  Manager thread; cheap when unchanged."""
+        code = self._shipper.current()
+        with self._lock:
+            self._code = code
+
+    def submit(
+        self, executor_id: str, task_id: int, func_key: int, func_blob: bytes, args_blob: bytes
+    ) -> None:
+        """Send a task to an executor (its function first, once per session).  Non-blocking.
+
+        Called from one thread (the pool's manager): the frames are built under the lock
+        but sent after it, so two concurrent calls could send one's Forget between the
+        other's Func and Task.
+        """
+        with self._lock:
+            remote = self._remotes.get(executor_id)
+            usable = remote is not None and remote.state == _READY
+            if usable:
+                assert remote is not None
+                frames = []
+                code = self._code
+                if code is not None and remote.code_digest != code.digest:
+                    frames.append(encode_frame_parts(Code(code.blob)))
+                    remote.code_digest = code.digest
+                if func_key in remote.funcs:
+                    remote.funcs.move_to_end(func_key)
+                else:
+                    forget = remote.make_room(len(func_blob))
+                    if forget:  # before the Func: the worker must never hold too much
+                        frames.append((encode_frame(Forget(forget)),))
+                    remote.funcs[func_key] = len(func_blob)
+                    remote.func_bytes += len(func_blob)
+                    frames.append(encode_frame_parts(Func(func_key, func_blob)))
+                frames.append(encode_frame_parts(Task(task_id, func_key, args_blob)))
+                remote.inflight.add(task_id)
+                session = remote.session
+        if not usable:
+            cause = "its session has ended"  # an ended remote is forgotten: None too
+            self._emit(TaskLost(executor_id, task_id, True, cause, started=False))
+            return
+        try:
+            for parts in frames:
+                session.send_parts(parts)
+        except TransferError:
+            pass  # the session ended: on_lost reports ExecutorLost with this task in flight
+
+    def cancel(self, executor_id: str, task_ids: Sequence[int]) -> None:
+        """Stop tasks on an executor; their results will not be reported."""
+        with self._lock:
+            remote = self._remotes.get(executor_id)
+            if remote is None or remote.state != _READY:
+                return
+            ids = tuple(t for t in task_ids if t in remote.inflight)
+            remote.inflight.difference_update(ids)
+            session = remote.session
+        if ids:
+            try:
+                session.send(encode_frame(Cancel(ids)))
+            except TransferError:
+                pass
+
+    def collect(self) -> List[Event]:
+        """Every event since the last call, in order (non-blocking)."""
+        with self._lock:
+            events, self._events = self._events, []
+        joined = [e.name for e in events if isinstance(e, ExecutorJoined)]
+        if joined:
+            self._post(lambda: self._joined_reported(joined))
+        return events
+
+    def _joined_reported(self, workers: List[str]) -> List[Command]:
+        commands: List[Command] = []
+        for worker in workers:
+            commands += self._recruiter.joined_reported(worker, time.monotonic())
+        return commands
+
+    @property
+    def executors(self) -> Dict[str, int]:
+        """Executor id -> slots, for every Ready session (a snapshot)."""
+        with self._lock:
+            return {e: r.slots for e, r in self._remotes.items() if r.state == _READY}
+
+    def close(self, timeout: float = defaults.REMOTE_CLOSE_TIMEOUT_S) -> None:
+        """End the job: goodbye to every session, Withdraw and Bye on the board.  Bounded."""
+        self._shutdown(cancel=False, timeout=timeout)
+
+    def terminate(self, timeout: float = defaults.REMOTE_CLOSE_TIMEOUT_S) -> None:
+        """Cancel every task in flight, then end as :meth:`close` does.  Bounded."""
+        self._shutdown(cancel=True, timeout=timeout)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _emit(self, *events: Event) -> None:
+        if not events:
+            return
+        with self._lock:
+            self._events.extend(events)
+        try:
+            self._notify()
+        except Exception:  # noqa: BLE001 - the pool's callback must not break our threads
+            log.exception("notify callback failed")
+
+    def _trouble(self, message: str) -> None:
+        log.warning("%s", message)
+        self._emit(BoardTrouble(message))
+
+    def _post(self, fn: Callable[[], List[Command]]) -> None:
+        """Run ``fn`` in the recruit thread (the only owner of the recruiter)."""
+        self._inbox.put(fn)
+
+    # --- recruit thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            if not self._connect_board():
+                return
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                wake = self._recruiter.next_wakeup(now)
+                timeout = None if wake is None else max(0.0, wake - now)
+                try:
+                    fn = self._inbox.get(timeout=timeout)
+                except queue.Empty:
+                    fn = None
+                if self._stopping.is_set():
+                    break
+                commands: List[Command] = [] if fn is None else fn()
+                fn = None  # it may hold a remote: do not keep it while waiting for the next
+                while True:  # drain what else is waiting
+                    try:
+                        commands += self._inbox.get_nowait()()
+                    except queue.Empty:
+                        break
+                commands += self._recruiter.timer_expired(time.monotonic())
+                self._execute(commands)
+                self._note_usable()
+        except Exception as exc:  # noqa: BLE001 - report, never die silently
+            log.exception("the recruit thread failed")
+            self._trouble(f"recruiting workers stopped after an internal error: {exc!r}")
+
+    def _note_usable(self) -> None:
+        """Recruit thread: publish :meth:`usable_workers`; wake the pool when it changed."""
+        usable = tuple(self._recruiter.usable())
+        with self._lock:
+            changed, self._usable = usable != self._usable, usable
+        if changed:
+            self._notify()
+
+    def _connect_board(self) -> bool:
+        from ..board.client import BoardClient, backoff_delay
+
+        host, port = self.options.board_address
+        cluster = self.options.cluster
+        assert cluster is not None
+        attempt = 0
+        rng = random.Random()
+        while not self._stopping.is_set():
+            client = BoardClient(
+                host, port, topic=cluster, username=self.options.board_user,
+                identity=self.options.identity, known_hosts=self.options.known_hosts,
+                on_message=self._on_board_message, on_state=self._on_board_state,
+            )
+            try:
+                client.connect()
+            except (BoardAuthError, HostKeyMismatch, AccessDenied) as exc:
+                self._trouble(f"cannot use the board for cluster {cluster}: {exc}")
+                return False
+            except BoardError as exc:
+                if attempt == 0:
+                    self._trouble(f"cannot reach the board for cluster {cluster} "
+                                  f"(retrying in the background): {exc}")
+                if self._stopping.wait(backoff_delay(attempt, rng.random())):
+                    return False
+                attempt += 1
+                continue
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    return False
+                self._board = client
+            self._publish(self._hello())
+            return True
+        return False
+
+    def _hello(self) -> Hello:
+        return Hello(sender=self.peer_id, ts=time.time(), ttl=defaults.HELLO_TTL_S,
+                     role="client", python=self.python, version=__version__, slots=0)
+
+    def _publish(self, msg: Message) -> bool:
+        board = self._board
+        if board is None:
+            return False
+        try:
+            board.publish(msg)
+        except (BoardError, P2PPoolError) as exc:
+            self._trouble(f"could not publish {msg.TYPE} on the board: {exc}")
+            return False
+        return True
+
+    def _on_board_state(self, state: Any) -> None:
+        value = getattr(state, "value", str(state))
+        if value == "reconnecting":
+            self._trouble("lost the board connection; reconnecting (running sessions go on)")
+        elif value == "connected" and self._board is not None:
+            log.info("board connection is back")
+            self._post(self._after_reconnect)
+        elif value == "failed" and self._board is not None:
+            # (A failed first contact raises from connect() and is reported there.)
+            error = getattr(self._board, "error", None)
+            self._trouble(f"the board connection failed for good: {error}")
+
+    def _after_reconnect(self) -> List[Command]:
+        self._publish(self._hello())
+        return []
+
+    def _on_board_message(self, msg: Message) -> None:
+        """Board reader thread: hand relevant messages to the recruit thread."""
+        if isinstance(msg, Hello) and msg.role == "worker":
+            self._post(lambda: self._recruiter.got_hello(msg.sender, msg.python,
+                                                         time.monotonic(), msg.slots))
+        elif isinstance(msg, Bye) and msg.role == "worker":
+            self._post(lambda: self._recruiter.got_bye(msg.sender, time.monotonic()))
+        elif isinstance(msg, Want) and msg.job != self.job_id:
+            now = time.monotonic()
+            with self._lock:
+                if len(self._other_wants) > 64:  # forget expired ones
+                    self._other_wants = {j: u for j, u in self._other_wants.items() if u > now}
+                self._other_wants[msg.job] = now + (msg.expires_at() - time.time())
+            self._post(lambda: self._release_idle(msg.job))
+        elif (isinstance(msg, Withdraw) and msg.job == self.job_id
+              and msg.worker is not None and msg.worker == msg.sender):
+            # The worker withdrew its offer (we were too slow, and another job waited).
+            self._post(lambda: self._recruiter.offer_withdrawn(msg.sender, time.monotonic()))
+        elif isinstance(msg, Withdraw) and msg.worker is not None:
+            return  # a worker's offer to another job: that job still wants slots
+        elif isinstance(msg, (Withdraw, Done)) and msg.job not in (None, self.job_id):
+            with self._lock:
+                self._other_wants.pop(msg.job, None)
+        elif isinstance(msg, Offer) and msg.job == self.job_id:
+            if msg.worker != msg.sender:
+                return  # a worker offers only itself
+            expires = time.monotonic() + (msg.expires_at() - time.time())
+            self._post(lambda: self._recruiter.got_offer(msg.worker, msg.slots, msg.key,
+                                                         expires, time.monotonic()))
+
+    def _execute(self, commands: List[Command]) -> None:
+        for command in commands:
+            if isinstance(command, PublishWant):
+                self._publish(Want(sender=self.peer_id, ts=time.time(),
+                                   ttl=defaults.RECRUIT_WANT_TTL_S, job=self.job_id,
+                                   slots=command.slots, python=self.python,
+                                   session=SESSION_VERSION,
+                                   requires=self.options.requirements or None))
+            elif isinstance(command, PublishWithdraw):
+                self._publish(Withdraw(sender=self.peer_id, ts=time.time(),
+                                       ttl=defaults.MESSAGE_TTL_S, job=self.job_id))
+            elif isinstance(command, AcceptOffer):
+                self._accept(command)
+            elif isinstance(command, AbandonSession):
+                self._abandon(command.worker, command.cause)
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def _release_idle(self, other_job: str) -> List[Command]:
+        """Another job wants slots: while this pool has no work, let its sessions go.
+
+        An idle pool must not hold volunteers' slots that other jobs could use; the sessions
+        are reported lost at once (``released=True``, no failure), and recruited again, with
+        no backoff, when this pool has work again.
+        """
+        released: List[_Remote] = []
+        with self._lock:
+            if not self._idle or self._closed:
+                return []
+            for remote in self._remotes.values():
+                if remote.state == _READY and not remote.inflight:
+                    remote.state, remote.released = _GONE, True
+                    released.append(remote)
+        commands: List[Command] = []
+        if released:
+            # Idle: no slot is wanted, whether or not the pool's demand of 0 (posted after
+            # `_idle` was set) has reached the recruiter yet: a released slot must not be
+            # asked for again, which would make other idle pools let their workers go.
+            commands += self._recruiter.set_demand(0, time.monotonic())
+        for remote in released:
+            log.info("released idle worker %s (%s): job %s wants slots", remote.worker,
+                     remote.executor_id, other_job)
+            try:
+                remote.session.send(encode_frame(ByeFrame()))
+            except TransferError:
+                pass
+            self._close_in_background(remote, "idle; released for another job")
+            self._emit(ExecutorLost(remote.executor_id,
+                                    f"worker {remote.worker}: released while idle",
+                                    released=True))
+            commands += self._recruiter.session_released(remote.worker, time.monotonic())
+        return commands
+
+    def _accept(self, command: AcceptOffer) -> None:
+        from ..transfer.session import new_code
+
+        with self._lock:
+            if self._closed:
+                return
+            executor_id = f"{command.worker}#{self._next_session}"
+            self._next_session += 1
+            remote = _Remote(executor_id, command.worker, command.slots)
+            self._remotes[executor_id] = remote
+            self._by_worker[command.worker] = remote
+        code = new_code()
+        accept = Accept(sender=self.peer_id, ts=time.time(), ttl=defaults.MESSAGE_TTL_S,
+                        job=self.job_id, worker=command.worker,
+                        code=seal_code(code, command.key))
+        if not self._publish(accept):
+            self._session_failed(remote, "the accept could not be published")
+            return
+        log.info("accepted %d slot(s) of worker %s; opening session %s",
+                 command.slots, command.worker, executor_id)
+        threading.Thread(target=self._open, args=(remote, code),
+                         name=f"p2ppool-open-{executor_id}", daemon=True).start()
+
+    def _open(self, remote: _Remote, code: str) -> None:
+        """Session-opening thread: pair, dilate, send Open.  Ready arrives as a frame."""
+        from ..transfer.session import CLIENT, Session
+
+        try:
+            session = Session.open(
+                code, self.options.relay, self.options.transit, role=CLIENT,
+                on_frame=lambda data: self._on_frame(remote, data),
+                on_lost=lambda cause: self._on_lost(remote, cause),
+                loopback_only=self.options.loopback_only,
+                timeout=defaults.RECRUIT_ACCEPT_TIMEOUT_S,
+            )
+        except (TransferError, ValueError) as exc:
+            self._session_failed(remote, f"the session did not open: {exc}")
+            return
+        with self._lock:
+            remote.session = session
+            drop = remote.abandoned or self._closed or remote.state == _GONE
+            bundle = self._code
+            remote.code_digest = bundle.digest if bundle is not None else None
+        if drop:
+            session.close("not needed any more")
+            return
+        opening = Open(job=self.job_id, python=self.python, slots=remote.taken,
+                       maxtasksperchild=self._maxtasksperchild, initializer=self._initializer,
+                       code=bundle.blob if bundle is not None else b"",
+                       requires=self.options.requirements)
+        try:
+            session.send(encode_frame(opening))
+        except TransferError:
+            pass  # on_lost follows
+
+    def _forget(self, remote: _Remote) -> None:
+        """Drop an ended remote from the tables (call with the lock held).
+
+        An ended session must not stay reachable from a long-lived pool: a pool that loses
+        or hands over sessions for hours would otherwise keep every one of them, and with
+        it the wormhole's dilation state (about 100 kB each in the soak).  Calls for its
+        executor id then find nothing, which :meth:`submit` and :meth:`cancel` handle.
+        """
+        if self._remotes.get(remote.executor_id) is remote:
+            del self._remotes[remote.executor_id]
+        if self._by_worker.get(remote.worker) is remote:
+            del self._by_worker[remote.worker]
+
+    def _session_failed(self, remote: _Remote, cause: str) -> None:
+        """A session that never became Ready is over."""
+        with self._lock:
+            self._forget(remote)
+            if remote.state == _GONE:
+                return
+            remote.state = _GONE
+        log.info("session %s with worker %s failed: %s", remote.executor_id, remote.worker, cause)
+        self._post(lambda: self._recruiter.session_failed(remote.worker, time.monotonic()))
+
+    def _abandon(self, worker: str, cause: str) -> None:
+        with self._lock:
+            remote = self._by_worker.get(worker)
+            if remote is None or remote.state != _OPENING:
+                return
+            remote.abandoned = True
+            remote.state = _GONE
+            session = remote.session
+        log.info("gave up on worker %s: %s", worker, cause)
+        if session is not None:
+            threading.Thread(target=session.close, args=("not ready in time",),
+                             daemon=True).start()
+
+    def _on_frame(self, remote: _Remote, data: bytes) -> None:
+        """Reactor thread: one frame from a worker.  Must be quick."""
+        try:
+            frame = decode_frame(data)
+        except ProtocolError as exc:
+            self._close_remote(remote, f"sent a malformed frame ({exc})")
+            return
+        if isinstance(frame, Result):
+            with self._lock:
+                known = frame.task_id in remote.inflight
+                remote.inflight.discard(frame.task_id)
+                if not known:
+                    self.dropped_frames += 1
+            if known:
+                self._emit(TaskDone(remote.executor_id, frame.task_id, frame.ok, frame.blob))
+        elif isinstance(frame, Lost):
+            with self._lock:
+                known = frame.task_id in remote.inflight
+                remote.inflight.discard(frame.task_id)
+                if not known:
+                    self.dropped_frames += 1
+            if known:
+                cause = frame.cause
+                if remote.worker not in cause:  # workers usually name themselves already
+                    cause = f"worker {remote.worker}: {cause}"
+                self._emit(TaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
+        elif isinstance(frame, Unable):
+            self._on_unable(remote, frame)
+        elif isinstance(frame, Ready):
+            self._on_ready(remote, frame)
+        elif isinstance(frame, Refuse):
+            self._on_refuse(remote, frame.reason)
+        elif isinstance(frame, ByeFrame):
+            remote.end_cause = "the worker ended the session (it is stopping)"
+            self._close_in_background(remote, "")
+        else:
+            self._close_remote(remote, f"sent a {type(frame).__name__} frame, which only "
+                                       "clients send")
+
+    def _on_unable(self, remote: _Remote, frame: Unable) -> None:
+        """The worker lacks a module the job needs: report the task (it runs elsewhere),
+        and decline the worker for this job (once: its other tasks fail the same way)."""
+        with self._lock:
+            known = frame.task_id in remote.inflight
+            remote.inflight.discard(frame.task_id)
+            first, remote.declined = not remote.declined, True
+        if known:
+            self._emit(TaskUnloadable(remote.executor_id, frame.task_id, remote.worker,
+                                      frame.host, frame.phase, frame.module, frame.error))
+        if first:
+            reason = f"it cannot load the job's {frame.phase}: {frame.error}"
+            log.info("worker %s %s; declining it for this job", remote.worker, reason)
+            remote.end_cause = reason
+            self._post(lambda: self._recruiter.session_refused(remote.worker, reason,
+                                                               time.monotonic()))
+            self._close_in_background(remote, "declined: a module is missing there")
+
+    def usable_workers(self) -> List[str]:
+        """Workers heard on the board that this job may still use (not declined or
+        refused, the right Python), as of the recruit thread's last turn."""
+        with self._lock:
+            return list(self._usable)
+
+    def _on_ready(self, remote: _Remote, frame: Ready) -> None:
+        with self._lock:
+            if remote.state != _OPENING or remote.abandoned or self._closed:
+                return
+            remote.state = _READY
+            remote.max_function_bytes = frame.max_function_bytes
+            # No more than accepted, even from a worker that ignores Open.slots.
+            slots = remote.slots = min(frame.slots, remote.taken)
+        log.info("worker %s is ready with %d slot(s) (%s)", frame.worker, slots,
+                 remote.executor_id)
+        self._post(lambda: self._recruiter.session_ready(remote.worker, slots,
+                                                         time.monotonic()))
+        self._emit(ExecutorJoined(remote.executor_id, remote.worker, slots))
+
+    def refusals(self) -> Dict[str, str]:
+        """Workers that refused this job's session -> their reason."""
+        with self._lock:
+            return dict(self._refusals)
+
+    def _on_refuse(self, remote: _Remote, reason: str) -> None:
+        with self._lock:
+            remote.state = _GONE
+            self._refusals[remote.worker] = reason
+        message = f"worker {remote.worker} refused this job: {reason}"
+        log.warning("%s", message)
+        self._post(lambda: self._recruiter.session_refused(remote.worker, reason,
+                                                           time.monotonic()))
+        self._emit(BoardTrouble(message))
+        self._close_in_background(remote, "refused")
+
+    def _close_remote(self, remote: _Remote, why: str) -> None:
+        """Close a session because the worker misbehaved (on_lost reports the end)."""
+        log.warning("worker %s %s; closing its session", remote.worker, why)
+        remote.end_cause = f"it {why}"
+        self._close_in_background(remote, f"protocol error: {why}")
+
+    def _close_in_background(self, remote: _Remote, reason: str) -> None:
+        session = remote.session
+        if session is not None:
+            threading.Thread(target=session.close, args=(reason,), daemon=True,
+                             name=f"p2ppool-close-{remote.executor_id}").start()
+
+    def _on_lost(self, remote: _Remote, cause: str) -> None:
+        """Reactor thread: the session ended (any reason)."""
+        with self._lock:
+            state, remote.state = remote.state, _GONE
+            remote.inflight.clear()
+            closing = self._closed
+            cause = remote.end_cause or cause
+            self._forget(remote)
+        if state == _READY:
+            if not closing and not remote.declined:
+                log.warning("lost worker %s (%s): %s", remote.worker, remote.executor_id, cause)
+            self._emit(ExecutorLost(remote.executor_id, f"worker {remote.worker}: {cause}",
+                                    declined=remote.declined))
+            self._post(lambda: self._recruiter.session_failed(remote.worker, time.monotonic()))
+        elif state == _OPENING:
+            self._post(lambda: self._recruiter.session_failed(remote.worker, time.monotonic()))
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def _shutdown(self, cancel: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sessions = []
+            for remote in self._remotes.values():
+                if remote.session is not None and remote.state != _GONE:
+                    sessions.append((remote.session, tuple(sorted(remote.inflight))))
+        for session, inflight in sessions:
+            try:
+                if cancel and inflight:
+                    session.send(encode_frame(Cancel(inflight)))
+                session.send(encode_frame(ByeFrame()))
+            except TransferError:
+                pass
+        closers = [threading.Thread(target=s.close, args=("the pool has ended",), daemon=True)
+                   for s, _ in sessions]
+        for thread in closers:
+            thread.start()
+        # Withdraw on the board from this thread: the recruit thread may be busy connecting.
+        board = self._board
+        if board is not None:
+            for command in self._recruiter_close():
+                self._execute([command])
+            self._publish(Done(sender=self.peer_id, ts=time.time(),
+                               ttl=defaults.MESSAGE_TTL_S, job=self.job_id))
+            self._publish(Bye(sender=self.peer_id, ts=time.time(),
+                              ttl=defaults.MESSAGE_TTL_S, role="client"))
+        self._stopping.set()
+        self._inbox.put(lambda: [])
+        for closer in closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+        if board is not None:
+            board.close()
+        recruit_thread = self._thread
+        if recruit_thread is not None and recruit_thread is not threading.current_thread():
+            recruit_thread.join(max(0.1, deadline - time.monotonic()))
+
+    def _recruiter_close(self) -> List[Command]:
+        # The recruiter belongs to the recruit thread; stop it first, then use it here.
+        self._stopping.set()
+        self._inbox.put(lambda: [])
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        if thread is not None and thread.is_alive():
+            return [PublishWithdraw()]  # still connecting: withdraw anyway (harmless)
+        return self._recruiter.close(time.monotonic())

@@ -1,0 +1,312 @@
+"""The Pool's manager side of a cluster: remote sessions as executors, and local fallback.
+
+A Pool with a cluster configured starts with no executor at all.  :class:`ClusterLink`
+owns a :class:`~p2ppool.cluster.backend.ClusterBackend` (which recruits workers on the board and
+runs one wormhole session per worker) and turns its events into the manager's language::
+
+    ClusterBackend events            manager
+    ─────────────────────            ───────
+    ExecutorJoined(id, name, slots)  add_executor(RemoteExecutor(id))   -> scheduler slots
+    TaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)         -> result
+    TaskLost(id, task, retry=True)   ChunkLost(chunk, cause)            -> runs elsewhere
+    TaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
+    ExecutorLost(id, cause)          executor_lost(id, cause)           -> chunks requeued
+      (released=True: the pool was idle and another job wanted slots; logged as info)
+    TaskUnloadable(id, task, ...)    executor_lost(id, charged=False)   -> chunks requeued
+      (the worker lacks a module the job needs: declined, its chunks cost no attempt)
+    BoardTrouble(message)            a log line
+
+Capability misses: when every worker the job has heard of was declined for lacking a
+module, the pool does not wait for one that can: it falls back to local processes at once
+(``fallback`` set), or fails its pending work with an ImportError that names the module and
+each worker that lacked it (``fallback=None``).
+
+Task ids on the wire are the Pool's chunk ids.  Local fallback: when the pool has work and
+no executor at all for ``fallback`` seconds, the link adds the local process engine, and
+peers that arrive later join in beside it.  ``fallback=None`` never falls back: the work
+waits for peers (``AsyncResult.get(timeout)`` bounds the wait).
+
+Progress: while the pool has work, every job's progress bar shows ``peers=P local=K`` (the
+worker sessions, and the local processes once fallback started), redrawn when it changes.
+
+Everything here runs on the manager thread, except ``notify`` (any thread).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
+
+from .. import defaults
+from ..config import Options
+from ..errors import P2PPoolError, TaskLimitExceeded
+from ..pool.executors import ChunkDone, ChunkLost
+from ..pool.jobs import _Failed
+from .backend import (
+    BoardTrouble,
+    ClusterBackend,
+    ExecutorJoined,
+    ExecutorLost,
+    TaskDone,
+    TaskLost,
+    TaskUnloadable,
+)
+
+if TYPE_CHECKING:
+    from ..pool.executors import ExecutorEvent
+    from ..pool.manager import _Manager
+
+__all__ = ["ClusterLink", "RemoteExecutor"]
+
+log = logging.getLogger("p2ppool.pool")
+
+
+class RemoteExecutor:
+    """One worker session, as the manager's :class:`~p2ppool.pool.executors.Executor`.
+
+    Its events arrive through the :class:`ClusterLink`, so it has nothing to wait on.
+    """
+
+    def __init__(self, link: ClusterLink, executor_id: str, worker: str, slots: int) -> None:
+        self.name = executor_id
+        self.worker = worker
+        self._slots = slots
+        self._link = link
+
+    def slots(self) -> int:
+        return self._slots
+
+    def readables(self) -> List[Any]:
+        return _NOTHING
+
+    def has_events(self) -> bool:
+        return False
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        self._link.backend.submit(
+            self.name, chunk_id, self._link.func_key(func_blob), func_blob, call_blob
+        )
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None:
+        self._link.backend.cancel(self.name, list(chunk_ids))
+
+    def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
+        return []
+
+    # The link closes or terminates the backend, which ends every session at once.
+    def close(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+
+_NOTHING: List[Any] = []
+
+
+class ClusterLink:
+    """Connects one Pool's manager to its cluster (see the module docstring).
+
+    Args:
+        options: the Pool's resolved options (``cluster`` is set).
+        max_slots: the most chunks the pool keeps in flight on peers (``processes``).
+        initializer_blob: the pickled ``(initializer, initargs)``, or None.
+        maxtasksperchild: as for multiprocessing.
+        notify: wakes the manager thread; must return at once.
+        start_local: makes the local executor for fallback (called at most once).
+        backend: a ready-made backend (tests); default: a new ClusterBackend.
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        max_slots: int,
+        initializer_blob: bytes | None,
+        maxtasksperchild: int | None,
+        notify: Callable[[], None],
+        start_local: Callable[[], Any],
+        backend: ClusterBackend | None = None,
+    ) -> None:
+        self.options = options
+        self.job_id = secrets.token_hex(6)
+        self.backend = backend or ClusterBackend(
+            options, self.job_id, max_slots, initializer_blob, maxtasksperchild, notify
+        )
+        self.max_slots = max_slots
+        self._start_local = start_local
+        self._func_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._next_func_key = itertools.count(1)
+        self._demand = 0
+        self._fallback_at: float | None = None
+        self.local_started = False
+        self.remote_names: Dict[str, str] = {}  # executor id -> worker name
+        #: worker -> the load failure that made this job decline it
+        self.misses: Dict[str, TaskUnloadable] = {}
+        self.backend.start()
+
+    def func_key(self, func_blob: bytes) -> int:
+        """A small number for a pickled function, the same for the same bytes.
+
+        Only the last ``CLUSTER_FUNC_KEYS_KEPT`` functions are remembered (a pool that maps a
+        new closure or partial each time must not keep every one); a forgotten function
+        seen again gets a new number, never one in use.
+        """
+        keys = self._func_keys
+        key = keys.get(func_blob)
+        if key is None:
+            key = keys[func_blob] = next(self._next_func_key)
+            if len(keys) > defaults.CLUSTER_FUNC_KEYS_KEPT:
+                keys.popitem(last=False)
+        else:
+            keys.move_to_end(func_blob)
+        return key
+
+    def new_job(self) -> None:
+        """A map or apply begins: local modules edited or imported since the last one
+        travel with its first tasks (see :mod:`p2ppool.shipping`)."""
+        self.backend.refresh_code()
+
+    # --- the manager's turn ------------------------------------------------------------------
+
+    def turn(self, manager: _Manager, now: float) -> None:
+        """Apply the backend's events, then update demand and the fallback timer."""
+        lost = False
+        for event in self.backend.collect():
+            self._apply(manager, event, now)
+            lost = lost or isinstance(event, ExecutorLost)
+        busy = bool(manager.jobs)
+        demand = self.max_slots if busy else 0
+        # A lost peer's slots are wanted again: the backend caps the demand by the slots of
+        # the peers still there, so the same number must be sent again to count them.
+        if demand != self._demand or (lost and demand):
+            self._demand = demand
+            self.backend.set_demand(demand)
+        if (busy and not manager.executors and not self.local_started
+                and (self.misses or self.backend.refusals())):
+            self._no_capable_worker(manager, now)
+        self._check_fallback(manager, busy, now)
+        if busy:
+            self._show_workers(manager)
+
+    def _show_workers(self, manager: _Manager) -> None:
+        """Progress bars show how many peers and local slots take chunks now."""
+        peers = len(self.remote_names)
+        local = sum(getattr(getattr(e, "engine", None), "processes", 0)
+                    for e in manager.executors.values() if not isinstance(e, RemoteExecutor))
+        for job in manager.jobs.values():
+            if job.progress is not None:
+                job.progress.set_workers(peers, local)
+
+    def next_deadline(self) -> float | None:
+        """When the manager must take a turn without any event: the fallback moment."""
+        return self._fallback_at
+
+    def _apply(self, manager: _Manager, event: Any, now: float) -> None:
+        if isinstance(event, TaskDone):
+            manager._got_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
+        elif isinstance(event, TaskLost):
+            if event.retry:
+                manager._got_event(event.executor_id,
+                                   ChunkLost(event.task_id, event.cause, event.started))
+            else:
+                worker = self.remote_names.get(event.executor_id, event.executor_id)
+                error = TaskLimitExceeded(f"worker {worker}: {event.cause}")
+                manager._execute(manager.scheduler.got_result(
+                    event.task_id, event.executor_id, _Failed(error), now))
+        elif isinstance(event, ExecutorJoined):
+            self.remote_names[event.executor_id] = event.name
+            log.info("peer %s joined with %d slot(s)", event.name, event.slots)
+            manager.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
+        elif isinstance(event, TaskUnloadable):
+            if event.worker not in self.misses:
+                self.misses[event.worker] = event
+                log.warning("peer %s cannot load this job's %s (%s): running its work "
+                            "elsewhere", event.worker, event.phase, event.error)
+            manager.remove_executor(
+                event.executor_id, f"peer {event.worker} cannot load the job: {event.error}",
+                charged=False)
+        elif isinstance(event, ExecutorLost):
+            worker = self.remote_names.pop(event.executor_id, event.executor_id)
+            if event.released:  # idle, let go for another job: not a failure
+                log.info("peer %s released (idle, another job wants slots)", worker)
+            elif event.declined:
+                log.info("peer %s left this job: %s", worker, event.cause)
+            else:
+                log.warning("peer %s lost: %s", worker, event.cause)
+            manager.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
+        elif isinstance(event, BoardTrouble):
+            log.warning("%s", event.message)
+
+    def _no_capable_worker(self, manager: _Manager, now: float) -> None:
+        """No executor is left and every worker heard of was declined: fall back now, or
+        fail the pending work with the modules and workers that lacked them."""
+        if self.backend.usable_workers():
+            return  # one that might load it is still there (busy, or being recruited)
+        error = self.capability_error()
+        if self.options.fallback is not None:
+            self.local_started = True
+            log.warning("%s: running on local processes", error)
+            manager.add_executor(self._start_local())
+            return
+        doomed = list(manager.chunks)
+        manager._execute(manager.scheduler.cancel(doomed, now))
+        for chunk_id in doomed:
+            manager._resolve_outcome(chunk_id, (False, error))
+
+    def capability_error(self) -> Exception:
+        """The error for work no worker of the cluster could load or would run (see the
+        module docstring): an ImportError when modules were missing."""
+        refused = "; ".join(f"{worker} refused it: {reason}"
+                            for worker, reason in sorted(self.backend.refusals().items()))
+        misses = list(self.misses.values())
+        if not misses:
+            return P2PPoolError(f"no worker of {self.options.cluster} can run this job "
+                                f"({refused})")
+        modules = sorted({m.module for m in misses if m.module})
+        tried = ", ".join(f"{m.worker} ({m.host})" if m.host else m.worker for m in misses)
+        if modules:
+            what = "import " + ", ".join(repr(name) for name in modules)
+        else:
+            what = f"load this job's code ({misses[0].error})"
+        message = (f"no worker of {self.options.cluster} can {what} (tried: {tried}); install "
+                   f"it there, or let the pool fall back to local processes (fallback=SECONDS)")
+        if refused:
+            message += f"; {refused}"
+        only_missing = all(m.error.startswith("ModuleNotFoundError") for m in misses)
+        kind = ModuleNotFoundError if only_missing else ImportError
+        return kind(message, name=modules[0] if len(modules) == 1 else None)
+
+    def _check_fallback(self, manager: _Manager, busy: bool, now: float) -> None:
+        fallback = self.options.fallback
+        if self.local_started or fallback is None or not busy or manager.executors:
+            self._fallback_at = None
+            return
+        if self._fallback_at is None:
+            self._fallback_at = now + fallback
+        if now >= self._fallback_at:
+            self._fallback_at = None
+            self.local_started = True
+            log.warning(
+                "no peer of cluster %s answered within %g s: running on local processes "
+                "(peers that answer later join in)", self.options.cluster, fallback,
+            )
+            manager.add_executor(self._start_local())
+
+    # --- shutting down -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Goodbye to every session; Withdraw on the board (bounded)."""
+        self.backend.close()
+
+    def terminate(self) -> None:
+        """Cancel every remote task, then close (bounded)."""
+        self.backend.terminate()

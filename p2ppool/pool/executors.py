@@ -1,0 +1,121 @@
+"""Executors: the places a Pool's chunks run, as its manager thread sees them.
+
+:class:`Executor` is the seam: the manager feeds anything with its methods from the same
+scheduler.  :class:`LocalExecutor` wraps the local :class:`~p2ppool.execution.engine.ProcessEngine`;
+:class:`~p2ppool.cluster.link.RemoteExecutor` is one worker session.  Both report
+:class:`ChunkDone` and :class:`ChunkLost` events.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, Hashable, List, Protocol, Sequence, Union
+
+from ..execution.engine import ProcessEngine, TaskDone, TaskLost
+
+__all__ = ["ChunkDone", "ChunkLost", "Executor", "ExecutorEvent", "LocalExecutor"]
+
+
+class ChunkDone:
+    """An executor finished a chunk: ``ok`` with a value blob, or not with an error blob."""
+
+    __slots__ = ("chunk_id", "ok", "blob")
+
+    def __init__(self, chunk_id: int, ok: bool, blob: bytes | memoryview) -> None:
+        self.chunk_id, self.ok, self.blob = chunk_id, ok, blob
+
+
+class ChunkLost:
+    """An executor lost a chunk (its process died, a limit killed it...)."""
+
+    __slots__ = ("chunk_id", "cause", "charged")
+
+    def __init__(self, chunk_id: int, cause: str, charged: bool = True) -> None:
+        self.chunk_id, self.cause, self.charged = chunk_id, cause, charged
+
+
+ExecutorEvent = Union[ChunkDone, ChunkLost]
+
+
+class Executor(Protocol):
+    """What the manager needs from a place that runs chunks (local engine, remote peer)."""
+
+    name: str
+
+    def slots(self) -> int: ...
+
+    def readables(self) -> List[Any]:
+        """Objects for ``wait``; the same list object as long as the set is unchanged."""
+        ...
+
+    def has_events(self) -> bool: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        ...
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None: ...
+
+    def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]: ...
+
+    def close(self) -> None: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+class LocalExecutor:
+    """The local :class:`~p2ppool.execution.engine.ProcessEngine`, an executor named ``"local"``."""
+
+    name = "local"
+
+    def __init__(self, engine: ProcessEngine) -> None:
+        self.engine = engine
+        self._task_ids = itertools.count()
+        self._chunk_of: Dict[int, int] = {}
+        self._task_of: Dict[int, int] = {}
+        # The engine's own methods: the manager calls these every turn, twice per apply.
+        self.readables: Callable[[], List[Any]] = engine.readables
+        self.has_events: Callable[[], bool] = engine.has_events
+        self.next_deadline: Callable[[], float | None] = engine.next_deadline
+
+    def slots(self) -> int:
+        return self.engine.capacity
+
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        task_id = next(self._task_ids)
+        self._chunk_of[task_id] = chunk_id
+        self._task_of[chunk_id] = task_id
+        self.engine.submit(task_id, func_key, func_blob, call_blob)
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None:
+        tasks = [self._task_of.pop(c) for c in chunk_ids if c in self._task_of]
+        for task_id in tasks:
+            self._chunk_of.pop(task_id, None)
+        if tasks:
+            self.engine.cancel(tasks)
+
+    def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
+        events: List[ExecutorEvent] = []
+        for event in self.engine.collect(ready):
+            chunk_id = self._chunk_of.pop(event.task_id, None)
+            if chunk_id is None:
+                continue
+            del self._task_of[chunk_id]
+            if isinstance(event, TaskDone):
+                events.append(ChunkDone(chunk_id, event.ok, event.blob))
+            else:
+                assert isinstance(event, TaskLost)
+                events.append(ChunkLost(chunk_id, event.cause, event.charged))
+        return events
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def join(self, timeout: float) -> None:
+        self.engine.join(timeout)
+
+    def terminate(self) -> None:
+        self.engine.terminate()

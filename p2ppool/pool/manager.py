@@ -1,0 +1,639 @@
+"""A Pool's manager thread: the one owner of its scheduler, jobs and executors.
+
+The data flow is drawn atop :mod:`p2ppool.pool`.  Callers post calls to the :class:`Inbox`;
+:meth:`_Manager.run` waits on the executors' readables and the inbox's wake pipe, turns what
+became ready into scheduler events, executes the scheduler's commands and hands results to
+their waiters.  An exit hook terminates the managers of pools left open.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import threading
+import time
+import traceback
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, List, Sequence, Tuple
+
+from .. import defaults, payload
+from ..errors import BrokenPool, MaybeEncodingError, PoolNotRunning
+from .chunking import InputError
+from .executors import ChunkDone, Executor, ExecutorEvent
+from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
+from .results import IMapIterator, Outcome, _Result
+from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
+
+if TYPE_CHECKING:
+    from .api import Pool
+
+
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+
+# --- the manager's inbox -------------------------------------------------------------------
+
+
+class Inbox:
+    """Thread-safe calls for the manager thread: ``post(fn, *args)`` then wake it up.
+
+    Callers' requests and (issue 4) remote session events arrive here; the manager runs
+    them in order on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._calls: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)
+        os.set_blocking(self._reader, False)
+        self._closed = False
+        self.sleeping = False  # the manager is (about to be) blocked in wait
+        self._lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
+
+    @property
+    def readable(self) -> int:
+        """The file descriptor to include in ``wait``."""
+        return self._reader
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the manager thread soon.
+
+        Raises:
+            PoolNotRunning: the manager has exited (nothing would run the call).
+        """
+        with self._lock:  # not between close()'s last drain and its return: lost
+            if self._closed:
+                raise PoolNotRunning()
+            self._calls.append((fn, args))
+        # The manager sets ``sleeping`` before it checks for calls and blocks, so either it
+        # sees this call, or we see the flag and write (no lost wake-up, no needless write).
+        if self.sleeping:
+            self.wake()
+
+    def pending(self) -> bool:
+        """True if calls wait (the manager must not block)."""
+        return bool(self._calls)
+
+    def wake(self) -> None:
+        """Wake the manager without a call."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._writer, b"\0")
+            except OSError:
+                pass  # the pipe is full: it is awake anyway
+
+    def drain(self, woken: bool) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Take every posted call (manager thread only); ``woken``: the pipe was readable."""
+        if woken:
+            try:
+                os.read(self._reader, 65536)  # one read: more bytes only mean another turn
+            except OSError:
+                pass
+        calls = []
+        while self._calls:
+            calls.append(self._calls.popleft())
+        return calls
+
+    def close(self) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
+        """Refuse further calls; return those posted but never drained."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._reader)
+                os.close(self._writer)
+        return self.drain(False)
+
+
+class _Manager:
+    """The state behind one Pool, driven by its manager thread."""
+
+    def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int,
+                 task_timeout: float | None = None) -> None:
+        self._pool_ref = weakref.ref(pool)
+        self.pid = os.getpid()
+        self.inbox = Inbox()
+        self.scheduler = Scheduler(max_attempts, task_timeout=task_timeout)
+        self.executors: Dict[str, Executor] = {}
+        self.jobs: Dict[int, _Job] = {}
+        self.chunks: Dict[int, _Chunk] = {}
+        self._chunk_ids = itertools.count()
+        self._deliveries: List[Tuple[_Result, int, Outcome]] = []  # see _flush
+        self._hungry: Deque[_Job] = collections.deque()  # see _read_inputs
+        self._unstarted: List[Tuple[int, str]] = []  # see _release_unstarted
+        self._read_ahead_of: Dict[str, int] = {}  # executor -> chunks it added to read-ahead
+        self._function_blobs = _FunctionBlobs()
+        self.state = RUN
+        self.broken: BrokenPool | None = None
+        self.link: Any = None  # a cluster_link.ClusterLink when a cluster is configured
+        # At interpreter exit: finish the submitted work (an executor's, as
+        # concurrent.futures does) instead of terminating (a Pool's, as multiprocessing).
+        self.finish_at_exit = False
+        for executor in executors:
+            self.add_executor(executor)
+        self.thread = threading.Thread(
+            target=self.run, name=f"p2ppool-manager-{id(self):x}", daemon=_DAEMON_MANAGER
+        )
+
+    # --- requests (posted by callers; run on the manager thread) ---------------------------
+
+    def add_executor(self, executor: Executor) -> None:
+        """Give the scheduler another place to run chunks (manager thread, or before start)."""
+        self.executors[executor.name] = executor
+        now = time.monotonic()
+        # Running imaps read further ahead for the new slots (a cluster pool starts with none:
+        # its imaps would otherwise keep 2 chunks in flight, all on the first executor).
+        extra = defaults.READ_AHEAD_PER_SLOT * executor.slots()
+        self._read_ahead_of[executor.name] = extra
+        for job in self.jobs.values():
+            if job.slots is not None:
+                for _ in range(extra):
+                    job.slots.put(None)
+            elif job.reader is not None:
+                self._credit(job, extra)
+        self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
+
+    def remove_executor(self, name: str, cause: str, charged: bool = True) -> None:
+        """An executor is gone (a peer was lost): its chunks go back to the queue, and
+        running imaps read that much less ahead again (peers that come and go for hours
+        must not make them read ever further)."""
+        if self.executors.pop(name, None) is not None:
+            fewer = self._read_ahead_of.pop(name, 0)
+            for job in self.jobs.values():
+                if job.slots is not None or job.reader is not None:
+                    job.read_ahead_debt += fewer
+            self._execute(self.scheduler.executor_lost(name, cause, time.monotonic(), charged))
+
+    def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
+        if self.state == TERMINATE:
+            self._fail_job(job, BrokenPool("the pool was terminated before this task started"))
+            return
+        self.jobs[job.job_id] = job
+        if self.link is not None:
+            self.link.new_job()
+        if job.length == 0:
+            self._job_finished(job)
+            return
+        ids = [
+            self._new_chunk(job, index, items, size) for index, (items, size) in enumerate(chunks)
+        ]
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id))
+
+    def cancel_job(self, job_id: int, error: BaseException) -> None:
+        """Withdraw a job (its caller was interrupted): its chunks leave the queue and are
+        cancelled where they run (local processes or peers); its result fails with
+        ``error``; the pool goes on with the other jobs."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        doomed = [cid for cid, chunk in self.chunks.items() if chunk.job is job]
+        self._execute(self.scheduler.cancel(doomed, time.monotonic()))
+        for chunk_id in doomed:
+            self.chunks.pop(chunk_id, None)
+        self._fail_job(job, error)
+
+    def start_stream(self, job: _Job) -> None:
+        """An imap job: its chunks arrive later through :meth:`got_stream_chunks` (read by
+        its feeder thread), or, if it has a ``reader``, are read here; either way a few
+        chunks per slot ahead of its results (counted here, where executors join, so a
+        peer that joins meanwhile is not missed)."""
+        self.jobs[job.job_id] = job
+        if self.link is not None:
+            self.link.new_job()
+        # Two chunks, and as many more per executor as add_executor gives a running job
+        # (which remove_executor takes back): never fewer than two in circulation.
+        read_ahead = 2 + sum(self._read_ahead_of.values())
+        if job.reader is not None:
+            self._credit(job, read_ahead)
+        elif job.slots is not None:
+            for _ in range(read_ahead):
+                job.slots.put(None)
+
+    def got_stream_chunks(self, job: _Job, chunks: List[Tuple[int, Any, int]]) -> None:
+        """imap chunks read by the feeder: ``(index, items, size)`` each."""
+        if job.job_id not in self.jobs:
+            return
+        ids = [self._new_chunk(job, index, items, size) for index, items, size in chunks]
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id))
+
+    def got_stream_error(self, job: _Job, index: int, error: BaseException) -> None:
+        if job.job_id not in self.jobs:
+            return
+        if job.resolved < index:  # after the chunks read before it (imap_unordered too)
+            job.input_error = (index, error)
+        else:
+            self._deliver(job, index, (False, error), 0)
+
+    def got_stream_end(self, job: _Job, length: int) -> None:
+        if job.job_id not in self.jobs:
+            return
+        job.length = length
+        assert isinstance(job.result, IMapIterator)
+        job.result._set_length(length)
+        if job.resolved >= length:
+            self._job_finished(job)
+
+    def cancel_unstarted(self) -> None:
+        """``shutdown(cancel_futures=True)``: cancel every result that can be cancelled and
+        has not started (an executor's futures); their chunks never run (see _assign)."""
+        for job in list(self.jobs.values()):
+            job.result._cancel()
+
+    def close(self) -> None:
+        if self.state == RUN:
+            self.state = CLOSE
+
+    def terminate(self) -> None:
+        self.state = TERMINATE
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The manager thread: wait, then act on whatever became ready."""
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self.broken = BrokenPool(f"the pool's manager thread failed: {exc!r}")
+            traceback.print_exc()
+            self._fail_everything(self.broken)
+            for executor in self.executors.values():
+                executor.terminate()
+        finally:
+            # Calls that raced with the exit (a submit posted after the last turn): run them
+            # as if terminated, so that their results fail instead of waiting forever.
+            self.state = TERMINATE
+            for fn, args in self.inbox.close():
+                try:
+                    fn(*args)
+                except Exception:
+                    traceback.print_exc()
+            self._fail_everything(self.broken or BrokenPool("the pool has stopped"))
+
+    def _loop(self) -> None:
+        wait = _Waiter().wait
+        inbox = self.inbox
+        woken = True
+        sources: List[List[Any]] = []  # each executor's readables, last turn
+        readables: List[Any] = []
+        owner: Dict[Any, str] = {}  # readable -> name of the executor it belongs to
+        while True:
+            for fn, args in inbox.drain(woken):
+                fn(*args)
+            # Drop the last call's arguments now (a map's input chunks can be 400 000 objects),
+            # not whenever the next call arrives, which would then wait for their freeing.
+            fn = args = None  # type: ignore[assignment]
+            if self._unstarted:  # before the checks below: this may end the last job
+                self._release_unstarted()
+            if self.link is not None:  # peers joined or lost, demand, fallback
+                self.link.turn(self, time.monotonic())
+            if self.state == TERMINATE:
+                self._shut_down(graceful=False)
+                return
+            if self.state == CLOSE and not self.jobs:
+                self._shut_down(graceful=True)
+                return
+            if self._hungry:  # imap inputs the manager reads itself
+                self._read_inputs()
+            timeout = self._timeout()
+            # Executors return the same readables list object until their set changes.
+            current: List[List[Any]] = []
+            changed = not readables or len(self.executors) != len(sources)
+            for executor in self.executors.values():
+                found = executor.readables()
+                if not changed and found is not sources[len(current)]:
+                    changed = True
+                current.append(found)
+                if executor.has_events():
+                    timeout = 0.0
+            if changed:
+                sources = current
+                readables = [inbox.readable]
+                owner = {}
+                for executor, found in zip(self.executors.values(), current):
+                    readables += found
+                    owner.update(dict.fromkeys(found, executor.name))
+            if self._deliveries:
+                self._flush()
+            inbox.sleeping = True
+            if inbox.pending() or self._hungry or self._unstarted:  # more to do at once
+                timeout = 0.0
+            ready = wait(readables, timeout, changed)
+            inbox.sleeping = False
+            if not ready or timeout == 0.0:
+                woken = inbox.readable in ready
+                self._execute(self.scheduler.timer_expired(time.monotonic()))
+                # Look everywhere (deadlines, events that need no readable).
+                for name, executor in list(self.executors.items()):
+                    for event in executor.collect(None):
+                        self._got_event(name, event)
+            else:
+                # Only the executors something is ready for (a submit's turn reads nothing).
+                hit = {owner.get(found) for found in ready}
+                woken = None in hit  # the inbox's pipe
+                for name, executor in list(self.executors.items()):
+                    if name in hit:
+                        for event in executor.collect(ready):
+                            self._got_event(name, event)
+            event = None  # type: ignore[assignment]  # do not keep the last result blob alive
+
+    def _timeout(self) -> float | None:
+        earliest = self.scheduler.next_deadline()
+        if self.link is not None:
+            deadline = self.link.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        for executor in self.executors.values():
+            deadline = executor.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        if earliest is None:
+            return None
+        return max(0.0, earliest - time.monotonic())
+
+    def _credit(self, job: _Job, chunks: int) -> None:
+        """Let a job the manager reads itself read ``chunks`` more (at the next turn)."""
+        if not job.credit:
+            self._hungry.append(job)
+        job.credit += chunks
+
+    def _read_inputs(self) -> None:
+        """Read and submit the chunks credited to the jobs the manager reads itself.
+
+        Done between turns, not where a result frees a slot: a chunk that fails at once
+        (its function does not pickle) would otherwise recurse into the next one.
+        """
+        # Only the credit given before this call: chunks that fail at once earn credit here,
+        # which waits for the next turn, so results flow and calls are served in between.
+        hungry, self._hungry = self._hungry, collections.deque()
+        for job in hungry:
+            count, job.credit = job.credit, 0
+            reader = job.reader
+            if reader is None or job.job_id not in self.jobs:
+                continue
+            chunks: List[Tuple[int, Any, int]] = []
+            while len(chunks) < count:
+                found = reader.next_chunk()
+                if found is None:
+                    break
+                index, chunk = found
+                if isinstance(chunk, InputError):  # pragma: no cover - these inputs never raise
+                    self.got_stream_error(job, index, chunk.error)
+                    break
+                # chunksize 1 calls func(item) directly, as multiprocessing does (no list)
+                items = ((chunk[0],), None) if job.how == payload.APPLY else chunk
+                chunks.append((index, items, len(chunk)))
+            if chunks:
+                self.got_stream_chunks(job, chunks)
+            if reader.exhausted:
+                job.reader = None
+                self.got_stream_end(job, reader.count)
+
+    def _release_unstarted(self) -> None:
+        """Free the slots of chunks whose future was cancelled just before they would have
+        run (see :meth:`_assign`): each ends as a cancelled result, and the next chunk
+        takes its slot.  A loop here, not a recursion there: after ``shutdown(
+        cancel_futures=True)`` or an abandoned ``map``, thousands may come in a row."""
+        while self._unstarted:
+            unstarted, self._unstarted = self._unstarted, []
+            now = time.monotonic()
+            for chunk_id, executor in unstarted:
+                cancelled = _Failed(concurrent.futures.CancelledError())
+                self._execute(self.scheduler.got_result(chunk_id, executor, cancelled, now))
+
+    def _got_event(self, executor: str, event: ExecutorEvent) -> None:
+        now = time.monotonic()
+        if isinstance(event, ChunkDone):
+            commands = self.scheduler.got_result(event.chunk_id, executor, event, now)
+        else:
+            commands = self.scheduler.task_lost(
+                event.chunk_id, executor, event.cause, now, event.charged
+            )
+        self._execute(commands)
+
+    def _execute(self, commands: List[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Assign):
+                self._assign(command)
+            elif isinstance(command, Resolve):
+                self._resolve(_cid(command.chunk_id), command.result)
+            elif isinstance(command, Fail):
+                self._resolve_outcome(_cid(command.chunk_id), (False, command.error))
+            elif isinstance(command, Cancel):
+                executor = self.executors.get(command.executor)
+                if executor is not None:
+                    executor.cancel([_cid(command.chunk_id)])
+            # WakeAt: the loop asks the scheduler for its next deadline every turn.
+
+    def _assign(self, command: Assign) -> None:
+        chunk_id = _cid(command.chunk_id)
+        chunk = self.chunks[chunk_id]
+        on_start = chunk.job.on_start
+        if on_start is not None and not on_start():  # its future was cancelled
+            self._unstarted.append((chunk_id, command.executor))
+            return
+        try:
+            func_blob = chunk.job.blob(self._function_blobs)
+            if chunk.call_blob is None:
+                chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
+                chunk.items = None
+        except Exception as exc:  # unpicklable function or arguments: that chunk's result
+            now = time.monotonic()
+            self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
+                                                    _Failed(exc), now))
+            return
+        # The blob is the function's key: a child keeps what it unpickled, so calls of the
+        # same module function (200 applies) send it once per process, not once per job.
+        self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
+
+    def _resolve(self, chunk_id: int, result: Any) -> None:
+        if isinstance(result, _Failed):
+            self._resolve_outcome(chunk_id, (False, result.error))
+            return
+        assert isinstance(result, ChunkDone)
+        try:
+            value = payload.loads(result.blob)
+        except Exception as exc:
+            unreadable = MaybeEncodingError(exc, "<a result that could not be unpickled>")
+            outcome: Outcome = (False, unreadable)
+        else:
+            outcome = (result.ok, value)
+        self._resolve_outcome(chunk_id, outcome)
+
+    def _resolve_outcome(self, chunk_id: int, outcome: Outcome) -> None:
+        chunk = self.chunks.pop(chunk_id, None)
+        if chunk is None:
+            return
+        self._deliver(chunk.job, chunk.index, outcome, chunk.size)
+
+    def _deliver(self, job: _Job, index: int, outcome: Outcome, size: int) -> None:
+        if job.progress is not None:
+            job.progress.update(size)
+        self._deliveries.append((job.result, index, outcome))
+        job.resolved += 1
+        if job.read_ahead_debt:
+            job.read_ahead_debt -= 1  # this result's token is not given back
+        elif job.slots is not None:
+            job.slots.put(None)
+        elif job.reader is not None:
+            self._credit(job, 1)
+        if job.input_error is not None and job.resolved == job.input_error[0]:
+            (index, error), job.input_error = job.input_error, None
+            self._deliver(job, index, (False, error), 0)
+            return
+        if job.length is not None and job.resolved >= job.length:
+            self._job_finished(job)
+
+    def _flush(self) -> None:
+        """Hand results to their waiters (callbacks first, then wake-ups).
+
+        Done last in every turn, just before the manager blocks: a woken caller then finds
+        the interpreter lock free instead of waiting for the rest of the turn.
+        """
+        deliveries, self._deliveries = self._deliveries, []
+        for result, index, outcome in deliveries:
+            try:
+                result._set(index, outcome)
+            except Exception:  # a callback raised: report it, keep the pool alive
+                traceback.print_exc()
+
+    def _job_finished(self, job: _Job) -> None:
+        self.jobs.pop(job.job_id, None)
+        self.scheduler.forget_group(job.job_id)
+        if job.progress is not None:
+            job.progress.close()
+            job.progress = None
+
+    def _new_chunk(self, job: _Job, index: int, items: Any, size: int) -> int:
+        chunk_id = next(self._chunk_ids)
+        self.chunks[chunk_id] = _Chunk(job, index, items, size)
+        return chunk_id
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def _shut_down(self, graceful: bool) -> None:
+        self._flush()
+        if graceful:
+            if self.link is not None:
+                self.link.close()
+            for executor in self.executors.values():
+                executor.close()
+            for executor in self.executors.values():
+                executor.join(defaults.ENGINE_JOIN_S)
+            return
+        if self.link is not None:
+            self.link.terminate()
+        for executor in self.executors.values():
+            executor.terminate()
+        self._fail_everything(BrokenPool("the pool was terminated before this task finished"))
+
+    def _fail_everything(self, error: BaseException) -> None:
+        try:
+            self._flush()
+        except Exception:
+            traceback.print_exc()
+        for job in list(self.jobs.values()):
+            self._fail_job(job, error)
+        self.jobs.clear()
+        self.chunks.clear()
+
+    def _fail_job(self, job: _Job, error: BaseException) -> None:
+        try:
+            job.result._abort(error)
+        except Exception:
+            traceback.print_exc()
+        if job.progress is not None:
+            job.progress.close()
+            job.progress = None
+        if job.slots is not None:
+            job.slots.put(None)
+
+
+def _cid(chunk_id: Hashable) -> int:
+    """The Pool numbers its chunks with ints (the scheduler accepts any hashable id)."""
+    assert isinstance(chunk_id, int)
+    return chunk_id
+
+
+class _Waiter:
+    """``multiprocessing.connection.wait`` with one lasting ``poll`` object.
+
+    ``connection.wait`` builds and fills a new selector on every call (about as long as a
+    whole round trip to a child); the manager waits on nearly the same objects every turn.
+    """
+
+    def __init__(self) -> None:
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        self._objects: Dict[int, Any] = {}
+
+    def wait(self, objects: List[Any], timeout: float | None, changed: bool = True) -> List[Any]:
+        """Like ``connection.wait``; ``changed=False`` promises the same objects as last time."""
+        if self._poll is None:  # pragma: no cover - platforms without poll()
+            return list(multiprocessing.connection.wait(objects, timeout))
+        if changed:
+            wanted = {(o if isinstance(o, int) else o.fileno()): o for o in objects}
+            for fd in self._objects.keys() - wanted.keys():
+                self._poll.unregister(fd)
+            for fd in wanted.keys() - self._objects.keys():
+                self._poll.register(fd, select.POLLIN)
+            self._objects = wanted
+        millis = None if timeout is None else math.ceil(timeout * 1000)
+        objects_by_fd = self._objects
+        return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]
+
+
+# --- exit handling ------------------------------------------------------------------------------
+
+_live_managers: weakref.WeakSet[_Manager] = weakref.WeakSet()
+_exiting = False
+
+
+def _at_exit() -> None:
+    """Interpreter exit: terminate pools left open (as multiprocessing does) and join them;
+    executors left open finish their work first (as concurrent.futures does)."""
+    global _exiting
+    _exiting = True
+    # Only the process that made a manager may touch it: a forked child inherits this set
+    # (and maybe a lock some other thread held at fork time) but not the manager thread.
+    managers = [m for m in _live_managers if m.pid == os.getpid()]
+    for manager in managers:
+        try:
+            manager.inbox.post(manager.close if manager.finish_at_exit else manager.terminate)
+        except PoolNotRunning:
+            pass
+    for manager in managers:
+        if manager.thread.is_alive() and manager.thread is not threading.current_thread():
+            # An executor's submitted work runs to its end, as concurrent.futures waits for
+            # it at exit; a Pool's is bounded (its processes were told to stop).
+            manager.thread.join(None if manager.finish_at_exit else defaults.ENGINE_JOIN_S * 2)
+
+
+# threading._register_atexit runs before non-daemon threads are joined (Python 3.9+), which is
+# what lets the manager be a regular thread without ever hanging the exit.
+_register = getattr(threading, "_register_atexit", None)
+_DAEMON_MANAGER = _register is None
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - Python < 3.9
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+def _terminate_manager(manager: _Manager) -> None:
+    """Tell the manager to terminate and wait (bounded) until it has."""
+    try:
+        manager.inbox.post(manager.terminate)
+    except PoolNotRunning:
+        return  # it has exited already
+    thread = manager.thread
+    if thread.ident is not None and thread is not threading.current_thread():
+        thread.join(defaults.ENGINE_JOIN_S * 2)

@@ -1,0 +1,7 @@
+"""``python -m p2ppool.worker``: volunteer this machine to a cluster (see :mod:`p2ppool.worker.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

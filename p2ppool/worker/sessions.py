@@ -1,0 +1,601 @@
+"""The worker's side of its client sessions, from opening to the end.
+
+A session opens its wormhole in a thread, must send an Open frame in time (then gets a
+:class:`~p2ppool.execution.engine.ProcessEngine` and a Ready, or a Refuse), then sends Func, Task
+and
+Cancel frames; its engine's events go back as Result and Lost frames; it ends with a Bye,
+a refusal or a lost connection, and its slots are free again.
+
+**Memory budget per session** (issue 17): a session holds at most
+``WORKER_FUNCTIONS_PER_SESSION`` functions of at most ``settings.function_budget`` bytes in
+all (``--max-functions-mb``, said in Ready), and at most its slots plus
+``WORKER_TASKS_PREFETCH`` tasks in flight.  A p2ppool client stays within both; a session
+that goes over either is closed with a protocol error that says which limit (a Lost frame
+names it for the task that went over), and the worker goes on serving its other sessions.
+
+:class:`SessionHandling` is a part of :class:`~p2ppool.worker.loop.Worker` (a mixin): its
+methods run on the worker's main thread, which owns every session; the loop that calls them
+is drawn in :mod:`p2ppool.worker.loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
+
+from .. import defaults
+from ..errors import ProtocolError, TransferError
+
+if TYPE_CHECKING:
+    from ..shipping.cache import CodeCache
+    from ..shipping.environments import Environments
+    from .loop import WorkerSettings, _Inbox
+    from .peer import Peer
+
+log = logging.getLogger("p2ppool.worker")
+
+#: Seconds a session's children get to exit after SIGTERM before the process group is killed
+#: (their session is over: no grace is owed, and the main loop waits meanwhile).
+_KILL_WAIT_S = 1.0
+
+OPENING, AWAITING_OPEN, RUNNING, ENDED = "opening", "awaiting open", "running", "ended"
+
+
+class _ClientSession:
+    """The worker's side of one client session (owned by the main thread)."""
+
+    def __init__(self, sid: int, job: str, client: str, slots: int) -> None:
+        self.sid = sid
+        self.job = job
+        self.client = client
+        self.slots = slots
+        self.state = OPENING
+        self.transport: Any = None  # transfer.Session once opened
+        self.engine: Any = None  # engine.ProcessEngine once the Open frame was accepted
+        self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
+        self.functions: Dict[int, bytes] = {}
+        self.function_bytes = 0  # the sizes of `functions`, summed
+        self.code_dir: str | None = None  # the client's shipped modules (a CodeCache entry)
+        self._code_view: str | None = None  # its copy in view_root (prestarted), or code_dir
+        self.site_dir: str | None = None  # the job's installed requirements (Environments)
+        self.job_dir: str | None = None  # the tasks' writable working directory
+        self.view_root: str | None = None  # what prestarted sandboxes see of its code
+        self.cgroup: str | None = None  # the pids cgroup bounding its task processes
+        self.refused_functions: Dict[int, str] = {}
+        # task id -> (function key, function blob, arguments blob): references, not copies,
+        # so that a task that never started when its child died can be run again here
+        self.inflight: Dict[int, Tuple[int, bytes, bytes]] = {}
+        self.open_deadline: float | None = None  # monotonic, while AWAITING_OPEN
+        self.lost_cause: str | None = None  # lost before "opened" was handled
+
+    def who(self) -> str:
+        return f"{self.client}'s job {self.job}"
+
+    @property
+    def code_view(self) -> str | None:
+        """Where its task processes import its code from (set by ``_install_code``)."""
+        return self._code_view
+
+
+class SessionHandling:
+    """The worker's session methods (a mixin of :class:`~p2ppool.worker.loop.Worker`).
+
+    They run on the main thread.  The state they share is the Worker's, declared here for
+    the type checker.
+    """
+
+    settings: WorkerSettings
+    inbox: _Inbox
+    peer: Peer
+    sessions: Dict[int, _ClientSession]
+    code_cache: CodeCache
+    environments: Environments
+    sandbox: Any
+    process_limit: Any
+    _jobs_root_dir: str | None
+    withdrawing: bool
+    _mp_context: Any
+    _closers: List[threading.Thread]
+    _execute: Callable[[Sequence[Any]], None]
+
+    # -- sessions: opening -------------------------------------------------------------------
+
+    def _start_session(self, action: Any) -> None:
+        session = _ClientSession(action.session_id, action.job, action.client, action.slots)
+        self.sessions[session.sid] = session
+        log.info("%s accepted %d slot(s); opening the wormhole session %d",
+                 session.who(), session.slots, session.sid)
+        self._prestart(session)
+        thread = threading.Thread(target=self._open_in_thread, args=(session.sid, action.code),
+                                  name=f"p2ppool-open-{session.sid}", daemon=True)
+        thread.start()
+
+    def _open_in_thread(self, sid: int, code: str) -> None:
+        from ..transfer.session import WORKER, Session
+
+        s = self.settings
+        try:
+            transport = Session.open(
+                code, s.relay, s.transit, role=WORKER, loopback_only=s.loopback_only,
+                on_frame=lambda data: self.inbox.post("frame", sid, data),
+                on_lost=lambda cause: self.inbox.post("lost", sid, cause),
+                max_frame_bytes=s.max_frame_bytes,
+            )
+        except Exception as exc:  # reported to the loop, which logs and frees the slots
+            self.inbox.post("open_failed", sid, exc)
+            return
+        self.inbox.post("opened", sid, transport)
+
+    def _opened(self, sid: int, transport: Any) -> None:
+        session = self.sessions.get(sid)
+        if session is None or session.state != OPENING:
+            _close_quietly(transport, "")
+            return
+        session.transport = transport
+        session.state = AWAITING_OPEN
+        if session.lost_cause is not None:
+            self._lost(sid, session.lost_cause)
+            return
+        if self.withdrawing:
+            self._refuse(session, f"worker {self.settings.name} is shutting down")
+            return
+        session.open_deadline = time.monotonic() + defaults.WORKER_OPEN_FRAME_TIMEOUT_S
+        frames, session.early_frames = session.early_frames, []
+        for data in frames:
+            self._frame(sid, data)
+
+    def _open_failed(self, sid: int, exc: BaseException) -> None:
+        session = self.sessions.get(sid)
+        if session is None:
+            return
+        log.warning("session %d with %s could not be opened: %s", sid, session.who(), exc)
+        self._end_session(session, f"could not be opened: {exc}", send_bye=False)
+
+    # -- sessions: frames ----------------------------------------------------------------------
+
+    def _frame(self, sid: int, data: bytes) -> None:
+        from ..transfer.session_protocol import (
+            Bye,
+            Cancel,
+            Code,
+            Forget,
+            Func,
+            Open,
+            Task,
+            decode_frame,
+        )
+
+        session = self.sessions.get(sid)
+        if session is None or session.state == ENDED:
+            return
+        if session.state == OPENING:
+            session.early_frames.append(data)
+            return
+        try:
+            frame = decode_frame(data)
+        except ProtocolError as exc:
+            log.warning("session %d with %s sent a bad frame (%s); closing it", sid,
+                        session.who(), exc)
+            self._end_session(session, f"protocol error: {exc}")
+            return
+        if session.state == AWAITING_OPEN:
+            if isinstance(frame, Open):
+                self._got_open(session, frame)
+            else:
+                log.warning("session %d with %s: expected Open, got %s; closing", sid,
+                            session.who(), type(frame).__name__)
+                self._end_session(session, "the first frame must be Open")
+            return
+        if isinstance(frame, Task):
+            self._got_task(session, frame)
+        elif isinstance(frame, Func):
+            self._got_func(session, frame)
+        elif isinstance(frame, Forget):
+            for func_key in frame.func_keys:  # tasks already received keep their blob
+                self._drop_function(session, func_key)
+                session.refused_functions.pop(func_key, None)
+        elif isinstance(frame, Cancel):
+            self._got_cancel(session, frame)
+        elif isinstance(frame, Code):
+            self._got_code(session, frame.bundle)
+        elif isinstance(frame, Bye):
+            log.info("session %d with %s: the client said goodbye", sid, session.who())
+            self._end_session(session, "", send_bye=False)
+        else:
+            log.warning("session %d with %s: unexpected %s frame; ignored", sid,
+                        session.who(), type(frame).__name__)
+
+    def _got_open(self, session: _ClientSession, frame: Any) -> None:
+        from ..execution.engine import ProcessEngine
+        from ..transfer.session_protocol import Ready
+        from .peer import payload_refusal, refusal_for_open
+
+        s = self.settings
+        reason = refusal_for_open(frame, job=session.job, python=s.python)
+        if reason is None:
+            reason = payload_refusal("the initializer", len(frame.initializer),
+                                     s.max_payload_bytes)
+        if reason is not None:
+            self._refuse(session, reason)
+            return
+        if frame.slots is not None and frame.slots < session.slots:
+            # The client took fewer slots than offered: the rest go back to the board.
+            log.info("session %d with %s uses %d of the %d slot(s) offered", session.sid,
+                     session.who(), frame.slots, session.slots)
+            session.slots = frame.slots
+            self._execute(self.peer.session_opened(session.sid, frame.slots, time.time()))
+        if frame.requires:
+            try:
+                session.site_dir = self.environments.acquire(frame.requires)
+            except (LookupError, ValueError) as exc:
+                self._refuse(session, f"worker {s.name} cannot provide the job's "
+                                      f"requirements: {exc}")
+                return
+        if frame.code and not self._install_code(session, frame.code):
+            return
+        try:
+            if session.engine is not None:  # sandboxes started at accept: configure them
+                session.engine.configure(
+                    initializer_blob=frame.initializer or None,
+                    maxtasksperchild=frame.maxtasksperchild, code_dir=session.code_view,
+                    site_dir=session.site_dir, processes=session.slots)
+            else:
+                session.job_dir = session.job_dir or tempfile.mkdtemp(
+                    prefix=f"session-{session.sid}-", dir=self._jobs_root())
+                session.engine = ProcessEngine(
+                    session.slots, initializer_blob=frame.initializer or None,
+                    maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
+                    max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
+                    code_dir=session.code_dir, site_dir=session.site_dir,
+                    **self._confinement(session),
+                )
+        except Exception as exc:
+            log.exception("could not start processes for %s", session.who())
+            self._refuse(session, f"worker {s.name} could not start its processes: {exc}")
+            return
+        session.state = RUNNING
+        session.open_deadline = None
+        self._send(session, Ready(worker=s.name, slots=session.slots,
+                                  max_payload_bytes=s.max_payload_bytes,
+                                  max_task_seconds=s.max_task_seconds,
+                                  max_function_bytes=s.function_budget))
+        log.info("session %d with %s opened (%d slot(s)%s)", session.sid, session.who(),
+                 session.slots,
+                 f", maxtasksperchild={frame.maxtasksperchild}"
+                 if frame.maxtasksperchild else "")
+
+    def _jobs_root(self) -> str:
+        """The worker's directory of job directories, made when the first session needs
+        it (a worker that never served leaves nothing, even when killed)."""
+        if self._jobs_root_dir is None:
+            self._jobs_root_dir = tempfile.mkdtemp(prefix="p2ppool-jobs-")
+        return self._jobs_root_dir
+
+    def _prestart(self, session: _ClientSession) -> None:
+        """With the sandbox, start the session's task processes now, while its wormhole
+        opens (a sandboxed interpreter takes tens of milliseconds to start); they get their
+        settings when the Open frame comes.  Their code is read from the session's own
+        view directory, filled then.  On any failure the processes start at Open instead."""
+        from ..execution.engine import ProcessEngine
+        from ..execution.sandbox import BWRAP
+
+        if self.sandbox.mode != BWRAP:
+            return
+        s = self.settings
+        try:
+            session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
+                                               dir=self._jobs_root())
+            session.view_root = tempfile.mkdtemp(prefix=f"code-{session.sid}-",
+                                                 dir=self._jobs_root())
+            session.engine = ProcessEngine(
+                session.slots, max_task_seconds=s.max_task_seconds,
+                max_result_bytes=s.max_payload_bytes, deferred=True,
+                **self._confinement(session))
+        except Exception as exc:  # e.g. out of processes: Open tries again
+            log.warning("could not start the sandboxes of session %d early: %s",
+                        session.sid, exc)
+            if session.engine is not None:
+                session.engine.terminate(timeout=_KILL_WAIT_S)
+                session.engine = None
+
+    def _code_view(self, session: _ClientSession) -> str | None:
+        """The session's copy of its code bundle, inside its view directory (which its
+        prestarted sandboxes can read): hard links to the cache's files."""
+        if session.view_root is None or session.code_dir is None:
+            return session.code_dir
+        target = os.path.join(session.view_root, os.path.basename(session.code_dir))
+        if not os.path.isdir(target):
+            try:
+                shutil.copytree(session.code_dir, target, copy_function=os.link)
+            except OSError:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(session.code_dir, target)  # another file system
+        return target
+
+    def _environments_root(self) -> str | None:
+        """The cache of installed requirement sets, for sandboxes to read (public packages;
+        a session's own set is chosen at Open), when installs are allowed."""
+        root = self.environments.cache_dir
+        if not self.settings.allow_install or root is None:
+            return None
+        os.makedirs(root, exist_ok=True)
+        return root
+
+    def _confinement(self, session: _ClientSession) -> Dict[str, Any]:
+        """The engine arguments that confine a session's task processes: the environment
+        allowlist and the job directory always, the sandbox launcher with bwrap."""
+        from ..execution.sandbox import BWRAP, TASK_HOME, task_command, task_environment
+
+        s = self.settings
+        job_dir = session.job_dir
+        assert job_dir is not None
+        if self.sandbox.mode != BWRAP:
+            # No sandbox: the same environment allowlist; the working directory stays the
+            # worker's (without a sandbox a job directory would hide nothing).
+            home = os.environ.get("HOME") or job_dir
+            return {"env": task_environment(s.name, home, tempfile.gettempdir())}
+        env = task_environment(s.name, TASK_HOME, "/tmp")
+        sandbox = self.sandbox
+        cgroup = session.cgroup = self.process_limit.session(session.sid)
+        fixed = [d for d in (session.view_root, self._environments_root()) if d]
+
+        def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
+            extra = [p for p in read_only
+                     if not any(p == f or p.startswith(f + os.sep) for f in fixed)]
+            argv = sandbox.argv(job_dir, fixed + extra, env) + task_command(rx_fd, tx_fd)
+            if cgroup is not None:  # in the cgroup before bwrap forks anything
+                argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                        os.path.join(cgroup, "cgroup.procs"), *argv]
+            return subprocess.Popen(argv, pass_fds=(rx_fd, tx_fd), close_fds=True,
+                                    start_new_session=True, stdin=subprocess.DEVNULL)
+
+        return {"work_dir": job_dir, "launcher": launch, "memory_mb": s.max_memory_mb}
+
+    def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
+        """Unpack the client's modules for this session's task processes; on failure
+        refuse (before Ready) or end the session, and say False."""
+        try:
+            path = self.code_cache.acquire(bundle)
+            old, session.code_dir = session.code_dir, path
+            if old is not None:
+                self.code_cache.release(old)
+            session._code_view = self._code_view(session)
+        except (ProtocolError, OSError) as exc:
+            log.warning("session %d with %s: cannot use its code bundle: %s", session.sid,
+                        session.who(), exc)
+            reason = f"worker {self.settings.name} cannot use the shipped modules: {exc}"
+            if session.state == RUNNING:
+                self._end_session(session, reason)
+            else:
+                self._refuse(session, reason)
+            return False
+        return True
+
+    def _got_code(self, session: _ClientSession, bundle: Any) -> None:
+        """The client's modules changed: new task processes for what comes next."""
+        if self._install_code(session, bundle):
+            log.info("session %d with %s: new code bundle; replacing its processes",
+                     session.sid, session.who())
+            session.engine.set_code_dir(session.code_view)
+
+    def _got_func(self, session: _ClientSession, frame: Any) -> None:
+        from .peer import payload_refusal
+
+        reason = payload_refusal(f"function {frame.func_key}", len(frame.blob),
+                                 self.settings.max_payload_bytes)
+        if reason is not None:
+            session.refused_functions[frame.func_key] = reason
+            self._drop_function(session, frame.func_key)
+            log.info("session %d with %s: refused %s", session.sid, session.who(), reason)
+            return
+        session.refused_functions.pop(frame.func_key, None)
+        self._drop_function(session, frame.func_key)  # (a key sent again replaces its blob)
+        limit = defaults.WORKER_FUNCTIONS_PER_SESSION
+        if len(session.functions) >= limit:
+            log.warning("session %d with %s sent more than %d functions without Forget; "
+                        "closing it", session.sid, session.who(), limit)
+            self._end_session(session, f"the client kept more than {limit} functions on this "
+                                       "worker (a p2ppool client keeps "
+                                       f"{defaults.REMOTE_FUNCTIONS_PER_SESSION})")
+            return
+        budget = self.settings.function_budget
+        if session.function_bytes + len(frame.blob) > budget:
+            from .peer import format_bytes
+
+            reason = (f"protocol error: the client kept more than {format_bytes(budget)} of "
+                      "functions on this worker (its limit, said in Ready)")
+            log.warning("session %d with %s: %s; closing it", session.sid, session.who(),
+                        reason)
+            self._end_session(session, reason)
+            return
+        session.functions[frame.func_key] = frame.blob
+        session.function_bytes += len(frame.blob)
+
+    def _drop_function(self, session: _ClientSession, func_key: int) -> None:
+        blob = session.functions.pop(func_key, None)
+        if blob is not None:
+            session.function_bytes -= len(blob)
+
+    def _got_task(self, session: _ClientSession, frame: Any) -> None:
+        from .peer import payload_refusal
+
+        s = self.settings
+        task_id = frame.task_id
+        if self.withdrawing:
+            self._send_lost(session, task_id, True, f"worker {s.name} is shutting down")
+            return
+        if task_id in session.inflight:
+            self._send_lost(session, task_id, False,
+                            f"task {task_id} is already running on worker {s.name}")
+            return
+        most = session.slots + defaults.WORKER_TASKS_PREFETCH
+        if len(session.inflight) >= most:
+            excess = (f"protocol error: task {task_id} came while {most} task(s) were in "
+                      f"flight on a session of {session.slots} slot(s) (at most its slots "
+                      f"plus {defaults.WORKER_TASKS_PREFETCH})")
+            log.warning("session %d with %s: %s; closing it", session.sid, session.who(),
+                        excess)
+            self._send_lost(session, task_id, True, f"worker {s.name}: {excess}")
+            self._end_session(session, excess)
+            return
+        reason = session.refused_functions.get(frame.func_key)
+        if reason is None:
+            reason = payload_refusal(f"task {task_id}'s arguments", len(frame.args),
+                                     s.max_payload_bytes)
+        if reason is None and frame.func_key not in session.functions:
+            reason = f"task {task_id} names function {frame.func_key}, which was never sent"
+        if reason is not None:
+            log.info("session %d with %s: refused task %d: %s", session.sid, session.who(),
+                     task_id, reason)
+            self._send_lost(session, task_id, False, f"worker {s.name}: {reason}")
+            return
+        task = (frame.func_key, session.functions[frame.func_key], frame.args)
+        session.inflight[task_id] = task
+        session.engine.submit(task_id, *task)
+
+    def _got_cancel(self, session: _ClientSession, frame: Any) -> None:
+        doomed = [t for t in frame.task_ids if t in session.inflight]
+        if not doomed:
+            return
+        for task_id in doomed:
+            del session.inflight[task_id]
+        session.engine.cancel(doomed)
+        log.info("session %d with %s: cancelled %d task(s)", session.sid, session.who(),
+                 len(doomed))
+
+    # -- sessions: engine events ---------------------------------------------------------------
+
+    def _collect(self, session: _ClientSession, ready: Sequence[Any]) -> None:
+        from ..execution.engine import TaskDone
+        from ..transfer.session_protocol import Result
+
+        for event in session.engine.collect(ready):
+            if event.task_id not in session.inflight:
+                continue  # cancelled: the client no longer wants it
+            if isinstance(event, TaskDone):
+                del session.inflight[event.task_id]
+                if event.unloadable is not None:
+                    self._send(session, self._unable(session, event.task_id, event.unloadable))
+                else:
+                    self._send(session, Result(event.task_id, event.ok, event.blob))
+                continue
+            if not event.charged and not self.withdrawing:
+                # It waited behind a task whose child died and never ran: run it again here.
+                log.info("session %d with %s: task %d had not started (%s); running it again",
+                         session.sid, session.who(), event.task_id, event.cause)
+                session.engine.submit(event.task_id, *session.inflight[event.task_id])
+                continue
+            del session.inflight[event.task_id]
+            limit_hit = event.charged and "time limit" in event.cause
+            cause = event.cause
+            if limit_hit:
+                cause += " (this worker's --max-task-seconds)"
+            log.info("session %d with %s: task %d lost: %s", session.sid, session.who(),
+                     event.task_id, cause)
+            self._send_lost(session, event.task_id, not limit_hit,
+                            f"worker {self.settings.name}: {cause}")
+
+    def _unable(self, session: _ClientSession, task_id: int, info: bytes) -> Any:
+        """The Unable frame for a task whose loading lacked a module here."""
+        from ..transfer.session_protocol import Unable
+
+        try:
+            described = json.loads(info)
+            phase, module, error = described["phase"], described["module"], described["error"]
+        except (ValueError, KeyError, TypeError):
+            phase, module, error = "function", None, "ImportError"
+        log.warning("session %d with %s: cannot load its %s here (%s); declining the job",
+                    session.sid, session.who(), phase, error)
+        return Unable(task_id, str(phase), module if isinstance(module, str) else None,
+                      str(error), platform.node())
+
+    # -- sessions: ending ----------------------------------------------------------------------
+
+    def _send(self, session: _ClientSession, frame: Any) -> None:
+        from ..transfer.session_protocol import encode_frame_parts
+
+        if session.transport is None or session.state == ENDED:
+            return
+        try:
+            session.transport.send_parts(encode_frame_parts(frame))
+        except TransferError as exc:
+            self._lost(session.sid, str(exc))
+
+    def _send_lost(self, session: _ClientSession, task_id: int, retry: bool, cause: str) -> None:
+        from ..transfer.session_protocol import Lost
+
+        self._send(session, Lost(task_id, retry, cause))
+
+    def _refuse(self, session: _ClientSession, reason: str) -> None:
+        from ..transfer.session_protocol import Refuse
+
+        log.info("refused session %d with %s: %s", session.sid, session.who(), reason)
+        self._send(session, Refuse(reason))
+        self._end_session(session, f"refused: {reason}", send_bye=False)
+
+    def _lost(self, sid: int, cause: str) -> None:
+        session = self.sessions.get(sid)
+        if session is None or session.state == ENDED:
+            return
+        if session.state == OPENING:
+            session.lost_cause = cause  # handled when the opener thread reports back
+            return
+        log.info("session %d with %s lost: %s; freeing %d slot(s)", sid, session.who(), cause,
+                 session.slots)
+        self._end_session(session, cause, send_bye=False)
+
+    def _end_session(self, session: _ClientSession, reason: str, send_bye: bool = True) -> None:
+        """Stop the session's engine, say goodbye (in the background) and free its slots."""
+        from ..transfer.session_protocol import Bye, encode_frame
+
+        if session.state == ENDED:
+            return
+        session.state = ENDED
+        if send_bye and session.transport is not None:
+            try:
+                session.transport.send(encode_frame(Bye()))
+            except TransferError:
+                pass  # already gone: nothing to say goodbye to
+        if session.engine is not None:
+            session.engine.terminate(timeout=_KILL_WAIT_S)
+        if session.code_dir is not None:
+            self.code_cache.release(session.code_dir)
+            session.code_dir = None
+        if session.site_dir is not None:
+            self.environments.release(session.site_dir)
+            session.site_dir = None
+        for directory in (session.job_dir, session.view_root):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+        session.job_dir = session.view_root = None
+        if session.cgroup is not None:
+            self.process_limit.remove(session.cgroup)
+            session.cgroup = None
+        if session.transport is not None:
+            closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
+                                      name=f"p2ppool-close-{session.sid}", daemon=True)
+            closer.start()
+            self._closers.append(closer)
+        self._forget(session)
+
+    def _forget(self, session: _ClientSession) -> None:
+        session.state = ENDED
+        self.sessions.pop(session.sid, None)
+        self._execute(self.peer.session_ended(session.sid, time.time()))
+        if not self.withdrawing:
+            log.info("%d of %d slot(s) free", self.peer.free_slots, self.settings.processes)
+
+
+def _close_quietly(transport: Any, reason: str) -> None:
+    try:
+        transport.close(reason)
+    except Exception as exc:  # the session may already be gone; closing is best effort
+        log.debug("closing a session failed: %s", exc)
