@@ -44,7 +44,6 @@ from .. import defaults
 from ..config import Options
 from ..errors import P2PPoolError, TaskLimitExceeded
 from ..pool.executors import ChunkDone, ChunkLost
-from ..pool.jobs import _Failed
 from .backend import (
     BoardTrouble,
     ClusterBackend,
@@ -56,8 +55,7 @@ from .backend import (
 )
 
 if TYPE_CHECKING:
-    from ..pool.executors import ExecutorEvent
-    from ..pool.manager import _Manager
+    from ..pool.executors import ExecutorEvent, ExecutorHost
 
 __all__ = ["ClusterLink", "RemoteExecutor"]
 
@@ -177,61 +175,58 @@ class ClusterLink:
 
     # --- the manager's turn ------------------------------------------------------------------
 
-    def turn(self, manager: _Manager, now: float) -> None:
+    def turn(self, host: ExecutorHost, now: float) -> None:
         """Apply the backend's events, then update demand and the fallback timer."""
         lost = False
         for event in self.backend.collect():
-            self._apply(manager, event, now)
+            self._apply(host, event)
             lost = lost or isinstance(event, ExecutorLost)
-        busy = bool(manager.jobs)
+        busy = host.has_work()
         demand = self.max_slots if busy else 0
         # A lost peer's slots are wanted again: the backend caps the demand by the slots of
         # the peers still there, so the same number must be sent again to count them.
         if demand != self._demand or (lost and demand):
             self._demand = demand
             self.backend.set_demand(demand)
-        if (busy and not manager.executors and not self.local_started
+        if (busy and not host.executors_now() and not self.local_started
                 and (self.misses or self.backend.refusals())):
-            self._no_capable_worker(manager, now)
-        self._check_fallback(manager, busy, now)
+            self._no_capable_worker(host)
+        self._check_fallback(host, busy, now)
         if busy:
-            self._show_workers(manager)
+            self._show_workers(host)
 
-    def _show_workers(self, manager: _Manager) -> None:
+    def _show_workers(self, host: ExecutorHost) -> None:
         """Progress bars show how many peers and local slots take chunks now."""
         peers = len(self.remote_names)
         local = sum(getattr(getattr(e, "engine", None), "processes", 0)
-                    for e in manager.executors.values() if not isinstance(e, RemoteExecutor))
-        for job in manager.jobs.values():
-            if job.progress is not None:
-                job.progress.set_workers(peers, local)
+                    for e in host.executors_now().values() if not isinstance(e, RemoteExecutor))
+        host.show_workers(peers, local)
 
     def next_deadline(self) -> float | None:
         """When the manager must take a turn without any event: the fallback moment."""
         return self._fallback_at
 
-    def _apply(self, manager: _Manager, event: Any, now: float) -> None:
+    def _apply(self, host: ExecutorHost, event: Any) -> None:
         if isinstance(event, TaskDone):
-            manager._got_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
+            host.executor_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
         elif isinstance(event, TaskLost):
             if event.retry:
-                manager._got_event(event.executor_id,
-                                   ChunkLost(event.task_id, event.cause, event.started))
+                host.executor_event(event.executor_id,
+                                    ChunkLost(event.task_id, event.cause, event.started))
             else:
                 worker = self.remote_names.get(event.executor_id, event.executor_id)
                 error = TaskLimitExceeded(f"worker {worker}: {event.cause}")
-                manager._execute(manager.scheduler.got_result(
-                    event.task_id, event.executor_id, _Failed(error), now))
+                host.chunk_failed(event.task_id, event.executor_id, error)
         elif isinstance(event, ExecutorJoined):
             self.remote_names[event.executor_id] = event.name
             log.info("peer %s joined with %d slot(s)", event.name, event.slots)
-            manager.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
+            host.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
         elif isinstance(event, TaskUnloadable):
             if event.worker not in self.misses:
                 self.misses[event.worker] = event
                 log.warning("peer %s cannot load this job's %s (%s): running its work "
                             "elsewhere", event.worker, event.phase, event.error)
-            manager.remove_executor(
+            host.remove_executor(
                 event.executor_id, f"peer {event.worker} cannot load the job: {event.error}",
                 charged=False)
         elif isinstance(event, ExecutorLost):
@@ -242,11 +237,11 @@ class ClusterLink:
                 log.info("peer %s left this job: %s", worker, event.cause)
             else:
                 log.warning("peer %s lost: %s", worker, event.cause)
-            manager.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
+            host.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
         elif isinstance(event, BoardTrouble):
             log.warning("%s", event.message)
 
-    def _no_capable_worker(self, manager: _Manager, now: float) -> None:
+    def _no_capable_worker(self, host: ExecutorHost) -> None:
         """No executor is left and every worker heard of was declined: fall back now, or
         fail the pending work with the modules and workers that lacked them."""
         if self.backend.usable_workers():
@@ -255,12 +250,9 @@ class ClusterLink:
         if self.options.fallback is not None:
             self.local_started = True
             log.warning("%s: running on local processes", error)
-            manager.add_executor(self._start_local())
+            host.add_executor(self._start_local())
             return
-        doomed = list(manager.chunks)
-        manager._execute(manager.scheduler.cancel(doomed, now))
-        for chunk_id in doomed:
-            manager._resolve_outcome(chunk_id, (False, error))
+        host.fail_pending(error)
 
     def capability_error(self) -> Exception:
         """The error for work no worker of the cluster could load or would run (see the
@@ -285,9 +277,9 @@ class ClusterLink:
         kind = ModuleNotFoundError if only_missing else ImportError
         return kind(message, name=modules[0] if len(modules) == 1 else None)
 
-    def _check_fallback(self, manager: _Manager, busy: bool, now: float) -> None:
+    def _check_fallback(self, host: ExecutorHost, busy: bool, now: float) -> None:
         fallback = self.options.fallback
-        if self.local_started or fallback is None or not busy or manager.executors:
+        if self.local_started or fallback is None or not busy or host.executors_now():
             self._fallback_at = None
             return
         if self._fallback_at is None:
@@ -299,7 +291,7 @@ class ClusterLink:
                 "no peer of cluster %s answered within %g s: running on local processes "
                 "(peers that answer later join in)", self.options.cluster, fallback,
             )
-            manager.add_executor(self._start_local())
+            host.add_executor(self._start_local())
 
     # --- shutting down -------------------------------------------------------------------------
 

@@ -9,11 +9,14 @@ scheduler.  :class:`LocalExecutor` wraps the local :class:`~p2ppool.execution.en
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Hashable, List, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Protocol, Sequence, Union
 
 from ..execution.engine import ProcessEngine, TaskDone, TaskLost
 
-__all__ = ["ChunkDone", "ChunkLost", "Executor", "ExecutorEvent", "LocalExecutor"]
+__all__ = [
+    "ChunkDone", "ChunkLost", "Executor", "ExecutorEvent", "ExecutorHost", "LocalExecutor",
+    "PoolLink",
+]
 
 
 class ChunkDone:
@@ -62,6 +65,64 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
     def join(self, timeout: float) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+
+class ExecutorHost(Protocol):
+    """What a pool's manager offers a :class:`PoolLink`, on the manager's own thread.
+
+    The link (the cluster client, :class:`~p2ppool.cluster.link.ClusterLink`) adds and
+    removes executors and reports their events through these methods only; the manager's
+    scheduler, jobs and chunks stay its own."""
+
+    def executors_now(self) -> Mapping[str, Executor]:
+        """The executors chunks may be assigned to now (read only)."""
+        ...
+
+    def has_work(self) -> bool:
+        """True while a job is pending (its chunks queued, running or being read)."""
+        ...
+
+    def add_executor(self, executor: Executor) -> None: ...
+
+    def remove_executor(self, name: str, cause: str, charged: bool = True) -> None:
+        """``name`` is gone: its chunks run elsewhere (``charged``: the loss costs them an
+        attempt)."""
+        ...
+
+    def executor_event(self, executor: str, event: ExecutorEvent) -> None:
+        """A chunk of ``executor`` finished or was lost."""
+        ...
+
+    def chunk_failed(self, chunk_id: int, executor: str, error: BaseException) -> None:
+        """``chunk_id`` failed on ``executor`` with ``error``, to be retried nowhere."""
+        ...
+
+    def fail_pending(self, error: BaseException) -> None:
+        """Every pending chunk fails with ``error`` (nothing can run them)."""
+        ...
+
+    def show_workers(self, peers: int, local: int) -> None:
+        """Progress bars show ``peers=P local=K``."""
+        ...
+
+
+class PoolLink(Protocol):
+    """What a pool's manager calls on the link to a cluster, on the manager's thread."""
+
+    def new_job(self) -> None:
+        """A map or apply begins."""
+        ...
+
+    def turn(self, host: ExecutorHost, now: float) -> None:
+        """Apply the cluster's events to ``host``; update demand and the fallback timer."""
+        ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def close(self) -> None: ...
 
     def terminate(self) -> None: ...
 

@@ -20,19 +20,15 @@ import threading
 import time
 import traceback
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, List, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Mapping, Sequence, Tuple
 
 from .. import defaults, payload
 from ..errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .chunking import InputError
-from .executors import ChunkDone, Executor, ExecutorEvent
+from .executors import ChunkDone, Executor, ExecutorEvent, PoolLink
 from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
 from .results import IMapIterator, Outcome, _Result
 from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
-
-if TYPE_CHECKING:
-    from .api import Pool
-
 
 RUN = "RUN"
 CLOSE = "CLOSE"
@@ -117,7 +113,7 @@ class Inbox:
 class _Manager:
     """The state behind one Pool, driven by its manager thread."""
 
-    def __init__(self, pool: Pool, executors: Sequence[Executor], max_attempts: int,
+    def __init__(self, pool: object, executors: Sequence[Executor], max_attempts: int,
                  task_timeout: float | None = None) -> None:
         self._pool_ref = weakref.ref(pool)
         self.pid = os.getpid()
@@ -134,7 +130,7 @@ class _Manager:
         self._function_blobs = _FunctionBlobs()
         self.state = RUN
         self.broken: BrokenPool | None = None
-        self.link: Any = None  # a cluster_link.ClusterLink when a cluster is configured
+        self.link: PoolLink | None = None  # a ClusterLink when a cluster is configured
         # At interpreter exit: finish the submitted work (an executor's, as
         # concurrent.futures does) instead of terminating (a Pool's, as multiprocessing).
         self.finish_at_exit = False
@@ -172,6 +168,34 @@ class _Manager:
                 if job.slots is not None or job.reader is not None:
                     job.read_ahead_debt += fewer
             self._execute(self.scheduler.executor_lost(name, cause, time.monotonic(), charged))
+
+    # --- ExecutorHost: what the cluster link may call (on this thread) ------------------------
+
+    def executors_now(self) -> Mapping[str, Executor]:
+        return self.executors
+
+    def has_work(self) -> bool:
+        return bool(self.jobs)
+
+    def executor_event(self, executor: str, event: ExecutorEvent) -> None:
+        self._got_event(executor, event)
+
+    def chunk_failed(self, chunk_id: int, executor: str, error: BaseException) -> None:
+        self._execute(self.scheduler.got_result(chunk_id, executor, _Failed(error),
+                                                time.monotonic()))
+
+    def fail_pending(self, error: BaseException) -> None:
+        doomed = list(self.chunks)
+        self._execute(self.scheduler.cancel(doomed, time.monotonic()))
+        for chunk_id in doomed:
+            self._resolve_outcome(chunk_id, (False, error))
+
+    def show_workers(self, peers: int, local: int) -> None:
+        for job in self.jobs.values():
+            if job.progress is not None:
+                job.progress.set_workers(peers, local)
+
+    # --- calls posted by the Pool's threads -------------------------------------------------
 
     def submit(self, job: _Job, chunks: Sequence[Tuple[Any, int]]) -> None:
         if self.state == TERMINATE:

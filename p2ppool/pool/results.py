@@ -12,12 +12,9 @@ import collections
 import itertools
 import threading
 import types
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Tuple
+from typing import Any, Callable, Deque, Dict, Tuple
 
 from ..errors import TimeoutError
-
-if TYPE_CHECKING:
-    from .api import Pool
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 
@@ -79,7 +76,7 @@ class _Ready:
 
 class _Result:
     _job: int
-    _pool: Pool | None
+    _pool: object | None
 
     def _set(self, i: int, obj: Outcome) -> None:
         raise NotImplementedError
@@ -105,9 +102,9 @@ class _Result:
 class ApplyResult(_Result):
     """The result of ``apply_async`` (and base of :class:`MapResult`), as multiprocessing's."""
 
-    def __init__(self, pool: Pool, callback: Callable[[Any], object] | None,
+    def __init__(self, pool: object, callback: Callable[[Any], object] | None,
                  error_callback: Callable[[BaseException], object] | None) -> None:
-        self._pool: Pool | None = pool  # keeps the pool alive while this is pending
+        self._pool: object | None = pool  # keeps the pool alive while this is pending
         self._event = _Ready()
         self._job = next(_job_counter)
         self._callback = callback
@@ -182,7 +179,7 @@ AsyncResult = ApplyResult
 class MapResult(ApplyResult):
     """The result of ``map_async``/``starmap_async``: one list, in input order."""
 
-    def __init__(self, pool: Pool, chunksize: int, length: int,
+    def __init__(self, pool: object, chunksize: int, length: int,
                  callback: Callable[[Any], object] | None,
                  error_callback: Callable[[BaseException], object] | None) -> None:
         ApplyResult.__init__(self, pool, callback, error_callback)
@@ -218,8 +215,8 @@ class MapResult(ApplyResult):
 class IMapIterator(_Result):
     """The iterator ``imap`` returns: results in input order, ``next(timeout)`` as mp."""
 
-    def __init__(self, pool: Pool) -> None:
-        self._pool: Pool | None = pool
+    def __init__(self, pool: object) -> None:
+        self._pool: object | None = pool
         self._cond = threading.Condition(threading.Lock())
         self._job = next(_job_counter)
         self._items: Deque[Outcome] = collections.deque()

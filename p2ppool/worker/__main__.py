@@ -1,4 +1,4 @@
-"""``python -m p2ppool.worker``: volunteer this machine to a cluster (see :mod:`p2ppool.worker.cli`)."""
+"""``python -m p2ppool.worker``: volunteer this machine (see :mod:`p2ppool.worker.cli`)."""
 
 import sys
 
