@@ -29,15 +29,19 @@ import p2ppool
 from p2ppool.errors import ProtocolError, TransferError
 from p2ppool.transfer.session_protocol import decode_frame
 
-NETWORK_PATH = ["protocol.py", "board_client.py", "session_protocol.py", "transfer.py",
-                "framing.py", "peer.py", "worker_loop.py", "worker_sessions.py", "worker_board.py",
-                "recruit.py", "remote.py", "cluster_link.py"]
+#: the planes that read bytes from the network in the worker's main process and the
+#: client's board and session threads: every module in them, so a new one is checked too
+NETWORK_PLANES = ["board", "transfer", "worker", "cluster"]
+PACKAGE_DIR = os.path.dirname(p2ppool.__file__)
+NETWORK_PATH = sorted(
+    os.path.join(plane, name) for plane in NETWORK_PLANES
+    for name in os.listdir(os.path.join(PACKAGE_DIR, plane)) if name.endswith(".py"))
 UNPICKLERS = {"pickle", "cloudpickle", "dill", "marshal", "shelve", "_pickle"}
 
 
 @pytest.mark.parametrize("module", NETWORK_PATH)
 def test_network_path_modules_import_no_unpickler(module: str) -> None:
-    path = os.path.join(os.path.dirname(p2ppool.__file__), module)
+    path = os.path.join(PACKAGE_DIR, module)
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     for node in ast.walk(tree):
@@ -46,7 +50,7 @@ def test_network_path_modules_import_no_unpickler(module: str) -> None:
             names = [alias.name.split(".")[0] for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module.split(".")[0]]
-            if node.level and node.module == "payload":
+            if (node.level and node.module == "payload") or node.module == "p2ppool.payload":
                 imported = {alias.name for alias in node.names}
                 assert not imported & {"loads", "load_result", "load"}, (module, imported)
         assert not set(names) & UNPICKLERS, f"{module} imports {names}"

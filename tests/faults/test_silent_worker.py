@@ -32,6 +32,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 #: Longer than any test here may take: a silent run only ends when it is cancelled.
 FOREVER_S = 90.0
+#: How long an honest task waits for the silent worker to hold one.
+HOLD_S = 20.0
 
 
 def silent_on(worker: str, item: int, log: str) -> Any:
@@ -41,7 +43,20 @@ def silent_on(worker: str, item: int, log: str) -> Any:
         os.write(fd, f"{item} {os.getpid()} silent\n".encode())
         os.close(fd)
         time.sleep(FOREVER_S)  # what a silent worker does (the pool's Cancel ends it)
+    # The honest worker waits (bounded) until the silent one holds a task: else, when w1's
+    # session opens late, w2 may finish all ten before w1 gets one and nothing is proven.
+    deadline = time.monotonic() + HOLD_S
+    while time.monotonic() < deadline and not _holds_a_task(log):
+        time.sleep(0.01)
     return record(item, log=log)
+
+
+def _holds_a_task(log: str) -> bool:
+    try:
+        with open(log, encoding="ascii") as f:
+            return any(line.endswith("silent\n") for line in f)
+    except FileNotFoundError:
+        return False
 
 
 def first_run_stalls(marker: str, item: int) -> Any:
