@@ -23,16 +23,38 @@
   ``_p2ppool_advertised_hints`` and ``_p2ppool_peer_hints`` gets them filled with its listening
   addresses, the hints it published and the hints it received.
 
-Every patched method is checked to exist first; a magic-wormhole that lacks one fails with a
-clear ImportError instead of silently losing a workaround.
+Every patched internal (:data:`PATCHED_INTERNALS`) is checked to exist first
+(:func:`check_internals`); a magic-wormhole that lacks one fails at import of
+:mod:`p2ppool.transfer.session` with an ImportError that names what is missing, the installed
+version and the range these patches were checked on (:data:`CHECKED_VERSIONS`, which
+``setup.cfg`` pins), instead of silently losing a workaround.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
-from typing import Any, List
+from typing import Any, List, Tuple
 
-__all__ = ["describe_hint", "install_patches"]
+__all__ = ["CHECKED_VERSIONS", "PATCHED_INTERNALS", "check_internals", "describe_hint",
+           "install_patches"]
+
+#: The magic-wormhole releases these patches were checked on (setup.cfg pins this range).
+CHECKED_VERSIONS = ">=0.24,<0.25"
+
+#: (module, attribute path) of every private internal patched or relied on below.
+PATCHED_INTERNALS: Tuple[Tuple[str, str], ...] = (
+    ("wormhole._dilation.connection", "DilatedConnectionProtocol.connectionMade"),
+    ("wormhole._dilation.connector", "Connector._get_listener_addresses"),
+    ("wormhole._dilation.connector", "Connector._start_listener"),
+    ("wormhole._dilation.connector", "Connector._use_hints"),
+    ("wormhole._dilation.connector", "Connector._publish_hints"),
+    ("wormhole._dilation.connector", "InboundConnectionFactory"),
+    ("wormhole._dilation.connector", "OutboundConnectionFactory"),
+    ("wormhole._rendezvous", "WSFactory"),
+    ("wormhole._dilation.inbound", "Inbound.handle_data"),
+    ("wormhole._dilation.manager", "Manager.send_ack"),
+)
 
 _patch_lock = threading.Lock()
 _patched = False
@@ -42,28 +64,51 @@ def _manager_of(connector: Any) -> Any:
     return getattr(connector, "_manager", None)
 
 
+def _installed_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("magic-wormhole")
+    except Exception:  # noqa: BLE001 - only for the message
+        return "unknown"
+
+
+def check_internals() -> None:
+    """Raise ImportError naming every internal of :data:`PATCHED_INTERNALS` that the
+    installed magic-wormhole lacks."""
+    missing = []
+    for module_name, path in PATCHED_INTERNALS:
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(f"{module_name} (module)")
+            continue
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is None or not callable(obj):
+            missing.append(f"{module_name}.{path}")
+    if missing:
+        raise ImportError(
+            f"p2ppool.transfer: magic-wormhole {_installed_version()} lacks internals that "
+            f"p2ppool patches: {', '.join(missing)}; install a checked release: "
+            f"pip install 'magic-wormhole[dilate]{CHECKED_VERSIONS}'"
+        )
+
+
 def install_patches() -> None:
     """Apply the TCP_NODELAY and per-session loopback patches (idempotent, thread-safe)."""
     global _patched
     with _patch_lock:
         if _patched:
             return
+        check_internals()
         from wormhole._dilation import connector as connector_mod
         from wormhole._dilation.connection import DilatedConnectionProtocol
 
         conn_cls: Any = DilatedConnectionProtocol
         connector_cls: Any = connector_mod.Connector
-        for cls, name in ((conn_cls, "connectionMade"),
-                          (connector_cls, "_get_listener_addresses"),
-                          (connector_cls, "_start_listener"),
-                          (connector_cls, "_use_hints"),
-                          (connector_cls, "_publish_hints")):
-            if not callable(getattr(cls, name, None)):
-                raise ImportError(
-                    f"p2ppool.transfer: wormhole's {cls.__name__}.{name} is missing; this "
-                    "magic-wormhole version is not supported (tested with 0.24)"
-                )
-
         original_made = conn_cls.connectionMade
 
         def connectionMade(self: Any) -> None:
