@@ -1,7 +1,10 @@
 """One board session: the thread that runs one exec command (help, ls, pub, sub, pipe).
 
-Used by :class:`p2ppool.board.server.BoardServer`, which owns the state, the lock and the
-threads; a session reads and writes its channel and calls back into the server for the state.
+Started by :class:`p2ppool.board.server.BoardServer`, which owns the connections and the
+threads.  A session reads and writes its channel; for the shared state (channels, buffers,
+limits) it calls the public methods of :class:`p2ppool.board.hub.BoardHub`, and what it
+needs to know of the server comes in a :class:`SessionSettings`.  It satisfies
+:class:`p2ppool.board.hub.HubSession`, which is how the hub's fast path sends to it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Tuple
+from typing import Tuple
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
@@ -29,31 +32,30 @@ from .commands import (
     split_command,
     user_text,
 )
+from .hub import TICK_S, BoardHub, SessionGone
 from .keys import UserKey
 from .state import ACCESS_DENIED, CHUNK_BYTES
 
-if TYPE_CHECKING:
-    from .server import BoardServer, _BoardTransport
-
-__all__ = ["Connection", "Session", "SessionGone"]
+__all__ = ["Session", "SessionGone", "SessionSettings"]
 
 log = logging.getLogger("p2ppool.board")
 
-#: Most bytes one send to a receiver takes from its buffer at once.
-SEND_BATCH_BYTES = 256 * 1024
-#: Tick of the blocking loops (checks for closed channels and server stop).
-TICK_S = 0.5
 
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a session needs to know of its server.
 
-@dataclass(eq=False)
-class Connection:
-    peer: str
-    transport: _BoardTransport | None = None
-    user: UserKey | None = None
+    Attributes:
+        ssh_target: ``[-p PORT ]HOST`` as the status texts print it.
+        ping_interval_s: period of ``ping@pico.sh`` requests (None: none).
+        flush_timeout_s: how long a final error message may wait for a full client window.
+        max_command_bytes: longest accepted exec command.
+    """
 
-
-class SessionGone(Exception):
-    """The client closed the channel (or the server is stopping)."""
+    ssh_target: str
+    ping_interval_s: float | None
+    flush_timeout_s: float
+    max_command_bytes: int
 
 
 class RateLimited(Exception):
@@ -61,42 +63,55 @@ class RateLimited(Exception):
 
 
 class Session:
-    """One exec command on one channel, run in its own thread."""
+    """One exec command on one channel, run in its own thread.
+
+    Args:
+        hub: the board's shared state.
+        settings: what the session needs to know of its server.
+        peer: the client's ``ip:port``.
+        user: the authenticated key (None shows as ``?``).
+        channel: the SSH channel of the command.
+        command: the exec command line.
+        sid: the session number the hub gave it.
+    """
 
     def __init__(
         self,
-        server: BoardServer,
-        connection: Connection,
+        hub: BoardHub,
+        settings: SessionSettings,
+        *,
+        peer: str,
+        user: UserKey | None,
         channel: paramiko.Channel,
         command: str,
         sid: int,
     ) -> None:
-        self.server = server
-        self.connection = connection
+        self.hub = hub
+        self.settings = settings
+        self.peer = peer
         self.chan = channel
         self.command = command
         self.sid = sid
-        self.user = connection.user or UserKey("?", "?")
+        self.user = user or UserKey("?", "?")
         self.wake = threading.Event()
         self.replied = threading.Event()
         # Whoever sends this session's data holds send_lock: the session's own thread, or a
-        # writer's thread on the fast path (see BoardServer._fan_out).  ``pending`` is data
+        # writer's thread on the fast path (see BoardHub._fan_out).  ``pending`` is data
         # taken from the buffer but not yet sent (the fast path found the window short).
         self.send_lock = threading.Lock()
         self.pending = b""
         self.fast_path = False
         self.input_done = False
         self.refusal: str | None = None  # set by the pipe reader: why the session must end
-        self.admitted = False
-        self.joined = False
         self.last_ping = time.monotonic()
         self.exit_status: int | None = None
         self.channel_name = ""
 
     # -- low-level output ---------------------------------------------------------------
 
-    def _gone(self) -> bool:
-        return self.chan.closed or self.server._stopping.is_set()
+    def gone(self) -> bool:
+        """Whether the client closed the channel (or the server is stopping)."""
+        return self.chan.closed or self.hub.stopping
 
     def _send(self, data: bytes, stderr: bool = False, deadline: float | None = None) -> None:
         """Send all of ``data``; raise SessionGone if the client left (or the deadline)."""
@@ -106,7 +121,7 @@ class Session:
             try:
                 sent = send(data[offset : offset + CHUNK_BYTES])
             except socket.timeout:
-                if self._gone() or self._evicted() and not stderr:
+                if self.gone() or self.hub.is_evicted(self.sid) and not stderr:
                     raise SessionGone() from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise SessionGone() from None
@@ -117,10 +132,6 @@ class Session:
             if sent <= 0:
                 raise SessionGone()
             offset += sent
-
-    def _evicted(self) -> bool:
-        member = self.server._state.members.get(self.sid)
-        return member is not None and member.ending == "evicted"
 
     def _write(self, text: str) -> None:
         self._send(text.encode("utf-8"))
@@ -142,7 +153,7 @@ class Session:
 
     def _fatal(self, message: str, quiet: bool = False) -> None:
         if not quiet:
-            deadline = time.monotonic() + self.server.flush_timeout_s
+            deadline = time.monotonic() + self.settings.flush_timeout_s
             try:
                 self._send((message + "\n\r").encode("utf-8"), stderr=True, deadline=deadline)
             except SessionGone:
@@ -151,10 +162,10 @@ class Session:
         self._finish(1)
 
     def _who(self) -> str:
-        return f"{self.user.username}@{self.connection.peer}#{self.sid}"
+        return f"{self.user.username}@{self.peer}#{self.sid}"
 
     def _maybe_ping(self) -> None:
-        interval = self.server.ping_interval_s
+        interval = self.settings.ping_interval_s
         if interval is None:
             return
         now = time.monotonic()
@@ -189,10 +200,12 @@ class Session:
             if self.exit_status is None:
                 self._fatal("internal server error")
         finally:
-            self.server._end_session(self)
+            self.hub.end_session(self)
+            where = f" on {self.channel_name}" if self.channel_name else ""
+            log.info("%s: ended%s (exit %s)", self._who(), where, self.exit_status)
 
     def _dispatch(self) -> None:
-        limit = self.server.max_command_bytes
+        limit = self.settings.max_command_bytes
         if len(self.command.encode("utf-8")) > limit:
             self._fatal(f"command too long (more than {limit} bytes)")
             return
@@ -203,12 +216,10 @@ class Session:
             self._fatal(INVALID_ARGS)
             return
         if parsed.name in ("", "help"):
-            self._write(help_text(self.server.ssh_target))
+            self._write(help_text(self.settings.ssh_target))
             self._finish(0)
         elif parsed.name == "ls":
-            with self.server._lock:
-                text = self.server._state.listing(self.user.username)
-            self._write(text)
+            self._write(self.hub.listing(self.user.username))
             self._finish(0)
         elif parsed.name == "user":
             self._write(user_text(self.user.username, self.user.fingerprint))
@@ -219,12 +230,9 @@ class Session:
             self._finish(0)  # pico: unknown commands print nothing and succeed
 
     def _messaging(self, cmd: Command) -> None:
-        server = self.server
-        if not server._admit(self):
-            self._fatal(
-                f"too many sessions for this key (limit {server.max_sessions_per_key}); "
-                "close some and retry"
-            )
+        refusal = self.hub.admit(self)
+        if refusal is not None:
+            self._fatal(refusal)
             return
         topic = cmd.topic
         generated = False
@@ -232,35 +240,30 @@ class Session:
             topic = str(uuid.uuid4())
             generated = True
         public = bool(cmd.flag("p"))
-        client_id = f"{uuid.uuid4()} ({self.user.username}@{self.connection.peer})"
+        client_id = f"{uuid.uuid4()} ({self.user.username}@{self.peer})"
         try:
-            with server._cond:
-                member = server._state.join(
-                    self.sid,
-                    client_id=client_id,
-                    user=self.user.username,
-                    fingerprint=self.user.fingerprint,
-                    role=cmd.name,
-                    topic=topic,
-                    public=public,
-                    access=cmd.access,
-                    keep_alive=bool(cmd.flags.get("k", False)),
-                    replay=bool(cmd.flags.get("r", False)),
-                    dispatcher=str(cmd.flags.get("d", "multicast")),
-                )
-                self.joined = True
-                server._cond.notify_all()
+            self.channel_name = self.hub.join(
+                self,
+                client_id=client_id,
+                role=cmd.name,
+                topic=topic,
+                public=public,
+                access=cmd.access,
+                keep_alive=bool(cmd.flags.get("k", False)),
+                replay=bool(cmd.flags.get("r", False)),
+                dispatcher=str(cmd.flags.get("d", "multicast")),
+            )
         except AccessDenied:
             self._fatal(ACCESS_DENIED)
             return
-        self.channel_name = member.channel
+        ssh_target = self.settings.ssh_target
         clean = bool(cmd.flag("c"))
         flag_msg = "-p " if public else ""
         shown = f"{self.user.username}/{topic}" if cmd.access else topic
         if cmd.name == "pub":
             if not clean:
                 self._write(
-                    f"subscribe to this channel:\n  ssh {server.ssh_target} sub {flag_msg}{shown}\n"
+                    f"subscribe to this channel:\n  ssh {ssh_target} sub {flag_msg}{shown}\n"
                 )
             self._pub(cmd, clean)
         elif cmd.name == "sub":
@@ -268,7 +271,7 @@ class Session:
         else:
             if generated and not clean:
                 self._write(
-                    f"subscribe to this topic:\n  ssh {server.ssh_target} sub {flag_msg}{shown}\n"
+                    f"subscribe to this topic:\n  ssh {ssh_target} sub {flag_msg}{shown}\n"
                 )
             reader = threading.Thread(
                 target=self._pipe_reader, name=f"board-pipe-{self.sid}", daemon=True
@@ -279,20 +282,15 @@ class Session:
     # -- pub ------------------------------------------------------------------------------
 
     def _pub(self, cmd: Command, clean: bool) -> None:
-        server = self.server
         block = bool(cmd.flag("b"))
         timeout_ns = int(cmd.flag("t"))
-        if block:
-            with server._cond:
-                alone = not server._state.has_receivers(self.sid)
-                if alone:
-                    server._state.members[self.sid].waiting = True
-            if alone:
-                if not clean:
-                    self._write(f"no subs found ... waiting {format_duration(timeout_ns)}\n")
-                if not self._wait_for_receiver(time.monotonic() + timeout_ns / 1e9):
-                    self._fatal(TIMEOUT_REACHED, quiet=clean)
-                    return
+        if block and self.hub.wait_if_alone(self.sid):
+            if not clean:
+                self._write(f"no subs found ... waiting {format_duration(timeout_ns)}\n")
+            if not self.hub.wait_for_receiver(self, time.monotonic() + timeout_ns / 1e9):
+                self._fatal(TIMEOUT_REACHED, quiet=clean)
+                return
+            self._maybe_ping()
         if not clean:
             self._write("sending msg ...\n")
         if bool(cmd.flag("e")):
@@ -311,26 +309,12 @@ class Session:
             self._write("msg sent!\n")
         self._finish(0)
 
-    def _wait_for_receiver(self, deadline: float) -> bool:
-        server = self.server
-        with server._cond:
-            while not server._state.has_receivers(self.sid):
-                if self._gone():
-                    raise SessionGone()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                server._cond.wait(min(remaining, TICK_S))
-            server._state.stop_waiting(self.sid)
-        self._maybe_ping()
-        return True
-
     def _read_stdin(self) -> bytes:
         while True:
             try:
                 return bytes(self.chan.recv(CHUNK_BYTES))
             except socket.timeout:
-                if self._gone():
+                if self.gone():
                     raise SessionGone() from None
                 self._maybe_ping()
 
@@ -338,31 +322,12 @@ class Session:
         """Queue one chunk for the channel; wait while receivers are full (or absent and
         ``block``).  Returns when queued (and sent where the fast path could), or dropped (no
         receiver and not blocking)."""
-        server = self.server
-        refusal = server.take_message(self)
+        refusal = self.hub.take_message(self.user)
         if refusal is not None:
             raise RateLimited(refusal)
-        with server._cond:
-            while True:
-                if self._gone():
-                    raise SessionGone()
-                result = server._state.publish(self.sid, data, time.monotonic())
-                for sid in result.evicted:
-                    server._wake(sid)
-                if result.delivered:
-                    woken = result.woken
-                    break
-                if result.no_receivers:
-                    member = server._state.members.get(self.sid)
-                    if not block or member is None or member.ending is not None:
-                        return
-                    server._cond.wait(TICK_S)
-                    continue
-                assert result.retry_at is not None
-                server._cond.wait(max(0.0, min(TICK_S, result.retry_at - time.monotonic())))
-        server._fan_out(woken)
+        self.hub.publish(self, data, block)
 
-    def _send_nowait(self, data: bytes) -> int:
+    def send_nowait(self, data: bytes) -> int:
         """Send what the client's window takes now, without waiting; bytes sent."""
         offset = 0
         chan = self.chan
@@ -387,7 +352,7 @@ class Session:
                 try:
                     data = bytes(self.chan.recv(CHUNK_BYTES))
                 except socket.timeout:
-                    if self._gone():
+                    if self.gone():
                         break
                     continue
                 if not data:
@@ -418,14 +383,13 @@ class Session:
                 if ending is not None or self.input_done:
                     self._finish(0)
                     return
-            if self._gone():
+            if self.gone():
                 raise SessionGone()
             self._maybe_ping()
 
     def _drain(self) -> Tuple[str | None, str]:
         """Send everything queued (caller holds send_lock); returns (ending, end message)."""
-        server = self.server
-        state = server._state
+        hub = self.hub
         data, self.pending = self.pending, b""
         ending: str | None = None
         message = ""
@@ -435,19 +399,12 @@ class Session:
                 try:
                     self._send(data)
                 except SessionGone:
-                    if not self._evicted():
+                    if not hub.is_evicted(self.sid):
                         raise
             if not more:
                 break
-            with server._cond:
-                data, was_stalled = state.take(self.sid, SEND_BATCH_BYTES)
-                member = state.members.get(self.sid)
-                ending = member.ending if member is not None else "gone"
-                message = member.end_message if member is not None else ""
-                # Data that arrives later re-sets self.wake (its buffer was empty).
-                more = member is not None and member.buffered > 0
-                if was_stalled:
-                    server._cond.notify_all()
+            # Data that arrives later re-sets self.wake (its buffer was empty).
+            data, ending, message, more = hub.take(self.sid)
             if ending == "evicted":
                 break
         return ending, message

@@ -2,8 +2,10 @@
 
 This is the I/O shell (paramiko, sockets, threads) around the pure rules: commands are parsed
 in :mod:`p2ppool.board.commands`, names, access lists, buffers and departures live in
-:mod:`p2ppool.board.state` (read its docstring for the behaviour).  Users and the host key
-are :mod:`p2ppool.board.keys`; one command's thread is :mod:`p2ppool.board.handlers`.  Here:
+:mod:`p2ppool.board.state` (read its docstring for the behaviour), and the one object that
+owns that state for all threads is the hub, :class:`p2ppool.board.hub.BoardHub`.  Users and
+the host key are :mod:`p2ppool.board.keys`; one command's thread is
+:mod:`p2ppool.board.handlers`.  Imports go one way: server -> handlers -> hub -> state.  Here:
 
 * Authentication is by public key only.  ``--users FILE`` maps keys to usernames, one
   ``<username> <key type> <base64> [comment]`` per line, like ``authorized_keys`` (several
@@ -33,14 +35,19 @@ Threads::
                              sub : drains its buffer -> channel.send (coalesced)
                              pipe: the session thread drains, plus one reader thread
 
-All state lives in one :class:`~p2ppool.board.state.BoardState` behind one lock.  A chunk is
-appended to every receiver's buffer under that lock (cheap; this is the total order).  Then,
-outside the lock, the writer's thread itself sends it to every *idle* receiver whose SSH
-window has room (the fast path: no thread switch per receiver, which halves the server's CPU
+All board state lives in one :class:`~p2ppool.board.state.BoardState`, owned by the
+:class:`~p2ppool.board.hub.BoardHub` behind one lock (with the live sessions by id, the
+sessions per key, the per-key message buckets and the stopping flag); sessions call the hub's
+public methods and never take that lock themselves.  A chunk is appended to every receiver's
+buffer under that lock (cheap; this is the total order).  Then, outside the lock, the
+writer's thread itself sends it to every *idle* receiver whose SSH window has room (the fast
+path, in ``BoardHub.publish``: no thread switch per receiver, which halves the server's CPU
 per delivery).  A receiver that is busy or whose window is short is left to its own thread,
 which sends whatever has piled up in one write and may wait for the client; so a slow
 receiver costs no one else anything until its buffer is full (see the slow-reader policy in
-board_state).  Each receiver's sends are serialised by its ``send_lock``.
+board_state).  Each receiver's sends are serialised by its ``send_lock``.  paramiko's
+threads take no lock of ours (a closed channel only sets its session's ``wake``).  The
+server's own lock guards only its connections and threads lists.
 """
 
 from __future__ import annotations
@@ -54,15 +61,17 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
 import paramiko
 
 from .. import defaults
 from ..errors import ConfigError
-from .handlers import SEND_BATCH_BYTES, TICK_S, Connection, Session
+from .handlers import Session, SessionSettings
+from .hub import TICK_S, BoardHub
 from .keys import UserKey, fingerprint_sha256, load_or_create_host_key, parse_users
-from .state import CHUNK_BYTES, BoardState, BufferPolicy, TokenBucket
+from .state import CHUNK_BYTES, BufferPolicy
 
 __all__ = ["BoardServer", "add_arguments", "run"]
 
@@ -101,6 +110,15 @@ class _BoardTransport(paramiko.Transport):  # type: ignore[misc]
             hook = self.reply_hooks.pop(int.from_bytes(raw[1:5], "big"), None)
             if hook is not None:
                 hook()
+
+
+@dataclass(eq=False)
+class Connection:
+    """One TCP connection: its peer address, its transport and (once authenticated) its key."""
+
+    peer: str
+    transport: _BoardTransport | None = None
+    user: UserKey | None = None
 
 
 class _Interface(paramiko.ServerInterface):  # type: ignore[misc]
@@ -204,7 +222,6 @@ class BoardServer:
             raise ConfigError("messages_per_s must be positive and message_burst at least 1")
         self.messages_per_s = messages_per_s
         self.message_burst = message_burst
-        self._buckets: Dict[str, TokenBucket] = {}
         self._host_key = load_or_create_host_key(host_key_path)
         self._users_mtime: float | None = None
         if users is not None:
@@ -212,22 +229,21 @@ class BoardServer:
         else:
             assert users_path is not None
             self._keys = self._read_users_file(users_path)
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._state = BoardState(
+        self._hub = BoardHub(
             {k.username for k in self._keys.values()},
             policy or BufferPolicy(
                 max_buffer_bytes=defaults.BOARD_MAX_BUFFER_BYTES,
                 slow_reader_grace_s=defaults.BOARD_SLOW_READER_GRACE_S,
             ),
+            max_sessions_per_key=max_sessions_per_key,
+            messages_per_s=messages_per_s,
+            message_burst=message_burst,
         )
-        self._stopping = threading.Event()
+        # Guards the connections and threads lists only (the board state is the hub's).
+        self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._threads: List[threading.Thread] = []
         self._connections: List[Connection] = []
-        self._sessions: Dict[int, Session] = {}
-        self._sessions_per_key: Dict[str, int] = {}
-        self._next_sid = 1
         self.port = 0
         self.host = listen[0]
 
@@ -256,9 +272,8 @@ class BoardServer:
                 except ConfigError as exc:
                     log.error("users file not reloaded: %s", exc)
                 else:
-                    with self._lock:
-                        self._keys = keys
-                        self._state.users = {k.username for k in keys.values()}
+                    self._keys = keys
+                    self._hub.set_users(k.username for k in keys.values())
                     log.info("reloaded users file %s (%d keys)", self.users_path, len(keys))
         return self._keys.get(blob)
 
@@ -291,17 +306,7 @@ class BoardServer:
 
         Roles are ``pub``, ``waiting-pub``, ``sub`` and ``pipe``.  Meant for tests and tools.
         """
-        with self._lock:
-            channel = self._state.channels.get(name)
-            result: Dict[str, List[str]] = {}
-            if channel is None:
-                return result
-            for member in channel.members.values():
-                if member.ending is not None:
-                    continue
-                role = "waiting-pub" if member.waiting else member.role
-                result.setdefault(role, []).append(member.user)
-            return result
+        return self._hub.channel_members(name)
 
     def wait_for(self, predicate: Callable[[BoardServer], bool], timeout: float) -> bool:
         """Wait until ``predicate(self)`` is true (re-checked whenever membership changes).
@@ -314,8 +319,7 @@ class BoardServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            with self._cond:
-                self._cond.wait(min(remaining, TICK_S))
+            self._hub.wait_for_change(min(remaining, TICK_S))
         return True
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -339,15 +343,10 @@ class BoardServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving: close every session and connection, within about ``timeout`` s."""
-        if self._stopping.is_set():
+        if not self._hub.stop():  # wakes every waiter and every session
             return
-        self._stopping.set()
-        with self._cond:
-            self._cond.notify_all()
-            sessions = list(self._sessions.values())
+        with self._lock:
             connections = list(self._connections)
-        for session in sessions:
-            session.wake.set()
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once on Linux
@@ -380,7 +379,7 @@ class BoardServer:
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
-        while not self._stopping.is_set():
+        while not self._hub.stopping:
             try:
                 sock, addr = self._sock.accept()
             except socket.timeout:
@@ -411,7 +410,7 @@ class BoardServer:
         try:
             transport.start_server(server=_Interface(self, connection))
             channels: List[paramiko.Channel] = []
-            while transport.is_active() and not self._stopping.is_set():
+            while transport.is_active() and not self._hub.stopping:
                 if not transport.is_authenticated() and time.monotonic() > auth_deadline:
                     log.info("%s: not authenticated in time; closing", connection.peer)
                     break
@@ -436,108 +435,36 @@ class BoardServer:
         self, connection: Connection, channel: paramiko.Channel, raw: bytes
     ) -> None:
         command = raw.decode("utf-8", errors="replace")
-        with self._lock:
-            sid = self._next_sid
-            self._next_sid += 1
-            session = Session(self, connection, channel, command, sid)
-            self._sessions[sid] = session
+        settings = SessionSettings(
+            ssh_target=self.ssh_target,
+            ping_interval_s=self.ping_interval_s,
+            flush_timeout_s=self.flush_timeout_s,
+            max_command_bytes=self.max_command_bytes,
+        )
+        hub = self._hub
+        session = hub.register(
+            lambda sid: Session(
+                hub,
+                settings,
+                peer=connection.peer,
+                user=connection.user,
+                channel=channel,
+                command=command,
+                sid=sid,
+            )
+        )
         transport = connection.transport
         if transport is not None:
             transport.reply_hooks[channel.remote_chanid] = session.replied.set
             transport.close_hooks[channel.get_id()] = functools.partial(
                 self._on_channel_closed, session
             )
-        self._spawn(session.run, f"board-session-{sid}")
-
-    def take_message(self, session: Session) -> str | None:
-        """Charge one message (one read of its stream) to the session's key; the
-        refusal message if over the limit, else None."""
-        rate = self.messages_per_s
-        if rate is None:
-            return None
-        key = session.user.fingerprint
-        now = time.monotonic()
-        with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(rate, self.message_burst, now)
-            if bucket.take(1, now):
-                return None
-        return (f"message rate limit exceeded: key {key} ({session.user.username}) may send "
-                f"{rate:g} messages per second with bursts of {self.message_burst}; "
-                f"disconnected")
-
-    def _admit(self, session: Session) -> bool:
-        key = session.user.fingerprint
-        with self._lock:
-            count = self._sessions_per_key.get(key, 0)
-            if count >= self.max_sessions_per_key:
-                return False
-            self._sessions_per_key[key] = count + 1
-            session.admitted = True
-        return True
-
-    def _fan_out(self, sids: List[int]) -> None:
-        """Send newly queued data to idle receivers from the writer's own thread.
-
-        Called without the lock after a chunk was queued, with the receivers whose buffer
-        was empty.  A receiver whose thread is busy, or whose client window is short, is
-        left to its own thread (woken); the others get the data here, with no thread switch
-        per receiver.  Nothing here waits for a client.
-        """
-        state = self._state
-        for sid in sids:
-            session = self._sessions.get(sid)
-            if session is None:
-                continue
-            if not session.fast_path or not session.send_lock.acquire(blocking=False):
-                session.wake.set()
-                continue
-            try:
-                if session.pending:
-                    session.wake.set()
-                    continue
-                with self._cond:
-                    data, was_stalled = state.take(sid, SEND_BATCH_BYTES)
-                    member = state.members.get(sid)
-                    more = member is not None and (member.buffered > 0 or member.ending)
-                    if was_stalled:
-                        self._cond.notify_all()
-                if not data:
-                    continue
-                sent = session._send_nowait(data)
-                if sent < len(data):
-                    session.pending = data[sent:]
-                    session.wake.set()
-                elif more:
-                    session.wake.set()
-            finally:
-                session.send_lock.release()
+        self._spawn(session.run, f"board-session-{session.sid}")
 
     def _on_channel_closed(self, session: Session) -> None:
         # Runs in paramiko's thread holding the channel's lock: take no lock of ours here.
         # (A pub waiting for a receiver or for room notices within one tick.)
         session.wake.set()
-
-    def _wake(self, sid: int) -> None:
-        session = self._sessions.get(sid)
-        if session is not None:
-            session.wake.set()
-
-    def _end_session(self, session: Session) -> None:
-        with self._cond:
-            self._sessions.pop(session.sid, None)
-            if session.admitted:
-                key = session.user.fingerprint
-                self._sessions_per_key[key] = self._sessions_per_key.get(key, 1) - 1
-                if self._sessions_per_key[key] <= 0:
-                    del self._sessions_per_key[key]
-            if session.joined:
-                for sid in self._state.leave(session.sid):
-                    self._wake(sid)
-            self._cond.notify_all()
-        where = f" on {session.channel_name}" if session.channel_name else ""
-        log.info("%s: ended%s (exit %s)", session._who(), where, session.exit_status)
 
 
 # --- command line ------------------------------------------------------------------------
