@@ -64,6 +64,9 @@ class Board:
                 "--host-key", str(workdir / "host_key"),
                 "--users", str(users),
                 "--max-sessions-per-key", str(max_sessions),
+                # every peer here shares one key: lift the per-key message rate limit
+                # (100/s by default), which would disconnect them at these rates
+                "--messages-per-second", "1000000000",
                 "--log-level", "WARNING",
             ],
             stdout=subprocess.PIPE,

@@ -231,7 +231,6 @@ def test_planes_import_only_the_planes_below_them() -> None:
 
 #: circles still being taken apart (issue 14); a circle that is gone must leave this list
 KNOWN_CYCLES = [
-    ["p2ppool.board.handlers", "p2ppool.board.server"],
     ["p2ppool.worker.loop", "p2ppool.worker.presence", "p2ppool.worker.sessions"],
 ]
 
