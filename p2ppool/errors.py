@@ -13,13 +13,15 @@
     ├── InitializerFailed(P2PPoolError, BrokenProcessPool)  ProcessPoolExecutor: the
     │                                              initializer raised; the executor is broken
     ├── TaskLimitExceeded(P2PPoolError)            a worker's limit (time, memory, size) hit
-    ├── BoardError(P2PPoolError)
+    ├── ProtocolError(P2PPoolError)               a malformed, unknown or incompatible board
+    │                                              line (board plane) or session frame
+    │                                              (transfer plane), or one too large to send
+    ├── BoardError(P2PPoolError)                   the board plane: SSH and the pub/sub
     │   ├── BoardConnectionError                   ssh connect/auth failed or session lost
     │   │   ├── BoardAuthError                     the board refused our key
     │   │   └── HostKeyMismatch                    the board's host key changed
-    │   ├── AccessDenied                           the board refused the topic
-    │   └── ProtocolError                          malformed, unknown or incompatible message
-    └── TransferError(P2PPoolError)
+    │   └── AccessDenied                           the board refused the topic
+    └── TransferError(P2PPoolError)                the transfer plane: wormhole sessions
         ├── SessionLost                            the peer stopped answering heartbeats
         └── TransferTimeout(TransferError, builtins.TimeoutError)
 
@@ -171,7 +173,7 @@ class AccessDenied(BoardError):
     """The board refused access to the topic (we are not on its access list)."""
 
 
-class ProtocolError(BoardError):
+class ProtocolError(P2PPoolError):
     """A message was malformed, of an unknown type, or of an incompatible protocol version."""
 
 
