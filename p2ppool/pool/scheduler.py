@@ -8,16 +8,16 @@ has a number of slots; a chunk waits in line until a slot is free::
                      │                   │  └─ runs far longer than its job's others, and an
                      │                   │     executor is idle: Assign a copy there (below)
                      └── task_lost / ────┤ attempts left: back to the front of the line
-                        executor_lost /  └ none left: Fail(ChunkFailed naming every cause)
-                        lease expired
+                        executor_lost    └ none left: Fail(ChunkFailed naming every cause)
 
 Inputs are past-tense methods that take ``now`` (seconds, any monotonic origin) and return a
 list of commands (:class:`Assign`, :class:`Resolve`, :class:`Fail`, :class:`Cancel`,
 :class:`WakeAt`) for the caller to carry out, in order.
 
 A user function that raises is *not* a failure here: it is a result like any other and is
-never retried.  Only losing the executor (a child killed or exiting, a peer gone silent past
-its lease) costs an attempt.  Results for a chunk that is no longer assigned to the sender
+never retried.  Only losing the executor (a child killed or exiting, a peer's session lost)
+costs an attempt; a peer that stays connected but never answers is overtaken by a
+speculative run (below).  Results for a chunk that is no longer assigned to the sender
 (late, duplicate, or cancelled) are ignored.
 
 **Speculative re-execution** (issue 17: no silent worker holds a map).  A worker may accept a
@@ -105,11 +105,10 @@ _MOST_RUNS = 2
 class _Run:
     """One execution of a chunk on one executor."""
 
-    __slots__ = ("started", "deadline")
+    __slots__ = ("started",)
 
     def __init__(self, started: float) -> None:
         self.started = started
-        self.deadline: float | None = None  # lease
 
 
 class _Chunk:
@@ -128,7 +127,6 @@ class _Chunk:
 class _Executor:
     name: str
     slots: int
-    lease_s: float | None
     running: Set[ChunkId] = field(default_factory=set)
     overtaken: int = 0  # chunks of it that another executor's copy finished first
 
@@ -149,7 +147,7 @@ class _Group:
 
 
 class Scheduler:
-    """Chunks, executors, leases, retries and speculative runs.  Feed it events; carry out
+    """Chunks, executors, retries and speculative runs.  Feed it events; carry out
     what it returns.
 
     Args:
@@ -181,7 +179,6 @@ class Scheduler:
         self._chunks: Dict[ChunkId, _Chunk] = {}
         self._pending: Deque[ChunkId] = collections.deque()
         self._executors: Dict[str, _Executor] = {}
-        self._deadlines: Dict[Tuple[ChunkId, str], float] = {}  # leases
         self._groups: Dict[Hashable, _Group] = {}
         self._last_wake: float | None = None
         self._clock = float("-inf")  # the latest `now` an input brought
@@ -219,30 +216,20 @@ class Scheduler:
         return found.overtaken if found else 0
 
     def next_deadline(self) -> float | None:
-        """The earliest lease deadline or speculation time, or None when none is due."""
-        earliest = min(self._deadlines.values()) if self._deadlines else None
-        when = self._next_speculation()
-        if when is not None and (earliest is None or when < earliest):
-            earliest = when
-        return earliest
+        """When the next speculative run may be due, or None when none can be."""
+        return self._next_speculation()
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def got_executor(
-        self, name: str, slots: int, now: float, lease_s: float | None = None
-    ) -> List[Command]:
-        """An executor joined (or changed its slot count) with ``slots`` slots.
-
-        ``lease_s``: a chunk assigned to it is lost unless :meth:`got_heartbeat` renews it
-        within that many seconds (None: no lease, as for local processes).
-        """
+    def got_executor(self, name: str, slots: int, now: float) -> List[Command]:
+        """An executor joined (or changed its slot count) with ``slots`` slots."""
         if slots < 0:
             raise ValueError(f"slots must be >= 0, not {slots!r}")
         found = self._executors.get(name)
         if found is None:
-            self._executors[name] = _Executor(name, slots, lease_s)
+            self._executors[name] = _Executor(name, slots)
         else:
-            found.slots, found.lease_s = slots, lease_s
+            found.slots = slots
         return self._with_wake(now, self._dispatch(now))
 
     def got_chunk(self, chunk_id: ChunkId, now: float, group: Hashable = None
@@ -325,33 +312,9 @@ class Scheduler:
         self._pending.extendleft(reversed(back))
         return self._with_wake(now, commands + self._dispatch(now))
 
-    def got_heartbeat(self, executor: str, now: float) -> List[Command]:
-        """``executor`` is alive: renew the leases of the chunks it runs."""
-        found = self._executors.get(executor)
-        if found is None or found.lease_s is None:
-            return []
-        for chunk_id in found.running:
-            self._set_deadline(self._chunks[chunk_id], executor, now + found.lease_s)
-        return self._with_wake(now, [])
-
     def timer_expired(self, now: float) -> List[Command]:
-        """Time passed: chunks whose lease ran out are cancelled there and tried again;
-        chunks overdue get a speculative run on an idle executor."""
-        expired = sorted(((key, deadline) for key, deadline in self._deadlines.items()
-                          if deadline <= now), key=lambda item: _order_key(item[0][0]))
-        commands: List[Command] = []
-        back: List[ChunkId] = []
-        for (chunk_id, executor), _ in expired:
-            chunk = self._chunks[chunk_id]
-            lease = self._executors[executor].lease_s
-            commands.append(Cancel(chunk_id, executor))
-            if len(chunk.runs) > 1:
-                self._end_run(chunk, executor)
-                continue
-            commands += self._lose(chunk, f"{executor}: no heartbeat for {lease:g} s", True,
-                                   back=back)
-        self._pending.extendleft(reversed(back))
-        return self._with_wake(now, commands + self._dispatch(now))
+        """Time passed: chunks overdue get a speculative run on an idle executor."""
+        return self._with_wake(now, self._dispatch(now))
 
     def cancel(self, chunk_ids: Iterable[ChunkId], now: float) -> List[Command]:
         """Forget ``chunk_ids``: pending ones leave the line, running ones get Cancel."""
@@ -396,7 +359,6 @@ class Scheduler:
         found = self._executors.get(executor)
         if found is not None:
             found.running.discard(chunk.chunk_id)
-        self._deadlines.pop((chunk.chunk_id, executor), None)
 
     def _release(self, chunk: _Chunk) -> None:
         for executor in list(chunk.runs):
@@ -405,8 +367,6 @@ class Scheduler:
     def _start_run(self, chunk: _Chunk, executor: _Executor, now: float) -> None:
         chunk.runs[executor.name] = _Run(now)
         chunk.tried_on.add(executor.name)
-        if executor.lease_s is not None:
-            self._set_deadline(chunk, executor.name, now + executor.lease_s)
         executor.running.add(chunk.chunk_id)
 
     def _dispatch(self, now: float) -> List[Command]:
@@ -508,15 +468,6 @@ class Scheduler:
         if found is None:
             return timeout
         return found if timeout is None else min(found, timeout)
-
-    def _set_deadline(self, chunk: _Chunk, executor: str, deadline: float | None) -> None:
-        run = chunk.runs.get(executor)
-        if run is not None:
-            run.deadline = deadline
-        if deadline is None:
-            self._deadlines.pop((chunk.chunk_id, executor), None)
-        else:
-            self._deadlines[(chunk.chunk_id, executor)] = deadline
 
     def _with_wake(self, now: float, commands: List[Command]) -> List[Command]:
         deadline = self.next_deadline()

@@ -109,20 +109,6 @@ def test_a_retried_chunk_prefers_another_executor() -> None:
     assert s.task_lost(0, "a", "lost", now=1.0) == [Assign(0, "b", 2), WakeAt(3.0)]
 
 
-def test_leases_expire_without_heartbeats() -> None:
-    s = Scheduler()
-    assert s.got_executor("peer", 1, now=0.0, lease_s=5.0) == []
-    assert s.got_chunks([0, 1], now=10.0) == [Assign(0, "peer", 1), WakeAt(15.0)]
-    assert s.got_heartbeat("peer", now=12.0) == [WakeAt(17.0)]
-    assert s.timer_expired(now=16.0) == []
-    assert s.timer_expired(now=17.0) == [
-        Cancel(0, "peer"), Assign(0, "peer", 2), WakeAt(22.0)
-    ]
-    assert s.next_deadline() == 22.0
-    assert s.got_result(0, "peer", "r0", now=18.0) == [Resolve(0, "r0"), Assign(1, "peer", 1),
-                                                       WakeAt(23.0)]
-
-
 def test_cancel_removes_pending_and_stops_running_chunks() -> None:
     s = Scheduler()
     s.got_executor("local", 1, now=0.0)
@@ -145,20 +131,18 @@ def test_a_chunk_id_cannot_be_added_twice() -> None:
 # --- failures as data: (what happens, expected commands as failed() renders them) -----------
 
 def _assigned(s: Scheduler) -> Scheduler:
-    s.got_executor("w1", 1, now=0.0, lease_s=10.0)
+    s.got_executor("w1", 1, now=0.0)
     s.got_chunk(0, now=0.0)
     return s
 
 
 FAILURE_CASES: List[Any] = [
-    ("lease runs out", lambda s: s.timer_expired(now=10.0),
-     [Cancel(0, "w1"), Assign(0, "w1", 2), WakeAt(20.0)]),
     ("result from a peer that never had it", lambda s: s.got_result(0, "w9", "x", now=1.0), []),
     ("loss reported by a peer that never had it", lambda s: s.task_lost(0, "w9", "x", 1.0), []),
     ("executor lost", lambda s: s.executor_lost("w1", "SIGKILL(-9)", now=1.0), []),
     ("task lost", lambda s: s.task_lost(0, "w1", "exceeded the 5 s task time limit", 1.0),
-     [Assign(0, "w1", 2), WakeAt(11.0)]),
-    ("late heartbeat from a gone peer", lambda s: s.got_heartbeat("w9", now=1.0), []),
+     [Assign(0, "w1", 2)]),
+    ("nothing due when the timer fires", lambda s: s.timer_expired(now=10.0), []),
 ]
 
 
@@ -170,9 +154,9 @@ def test_failure_table(name: str, event: Callable[[Scheduler], Any], expected: L
 
 def test_failure_table_exhausted_attempts() -> None:
     s = _assigned(Scheduler(max_attempts=2))
-    s.timer_expired(now=10.0)
-    assert failed(s.timer_expired(now=20.0)) == [
-        Cancel(0, "w1"), (0, 2, ["w1: no heartbeat for 10 s", "w1: no heartbeat for 10 s"])
+    assert s.task_lost(0, "w1", "SIGKILL(-9)", now=1.0) == [Assign(0, "w1", 2)]
+    assert failed(s.task_lost(0, "w1", "SIGSEGV(-11)", now=2.0)) == [
+        (0, 2, ["w1: SIGKILL(-9)", "w1: SIGSEGV(-11)"])
     ]
 
 
