@@ -44,7 +44,7 @@ sys.path.insert(0, ROOT)
 
 from p2ppool.errors import ChunkFailed  # noqa: E402
 from p2ppool.local.cluster import LocalCluster  # noqa: E402
-from tests.faults._faults import record, value_of  # noqa: E402
+from tests.fixtures.faults import record, value_of  # noqa: E402
 
 #: A map (or one imap result) that takes longer than this counts as stalled; that pool stops.
 MAP_TIMEOUT_S = 120.0

@@ -1,4 +1,4 @@
-"""Shared fixtures.  Each area's fixtures live in a module of its own (tests/_*_fixtures.py)."""
+"""Shared fixtures.  Each area's fixtures live in a module of its own (tests/fixtures/)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import os
 
 # Most tests watch their tasks from the host (task pids, files in tmp_path, signals), which a
 # sandboxed task cannot show them: their LocalClusters and workers run with --sandbox none.
-# tests/system/test_sandbox.py runs the real sandbox (bwrap) and what must work inside it.
+# tests/execution/test_sandbox.py runs the real sandbox (bwrap) and what must work inside it.
 os.environ.setdefault("P2PPOOL_SANDBOX", "none")
 
-# tests._litter: the run fails if it leaves temporary entries or processes behind (issue
-# 15.2); pytester: tests/test_litter_check.py runs inner sessions to prove that check fails.
-pytest_plugins = ["tests._litter", "pytester"]
+# tests.fixtures.litter: the run fails if it leaves temporary entries or processes behind (issue
+# 15.2); pytester: tests/system/test_litter_check.py runs inner sessions to prove that check fails.
+pytest_plugins = ["tests.fixtures.litter", "pytester"]
 
 # Fixture modules of each area; star-imported so every test directory sees them.
-for _name in ("tests._board_fixtures", "tests._wormhole_fixtures", "tests._cluster_fixtures"):
+for _name in ("tests.fixtures.board", "tests.fixtures.wormhole", "tests.fixtures.cluster"):
     try:
         _module = importlib.import_module(_name)
     except ModuleNotFoundError as _exc:

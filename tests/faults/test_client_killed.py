@@ -1,7 +1,7 @@
 """A client (a Pool in its own process) SIGKILLed in the middle of a map: every worker frees
 its slots within 10 s, stops the orphaned tasks, and serves the next client.
 
-(``tests/system/test_remote.py::test_a_killed_client_frees_the_workers_slots_within_10_s``
+(``tests/cluster/test_remote.py::test_a_killed_client_frees_the_workers_slots_within_10_s``
 shows the same for one task at the backend level; this one kills a whole Pool mid-map.)
 """
 
@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from p2ppool.local.cluster import LocalCluster
-
-from ._faults import by_worker, check_exactly_once, record
+from tests.fixtures.faults import by_worker, check_exactly_once, record
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
@@ -28,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _CLIENT = """
 import functools, json, sys
 from p2ppool import Pool
-from tests.faults._faults import record
+from tests.fixtures.faults import record
 options, log = json.loads(sys.argv[1]), sys.argv[2]
 with Pool(4, fallback=None, **options) as pool:
     pool.map(functools.partial(record, seconds=0.5, log=log), range(400), chunksize=1)
@@ -39,7 +38,7 @@ def test_a_pool_killed_mid_map_frees_every_workers_slots_within_10_s(
         tmp_path: Any, task_gate: Any) -> None:
     import psutil
 
-    from tests._cluster_fixtures import assert_gone
+    from tests.fixtures.cluster import assert_gone
 
     log = str(tmp_path / "executions")
     with LocalCluster(workers=2, processes_per_worker=2) as cluster:

@@ -1,7 +1,7 @@
 """A hostile board member floods the cluster's topic while a map runs.
 
 ``carol`` is on the cluster's access list (a member, not a worker) and publishes 100,000
-fuzzed lines (:mod:`tests.faults._fuzz`: mutated messages, forged Accepts/Offers/Withdraws/
+fuzzed lines (:mod:`tests.fixtures.fuzz`: mutated messages, forged Accepts/Offers/Withdraws/
 Byes addressed to the running job and its workers, garbage, oversized and partial lines) in
 large writes while a Pool maps over two workers.  The workers and the client keep going:
 the map completes with one correct result per item, a new pool recruits during a flood,
@@ -22,9 +22,8 @@ import pytest
 
 from p2ppool.board.protocol import Want
 from p2ppool.local.cluster import LocalCluster
-
-from ._faults import check_exactly_once, record
-from ._fuzz import lines
+from tests.fixtures.faults import check_exactly_once, record
+from tests.fixtures.fuzz import lines
 
 # 38-68 s on a loaded 2-core machine (every wait inside is bounded): 120 s was a thin margin
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]

@@ -9,8 +9,7 @@ import time
 from p2ppool import defaults
 from p2ppool.board import protocol
 from p2ppool.board.protocol import LineDecoder, encode
-
-from ._fuzz import lines
+from tests.fixtures.fuzz import lines
 
 NOW = 1_800_000_000.0
 

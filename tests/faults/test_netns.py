@@ -30,9 +30,8 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from p2ppool.local.cluster import _BOARD_MAIN, _write_ed25519_key
-from tests._cluster_fixtures import read_until
-
-from ._faults import check_exactly_once, executions
+from tests.fixtures.cluster import read_until
+from tests.fixtures.faults import check_exactly_once, executions
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -201,7 +200,7 @@ def test_peers_in_separate_namespaces_use_the_relay_and_survive_a_cut_link(
             "max_attempts": 5, "hold": hold, "hold_from": HOLD_FROM, **via("cl"),
         }
         client = procs.start(net.exec("cl") + [
-            sys.executable, "-m", "tests.faults._netns_client", json.dumps(config)], "client")
+            sys.executable, "-m", "tests.fixtures.netns_client", json.dumps(config)], "client")
         read_until(client, b"hosting", 30)
         workers = {}
         for name in ("wk1", "wk2"):

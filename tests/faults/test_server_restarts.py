@@ -16,8 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from p2ppool.local.cluster import LocalCluster
-
-from ._faults import by_worker, check_exactly_once, executions, record
+from tests.fixtures.faults import by_worker, check_exactly_once, executions, record
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
 

@@ -23,8 +23,7 @@ import cloudpickle
 import pytest
 
 from p2ppool.local.cluster import LocalCluster
-
-from ._faults import check_exactly_once, executions, record
+from tests.fixtures.faults import check_exactly_once, executions, record
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 

@@ -6,7 +6,7 @@ resident, refused nothing and logged nothing.
 
 Here a real worker (default limits: 256 MiB of functions per session, its slots plus 2 tasks
 in flight) on a real board and wormhole servers meets ``carol``, a member who speaks the
-session protocol herself (``tests/system/_worker_driver.py``) and sends the same frames in two
+session protocol herself (``tests/fixtures/worker_driver.py``) and sends the same frames in two
 sessions.  Each session is closed with a protocol error that names the limit, the worker's
 peak resident memory stays within the function budget (plus what frames in transit take),
 and a real Pool that comes next maps on the same worker.
@@ -28,7 +28,7 @@ from p2ppool.errors import TransferError
 from p2ppool.local.cluster import LocalCluster
 from p2ppool.transfer.session_protocol import Bye, Frame, Func, Lost, Task, encode_frame_parts
 from p2ppool.worker.peer import format_bytes
-from tests.system._worker_driver import BoardListener, ClientSession, Driver
+from tests.fixtures.worker_driver import BoardListener, ClientSession, Driver
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 

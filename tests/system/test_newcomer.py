@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List
 import psutil
 import pytest
 
-from tests._cluster_fixtures import assert_gone, is_running, parse_exports
+from tests.fixtures.cluster import assert_gone, is_running, parse_exports
 
 pytestmark = pytest.mark.system
 

@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import psutil
 import pytest
 
-from tests._cluster_fixtures import assert_gone
+from tests.fixtures.cluster import assert_gone
 
 pytestmark = pytest.mark.system
 
@@ -67,10 +67,10 @@ COVERAGE: Dict[str, Tuple[str, str]] = {
     # --- the two first commands
     "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/p2ppool demo":
         (ELSEWHERE, ".ci/run creates the same fresh venv and installs the project (checked by "
-                    "tests/unit/test_readme.py); `p2ppool demo` runs here "
+                    "tests/base/test_readme.py); `p2ppool demo` runs here "
                     "(test_demo) and in tests/system/test_newcomer.py"),
     ".venv/bin/pip install '.[test]' && .venv/bin/python -m pytest":
-        (ELSEWHERE, ".ci/run runs exactly this line (tests/unit/test_readme.py checks it); "
+        (ELSEWHERE, ".ci/run runs exactly this line (tests/base/test_readme.py checks it); "
                     "running the whole suite from inside the suite would recurse"),
     # --- See it work
     "p2ppool demo --workers 2 --processes-per-worker 1 --tasks 40 --samples 2000000":

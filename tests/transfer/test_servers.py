@@ -13,7 +13,7 @@ import pytest
 
 from p2ppool.errors import TransferError
 from p2ppool.transfer.servers import WormholeServers
-from tests._cluster_fixtures import read_until, reap
+from tests.fixtures.cluster import read_until, reap
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
 

@@ -1,7 +1,7 @@
 """``python -m p2ppool.worker`` against a real board, mailbox server and transit relay.
 
 Everything runs on 127.0.0.1: the board server (SSH), the wormhole mailbox server and transit
-relay, the worker as a subprocess, and a minimal real client (``_worker_driver``) that speaks
+relay, the worker as a subprocess, and a minimal real client (``tests.fixtures.worker_driver``) that speaks
 the board protocol and the session frames like a Pool does.  The board's channel
 ``alice/friends`` is held open by alice with an access list for bob and carol (as
 ``p2ppool host`` does); workers log in as bob, the test client as carol.
@@ -38,8 +38,7 @@ from p2ppool.transfer.session_protocol import (
     Result,
     Task,
 )
-
-from ._worker_driver import (
+from tests.fixtures.worker_driver import (
     CLUSTER,
     PYTHON,
     ROOT,
@@ -156,7 +155,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, board_keys: Any,
             wormhole_servers: Any) -> Iterator[Cluster]:
-    from tests._board_fixtures import start_board
+    from tests.fixtures.board import start_board
 
     tmp = tmp_path_factory.mktemp("worker-cluster")
     board = start_board(tmp / "board", board_keys)
@@ -250,8 +249,7 @@ def _session_from_offer(driver: Driver, offer: Offer) -> Any:
 
     from p2ppool.transfer.session import new_code
     from p2ppool.transfer.session_protocol import decode_frame
-
-    from ._worker_driver import ClientSession
+    from tests.fixtures.worker_driver import ClientSession
 
     code = new_code()
     accept = driver.accept(offer, code)
@@ -630,7 +628,7 @@ def test_a_client_that_disappears_frees_the_slots_within_10_s(
     worker = start_worker("w-orphan", processes=2)
     carol = cluster.access("carol")
     driver_proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.system._worker_driver",
+        [sys.executable, "-m", "tests.fixtures.worker_driver",
          f"--board={carol.host}:{carol.port}", f"--user={carol.user}",
          f"--identity={carol.identity}", f"--known-hosts={carol.known_hosts}",
          f"--relay={cluster.servers.relay_url}", f"--transit={cluster.servers.transit}",
@@ -821,7 +819,7 @@ def test_worker_rejoins_when_the_cluster_host_comes_back(
     the same rule and made the channel flap while the worker started: which refusal the
     worker met, and so what it logged, depended on timing.)
     """
-    from tests._board_fixtures import start_board
+    from tests.fixtures.board import start_board
 
     board = start_board(tmp_path / "board", board_keys)
     cl = Cluster(board, wormhole_servers, tmp_path)
@@ -849,7 +847,7 @@ def test_a_worker_refused_at_start_rejoins_when_the_cluster_host_comes(
 ) -> None:
     """A worker whose very first board session is refused (the host is away) retries with
     backoff, and joins once the host has opened the channel."""
-    from tests._board_fixtures import start_board
+    from tests.fixtures.board import start_board
 
     board = start_board(tmp_path / "board", board_keys)
     cl = Cluster(board, wormhole_servers, tmp_path)

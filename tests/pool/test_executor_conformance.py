@@ -38,14 +38,14 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 import p2ppool
-from tests import _executor_tasks as tasks
-from tests import _pool_fixtures as fx
-from tests._cluster_fixtures import is_running
+from tests.fixtures import executor_tasks as tasks
+from tests.fixtures import pool as fx
+from tests.fixtures.cluster import is_running
 
 FORK = multiprocessing.get_context("fork")
 FORKSERVER = multiprocessing.get_context("forkserver")
 WAIT_S = 20.0  # every wait in this file is bounded by this
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _stdlib(*args: Any, **kwargs: Any) -> Any:
@@ -409,7 +409,7 @@ def test_interpreter_shutdown(kind: str, request: pytest.FixtureRequest, shutdow
     ran = tmp_path / "ran"
     done = _python(f"""
         from {MODULES[kind]} import ProcessPoolExecutor
-        from tests._executor_tasks import sleep_and_print
+        from tests.fixtures.executor_tasks import sleep_and_print
         if __name__ == "__main__":
             t = ProcessPoolExecutor(2)
             t.submit(sleep_and_print, 0.3, "apple", {str(ran)!r})

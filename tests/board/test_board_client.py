@@ -444,7 +444,7 @@ def test_proxyjump_goes_through_the_jump_host(
     """ProxyJump through a real paramiko SSH jump host (direct-tcpip forwarding)."""
     import paramiko
 
-    from tests.board_client._jumphost import JumpHost
+    from tests.fixtures.jumphost import JumpHost
 
     jump_key = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("carol"))
     bob_key = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("bob"))
@@ -486,7 +486,7 @@ def test_proxyjump_to_a_refusing_jump_host_is_an_auth_error(
 ) -> None:
     import paramiko
 
-    from tests.board_client._jumphost import JumpHost
+    from tests.fixtures.jumphost import JumpHost
 
     jump_key = paramiko.Ed25519Key.from_private_key_file(board_server.key_path("carol"))
     jump = JumpHost(host_key=jump_key, allowed_keys=[])

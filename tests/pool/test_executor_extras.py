@@ -1,7 +1,7 @@
 """``p2ppool.ProcessPoolExecutor`` beyond the conformance suite: its progress bar, and the
 manager-side handling of cancelled futures (the cases a race would otherwise hide).
 
-The suite run against concurrent.futures as well is ``tests/test_executor_conformance.py``.
+The suite run against concurrent.futures as well is ``tests/pool/test_executor_conformance.py``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Iterator
 import pytest
 
 import p2ppool
-from tests import _executor_tasks as tasks
-from tests import _pool_fixtures as fx
+from tests.fixtures import executor_tasks as tasks
+from tests.fixtures import pool as fx
 
 FORK = multiprocessing.get_context("fork")
 WAIT_S = 20.0
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_progress_bar_counts_tasks_done_of_tasks_submitted() -> None:
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from p2ppool import ProcessPoolExecutor
-        from tests import _pool_fixtures as fx
+        from tests.fixtures import pool as fx
         if __name__ == "__main__":
             with ProcessPoolExecutor(2, progress=True) as executor:
                 futures = [executor.submit(fx.square, i) for i in range(7)]
@@ -132,7 +132,7 @@ def test_no_bar_by_default() -> None:
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from p2ppool import ProcessPoolExecutor
-        from tests import _pool_fixtures as fx
+        from tests.fixtures import pool as fx
         if __name__ == "__main__":
             with ProcessPoolExecutor(2) as executor:
                 print(sum(executor.map(fx.square, range(5))))

@@ -27,9 +27,9 @@ import pytest
 
 from p2ppool import BrokenPool
 from p2ppool.local.cluster import LocalCluster
-from tests import _pool_fixtures as fx
-from tests._cluster_fixtures import OldPythonWorker, assert_gone, descendants, wait_until_idle
-from tests.system import _pool_cluster_tasks as tasks
+from tests.fixtures import pool as fx
+from tests.fixtures import pool_cluster_tasks as tasks
+from tests.fixtures.cluster import OldPythonWorker, assert_gone, descendants, wait_until_idle
 
 pytestmark = pytest.mark.system
 
@@ -216,7 +216,7 @@ def _client_script(cluster: LocalCluster, port: int) -> str:
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from p2ppool import Pool
-        from tests._cluster_fixtures import make_blocker
+        from tests.fixtures.cluster import make_blocker
 
         if __name__ == "__main__":
             pool = Pool(4, fallback=None)
@@ -348,7 +348,7 @@ def test_a_worker_exception_keeps_its_type_and_remote_traceback(
     text = str(cause)
     # It names the worker it came from (the test runs where the workers run: same host).
     assert re.match(rf'\n"""\non worker w[12] \({re.escape(socket.gethostname())}\)\n', text), text
-    assert f'_pool_fixtures.py", line {line}, in raise_custom' in text, text
+    assert f'fixtures/pool.py", line {line}, in raise_custom' in text, text
     assert "CustomError: custom 5" in text
     assert "in fail_on" in str(mapped.value.__cause__)
 

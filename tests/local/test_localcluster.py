@@ -15,7 +15,7 @@ import pytest
 from p2ppool import payload
 from p2ppool.cluster.backend import ExecutorJoined, TaskDone
 from p2ppool.local.cluster import LocalCluster
-from tests._cluster_fixtures import assert_gone, descendants, parse_exports, read_until, reap
+from tests.fixtures.cluster import assert_gone, descendants, parse_exports, read_until, reap
 
 pytestmark = pytest.mark.system
 

@@ -31,12 +31,12 @@ import pytest
 import p2ppool
 from p2ppool import defaults, payload
 from p2ppool.execution.engine import ProcessEngine, TaskDone, TaskLost
-from tests import _pool_fixtures as fx
+from tests.fixtures import pool as fx
 
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
 WAIT_S = 20.0
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_progress_bar_shows_items_done_and_the_total(capsys: pytest.CaptureFixtu
 def test_progress_from_the_environment_and_silence_by_default() -> None:
     body = """
     from p2ppool import Pool
-    from tests import _pool_fixtures as fx
+    from tests.fixtures import pool as fx
     if __name__ == "__main__":
         with Pool(2) as pool:
             print(sum(pool.map(fx.square, range(100))))

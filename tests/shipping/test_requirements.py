@@ -17,7 +17,7 @@ import pytest
 from p2ppool import P2PPoolError, Pool
 from p2ppool.local.cluster import LocalCluster
 from p2ppool.payload import WORKER_NAME_ENV
-from tests.system.test_capability_routing import build_wheel
+from tests.shipping.test_capability_routing import build_wheel
 
 pytestmark = pytest.mark.system
 

@@ -25,7 +25,7 @@ from p2ppool.cluster.backend import (
     TaskDone,
     TaskLost,
 )
-from tests._cluster_fixtures import (
+from tests.fixtures.cluster import (
     OldPythonWorker,
     assert_gone,
     executor_names,
@@ -399,7 +399,7 @@ import json, sys, threading
 from p2ppool import payload
 from p2ppool.config import resolve_options
 from p2ppool.cluster.backend import ClusterBackend, ExecutorJoined
-from tests._cluster_fixtures import make_blocker
+from tests.fixtures.cluster import make_blocker
 
 options, port = json.loads(sys.argv[1]), int(sys.argv[2])
 wake = threading.Event()

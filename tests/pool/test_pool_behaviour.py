@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 import p2ppool
-from tests import _pool_fixtures as fx
+from tests.fixtures import pool as fx
 
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
@@ -615,9 +615,9 @@ def test_pool_left_open_does_not_hang_the_exit(
                    P2PPOOL_CONFIG=os.devnull)
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from {POOL_MODULES[kind]} import Pool
-        from tests import _pool_fixtures as fx
+        from tests.fixtures import pool as fx
 
         if __name__ == "__main__":
             pool = Pool(2)

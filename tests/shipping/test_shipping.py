@@ -59,7 +59,7 @@ def test_own_modules_travel_installed_ones_do_not(project: Path) -> None:
     for installed in ("json", "cloudpickle", "pytest", "p2ppool", "p2ppool.pool", "__main__",
                       "sys", "_pytest.python"):
         assert installed not in shipped
-    assert "tests.unit.test_shipping" in shipped  # the test suite is the caller's own code
+    assert "tests.shipping.test_shipping" in shipped  # the test suite is the caller's own code
 
 
 def test_package_flags_and_digest(project: Path) -> None:

@@ -1,4 +1,4 @@
-"""The session-end litter check (tests/_litter.py, issue 15.2) fails a run that leaves
+"""The session-end litter check (tests/fixtures/litter.py, issue 15.2) fails a run that leaves
 temporary entries or processes behind, and passes one that cleans up.
 
 Each test runs an inner pytest session in a subprocess, with the plugin, and with a
@@ -17,7 +17,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +42,7 @@ def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     pytester.makepyfile(test_inner=source)
     return pytester.runpytest_subprocess(
-        "-s", "-p", "tests._litter", "-p", "no:cacheprovider", "-o", "litter_grace=0.5",
+        "-s", "-p", "tests.fixtures.litter", "-p", "no:cacheprovider", "-o", "litter_grace=0.5",
         timeout=50)
 
 
