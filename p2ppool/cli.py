@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "p2ppool.local.demo", "run a whole cluster on 127.0.0.1 and one map with a progress bar"
     ),
-    "local": ("p2ppool.local.cluster", "run a local cluster in the foreground for other shells"),
+    "local": ("p2ppool.local.command", "run a local cluster in the foreground for other shells"),
     "worker": ("p2ppool.worker.cli", "volunteer this machine to a cluster"),
     "board": ("p2ppool.board.server", "run a self-hosted, pico-pipe-compatible SSH board"),
     "host": ("p2ppool.cluster.host", "host a shared cluster on the board (access list)"),

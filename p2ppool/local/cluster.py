@@ -31,14 +31,12 @@ leaves its multiprocessing directory (``pymp-*``, its fork server's socket) ther
 ``/tmp``.  If the process that started the cluster dies without stopping it, the wormhole
 servers (which notice: their stdin ends) remove that directory (unless ``keep_dir``).
 
-``p2ppool local`` runs one in the foreground and prints the ``export P2PPOOL_...`` lines that
-make ``Pool()`` in another shell use it (:func:`add_arguments`, :func:`run`).
+``p2ppool local`` (:mod:`p2ppool.local.command`) runs one in the foreground.  The children's
+process plumbing is :mod:`p2ppool.local.processes`.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import dataclasses
 import os
 import selectors
@@ -50,16 +48,21 @@ import tempfile
 import threading
 import time
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from .. import defaults
 from ..errors import P2PPoolError
+from .processes import (
+    MARK,
+    child_tempdir,
+    drain,
+    log_tail,
+    pdeathsig,
+    stop_groups,
+    write_ed25519_key,
+)
 
-__all__ = ["LocalCluster", "LocalClusterError", "WorkerProcess", "add_arguments", "run"]
-
-#: Environment variable set in every child (and so every grandchild) to the cluster's
-#: directory; stopping sweeps only processes that carry it.
-_MARK = "_P2PPOOL_LOCALCLUSTER"
+__all__ = ["LocalCluster", "LocalClusterError", "WorkerProcess"]
 
 #: The board user who owns the cluster (and runs the Pool), and the workers' user.
 OWNER = "alice"
@@ -89,62 +92,6 @@ class WorkerProcess:
     def alive(self) -> bool:
         """True while the process runs."""
         return self.process.poll() is None
-
-
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Child setup: ask the kernel for SIGTERM when the parent dies (Linux only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-#: Longest ``TMPDIR`` given to children: multiprocessing puts its fork server's socket at
-#: ``TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``, and a Unix socket path has at most 104 bytes
-#: (macOS; 108 on Linux).
-_MAX_CHILD_TMPDIR = 104 - len("/pymp-XXXXXXXX/listener-XXXXXXXX") - 1
-
-
-def _child_tempdir(directory: str) -> str | None:
-    """Make ``directory/tmp`` for the children's temporary files; return it, or None (the
-    children keep the usual one) if it is too long a prefix for a Unix socket path."""
-    path = os.path.join(directory, "tmp")
-    if len(os.fsencode(path)) > _MAX_CHILD_TMPDIR:
-        return None
-    os.mkdir(path, 0o700)
-    return path
-
-
-def _write_ed25519_key(path: str, comment: str) -> str:
-    """Write a fresh ed25519 private key (OpenSSH format, mode 0600); return its public line."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    with open(path + ".pub", "w", encoding="ascii") as f:
-        f.write(f"{public} {comment}\n")
-    return public
-
-
-def _log_tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as f:
-            text = f.read()[-6000:].decode("utf-8", "replace")
-    except OSError:
-        return ""
-    tail = "\n".join(text.strip().splitlines()[-lines:])
-    return f"; end of {path}:\n{tail}" if tail else ""
 
 
 class LocalCluster:
@@ -222,7 +169,7 @@ class LocalCluster:
             raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'none', not {sandbox!r}")
         self.sandbox = sandbox
         self.directory = tempfile.mkdtemp(prefix="p2ppool-local-")
-        self._child_tmp: str | None = None  # the children's TMPDIR (see _child_tempdir)
+        self._child_tmp: str | None = None  # the children's TMPDIR (see child_tempdir)
         self.board = ""
         self.relay = ""
         self.transit = ""
@@ -305,7 +252,7 @@ class LocalCluster:
         Everyone's board connection breaks; the board clients reconnect with backoff.
         """
         assert self._board_proc is not None
-        _stop_groups([self._board_proc], 0.0, self.directory)
+        stop_groups([self._board_proc], 0.0, self.directory)
         if self._board_proc.stdout is not None:
             self._board_proc.stdout.close()
         if down is not None:
@@ -382,7 +329,7 @@ class LocalCluster:
                 self._check_worker_alive(worker)
         log = next((w.log_path for w in self._workers if w.name == worker), "")
         raise TimeoutError(f"worker {worker} did not say the expected Hello within "
-                           f"{timeout:g} s{_log_tail(log) if log else ''}")
+                           f"{timeout:g} s{log_tail(log) if log else ''}")
 
     def wait_for_bye(self, worker: str, timeout: float = 10.0) -> None:
         """Wait until ``worker`` has said Bye on the board (it is withdrawing).
@@ -410,7 +357,7 @@ class LocalCluster:
         caller_path = [env["PYTHONPATH"]] if env.get("PYTHONPATH") and not self.isolated else []
         env["PYTHONPATH"] = os.pathsep.join([self._package_dir(), *caller_path])
         env["PYTHONUNBUFFERED"] = "1"
-        env[_MARK] = self.directory  # inherited by grandchildren: what stop() may sweep
+        env[MARK] = self.directory  # inherited by grandchildren: what stop() may sweep
         if self._child_tmp is not None:
             env["TMPDIR"] = self._child_tmp  # what a killed child leaves goes with stop()
         return env
@@ -439,22 +386,22 @@ class LocalCluster:
                 argv, stdin=subprocess.DEVNULL, cwd=cwd,
                 stdout=subprocess.PIPE if stdout_pipe else log, stderr=log,
                 env=self._child_env(), close_fds=True, start_new_session=True,
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+                preexec_fn=pdeathsig if sys.platform.startswith("linux") else None,
             )
 
     def _start(self, workers: int) -> None:
         from ..transfer.servers import WormholeServers
 
         deadline = time.monotonic() + self.start_timeout
-        self._child_tmp = _child_tempdir(self.directory)
+        self._child_tmp = child_tempdir(self.directory)
         for user in (OWNER, VOLUNTEER, *self.members):
             path = os.path.join(self.directory, f"id_{user}")
-            public = _write_ed25519_key(path, user)
+            public = write_ed25519_key(path, user)
             self._keys[user] = path
             with open(os.path.join(self.directory, "users"), "a", encoding="ascii") as f:
                 f.write(f"{user} {public}\n")
         host_key = os.path.join(self.directory, "board_host_key")
-        host_public = _write_ed25519_key(host_key, "p2ppool-local-board")
+        host_public = write_ed25519_key(host_key, "p2ppool-local-board")
         self._start_board(host_key, host_public, deadline)
         os.makedirs(os.path.join(self.directory, "wormhole"))
         self._servers = WormholeServers(
@@ -485,25 +432,25 @@ class LocalCluster:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise LocalClusterError(
-                        f"the board server did not start in time{_log_tail(log_path)}")
+                        f"the board server did not start in time{log_tail(log_path)}")
                 if not sel.select(left):
                     continue
                 chunk = os.read(proc.stdout.fileno(), 4096)
                 if not chunk:
                     code = proc.wait(5)
                     raise LocalClusterError(f"the board server exited with code {code} "
-                                            f"before listening{_log_tail(log_path)}")
+                                            f"before listening{log_tail(log_path)}")
                 buf += chunk
         address = buf.split(prefix, 1)[1].split(b"\n", 1)[0].decode().strip()
         host, _, port = address.rpartition(":")
         if host != "127.0.0.1" or not port.isdigit():
             raise LocalClusterError(f"the board server printed an unexpected address "
-                                    f"{address!r}{_log_tail(log_path)}")
+                                    f"{address!r}{log_tail(log_path)}")
         self.board = address
         with open(self._known_hosts, "w", encoding="ascii") as f:
             f.write(f"[127.0.0.1]:{port} {host_public}\n")
         # The rest of its output is not needed; keep the pipe from filling up.
-        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True,
+        threading.Thread(target=drain, args=(proc.stdout,), daemon=True,
                          name="p2ppool-local-board-out").start()
 
     def _start_host(self) -> None:
@@ -562,7 +509,7 @@ class LocalCluster:
             if worker.name == name and worker.process.poll() is not None:
                 raise LocalClusterError(
                     f"worker {name} exited with code {worker.process.returncode}"
-                    f"{_log_tail(worker.log_path)}")
+                    f"{log_tail(worker.log_path)}")
 
     # --- stopping -------------------------------------------------------------------------
 
@@ -576,11 +523,11 @@ class LocalCluster:
                 self._host_client.close()
             except Exception:  # noqa: BLE001 - stopping must go on
                 pass
-        _stop_groups([w.process for w in self._workers], self.stop_timeout, self.directory)
+        stop_groups([w.process for w in self._workers], self.stop_timeout, self.directory)
         if self._servers is not None:
             self._servers.stop()
         if self._board_proc is not None:
-            _stop_groups([self._board_proc], self.stop_timeout, self.directory)
+            stop_groups([self._board_proc], self.stop_timeout, self.directory)
             if self._board_proc.stdout is not None:
                 try:
                     self._board_proc.stdout.close()
@@ -613,229 +560,3 @@ _BOARD_MAIN = (
     "board_server.add_arguments(parser)\n"
     "sys.exit(board_server.run(parser.parse_args()))\n"
 )
-
-
-def _drain(stream: Any) -> None:
-    try:
-        while stream.read(4096):
-            pass
-    except (OSError, ValueError):
-        pass
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    if proc.poll() is not None:
-        return  # reaped: its group id may have been reused by someone else's process
-    try:
-        os.killpg(proc.pid, sig)  # each child leads its own group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _session_members(sids: Sequence[int], mark: str | None = None) -> List[int]:
-    """Pids of every process in one of the sessions ``sids`` (Linux: read from /proc) that
-    carries ``_MARK=mark`` in its environment (when ``mark`` is given).
-
-    A session id whose processes have all exited may be reused by an unrelated process
-    (another test's cluster, say); the mark keeps the sweep to this cluster's processes.
-    """
-    wanted = set(sids)
-    members = []
-    needle = f"{_MARK}={mark}".encode() if mark is not None else None
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) not in wanted:
-                    continue
-                if needle is not None:
-                    with open(f"/proc/{entry}/environ", "rb") as f:
-                        if needle not in f.read().split(b"\0"):
-                            continue
-                members.append(int(entry))
-            except OSError:
-                continue
-    return members
-
-
-def _stop_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float,
-                 mark: str | None = None) -> None:
-    """SIGTERM each child's process group, wait up to ``timeout``, then SIGKILL every
-    process left in the child's session (that carries the cluster's ``mark``).
-
-    Every child leads its own session (``start_new_session``).  A worker's task processes
-    may sit in process groups of their own, and outlive a worker that was SIGKILLed; they
-    stay in its session, so the session is what is swept.  Groups of children already
-    reaped are not signalled (their ids may have been reused).
-    """
-    for proc in procs:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    sids = [proc.pid for proc in procs]
-    for proc in procs:
-        _signal_group(proc, signal.SIGKILL)
-    for pid in _session_members(sids, mark):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for proc in procs:
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-# --- p2ppool local ----------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``p2ppool local``."""
-    parser.add_argument("--workers", type=int, default=2, metavar="N",
-                        help="worker processes to start (default 2)")
-    parser.add_argument("--processes-per-worker", type=int, default=1, metavar="K",
-                        help="task processes per worker (default 1)")
-    parser.add_argument("--write-env", metavar="FILE",
-                        help="also write the export lines to FILE (source it in another shell)")
-    parser.add_argument("--no-isolation", dest="isolated", action="store_false",
-                        help="start the workers in this directory with this PYTHONPATH (by "
-                        "default they see only p2ppool and what is installed, as workers on "
-                        "other machines do, so your own modules must travel)")
-
-
-def export_lines(env: Mapping[str, str]) -> List[str]:
-    """``export NAME=value`` lines for a POSIX shell, values quoted."""
-    import shlex
-
-    return [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees either no file or all of it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".p2ppool-env-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
-def _remove_env_file(path: str, header: str) -> None:
-    """Remove the ``--write-env`` file we wrote, unless another process has replaced it since.
-
-    A shell that sources it after the cluster stopped would otherwise point ``Pool()`` at a
-    board that is gone.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.readline() != header:
-                return  # rewritten by someone else (another `p2ppool local`): theirs now
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class _StopRequested(Exception):
-    """A stop signal arrived while the cluster was still starting."""
-
-
-#: Signals that stop ``p2ppool local`` (SIGHUP: its terminal was closed).
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``p2ppool local``: run a local cluster until SIGINT, SIGTERM or SIGHUP.
-
-    A signal while the cluster starts aborts the start; afterwards it only wakes the main
-    thread through a pipe (the handler takes no lock), which then stops everything.
-    """
-    if args.workers < 0 or args.processes_per_worker < 1:
-        print("p2ppool local: --workers must be >= 0 and --processes-per-worker >= 1",
-              file=sys.stderr)
-        return 2
-    if args.write_env and not os.path.isdir(os.path.dirname(os.path.abspath(args.write_env))):
-        print(f"p2ppool local: cannot write {args.write_env}: its directory does not exist",
-              file=sys.stderr)
-        return 2
-    wake_read, wake_write = os.pipe()
-    state = {"starting": True, "signalled": False}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if state["signalled"]:
-            return  # stopping already (and bounded): a second signal must not interrupt it
-        state["signalled"] = True
-        if state["starting"]:
-            raise _StopRequested()
-        try:
-            os.write(wake_write, b"x")
-        except OSError:
-            pass
-
-    previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
-    cluster: LocalCluster | None = None
-    env_header = (f"# p2ppool local (pid {os.getpid()}): valid while that process runs; "
-                  f"removed when it stops\n")
-    env_written = False
-    print("# starting a p2ppool cluster on 127.0.0.1 ...", flush=True)
-    try:
-        try:
-            cluster = LocalCluster(args.workers, args.processes_per_worker,
-                                   isolated=getattr(args, "isolated", True))
-            state["starting"] = False
-        except _StopRequested:
-            print("# stopped while starting", flush=True)
-            return 0
-        except (P2PPoolError, TimeoutError, OSError) as exc:
-            print(f"p2ppool local: could not start the cluster: {exc}", file=sys.stderr)
-            return 1
-        lines = export_lines(cluster.env)
-        if args.write_env:
-            try:
-                _write_atomically(args.write_env, (
-                    env_header + f"# cluster {cluster.cluster} on 127.0.0.1\n"
-                    + "\n".join(lines) + "\n"))
-                env_written = True
-            except OSError as exc:
-                print(f"p2ppool local: cannot write {args.write_env}: {exc.strerror}; "
-                      f"stopping", file=sys.stderr)
-                return 1
-        print(f"# a p2ppool cluster on 127.0.0.1: {cluster.cluster}, board {cluster.board}, "
-              f"{args.workers} worker(s) x {args.processes_per_worker} process(es)")
-        if args.write_env:
-            print(f"# in another shell, `. {args.write_env}` (or paste these lines) and "
-                  f"Pool() uses this cluster:")
-        else:
-            print("# paste these lines in another shell, and Pool() there uses this cluster:")
-        print("\n".join(lines))
-        print("# Ctrl-C stops everything", flush=True)
-        with selectors.DefaultSelector() as sel:
-            sel.register(wake_read, selectors.EVENT_READ)
-            while not state["signalled"]:
-                sel.select()
-        print("# stopping", flush=True)
-    finally:
-        state["starting"] = False
-        state["signalled"] = True  # from here on, signals are ignored until the handlers go
-        if cluster is not None:
-            cluster.stop()
-        if env_written:
-            _remove_env_file(args.write_env, env_header)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(wake_read)
-        os.close(wake_write)
-    return 0

@@ -29,7 +29,8 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from p2ppool.local.cluster import _BOARD_MAIN, _write_ed25519_key
+from p2ppool.local.cluster import _BOARD_MAIN
+from p2ppool.local.processes import write_ed25519_key as _write_ed25519_key
 from tests.fixtures.cluster import read_until
 from tests.fixtures.faults import check_exactly_once, executions
 

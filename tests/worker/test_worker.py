@@ -1,8 +1,8 @@
 """``python -m p2ppool.worker`` against a real board, mailbox server and transit relay.
 
 Everything runs on 127.0.0.1: the board server (SSH), the wormhole mailbox server and transit
-relay, the worker as a subprocess, and a minimal real client (``tests.fixtures.worker_driver``) that speaks
-the board protocol and the session frames like a Pool does.  The board's channel
+relay, the worker as a subprocess, and a minimal real client (``tests.fixtures.worker_driver``)
+that speaks the board protocol and the session frames like a Pool does.  The board's channel
 ``alice/friends`` is held open by alice with an access list for bob and carol (as
 ``p2ppool host`` does); workers log in as bob, the test client as carol.
 """
