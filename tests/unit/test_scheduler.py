@@ -287,3 +287,23 @@ def test_forgotten_groups_keep_no_durations() -> None:
     tail_of_a_job(s)
     s.forget_group("job")
     assert s.next_deadline() is None  # no median any more, and no task_timeout
+
+
+def test_chunks_go_to_the_executor_with_the_most_free_slots() -> None:
+    # Executors that hold chunks ahead (a cluster's prefetch) fill evenly, not one first.
+    s = Scheduler()
+    s.got_executor("a", 3, 0.0)
+    s.got_executor("b", 3, 0.0)
+    commands = s.got_chunks(range(4), 0.0)
+    assert [c.executor for c in commands if isinstance(c, Assign)] == ["a", "b", "a", "b"]
+
+
+def test_an_executor_whose_slots_shrink_takes_no_more_until_it_drains() -> None:
+    s = Scheduler()
+    s.got_executor("a", 3, 0.0)
+    assert len([c for c in s.got_chunks(range(4), 0.0) if isinstance(c, Assign)]) == 3
+    assert s.got_executor("a", 1, 0.0) == []
+    assert not [c for c in s.got_result(0, "a", "r", 0.1) if isinstance(c, Assign)]
+    assert not [c for c in s.got_result(1, "a", "r", 0.1) if isinstance(c, Assign)]
+    assert [c for c in s.got_result(2, "a", "r", 0.1) if isinstance(c, Assign)] == [
+        Assign(3, "a", 1)]
