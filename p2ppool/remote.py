@@ -106,7 +106,7 @@ from .session_protocol import (
 from .session_protocol import (
     Bye as ByeFrame,
 )
-from .shipping import Bundle, CodeShipper
+from .shipping import Bundle, shared_shipper
 
 __all__ = [
     "BoardTrouble",
@@ -287,7 +287,7 @@ class ClusterBackend:
         self._maxtasksperchild = maxtasksperchild
         self._notify = notify
         self._recruiter = recruiter or Recruiter(self.python)
-        self._shipper = CodeShipper(options.ship_modules)
+        self._shipper = shared_shipper(options.ship_modules)
         self._code: Bundle | None = self._shipper.current()
         self._lock = threading.Lock()
         self._events: List[Event] = []
