@@ -179,9 +179,19 @@ WORKER_FUNCTIONS_PER_SESSION: int = 256
 #: limit, so one function of any allowed size fits).  The worker says it in Ready, and a
 #: client keeps within it (Forget before Func); a session over it is closed (issue 17).
 WORKER_FUNCTION_BYTES_PER_SESSION: int = MAX_PAYLOAD_BYTES
-#: Tasks a session may have in flight on a worker beyond its slots (a client sends at most
-#: one per slot); a Task past them closes the session with a protocol error (issue 17).
+#: Tasks a session may have in flight on a worker beyond its slots (a p2ppool client sends
+#: at most REMOTE_TASKS_PREFETCH beyond them, capped at this value; the worker's count of a
+#: task ends before its Result or Lost is sent, so the client's count is never below it); a
+#: Task past them closes the session with a protocol error (issue 17).
 WORKER_TASKS_PREFETCH: int = 2
+#: A cluster pool sends a worker session that many tasks beyond its slots (at most
+#: WORKER_TASKS_PREFETCH) while that session's tasks come back quickly: the next tasks
+#: then wait on the worker instead of a round trip each (issue 16) ...
+REMOTE_TASKS_PREFETCH: int = WORKER_TASKS_PREFETCH
+#: ... "quickly": the average round trip of its recent tasks is below this.  A slower task
+#: stops the prefetch at once, so that no task waits behind a long one there while
+#: another worker could run it.
+REMOTE_PREFETCH_BELOW_S: float = 0.02
 
 # --- One member cannot stall the cluster (issue 17; peer.py, recruit.py) -------------------
 #: Wants a worker remembers per sender (the newest win) and senders it keeps any state for

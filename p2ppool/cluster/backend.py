@@ -85,7 +85,7 @@ from ..errors import (
     ProtocolError,
     TransferError,
 )
-from ..shipping.modules import Bundle, CodeShipper
+from ..shipping.modules import Bundle, shared_shipper
 from ..transfer.session_protocol import (
     SESSION_VERSION,
     Cancel,
@@ -287,7 +287,7 @@ class ClusterBackend:
         self._maxtasksperchild = maxtasksperchild
         self._notify = notify
         self._recruiter = recruiter or Recruiter(self.python)
-        self._shipper = CodeShipper(options.ship_modules)
+        self._shipper = shared_shipper(options.ship_modules)
         self._code: Bundle | None = self._shipper.current()
         self._lock = threading.Lock()
         self._events: List[Event] = []

@@ -38,6 +38,7 @@ import collections
 import itertools
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
 from .. import defaults
@@ -57,7 +58,7 @@ from .backend import (
 if TYPE_CHECKING:
     from ..pool.executors import ExecutorEvent, ExecutorHost
 
-__all__ = ["ClusterLink", "RemoteExecutor"]
+__all__ = ["ClusterLink", "PrefetchRule", "RemoteExecutor"]
 
 log = logging.getLogger("p2ppool.pool")
 
@@ -66,6 +67,13 @@ class RemoteExecutor:
     """One worker session, as the manager's :class:`~p2ppool.pool.executors.Executor`.
 
     Its events arrive through the :class:`ClusterLink`, so it has nothing to wait on.
+
+    Prefetch (issue 16): while the session's recent tasks come back within
+    ``REMOTE_PREFETCH_BELOW_S`` on average, the scheduler may keep
+    ``REMOTE_TASKS_PREFETCH`` more tasks than its slots in flight there (the worker holds
+    them behind the running ones, within its ``WORKER_TASKS_PREFETCH``), so that a small
+    map costs about one round trip per worker rather than one per chunk.  A slow task stops
+    it at once (see :class:`PrefetchRule`).
     """
 
     def __init__(self, link: ClusterLink, executor_id: str, worker: str, slots: int) -> None:
@@ -73,9 +81,11 @@ class RemoteExecutor:
         self.worker = worker
         self._slots = slots
         self._link = link
+        self.prefetch = PrefetchRule(slots)
+        self._sent_at: Dict[int, float] = {}  # chunk id -> when it was sent
 
     def slots(self) -> int:
-        return self._slots
+        return self.prefetch.capacity
 
     def readables(self) -> List[Any]:
         return _NOTHING
@@ -87,12 +97,22 @@ class RemoteExecutor:
         return None
 
     def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        self._sent_at[chunk_id] = time.monotonic()
         self._link.backend.submit(
             self.name, chunk_id, self._link.func_key(func_blob), func_blob, call_blob
         )
 
     def cancel(self, chunk_ids: Sequence[int]) -> None:
+        for chunk_id in chunk_ids:
+            self._sent_at.pop(chunk_id, None)
         self._link.backend.cancel(self.name, list(chunk_ids))
+
+    def finished(self, chunk_id: int, now: float) -> bool:
+        """A task came back: True when the capacity changed (tell the scheduler)."""
+        sent = self._sent_at.pop(chunk_id, None)
+        if sent is None:
+            return False
+        return self.prefetch.took(now - sent)
 
     def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
         return []
@@ -106,6 +126,34 @@ class RemoteExecutor:
 
     def terminate(self) -> None:
         pass
+
+
+class PrefetchRule:
+    """How many tasks one worker session may have in flight (pure; see RemoteExecutor).
+
+    ``slots`` at first and after any slow task; ``slots + REMOTE_TASKS_PREFETCH`` while
+    the moving average of the round trips is below ``REMOTE_PREFETCH_BELOW_S`` and the
+    last one was too.
+    """
+
+    __slots__ = ("slots", "extra", "below_s", "average", "capacity")
+
+    def __init__(self, slots: int, extra: int = defaults.REMOTE_TASKS_PREFETCH,
+                 below_s: float = defaults.REMOTE_PREFETCH_BELOW_S) -> None:
+        self.slots = slots
+        self.extra = max(0, min(extra, defaults.WORKER_TASKS_PREFETCH))
+        self.below_s = below_s
+        self.average: float | None = None
+        self.capacity = slots
+
+    def took(self, seconds: float) -> bool:
+        """One task's round trip; True when :attr:`capacity` changed."""
+        avg = self.average
+        self.average = seconds if avg is None else 0.75 * avg + 0.25 * seconds
+        short = seconds < self.below_s and self.average < self.below_s
+        capacity = self.slots + (self.extra if short else 0)
+        changed, self.capacity = capacity != self.capacity, capacity
+        return changed
 
 
 _NOTHING: List[Any] = []
@@ -179,7 +227,7 @@ class ClusterLink:
         """Apply the backend's events, then update demand and the fallback timer."""
         lost = False
         for event in self.backend.collect():
-            self._apply(host, event)
+            self._apply(host, event, now)
             lost = lost or isinstance(event, ExecutorLost)
         busy = host.has_work()
         demand = self.max_slots if busy else 0
@@ -206,10 +254,12 @@ class ClusterLink:
         """When the manager must take a turn without any event: the fallback moment."""
         return self._fallback_at
 
-    def _apply(self, host: ExecutorHost, event: Any) -> None:
+    def _apply(self, host: ExecutorHost, event: Any, now: float) -> None:
         if isinstance(event, TaskDone):
+            self._finished(host, event.executor_id, event.task_id, now)
             host.executor_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
         elif isinstance(event, TaskLost):
+            self._finished(host, event.executor_id, event.task_id, now)
             if event.retry:
                 host.executor_event(event.executor_id,
                                     ChunkLost(event.task_id, event.cause, event.started))
@@ -240,6 +290,13 @@ class ClusterLink:
             host.remove_executor(event.executor_id, f"peer {worker} lost: {event.cause}")
         elif isinstance(event, BoardTrouble):
             log.warning("%s", event.message)
+
+    def _finished(self, host: ExecutorHost, executor_id: str, task_id: int, now: float) -> None:
+        """A task came back from a session: it may now take more (or fewer) in flight."""
+        executor = host.executors_now().get(executor_id)
+        if isinstance(executor, RemoteExecutor) and executor.finished(task_id, now):
+            # Before the result's own turn: the slot it frees dispatches at the new depth.
+            host.executor_resized(executor_id)
 
     def _no_capable_worker(self, host: ExecutorHost) -> None:
         """No executor is left and every worker heard of was declined: fall back now, or

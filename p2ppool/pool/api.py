@@ -141,7 +141,7 @@ class Pool:
             manager = _Manager(self, [local_executor()], self._options.max_attempts,
                                self._options.task_timeout)
         else:
-            # Peers first; the local engine only when none answers in time (cluster_link).
+            # Peers first; the local engine only when none answers in time (cluster.link).
             from ..cluster.link import ClusterLink
 
             manager = _Manager(self, [], self._options.max_attempts,

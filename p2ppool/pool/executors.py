@@ -96,6 +96,10 @@ class ExecutorHost(Protocol):
         """A chunk of ``executor`` finished or was lost."""
         ...
 
+    def executor_resized(self, name: str) -> None:
+        """``name``'s :meth:`Executor.slots` changed: chunks dispatch at the new depth."""
+        ...
+
     def chunk_failed(self, chunk_id: int, executor: str, error: BaseException) -> None:
         """``chunk_id`` failed on ``executor`` with ``error``, to be retried nowhere."""
         ...

@@ -180,6 +180,11 @@ class _Manager:
     def executor_event(self, executor: str, event: ExecutorEvent) -> None:
         self._got_event(executor, event)
 
+    def executor_resized(self, name: str) -> None:
+        executor = self.executors.get(name)
+        if executor is not None:
+            self._execute(self.scheduler.got_executor(name, executor.slots(), time.monotonic()))
+
     def chunk_failed(self, chunk_id: int, executor: str, error: BaseException) -> None:
         self._execute(self.scheduler.got_result(chunk_id, executor, _Failed(error),
                                                 time.monotonic()))

@@ -387,17 +387,17 @@ class Scheduler:
 
     def _pick(self, chunk: _Chunk) -> _Executor | None:
         # Prefer an executor this chunk has not been lost on, then one that was overtaken
-        # least often; any free one otherwise.
+        # least often, then the one with the most free slots (executors that hold a few
+        # chunks ahead fill evenly); any free one otherwise.
         best: _Executor | None = None
-        best_key: Tuple[bool, int] | None = None
+        best_key: Tuple[bool, int, int] | None = None
         for executor in self._executors.values():
-            if executor.free <= 0 or executor.name in chunk.runs:
+            free = executor.free
+            if free <= 0 or executor.name in chunk.runs:
                 continue
-            key = (executor.name in chunk.tried_on, executor.overtaken)
+            key = (executor.name in chunk.tried_on, executor.overtaken, -free)
             if best_key is None or key < best_key:
                 best, best_key = executor, key
-                if key == (False, 0):
-                    break
         return best
 
     def _single_runs(self) -> Iterator[Tuple[_Chunk, Any, float]]:

@@ -30,6 +30,7 @@ import os
 import site
 import sys
 import sysconfig
+import threading
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from .. import defaults
@@ -37,7 +38,7 @@ from ..errors import ProtocolError
 from . import bundle as code_bundle
 from .bundle import ModuleSource
 
-__all__ = ["Bundle", "CodeShipper", "parse_ship_modules"]
+__all__ = ["Bundle", "CodeShipper", "parse_ship_modules", "shared_shipper"]
 
 log = logging.getLogger("p2ppool.pool")
 
@@ -101,13 +102,18 @@ class CodeShipper:
         self._stats: Tuple[Tuple[str, int, int], ...] | None = None
         self._bundle: Bundle | None = None
         self._warned_size = False
+        self._lock = threading.Lock()  # pools of one process share a shipper
 
     def current(self) -> Bundle | None:
         """The bundle of the local modules as they are on disk now (None: nothing to ship).
 
         Cheap when nothing changed: one pass over the module table when it grew, one
-        ``stat`` per shipped file.
+        ``stat`` per shipped file.  Thread-safe.
         """
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> Bundle | None:
         if len(self._modules) != self._seen_count:
             self._local = self._scan()
         stats = []
@@ -219,3 +225,33 @@ def _install_roots() -> Tuple[str, ...]:
     if site.ENABLE_USER_SITE and hasattr(site, "getusersitepackages"):
         roots.add(site.getusersitepackages())
     return tuple(sorted({os.path.join(os.path.realpath(r), "") for r in roots}))
+
+
+_shared: Dict[Tuple[int, Tuple[str, ...]], CodeShipper] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_shipper(ship_modules: Sequence[str] = ()) -> CodeShipper:
+    """This process's :class:`CodeShipper` for ``ship_modules``, made once.
+
+    Every cluster pool of a process looks at the same module table, so they share one
+    shipper: its first scan (about 10-20 ms with a few hundred modules imported) is paid
+    once per process, not once per pool (issue 16: open -> first result -> close).
+    """
+    key = (os.getpid(), tuple(ship_modules))  # a forked child makes its own
+    with _shared_lock:
+        shipper = _shared.get(key)
+        if shipper is None:
+            for old in [k for k in _shared if k[0] != key[0]]:
+                del _shared[old]
+            shipper = _shared[key] = CodeShipper(ship_modules)
+        return shipper
+
+
+def _after_fork_in_child() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

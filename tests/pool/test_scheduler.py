@@ -271,3 +271,63 @@ def test_forgotten_groups_keep_no_durations() -> None:
     tail_of_a_job(s)
     s.forget_group("job")
     assert s.next_deadline() is None  # no median any more, and no task_timeout
+
+
+def test_chunks_go_to_the_executor_with_the_most_free_slots() -> None:
+    # Executors that hold chunks ahead (a cluster's prefetch) fill evenly, not one first.
+    s = Scheduler()
+    s.got_executor("a", 3, 0.0)
+    s.got_executor("b", 3, 0.0)
+    commands = s.got_chunks(range(4), 0.0)
+    assert [c.executor for c in commands if isinstance(c, Assign)] == ["a", "b", "a", "b"]
+
+
+def test_an_executor_whose_slots_shrink_takes_no_more_until_it_drains() -> None:
+    s = Scheduler()
+    s.got_executor("a", 3, 0.0)
+    assert len([c for c in s.got_chunks(range(4), 0.0) if isinstance(c, Assign)]) == 3
+    assert s.got_executor("a", 1, 0.0) == []
+    assert not [c for c in s.got_result(0, "a", "r", 0.1) if isinstance(c, Assign)]
+    assert not [c for c in s.got_result(1, "a", "r", 0.1) if isinstance(c, Assign)]
+    assert [c for c in s.got_result(2, "a", "r", 0.1) if isinstance(c, Assign)] == [
+        Assign(3, "a", 1)]
+
+
+def test_prefetched_chunks_of_a_lost_executor_run_again_once_each() -> None:
+    # A cluster session holding chunks beyond its slot (prefetch) dies: every chunk it held,
+    # started or not, goes back to the front of the line in order, and resolves once.
+    s = Scheduler()
+    s.got_executor("a", 3, 0.0)  # 1 slot + 2 prefetched
+    s.got_executor("b", 1, 0.0)
+    assert s.got_chunks(range(5), 0.0) == [
+        Assign(0, "a", 1), Assign(1, "a", 1), Assign(2, "a", 1), Assign(3, "b", 1)]
+    assert s.executor_lost("a", "session lost", 0.5) == []
+    assert s.pending_count == 4
+    assert s.got_result(1, "a", "late from a", 0.6) == []
+    resolved = []
+    for chunk_id, now in ((3, 0.7), (0, 0.8), (1, 0.9), (2, 1.0), (4, 1.1)):
+        commands = s.got_result(chunk_id, "b", f"r{chunk_id}", now)
+        resolved += [c.chunk_id for c in commands if isinstance(c, Resolve)]
+    assert resolved == [3, 0, 1, 2, 4]
+    assert s.active_count == 0 and s.pending_count == 0
+
+
+def test_a_chunk_held_behind_a_slow_one_is_copied_and_resolves_once() -> None:
+    # Prefetched chunks wait on a behind a slow one (a's capacity then shrinks to its slot):
+    # the idle executor b takes copies, one at a time, and the first result of each wins.
+    s = Scheduler(task_timeout=1.0)
+    s.got_executor("a", 3, 0.0)
+    s.got_executor("b", 1, 0.0)
+    assert s.got_chunks([0, 1, 2, 3], 0.0, group="job") == [
+        Assign(0, "a", 1), Assign(1, "a", 1), Assign(2, "a", 1), Assign(3, "b", 1)]
+    assert s.got_result(3, "b", "r3", 0.1) == [Resolve(3, "r3"), WakeAt(1.0)]
+    assert s.timer_expired(1.0) == [Assign(0, "b", 1, speculative=True)]
+    assert s.got_executor("a", 1, 1.0) == []  # a slow task: no more prefetch on a
+    assert s.got_result(0, "b", "r0", 1.1) == [
+        Resolve(0, "r0"), Cancel(0, "a"), Assign(1, "b", 1, speculative=True)]
+    assert s.got_result(0, "a", "late", 1.2) == []
+    assert s.got_result(1, "a", "r1", 1.3) == [
+        Resolve(1, "r1"), Cancel(1, "b"), Assign(2, "b", 1, speculative=True)]
+    assert s.got_result(2, "b", "r2", 1.4) == [Resolve(2, "r2"), Cancel(2, "a")]
+    assert s.got_result(2, "a", "late", 1.5) == []
+    assert s.active_count == 0 and s.free_slots == 2
