@@ -39,6 +39,12 @@ exactly once, on the child that claimed it.
 The owner thread drives everything: it waits on :meth:`ProcessEngine.readables` (together
 with its own wake-ups), then calls :meth:`ProcessEngine.collect`.  Nothing here starts a
 thread.  Timing (task limits) uses ``time.monotonic``.
+
+The task processes' side of the pipes is :mod:`p2ppool.execution.task_loop`, their message
+format :mod:`p2ppool.execution.wire`.  What stays here (about 750 lines) is one cohesive
+thing: the owner's state machine of children, backlog, loans, claims, limits and exits, whose
+invariants (every task runs exactly once; no side blocks the other on a full pipe) would not
+survive being spread over modules.
 """
 
 from __future__ import annotations
@@ -51,14 +57,25 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Sequence, Set, Union
+from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Set, Union
 
-from .. import defaults, payload
+from .. import defaults
+from .task_loop import child_main
+from .wire import (
+    CLAIMED,
+    INFO,
+    KEY,
+    RESULT,
+    RING,
+    TASK,
+    UNLOADABLE,
+    recv_message,
+    send,
+)
 
 __all__ = ["EngineEvent", "ProcessEngine", "TaskDone", "TaskLost", "describe_exit"]
 
@@ -92,29 +109,6 @@ class TaskLost:
 
 EngineEvent = Union[TaskDone, TaskLost]
 
-# --- wire format between engine and child (private to this module) -----------------------
-# parent -> child:  F<key:u32><function blob> | f<key:u32> then <blob>    define a function
-#                   T<task:u64><key:u32><args blob> | t<task:u64><key:u32> then <blob>
-#                   P/p: the same for a prefetched task, run only if claimed (see above)
-#                   D<key:u32>  forget a function;   X  exit
-# child -> parent:  R<task:u64><ok:u8><result blob> | r<task:u64><ok:u8> then <blob>
-#                   U<task:u64><n:u32><n bytes of JSON><exception blob> | u... then <blob>:
-#                       loading the function or the arguments raised an ImportError
-#                   E<exception blob>  the initializer raised; the child exits
-#                   L<n:u32><JSON><exception blob>  loading the initializer raised an
-#                       ImportError; the child exits
-_KEY = struct.Struct(">I")
-_TASK = struct.Struct(">QI")
-_RESULT = struct.Struct(">QB")
-_UNLOADABLE = struct.Struct(">QI")
-_INFO = struct.Struct(">I")
-#: Blobs larger than this go as a message of their own (no copy to prepend a header).
-_INLINE_MAX = 64 * 1024
-#: A child's claim (see the module docstring): ``claimed``, then the ring of withdrawn tasks.
-_CLAIMED = 0
-_RING = 32
-
-
 def describe_exit(exitcode: int | None) -> str:
     """Name a child's exit code for a person: ``SIGKILL(-9)``, ``exit code 3``."""
     if exitcode is None:
@@ -125,244 +119,6 @@ def describe_exit(exitcode: int | None) -> str:
         except ValueError:
             return f"signal {-exitcode}({exitcode})"
     return f"exit code {exitcode}"
-
-
-def _send(fd: int, kind: bytes, header: bytes, blob: bytes) -> None:
-    if len(blob) > _INLINE_MAX:
-        _write_message(fd, kind.lower() + header)
-        _write_message(fd, blob)
-    else:
-        _write_message(fd, kind + header + blob)
-
-
-# Messages are framed as multiprocessing.Connection frames them (so either side may use a
-# Connection), but read and written here with plain os.read/os.write: Connection's own
-# methods cost several microseconds of Python per message, a good part of an apply().
-_LENGTH = struct.Struct("!i")
-_LONG_LENGTH = struct.Struct("!Q")
-
-
-def _write_message(fd: int, message: bytes) -> None:
-    size = len(message)
-    if size <= 0x7FFFFFFF:
-        header = _LENGTH.pack(size)
-    else:  # pragma: no cover - messages over 2 GiB
-        header = _LENGTH.pack(-1) + _LONG_LENGTH.pack(size)
-    if size <= _INLINE_MAX:
-        data = header + message
-        written = os.write(fd, data)  # all of it, nearly always (the pipe has room)
-        if written < len(data):
-            _write_all(fd, memoryview(data)[written:])
-    else:  # no copy of a large message to prepend four bytes
-        _write_all(fd, memoryview(header))
-        _write_all(fd, memoryview(message))
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _recv_message(fd: int) -> bytes:
-    """Read one message (blocking); EOFError when the other side has closed the pipe."""
-    (size,) = _LENGTH.unpack(_read_exact(fd, 4))
-    if size == -1:  # pragma: no cover - messages over 2 GiB
-        (size,) = _LONG_LENGTH.unpack(_read_exact(fd, 8))
-    return _read_exact(fd, size)
-
-
-def _read_exact(fd: int, size: int) -> bytes:
-    data = os.read(fd, size)
-    if len(data) == size:
-        return data
-    parts = [data]
-    got = len(data)
-    while data and got < size:
-        data = os.read(fd, size - got)
-        parts.append(data)
-        got += len(data)
-    if got < size:
-        raise EOFError
-    return b"".join(parts)
-
-
-class _LoadFailed:
-    """Stands in for a function whose blob did not unpickle in the child."""
-
-    def __init__(self, blob: bytes, info: bytes | None) -> None:
-        self.blob = blob
-        self.info = info
-
-
-def _child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int | None,
-                max_result_bytes: int | None, inherited_fds: Sequence[int] = (),
-                code_dir: str | None = None, site_dir: str | None = None,
-                env: Dict[str, str] | None = None, work_dir: str | None = None,
-                reap_strays: bool = False, claim: Any = None) -> None:
-    """The loop of one child process: read tasks from ``rx``, write results to ``conn``.
-
-    ``code_dir`` holds the client's own modules (a shipped code bundle): first on
-    ``sys.path``, so they import as real modules before anything is unpickled.  ``site_dir``
-    holds the job's installed requirements: next, before the worker's own packages.
-    ``env`` replaces the whole environment (a worker's allowlist) and ``work_dir`` is the
-    working directory (the session's job directory).  ``reap_strays`` (a sandboxed child,
-    alone in its PID namespace) kills every other process there after each task: nothing a
-    task starts outlives it.  ``claim``: the ``(lock, counters)`` that prefetched tasks are
-    claimed with (see the module docstring); None when the owner never takes tasks back.
-    """
-    reap_strays = reap_strays and os.getpid() <= 3  # never outside a PID namespace
-    try:
-        os.setpgid(0, 0)  # own process group, so a kill takes the task's own children too
-    except OSError:
-        pass
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
-    if work_dir is not None:
-        os.chdir(work_dir)
-    if site_dir is not None:
-        import site
-
-        site.addsitedir(site_dir)  # its .pth files too
-        sys.path.remove(site_dir)
-        sys.path.insert(0, site_dir)
-    if code_dir is not None:
-        sys.path.insert(0, code_dir)
-        sys.dont_write_bytecode = True  # the bundle's directory is read-only
-    # A forked child inherits the owner's ends of every pipe; holding them would keep its own
-    # (and its siblings') pipes open after the owner dies, so nobody would see EOF and exit.
-    for fd in inherited_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    if initializer_blob is not None:
-        try:
-            try:
-                initializer, initargs = payload.loads(initializer_blob)
-            except Exception as exc:
-                info = payload.load_failure(exc, "initializer")
-                if info is None:
-                    raise
-                conn.send_bytes(b"L" + _INFO.pack(len(info)) + info + payload.dump_exception(exc))
-                conn.close()
-                os._exit(1)
-            initializer(*initargs)
-        except BaseException as exc:  # report it: the owner fails tasks instead of respawning
-            conn.send_bytes(b"E" + payload.dump_exception(exc))
-            conn.close()
-            os._exit(1)
-    functions: Dict[int, Any] = {}
-    completed = 0
-    seq = 0  # task messages read so far: the owner numbers them the same way
-    rx_fd = rx.fileno()
-    tx_fd = conn.fileno()
-
-    def recv() -> bytes:
-        return _recv_message(rx_fd)
-    while maxtasks is None or completed < maxtasks:
-        try:
-            message = recv()
-        except (EOFError, OSError):
-            break
-        kind = message[:1]
-        if kind in (b"T", b"t", b"P", b"p"):
-            task_id, key = _TASK.unpack_from(message, 1)
-            args: Any = memoryview(message)[13:] if kind in (b"T", b"P") else recv()
-            seq += 1
-            if kind in (b"P", b"p") and not _claimed(claim, seq):
-                del args
-                continue  # the owner took it back for an idle sibling
-            ok, blob, info = _run(functions.get(key), args, max_result_bytes)
-            if reap_strays:
-                _kill_strays()
-            try:
-                if info is None:
-                    _send(tx_fd, b"R", _RESULT.pack(task_id, ok), blob)
-                else:
-                    _send(tx_fd, b"U", _UNLOADABLE.pack(task_id, len(info)) + info, blob)
-            except (OSError, EOFError):
-                break
-            completed += 1
-            del args, blob
-        elif kind in (b"F", b"f"):
-            (key,) = _KEY.unpack_from(message, 1)
-            fblob: Any = memoryview(message)[5:] if kind == b"F" else recv()
-            try:
-                functions[key] = payload.loads(fblob)
-            except Exception as exc:
-                functions[key] = _LoadFailed(payload.dump_exception(exc),
-                                             payload.load_failure(exc, "function"))
-            del fblob
-        elif kind == b"D":
-            functions.pop(_KEY.unpack_from(message, 1)[0], None)
-        else:  # b"X"
-            break
-    conn.close()
-    rx.close()
-
-
-def _kill_strays() -> None:
-    """In a sandbox's PID namespace: SIGKILL every process but its init (1) and this one,
-    reap this one's own children, and return once none of them runs any more (what a task
-    started, detached or not, is gone before its result is sent)."""
-    me = os.getpid()
-    for attempt in range(200):
-        alive = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) in (1, me):
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue  # gone already
-            if state in (b"Z", b"X"):
-                continue  # dead, waiting to be reaped
-            alive.append(int(name))
-            try:
-                os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                pass
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-        if not alive:
-            return
-        time.sleep(0.001 * min(attempt + 1, 10))
-
-
-def _claimed(claim: Any, seq: int) -> bool:
-    """Claim prefetched task ``seq`` before running it: False if the owner withdrew it."""
-    if claim is None:  # a launched (sandboxed) child: nothing is ever taken back from it
-        return True
-    lock, counters = claim
-    with lock:
-        counters[_CLAIMED] = seq
-        return bool(counters[1 + seq % _RING] != seq)
-
-
-def _run(func: Any, args_blob: Any, max_result_bytes: int | None
-         ) -> tuple[bool, bytes, bytes | None]:
-    """Load and run one task: ``(ok, blob, unloadable)`` (see :class:`TaskDone`)."""
-    if isinstance(func, _LoadFailed):
-        return False, func.blob, func.info
-    try:
-        call = payload.loads(args_blob)  # its own phase: an ImportError here is no user bug
-    except Exception as exc:
-        return False, payload.dump_exception(exc), payload.load_failure(exc, "arguments")
-    try:
-        if func is None:
-            raise RuntimeError("p2ppool internal error: task for an unknown function")
-        value = payload.execute(func, call)
-    except Exception as exc:
-        return False, payload.dump_exception(exc), None
-    ok, blob = payload.dump_result(value, max_result_bytes)
-    return ok, blob, None
 
 
 # --- the owner's side -----------------------------------------------------------------------
@@ -679,7 +435,7 @@ class ProcessEngine:
         for end in (tx, conn):
             _grow_pipe(end.fileno())
         # A claim only where tasks may be prefetched (depth > 1).
-        claim = (self._ctx.Lock(), self._ctx.RawArray("q", 1 + _RING)) if self._depth > 1 else None
+        claim = (self._ctx.Lock(), self._ctx.RawArray("q", 1 + RING)) if self._depth > 1 else None
         inherited: List[int] = []
         if self._ctx.get_start_method() == "fork":
             inherited = [tx.fileno(), conn.fileno()]
@@ -688,7 +444,7 @@ class ProcessEngine:
                     if not end.closed:
                         inherited.append(end.fileno())
         process = self._ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(child_rx, child_tx, self._initializer_blob, self._maxtasks,
                   self._max_result_bytes, inherited, self._code_dir, self._site_dir,
                   self._env, self._work_dir, False, claim),
@@ -741,7 +497,7 @@ class ProcessEngine:
                     "code_dir": self._code_dir, "site_dir": self._site_dir,
                     "memory_mb": self._memory_mb, "work_dir": self._work_dir}
         try:
-            _send(child.tx_fd, b"C", json.dumps(settings).encode() + b"\n",
+            send(child.tx_fd, b"C", json.dumps(settings).encode() + b"\n",
                   self._initializer_blob or b"")
         except OSError:
             child.broken = True  # it died at once; its sentinel reports it
@@ -815,10 +571,10 @@ class ProcessEngine:
             return []
         taken: List[_Task] = []
         try:
-            claimed = counters[_CLAIMED]
+            claimed = counters[CLAIMED]
             # The running task stays (claimed or not), and any the child claimed since.
             for task in itertools.islice(child.inflight, 1, None):
-                slot = 1 + task.seq % _RING
+                slot = 1 + task.seq % RING
                 if task.seq > claimed and counters[slot] <= claimed:
                     counters[slot] = task.seq
                     taken.append(task)
@@ -848,13 +604,13 @@ class ProcessEngine:
             if key is None:
                 key = next(self._key_ids) & 0xFFFFFFFF
                 child.functions[task.func_key] = key
-                _send(child.tx_fd, b"F", _KEY.pack(key), task.func_blob)
+                send(child.tx_fd, b"F", KEY.pack(key), task.func_blob)
                 if len(child.functions) > defaults.ENGINE_FUNCTIONS_PER_PROCESS:
                     _, old = child.functions.popitem(last=False)
-                    child.tx.send_bytes(b"D" + _KEY.pack(old))
+                    child.tx.send_bytes(b"D" + KEY.pack(old))
             else:
                 child.functions.move_to_end(task.func_key)
-            _send(child.tx_fd, kind, _TASK.pack(task.task_id, key), task.args_blob)
+            send(child.tx_fd, kind, TASK.pack(task.task_id, key), task.args_blob)
         except OSError:
             child.broken = True  # it died; its sentinel will fire and _read reports it
 
@@ -870,10 +626,10 @@ class ProcessEngine:
         conn = child.conn
         try:
             if not check_exit:
-                self._handle(child, _recv_message(child.fd))
+                self._handle(child, recv_message(child.fd))
             else:
                 while conn.poll():
-                    self._handle(child, _recv_message(child.fd))
+                    self._handle(child, recv_message(child.fd))
         except (EOFError, OSError):
             check_exit = True
         if check_exit and child.process.exitcode is not None and child in self._children:
@@ -882,20 +638,20 @@ class ProcessEngine:
     def _handle(self, child: _Child, message: bytes) -> None:
         kind = message[:1]
         if kind in (b"R", b"r"):
-            task_id, ok = _RESULT.unpack_from(message, 1)
-            blob = message[10:] if kind == b"R" else _recv_message(child.fd)
+            task_id, ok = RESULT.unpack_from(message, 1)
+            blob = message[10:] if kind == b"R" else recv_message(child.fd)
             self._finished(child, task_id, bool(ok), blob)
         elif kind in (b"U", b"u"):
-            task_id, size = _UNLOADABLE.unpack_from(message, 1)
-            start = 1 + _UNLOADABLE.size
+            task_id, size = UNLOADABLE.unpack_from(message, 1)
+            start = 1 + UNLOADABLE.size
             info = bytes(message[start:start + size])
-            blob = message[start + size:] if kind == b"U" else _recv_message(child.fd)
+            blob = message[start + size:] if kind == b"U" else recv_message(child.fd)
             self._finished(child, task_id, False, blob, info)
         elif kind == b"E":
             self._init_failed(child, message[1:])
         elif kind == b"L":
-            (size,) = _INFO.unpack_from(message, 1)
-            start = 1 + _INFO.size
+            (size,) = INFO.unpack_from(message, 1)
+            start = 1 + INFO.size
             self._init_failed(child, message[start + size:], bytes(message[start:start + size]))
 
     def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes,

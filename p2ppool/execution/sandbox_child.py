@@ -5,8 +5,8 @@
 
 ``RX`` and ``TX`` are the two pipe ends the worker passed in.  The first message on ``RX``
 carries the engine's settings (JSON) and the initializer blob; then the usual task loop of
-:func:`p2ppool.execution.engine._child_main` runs.  Nothing else of the worker reaches the process:
-bwrap cleared its environment and mounted only what the sandbox shows.
+:func:`p2ppool.execution.task_loop.child_main` runs.  Nothing else of the worker reaches the
+process: bwrap cleared its environment and mounted only what the sandbox shows.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import json
 import multiprocessing.connection
 import sys
 
-from . import engine
+from . import task_loop, wire
 
 
 def main(argv: list[str]) -> None:
     rx_fd, tx_fd = int(argv[1]), int(argv[2])
-    message = engine._recv_message(rx_fd)
+    message = wire.recv_message(rx_fd)
     kind, body = message[:1], message[1:]
     end = body.index(b"\n")
     settings = json.loads(body[:end])
-    initializer = body[end + 1:] if kind == b"C" else engine._recv_message(rx_fd)
+    initializer = body[end + 1:] if kind == b"C" else wire.recv_message(rx_fd)
     if settings.get("memory_mb") is not None:
         from .child import limit_memory
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     # ties the sandbox to the worker instead of p2ppool.execution.child's PDEATHSIG.
     rx = multiprocessing.connection.Connection(rx_fd, writable=False)
     tx = multiprocessing.connection.Connection(tx_fd, readable=False)
-    engine._child_main(rx, tx, bytes(initializer) or None, settings.get("maxtasks"),
+    task_loop.child_main(rx, tx, bytes(initializer) or None, settings.get("maxtasks"),
                        settings.get("max_result_bytes"), (), settings.get("code_dir"),
                        settings.get("site_dir"), None, settings.get("work_dir"),
                        reap_strays=True)
