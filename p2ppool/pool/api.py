@@ -26,7 +26,7 @@ interpreter exit never hangs (as ``multiprocessing`` terminates them at exit).
 Executors are the seam for remote peers: anything with the
 :class:`~p2ppool.pool.executors.Executor` methods can be added with
 :meth:`~p2ppool.pool.manager._Manager.add_executor` and is fed by the same scheduler; threads
-that serve a remote session post their events with :meth:`~p2ppool.pool.manager.Inbox.post`
+that serve a remote session post their events with :meth:`~p2ppool.pool.inbox.Inbox.post`
 (or call :meth:`~p2ppool.pool.manager.Inbox.wake` and let
 :meth:`~p2ppool.pool.executors.Executor.collect` report them), like any caller.
 

@@ -11,21 +11,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
-import math
-import multiprocessing
-import multiprocessing.connection
 import os
-import select
 import threading
 import time
 import traceback
 import weakref
-from typing import Any, Callable, Deque, Dict, Hashable, List, Mapping, Sequence, Tuple
+from typing import Any, Deque, Dict, Hashable, List, Mapping, Sequence, Tuple
 
 from .. import defaults, payload
 from ..errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .chunking import InputError
 from .executors import ChunkDone, Executor, ExecutorEvent, PoolLink
+from .inbox import Inbox, Waiter
 from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
 from .results import IMapIterator, Outcome, _Result
 from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
@@ -33,81 +30,6 @@ from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
 RUN = "RUN"
 CLOSE = "CLOSE"
 TERMINATE = "TERMINATE"
-
-
-# --- the manager's inbox -------------------------------------------------------------------
-
-
-class Inbox:
-    """Thread-safe calls for the manager thread: ``post(fn, *args)`` then wake it up.
-
-    Callers' requests and (issue 4) remote session events arrive here; the manager runs
-    them in order on its own thread.
-    """
-
-    def __init__(self) -> None:
-        self._calls: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
-        self._reader, self._writer = os.pipe()
-        os.set_blocking(self._writer, False)
-        os.set_blocking(self._reader, False)
-        self._closed = False
-        self.sleeping = False  # the manager is (about to be) blocked in wait
-        self._lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
-
-    @property
-    def readable(self) -> int:
-        """The file descriptor to include in ``wait``."""
-        return self._reader
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the manager thread soon.
-
-        Raises:
-            PoolNotRunning: the manager has exited (nothing would run the call).
-        """
-        with self._lock:  # not between close()'s last drain and its return: lost
-            if self._closed:
-                raise PoolNotRunning()
-            self._calls.append((fn, args))
-        # The manager sets ``sleeping`` before it checks for calls and blocks, so either it
-        # sees this call, or we see the flag and write (no lost wake-up, no needless write).
-        if self.sleeping:
-            self.wake()
-
-    def pending(self) -> bool:
-        """True if calls wait (the manager must not block)."""
-        return bool(self._calls)
-
-    def wake(self) -> None:
-        """Wake the manager without a call."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                os.write(self._writer, b"\0")
-            except OSError:
-                pass  # the pipe is full: it is awake anyway
-
-    def drain(self, woken: bool) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
-        """Take every posted call (manager thread only); ``woken``: the pipe was readable."""
-        if woken:
-            try:
-                os.read(self._reader, 65536)  # one read: more bytes only mean another turn
-            except OSError:
-                pass
-        calls = []
-        while self._calls:
-            calls.append(self._calls.popleft())
-        return calls
-
-    def close(self) -> List[Tuple[Callable[..., Any], Tuple[Any, ...]]]:
-        """Refuse further calls; return those posted but never drained."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self._reader)
-                os.close(self._writer)
-        return self.drain(False)
 
 
 class _Manager:
@@ -308,7 +230,7 @@ class _Manager:
             self._fail_everything(self.broken or BrokenPool("the pool has stopped"))
 
     def _loop(self) -> None:
-        wait = _Waiter().wait
+        wait = Waiter().wait
         inbox = self.inbox
         woken = True
         sources: List[List[Any]] = []  # each executor's readables, last turn
@@ -590,33 +512,6 @@ def _cid(chunk_id: Hashable) -> int:
     """The Pool numbers its chunks with ints (the scheduler accepts any hashable id)."""
     assert isinstance(chunk_id, int)
     return chunk_id
-
-
-class _Waiter:
-    """``multiprocessing.connection.wait`` with one lasting ``poll`` object.
-
-    ``connection.wait`` builds and fills a new selector on every call (about as long as a
-    whole round trip to a child); the manager waits on nearly the same objects every turn.
-    """
-
-    def __init__(self) -> None:
-        self._poll = select.poll() if hasattr(select, "poll") else None
-        self._objects: Dict[int, Any] = {}
-
-    def wait(self, objects: List[Any], timeout: float | None, changed: bool = True) -> List[Any]:
-        """Like ``connection.wait``; ``changed=False`` promises the same objects as last time."""
-        if self._poll is None:  # pragma: no cover - platforms without poll()
-            return list(multiprocessing.connection.wait(objects, timeout))
-        if changed:
-            wanted = {(o if isinstance(o, int) else o.fileno()): o for o in objects}
-            for fd in self._objects.keys() - wanted.keys():
-                self._poll.unregister(fd)
-            for fd in wanted.keys() - self._objects.keys():
-                self._poll.register(fd, select.POLLIN)
-            self._objects = wanted
-        millis = None if timeout is None else math.ceil(timeout * 1000)
-        objects_by_fd = self._objects
-        return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]
 
 
 # --- exit handling ------------------------------------------------------------------------------
