@@ -384,6 +384,13 @@ class LocalCluster:
         raise TimeoutError(f"worker {worker} did not say the expected Hello within "
                            f"{timeout:g} s{_log_tail(log) if log else ''}")
 
+    def sender_id(self, worker: str) -> str | None:
+        """The board sender id (``<name>~<public key>``) of ``worker``'s latest Hello, or
+        None before it said one."""
+        with self._cond:
+            hello = self._hellos.get(worker)
+        return None if hello is None else str(hello.sender)
+
     def wait_for_bye(self, worker: str, timeout: float = 10.0) -> None:
         """Wait until ``worker`` has said Bye on the board (it is withdrawing).
 
@@ -507,6 +514,7 @@ class LocalCluster:
                          name="p2ppool-local-board-out").start()
 
     def _start_host(self) -> None:
+        from .board_auth import name_of
         from .board_client import BoardClient
         from .protocol import Bye, Hello
 
@@ -514,19 +522,24 @@ class LocalCluster:
         access = ",".join((VOLUNTEER, *self.members))
 
         def on_message(msg: Any) -> None:
+            # Kept by the worker's name (its sender id is "<name>~<key>"); a Bye counts
+            # only from the id of the name's latest Hello (a member may take any name).
             if isinstance(msg, Hello) and msg.role == "worker":
                 with self._cond:
-                    self._hellos[msg.sender] = msg
+                    self._hellos[name_of(msg.sender)] = msg
                     self._cond.notify_all()
             elif isinstance(msg, Bye) and msg.role == "worker":
                 with self._cond:
-                    self._byes[msg.sender] = self._byes.get(msg.sender, 0) + 1
-                    self._cond.notify_all()
+                    name = name_of(msg.sender)
+                    latest = self._hellos.get(name)
+                    if latest is not None and latest.sender == msg.sender:
+                        self._byes[name] = self._byes.get(name, 0) + 1
+                        self._cond.notify_all()
             for watcher in list(self._watchers):
                 watcher(msg)
 
         self._host_client = BoardClient(
-            host, int(port), topic=self.cluster.split("/", 1)[1], flags=["-a", access],
+            host, int(port), topic=self.cluster, flags=["-a", access],
             username=OWNER, identity=self._keys[OWNER], known_hosts=self._known_hosts,
             ssh_config=os.path.join(self.directory, "no_ssh_config"), on_message=on_message,
         )

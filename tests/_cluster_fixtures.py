@@ -395,6 +395,7 @@ class OldPythonWorker:
     NAME = "py27"
 
     def __init__(self, cluster: Any) -> None:
+        from p2ppool.board_auth import BoardIdentity
         from p2ppool.board_client import BoardClient
 
         host, _, port = cluster.board.rpartition(":")
@@ -402,12 +403,14 @@ class OldPythonWorker:
         self.accepted: List[Any] = []
         self.client = BoardClient(host, int(port), topic=cluster.cluster, username="volunteer",
                                   identity=cluster.identity("volunteer"),
-                                  known_hosts=cluster.known_hosts, on_message=self._on_message)
+                                  known_hosts=cluster.known_hosts, on_message=self._on_message,
+                                  sender=BoardIdentity(self.NAME))
+        self.id = self.client.sender  # "py27~<key>"
 
     def _hello(self, now: float) -> Any:
         from p2ppool.protocol import Hello
 
-        return Hello(sender=self.NAME, ts=now, ttl=90.0, role="worker", python="2.7",
+        return Hello(sender=self.id, ts=now, ttl=90.0, role="worker", python="2.7",
                      version="0.1", slots=8)
 
     def _on_message(self, msg: Any) -> None:
@@ -416,10 +419,10 @@ class OldPythonWorker:
         now = time.time()
         if isinstance(msg, Want):
             _, key = new_offer_keypair()
-            self.client.publish(Offer(sender=self.NAME, ts=now, ttl=10.0, job=msg.job,
-                                      worker=self.NAME, slots=8, key=key))
+            self.client.publish(Offer(sender=self.id, ts=now, ttl=10.0, job=msg.job,
+                                      worker=self.id, slots=8, key=key, client=msg.sender))
             self.offers.release()
-        elif isinstance(msg, Accept) and msg.worker == self.NAME:
+        elif isinstance(msg, Accept) and msg.worker == self.id:
             self.accepted.append(msg)
         elif isinstance(msg, Hello) and msg.role == "client":
             self.client.publish(self._hello(now))

@@ -7,6 +7,11 @@ mutated (version, type, timestamps), 100 truncated or byte-flipped valid lines, 
 addressed to the running job (forged Accept/Offer/Want/Withdraw/Done from strangers), 200
 random bytes, 100 random JSON values, 50 deep nestings and 50 oversized lines, a few
 partial lines (no newline: the next line is glued to them).
+
+Lines are signed (protocol version 2): each sender name has a fuzz identity (a name
+such as ``w1`` becomes ``w1~<the fuzzer's key>``, never a real worker's id, which nobody
+but that worker can sign for), and most mutated objects are signed after the mutation, so
+that the field checks behind the signature check are what refuses them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,41 @@ import random
 from typing import Any, Dict, Iterator, List
 
 from p2ppool import protocol
+from p2ppool.board_auth import BoardIdentity, signed_payload
 from p2ppool.protocol import encode
+
+#: The topic lines are signed for unless told (the pure decoder tests use it).
+TOPIC = "alice/local"
+_IDENTITIES: Dict[str, BoardIdentity] = {}
+
+
+def identity(name: str) -> BoardIdentity:
+    """The fuzzer's identity for a sender name (one per name per process)."""
+    found = _IDENTITIES.get(name)
+    if found is None:
+        found = _IDENTITIES[name] = BoardIdentity(name)
+    return found
+
+
+def identity_of(sender: str) -> BoardIdentity:
+    """The fuzz identity whose id is ``sender``."""
+    return identity(sender.rpartition("~")[0])
+
+
+def _signed(obj: Any, topic: str) -> bytes:
+    """``obj`` as a line signed by the identity of its ``from`` (mallory's if that is not a
+    fuzz identity), with a fresh ``seq`` unless the object brings one."""
+    if not isinstance(obj, dict):
+        return _dump(obj)
+    sender = obj.get("from")
+    who = (identity_of(sender) if isinstance(sender, str) and "~" in sender
+           and sender.rpartition("~")[0] in _IDENTITIES else identity("mallory"))
+    obj = dict(obj)
+    obj.pop("sig", None)
+    obj.setdefault("seq", who.next_seq())
+    body = _dump(obj)[:-1]
+    sig = who.sign(signed_payload(protocol.PROTOCOL_VERSION, topic, body))
+    return body[:-1] + b',"sig":"' + sig.encode() + b'"}\n'
 
 _WEIRD: List[Any] = [
     None, True, False, 0, -1, 1e308, -1e308, 2**70, "", "x" * 300, "\u202e\u0000\ud7ff",
@@ -30,7 +69,8 @@ def _valid(rng: random.Random, now: float, job: str, worker: str) -> Dict[str, A
     key = base64.b64encode(bytes(rng.getrandbits(8) for _ in range(32))).decode()
     sealed = base64.b64encode(bytes(rng.getrandbits(8) for _ in range(rng.choice(
         [48, 80, 120])))).decode()
-    sender = rng.choice(["mallory", "eve", worker, f"client:{job}", "w1", "w2"])
+    sender = identity(rng.choice(["mallory", "eve", worker, f"client:{job}", "w1", "w2"])
+                      ).sender
     kinds = [
         protocol.Hello(sender=sender, ts=now, ttl=60, role=rng.choice(protocol.ROLES),
                        python=rng.choice(["3.11", "3.9", "2.7"]), version="0.1.0",
@@ -39,14 +79,17 @@ def _valid(rng: random.Random, now: float, job: str, worker: str) -> Dict[str, A
         protocol.Want(sender=sender, ts=now, ttl=30, job=job, slots=rng.randrange(1, 99),
                       python="3.11", session=rng.randrange(1, 5)),
         protocol.Offer(sender=sender, ts=now, ttl=10, job=job, worker=sender,
-                       slots=rng.randrange(1, 99), key=key),
+                       slots=rng.randrange(1, 99), key=key,
+                       client=identity(f"client:{job}").sender),
         protocol.Accept(sender=sender, ts=now, ttl=10, job=job, worker=worker, code=sealed),
         protocol.Withdraw(sender=sender, ts=now, ttl=30, job=job),
         protocol.Withdraw(sender=sender, ts=now, ttl=30, worker=worker),
         protocol.Done(sender=sender, ts=now, ttl=30, job=job),
         protocol.Cluster(sender=sender, ts=now, ttl=60, name="alice/local", expires=now + 9),
     ]
-    obj: Dict[str, Any] = json.loads(encode(rng.choice(kinds)))
+    msg = rng.choice(kinds)
+    obj: Dict[str, Any] = json.loads(encode(msg, identity_of(msg.sender), TOPIC))
+    del obj["sig"], obj["seq"]  # signed again (or not) by lines(), after any mutation
     return obj
 
 
@@ -55,11 +98,17 @@ def _dump(obj: Any) -> bytes:
         "utf-8", "surrogatepass") + b"\n"
 
 
-def lines(count: int, seed: int, now: float, job: str = "job", worker: str = "w1"
-          ) -> Iterator[bytes]:
-    """``count`` hostile lines (deterministic for a seed); ``job``/``worker`` are the names
-    of a real job and worker, so that some forged messages are addressed to them."""
+def lines(count: int, seed: int, now: float, job: str = "job", worker: str = "w1",
+          topic: str = TOPIC) -> Iterator[bytes]:
+    """``count`` hostile lines (deterministic for a seed but for keys and signatures);
+    ``job``/``worker`` are the names of a real job and worker, so that some forged messages
+    are addressed to them; signed lines are signed for ``topic``."""
     rng = random.Random(seed)
+
+    def sign(obj: Any) -> bytes:
+        # 80% signed (the field checks refuse them), the rest unsigned.
+        return _signed(obj, topic) if rng.random() < 0.8 else _dump(obj)
+
     for _ in range(count):
         roll = rng.random()
         if roll < 0.25:  # one field mutated
@@ -69,12 +118,12 @@ def lines(count: int, seed: int, now: float, job: str = "job", worker: str = "w1
                 obj.pop(field, None)
             else:
                 obj[field] = rng.choice(_WEIRD)
-            yield _dump(obj)
+            yield sign(obj)
         elif roll < 0.40:  # header mutated
             obj = _valid(rng, now, job, worker)
             choice = rng.randrange(6)
             if choice == 0:
-                obj["v"] = rng.choice([0, 2, 99, "1", None, 1.0000001])
+                obj["v"] = rng.choice([0, 1, 99, "2", None, 2.0000001])
             elif choice == 1:
                 obj["type"] = rng.choice(["HELLO", "result", "task", "", 7, None, "accept "])
             elif choice == 2:
@@ -85,12 +134,12 @@ def lines(count: int, seed: int, now: float, job: str = "job", worker: str = "w1
                 obj = {k: v for k, v in obj.items() if k != rng.choice(list(obj))}
             else:
                 obj["extra"] = "y" * rng.randrange(0, 3000)
-            yield _dump(obj)
+            yield sign(obj)
         elif roll < 0.50:  # truncated or a byte flipped
             line = bytearray(encode(protocol.Hello(
-                sender="mallory", ts=now, ttl=60, role="worker", python="3.11",
-                version="0.1.0", slots=3)) if rng.random() < 0.3
-                else _dump(_valid(rng, now, job, worker)))
+                sender=identity("mallory").sender, ts=now, ttl=60, role="worker",
+                python="3.11", version="0.1.0", slots=3), identity("mallory"), topic)
+                if rng.random() < 0.3 else _signed(_valid(rng, now, job, worker), topic))
             if rng.random() < 0.5:
                 line = line[: rng.randrange(1, len(line) - 1)] + b"\n"
             else:
@@ -99,7 +148,7 @@ def lines(count: int, seed: int, now: float, job: str = "job", worker: str = "w1
                     line = line.replace(b"\n", b" ")[:-1] + b"\n"
             yield bytes(line)
         elif roll < 0.60:  # well-formed forgeries aimed at the running job
-            yield _dump(_valid(rng, now, job, worker))
+            yield _signed(_valid(rng, now, job, worker), topic)
         elif roll < 0.80:  # random bytes
             raw = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300)))
             yield raw.replace(b"\n", b"") + b"\n"

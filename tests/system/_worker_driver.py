@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import psutil
 
 from p2ppool import payload
+from p2ppool.board_auth import BoardIdentity, name_of
 from p2ppool.board_client import BoardClient
 from p2ppool.protocol import Accept, Hello, Message, Offer, Want, Withdraw, seal_code
 from p2ppool.session_protocol import (
@@ -59,10 +60,12 @@ class BoardAccess:
     identity: str
     known_hosts: str
 
-    def client(self, flags: Sequence[str] = ()) -> BoardListener:
+    def client(self, flags: Sequence[str] = (), name: str = "peer") -> BoardListener:
+        """A connected listener whose board sender id is ``<name>~<a fresh key>``."""
         return BoardListener(BoardClient(
             self.host, self.port, topic=CLUSTER, flags=flags, username=self.user,
             identity=self.identity, known_hosts=self.known_hosts, ssh_config="/dev/null",
+            sender=BoardIdentity(name),
         ).connect())
 
     def argv(self) -> List[str]:
@@ -110,7 +113,7 @@ class BoardListener:
 
 
 def is_hello(worker: str, slots: int | None = None) -> Callable[[Message], bool]:
-    return lambda m: (isinstance(m, Hello) and m.sender == worker
+    return lambda m: (isinstance(m, Hello) and name_of(m.sender) == worker
                       and (slots is None or m.slots == slots))
 
 
@@ -169,12 +172,12 @@ class ClientSession:
 class Driver:
     """Plays the client role of a Pool against one worker: Want, Accept, session."""
 
-    def __init__(self, board: BoardListener, relay_url: str, transit: str,
-                 sender: str = "alice-test") -> None:
+    def __init__(self, board: BoardListener, relay_url: str, transit: str) -> None:
         self.board = board
         self.relay_url = relay_url
         self.transit = transit
-        self.sender = sender
+        #: the board client's self-certifying id (``<name>~<key>``): it signs as that only
+        self.sender = board.client.sender
 
     def want(self, slots: int = 2, python: str = PYTHON, job: str | None = None,
              session: int = SESSION_VERSION) -> str:
@@ -187,7 +190,7 @@ class Driver:
         """The offer of ``worker`` (default: any worker) for ``job``."""
         msg = self.board.wait_for(
             lambda m: (isinstance(m, Offer) and m.job == job
-                       and (worker is None or m.worker == worker)),
+                       and (worker is None or name_of(m.worker) == worker)),
             timeout, f"offer for job {job} from {worker or 'any worker'}")
         assert isinstance(msg, Offer)
         return msg
@@ -345,8 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     host, port = args.board.rsplit(":", 1)
     access = BoardAccess(host, int(port), args.user, args.identity, args.known_hosts)
-    board = access.client()
-    driver = Driver(board, args.relay, args.transit, sender="driver-proc")
+    board = access.client(name="driver-proc")
+    driver = Driver(board, args.relay, args.transit)
     cs = driver.ready_session(slots=args.slots, worker=args.worker)
     for _ in range(args.slots):
         cs.submit(_sleep_long, payload.apply_call((60.0,), {}))

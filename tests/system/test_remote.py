@@ -265,7 +265,6 @@ def test_a_third_member_cannot_open_the_sealed_code(
     local_cluster: Any, cluster_backend: Any, recorded_codes: List[str]
 ) -> None:
     from p2ppool.board_client import BoardClient
-    from p2ppool.protocol import encode
 
     codes = recorded_codes
     host, _, port = local_cluster.board.rpartition(":")
@@ -274,7 +273,7 @@ def test_a_third_member_cannot_open_the_sealed_code(
     saw_accept = threading.Event()
 
     def on_message(msg: Any) -> None:
-        lines.append(encode(msg))
+        lines.append(repr(msg).encode())  # every field of every line she read
         if isinstance(msg, Accept):
             carol_accepts.append(msg)
             saw_accept.set()

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from p2ppool import defaults, payload
+from p2ppool.board_auth import name_of
 from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
 from p2ppool.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.session_protocol import Bye as ByeFrame
@@ -184,9 +185,8 @@ def shared_worker(cluster: Cluster) -> Iterator[WorkerProcess]:
 
 @pytest.fixture
 def driver(cluster: Cluster) -> Iterator[Driver]:
-    listener = cluster.access("carol").client()
-    yield Driver(listener, cluster.servers.relay_url, cluster.servers.transit,
-                 sender="carol-test")
+    listener = cluster.access("carol").client(name="carol-test")
+    yield Driver(listener, cluster.servers.relay_url, cluster.servers.transit)
     listener.close()
 
 
@@ -713,8 +713,8 @@ def test_sigterm_finishes_in_flight_work_says_bye_and_leaves_no_children(
         assert isinstance(done, Result) and done.task_id == task
         assert result_value(done) == 1.5
         assert isinstance(cs.next_frame(), ByeFrame)
-        cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-term", 10.0,
-                              "bye of w-term")
+        cluster.host.wait_for(lambda m: isinstance(m, Bye) and name_of(m.sender) == "w-term",
+                              10.0, "bye of w-term")
         assert worker.proc.wait(15) == 0
         _, alive = psutil.wait_procs(tree, timeout=5)
         assert not alive, f"left behind: {alive}"
@@ -769,8 +769,8 @@ def test_a_sigkilled_worker_leaves_no_task_processes(
 
 def test_ttl_ends_the_worker_gracefully(start_worker: Any, cluster: Cluster) -> None:
     worker = start_worker("w-ttl", "--ttl", "2s", processes=1)
-    cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-ttl", 10.0,
-                          "bye of w-ttl")
+    cluster.host.wait_for(lambda m: isinstance(m, Bye) and name_of(m.sender) == "w-ttl",
+                          10.0, "bye of w-ttl")
     assert worker.proc.wait(10) == 0
     worker.wait_log("--ttl of 2 s reached")
 

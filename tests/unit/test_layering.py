@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "p2ppool"
 PURE = ["payload", "chunking", "scheduler", "protocol", "board_state", "errors", "defaults",
         "peer", "session_protocol", "framing", "board_commands", "recruit", "code_bundle",
-        "requirements"]
+        "requirements", "board_auth"]
 FORBIDDEN = {"socket", "threading", "subprocess", "multiprocessing", "paramiko", "twisted",
              "wormhole", "time", "select", "asyncio", "_thread", "signal", "selectors"}
 #: exception classes a pure module may take from an I/O package (they are only types)
