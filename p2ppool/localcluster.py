@@ -363,6 +363,10 @@ class LocalCluster:
         Raises:
             TimeoutError: none arrived in time (the message ends with the worker's log).
         """
+        from .board_auth import name_of
+
+        worker = name_of(worker)  # a name, or the whole id "<name>~<key>"
+
         def found() -> Any:
             hello = self._hellos.get(worker)
             if hello is None or (after is not None and hello.ts < after):
@@ -397,6 +401,9 @@ class LocalCluster:
         Raises:
             TimeoutError: it did not within ``timeout`` seconds.
         """
+        from .board_auth import name_of
+
+        worker = name_of(worker)
         with self._cond:
             if not self._cond.wait_for(lambda: self._byes.get(worker, 0) > 0, timeout):
                 raise TimeoutError(f"worker {worker} did not say Bye within {timeout:g} s")

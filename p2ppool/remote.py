@@ -64,7 +64,7 @@ from typing import Any, Callable, Dict, List, Sequence, Set, Tuple, Union
 
 from . import defaults
 from ._version import __version__
-from .board_auth import BoardIdentity
+from .board_auth import BoardIdentity, name_of
 from .config import Options
 from .errors import (
     AccessDenied,
@@ -762,7 +762,8 @@ class ClusterBackend:
                     self.dropped_frames += 1
             if known:
                 cause = frame.cause
-                if remote.worker not in cause:  # workers usually name themselves already
+                # Workers usually name themselves already (by name: "<name>~<key>" is their id).
+                if name_of(remote.worker) not in cause:
                     cause = f"worker {remote.worker}: {cause}"
                 self._emit(TaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
         elif isinstance(frame, Unable):

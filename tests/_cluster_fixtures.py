@@ -442,6 +442,8 @@ class OldPythonWorker:
 
 def executor_names(events: Sequence[Any]) -> List[str]:
     """Worker names of the ExecutorJoined events, sorted."""
+    from p2ppool.board_auth import name_of
     from p2ppool.remote import ExecutorJoined
 
-    return sorted(e.name for e in events if isinstance(e, ExecutorJoined))
+    # (an executor's name is the worker's board id, "<name>~<key>")
+    return sorted(name_of(e.name) for e in events if isinstance(e, ExecutorJoined))
