@@ -10,6 +10,16 @@ that verifies under that id.  The name part is not unique (anyone may call itsel
 the whole id is.  Keys are ephemeral: a Pool makes one per board presence, a worker one
 per run.
 
+**Why the key rides in every line** (in ``from``) rather than announced once in a Hello:
+an announced key needs a table from ids to keys in every reader, filled on first use, so a
+reader that missed the Hello (it joined later, or forgot the sender among many) could not
+check the sender's lines, and whoever announced first would own a name.  The cost is
+small: ``benchmarks/bench_board_auth.py`` measured the line growth over version 1 (bare
+names, no ``seq``, no ``sig``) at 147 bytes for a Hello or a Want (44 for the key in
+``from``, 95 for ``sig``, about 8 for ``seq``) and 270 bytes for an Offer (it names three
+ids), against the 4 KiB line limit; and (CPU time, loaded 2-core machine) about 30-50 µs
+to sign a line, 80 µs to verify one, 150 µs to decode a whole signed line.
+
 **Signed lines.**  Every board line (protocol version 2) ends in a ``sig`` member, the
 Ed25519 signature by the sender's key over::
 
@@ -28,6 +38,12 @@ So a replayed goodbye cannot remove a live peer: the peer's later lines raised t
 What is left: a receiver that has heard nothing newer from a sender (it just joined, or
 forgot the sender among ``capacity`` others heard since) accepts a copy of that sender's
 last line within the window, as it would have accepted the original.
+
+**Keys** are made in memory by each process (:class:`BoardIdentity`), never written
+anywhere: a worker's id lasts one run, a Pool's one board presence (ids were per process
+before signing, too).  So an id proves "the same process as the earlier lines", not who
+runs it: who may write at all is the board's access list, and a member may make any
+number of ids, under any name.
 """
 
 from __future__ import annotations

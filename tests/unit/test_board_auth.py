@@ -109,6 +109,34 @@ def test_any_changed_byte_breaks_the_signature() -> None:
     assert refused == 2 * (len(line) - 1)
 
 
+@pytest.mark.parametrize("old, new", [
+    (b'"type":"hello"', b'"type":"bye"'),  # another message type ...
+    (b'"ttl":60.0', b'"ttl":61.0'),
+    (b'"slots":2', b'"slots":3'),
+    (b'"role":"worker"', b'"role":"client"'),
+    (b'"seq":', b'"seq":1'),  # ... another sequence number (a replay dressed up as new)
+    (b'"ts":', b'"ts":1'),
+], ids=["type", "ttl", "slots", "role", "seq", "ts"])
+def test_each_covered_field_changed_is_a_bad_signature(old: bytes, new: bytes) -> None:
+    me = BoardIdentity("w1")
+    line = encode(hello(me), me, TOPIC)
+    assert old in line
+    tampered = line.replace(old, new, 1)
+    if old == b'"ts":':  # keep it a valid, fresh time: 1 prepended to the seconds is not
+        tampered = line.replace(b'"ts":%r' % NOW, b'"ts":%r' % (NOW + 1), 1)
+    assert tampered != line
+    assert reason(tampered) == "signature"
+
+
+def test_the_protocol_version_is_covered() -> None:
+    """A line signed for another protocol version does not verify as this one."""
+    me = BoardIdentity("w1")
+    line = encode(hello(me), me, TOPIC)
+    body = line[:line.rindex(b',"sig":')] + b"}"
+    sig = me.sign(signed_payload(3, TOPIC, body)).encode()
+    assert reason(body[:-1] + b',"sig":"' + sig + b'"}\n') == "signature"
+
+
 def test_a_changed_field_signed_by_a_forger_is_a_bad_signature() -> None:
     """A member rewrites a worker's line (slots, or Bye for Hello) and signs it itself."""
     worker, forger = BoardIdentity("w1"), BoardIdentity("w1")
