@@ -16,7 +16,8 @@ The session is ``pipe <topic> [flags]`` on an exec channel without a PTY (a PTY 
 not a valid message, including pico's status text and lines that fail authentication
 (unsigned, forged, replayed: see :mod:`p2ppool.board_auth`; logged at most once a minute),
 and delivers the rest.  Every line published is signed by the client's sender identity for
-its topic, so all peers of a cluster must name the topic alike (``owner/name``).  pico's
+its topic as ``owner/name`` (:attr:`BoardClient.signed_topic`: a topic given without an
+owner is taken to be under the SSH user's name, where the board puts it).  pico's
 ``ping@pico.sh`` channel requests are ignored (paramiko refuses unknown requests that want a
 reply and ignores the others).
 
@@ -236,7 +237,11 @@ class BoardClient:
         self._rng = rng or random.Random()
         self._inbox: queue.Queue[Message | BaseException] = queue.Queue()
         self.identity = sender if sender is not None else BoardIdentity("peer")
-        self._decoder = LineDecoder(self.topic)
+        #: the topic as signatures name it: ``owner/name`` (an owner may open its own topic
+        #: as ``name``, which the board puts under its user name, as pico does)
+        self.signed_topic = (self.topic if "/" in self.topic or not self.target.user
+                             else f"{self.target.user}/{self.topic}")
+        self._decoder = LineDecoder(self.signed_topic)
         self._state = State.NEW
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
@@ -319,7 +324,7 @@ class BoardClient:
     def _publish(self, msg: Message | None, line: bytes | None) -> None:
         with self._send_lock:
             if msg is not None:
-                line = encode(msg, self.identity, self.topic)
+                line = encode(msg, self.identity, self.signed_topic)
             assert line is not None
             session = self._session
             if self._state is State.FAILED and self.error is not None:

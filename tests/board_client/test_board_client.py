@@ -104,6 +104,23 @@ def test_two_clients_exchange_messages(board_server: Any, clients: Any) -> None:
         alice.publish(sent)
 
 
+def test_an_owner_may_name_its_topic_without_its_user_name(board_server: Any,
+                                                           clients: Any) -> None:
+    """Signatures bind ``owner/name``: alice's ``t`` is the board's ``alice/t``."""
+    alice = clients(board_server, "alice", "t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    bob = clients(board_server, "bob", "alice/t").connect()
+    wait_members(board_server, "alice/t", "pipe", 2)
+    assert alice.signed_topic == bob.signed_topic == "alice/t"
+    sent = hello(alice)
+    alice.publish(sent)
+    assert bob.get(timeout=WAIT) == sent
+    reply = hello(bob)
+    bob.publish(reply)
+    assert alice.get(timeout=WAIT) == reply
+    assert alice.drops == {} and bob.drops == {}
+
+
 def test_openssh_client_is_an_independent_peer(board_server: Any, clients: Any) -> None:
     alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
     wait_members(board_server, "alice/t", "pipe", 1)

@@ -62,7 +62,8 @@ def _forged(client: Any, msgs: List[Message]) -> bytes:
     lines = []
     for msg in msgs:
         me = keys.setdefault(msg.sender, BoardIdentity(msg.sender))
-        lines.append(encode(dataclasses.replace(msg, sender=me.sender), me, client.topic))
+        lines.append(encode(dataclasses.replace(msg, sender=me.sender), me,
+                                  client.signed_topic))
     return b"".join(lines)
 
 

@@ -45,7 +45,7 @@ def _flood(client: Any, count: int, seed: int, job: str, sent: List[int]) -> Non
     batch: List[bytes] = []
     size = 0
     for line in lines(count, seed=seed, now=time.time(), job=job, worker="w1",
-                      topic=client.topic):
+                      topic=client.signed_topic):
         batch.append(line)
         size += len(line)
         if size >= 60_000:

@@ -102,7 +102,7 @@ class _Carol:
     def in_the_name_of(self, msg: Message, sender: str) -> bytes:
         """``msg`` written by carol, signed with her key, and her id then replaced by
         ``sender``'s in the line: the best forgery a member can write."""
-        line = encode(msg, self.client.identity, self.client.topic)
+        line = encode(msg, self.client.identity, self.client.signed_topic)
         forged = line.replace(self.sender.encode(), sender.encode())
         assert forged != line
         return forged
