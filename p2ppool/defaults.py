@@ -61,6 +61,13 @@ WORKER_TTL_S: float | None = None
 # --- Board protocol, client, host and status (issue 3) -------------------------------------
 #: A message stamped further than this in the future is dropped (peers' clocks differ).
 MAX_CLOCK_SKEW_S: float = 300.0
+#: A signed board line stamped more than this long ago is dropped as a possible replay,
+#: whatever its ttl (offers live 10 s, so peers' clocks must agree far better than this).
+REPLAY_WINDOW_S: float = 120.0
+#: Senders whose last sequence number a board reader remembers (against replays; LRU).
+REPLAY_SENDERS_KEPT: int = 4096
+#: Least seconds between two log lines about dropped unauthenticated board lines.
+AUTH_DROP_LOG_S: float = 60.0
 #: Seconds a board write may block (the server not reading) before the session is dropped.
 BOARD_SEND_TIMEOUT_S: float = 10.0
 #: Seconds between SSH keepalives from the board client (notices dead connections).

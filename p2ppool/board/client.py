@@ -2,16 +2,22 @@
 
 ::
 
-    client = BoardClient("pipe.pico.sh", topic="alice/friends", identity="~/.ssh/id_ed25519")
+    me = BoardIdentity("w1")              # the sender id me.sender is "w1~<public key>"
+    client = BoardClient("pipe.pico.sh", topic="alice/friends", identity="~/.ssh/id_ed25519",
+                         sender=me)
     client.connect()                      # first connection: raises a clear error if it fails
-    client.publish(Hello(...))            # one whole line in one write; thread-safe
+    client.publish(Hello(sender=me.sender, ...))  # signed; one line in one write; thread-safe
     msg = client.get(timeout=5)           # or pass on_message= to get a callback instead
     client.close()
 
 The session is ``pipe <topic> [flags]`` on an exec channel without a PTY (a PTY would turn
 ``\\n`` into ``\\r\\n``).  Incoming bytes arrive in arbitrary chunks; a
 :class:`~p2ppool.board.protocol.LineDecoder` reassembles lines, drops (and counts) anything that is
-not a valid message, including pico's status text, and delivers the rest.  pico's
+not a valid message, including pico's status text and lines that fail authentication
+(unsigned, forged, replayed: see :mod:`p2ppool.board.auth`; logged at most once a minute),
+and delivers the rest.  Every line published is signed by the client's sender identity for
+its topic as ``owner/name`` (:attr:`BoardClient.signed_topic`: a topic given without an
+owner is taken to be under the SSH user's name, where the board puts it).  pico's
 ``ping@pico.sh`` channel requests are ignored (paramiko refuses unknown requests that want a
 reply and ignores the others).
 
@@ -47,11 +53,13 @@ import paramiko
 
 from .. import defaults
 from ..errors import AccessDenied, BoardAuthError, BoardConnectionError, BoardError, HostKeyMismatch
+from .auth import BoardIdentity
 from .protocol import LineDecoder, Message, encode
 from .sshconfig import SSHConnection, SSHTarget, connect, resolve_target
 
 __all__ = [
     "BoardClient",
+    "BoardIdentity",
     "CommandResult",
     "State",
     "backoff_delay",
@@ -183,6 +191,8 @@ class BoardClient:
         reconnect: reconnect after a drop (default True).
         rng: random source for backoff jitter (tests pass a seeded ``random.Random``).
         command: ``pipe`` (read and write, default) or ``sub`` (read only).
+        sender: the identity that signs what this client publishes (every message's
+            ``sender`` must be ``sender.sender``); None: a fresh one named ``peer``.
     """
 
     def __init__(
@@ -202,6 +212,7 @@ class BoardClient:
         reconnect: bool = True,
         rng: random.Random | None = None,
         command: str = "pipe",
+        sender: BoardIdentity | None = None,
     ) -> None:
         for flag in flags:
             if not flag or any(c.isspace() or c in "'\"" for c in flag):
@@ -225,7 +236,12 @@ class BoardClient:
         self._on_state = on_state
         self._rng = rng or random.Random()
         self._inbox: queue.Queue[Message | BaseException] = queue.Queue()
-        self._decoder = LineDecoder()
+        self.identity = sender if sender is not None else BoardIdentity("peer")
+        #: the topic as signatures name it: ``owner/name`` (an owner may open its own topic
+        #: as ``name``, which the board puts under its user name, as pico does)
+        self.signed_topic = (self.topic if "/" in self.topic or not self.target.user
+                             else f"{self.target.user}/{self.topic}")
+        self._decoder = LineDecoder(self.signed_topic)
         self._state = State.NEW
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
@@ -244,6 +260,11 @@ class BoardClient:
     def drops(self) -> Dict[str, int]:
         """Lines dropped so far, by reason (``text``, ``malformed``, ``oversized``, ...)."""
         return dict(self._decoder.drops)
+
+    @property
+    def sender(self) -> str:
+        """The sender id this client signs as (put it in every message it publishes)."""
+        return self.identity.sender
 
     @property
     def received(self) -> int:
@@ -284,17 +305,27 @@ class BoardClient:
     def publish(self, msg: Message) -> None:
         """Send one message: one whole line in one write.  Thread-safe.
 
+        The line is signed and numbered under the send lock, so lines leave in the order
+        of their sequence numbers (receivers drop a number that is not above the last).
+
         Raises:
             ProtocolError: the message does not fit in a board line.
+            ValueError: ``msg.sender`` is not this client's :attr:`sender`.
             BoardConnectionError: not connected right now (the line is not sent), or the
                 write failed (the connection is then dropped and re-established).
             AccessDenied, BoardAuthError, HostKeyMismatch: the client failed for good.
         """
-        self.publish_line(encode(msg))
+        self._publish(msg, None)
 
     def publish_line(self, line: bytes) -> None:
-        """Send raw bytes as one write (normally an encoded message).  Thread-safe."""
+        """Send raw bytes as one write (e.g. lines encoded elsewhere).  Thread-safe."""
+        self._publish(None, line)
+
+    def _publish(self, msg: Message | None, line: bytes | None) -> None:
         with self._send_lock:
+            if msg is not None:
+                line = encode(msg, self.identity, self.signed_topic)
+            assert line is not None
             session = self._session
             if self._state is State.FAILED and self.error is not None:
                 raise self.error
@@ -415,7 +446,11 @@ class BoardClient:
             if not data:
                 break
             got_data = True
-            self._deliver(self._decoder.feed(data, time.time()))
+            now = time.time()
+            self._deliver(self._decoder.feed(data, now))
+            report = self._decoder.auth_report(now)
+            if report is not None:
+                log.warning("board %s %s: %s", self.where, self.topic, report)
         return got_data
 
     def _reader(self) -> None:

@@ -8,13 +8,25 @@ Every message is one JSON object on one line, UTF-8, at most
 =========  ==========================================================
 ``v``      protocol version (:data:`PROTOCOL_VERSION`)
 ``type``   the message type (``hello``, ``bye``, ``want``, ``offer``, ...)
-``from``   sender id (a peer id chosen by the sender)
+``from``   sender id: ``<name>~<Ed25519 public key>`` (:mod:`p2ppool.board.auth`)
 ``ts``     unix time in seconds when it was written
 ``ttl``    seconds after ``ts`` at which it is stale and dropped
+``seq``    the sender's line counter (1, 2, ...), against replays
+``sig``    last: the sender's signature over version, topic and the rest of the line
 =========  ==========================================================
 
 plus the fields of its type (see the dataclasses below).  A receiver ignores fields it does
 not know, so a later minor revision can add optional fields without a version bump.
+
+**Authenticated senders** (version 2).  :func:`encode` signs a line with the sender's
+:class:`~p2ppool.board.auth.BoardIdentity` for one topic, and :func:`decode` drops a line
+that is unsigned (``unsigned``), whose signature does not verify under the key in its
+``from`` for this topic (``signature``), or of version 1 (``version``).  So no member can
+write a line in another member's name, or move a line to another cluster.  A
+:class:`LineDecoder` also drops copies of lines it has seen (``replayed``; see
+:class:`~p2ppool.board.auth.ReplayGuard`).  Jobs are bound to their owner: an
+:class:`Offer` names the client whose Want it answers (``client``), so another member's
+Want under a real job's id cannot take the offers meant for that job.
 
 Wormhole codes never travel in the clear: a worker's :class:`Offer` carries a fresh X25519
 public key, and the client's :class:`Accept` carries the code sealed to that key with
@@ -41,11 +53,21 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from .. import defaults
 from ..errors import ProtocolError
+from .auth import (
+    KEY_CHARS,
+    SIG_CHARS,
+    BoardIdentity,
+    ReplayGuard,
+    is_sender_id,
+    signed_payload,
+    verify,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
     "ROLES",
     "Accept",
+    "BoardIdentity",
     "Bye",
     "Cluster",
     "Done",
@@ -57,6 +79,7 @@ __all__ = [
     "Want",
     "Withdraw",
     "decode",
+    "decode_signed",
     "encode",
     "new_offer_keypair",
     "open_code",
@@ -64,7 +87,8 @@ __all__ = [
 ]
 
 #: Version of the board message protocol; a line with another ``v`` is dropped.
-PROTOCOL_VERSION: int = 1
+#: Version 2: every line is signed by its sender (:mod:`p2ppool.board.auth`).
+PROTOCOL_VERSION: int = 2
 
 #: Who a peer is on the board.  ``observer`` is ``p2ppool status`` (it only listens).
 ROLES: Tuple[str, ...] = ("worker", "client", "host", "observer")
@@ -78,8 +102,13 @@ VERSION = "version"  #: another protocol version
 EXPIRED = "expired"  #: ``ts + ttl`` is in the past
 FUTURE = "future"  #: ``ts`` is further in the future than the allowed clock skew
 TRUNCATED = "truncated"  #: a partial line left when the connection ended (see LineDecoder.reset)
+UNSIGNED = "unsigned"  #: no ``sig``/``seq``, or ``from`` is not a self-certifying id
+SIGNATURE = "signature"  #: the signature does not verify (forged, altered, another topic)
+REPLAYED = "replayed"  #: a copy of a line already seen, or older than the replay window
+#: The reasons that say a line failed authentication (logged, rate-limited).
+AUTH_REASONS = (VERSION, UNSIGNED, SIGNATURE, REPLAYED)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=~-]{1,128}$")
 _PYTHON_RE = re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}$")
 _MAX_TEXT = 256
 _KEY_BYTES = 32
@@ -111,7 +140,7 @@ def _bad(name: str, value: Any, expected: str) -> MessageRejected:
 
 def _ident(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
-        raise _bad(name, value, "an id of 1-128 characters [A-Za-z0-9._:@/+=-]")
+        raise _bad(name, value, "an id of 1-128 characters [A-Za-z0-9._:@/+=~-]")
     return value
 
 
@@ -313,6 +342,8 @@ class Offer(Message):
         worker: the worker's id.
         slots: how many slots it offers.
         key: base64 of the 32-byte X25519 public key (see :func:`new_offer_keypair`).
+        client: the sender of the Want it answers (a job is its owner's: only that
+            client may accept, and only that client takes the offer as its own).
     """
 
     TYPE: ClassVar[str] = "offer"
@@ -321,6 +352,7 @@ class Offer(Message):
     worker: str = _checked(_ident)
     slots: int = _checked(_positive)
     key: str = _checked(_pubkey)
+    client: str = _checked(_ident)
 
 
 @dataclass(frozen=True)
@@ -345,17 +377,20 @@ class Withdraw(Message):
     """A job no longer wants slots, or a worker withdraws (at least one of the two is set).
 
     Both set, by the worker itself: the worker withdraws its offer to that job (it was not
-    accepted in time while another job waited; see :mod:`p2ppool.worker.peer`).
+    accepted in time while another job waited; see :mod:`p2ppool.worker.peer`); ``client`` then
+    names the job's owner.
 
     Attributes:
         job: the job withdrawn, or None.
         worker: the worker withdrawing, or None.
+        client: with both: the client the withdrawn offer was made to.
     """
 
     TYPE: ClassVar[str] = "withdraw"
 
     job: str | None = _checked(_opt_ident, default=None)
     worker: str | None = _checked(_opt_ident, default=None)
+    client: str | None = _checked(_opt_ident, default=None)
 
     def _check(self) -> None:
         if self.job is None and self.worker is None:
@@ -398,6 +433,9 @@ MESSAGE_TYPES: Dict[str, Type[Message]] = {
 }
 
 _HEADER = ("v", "type", "from", "ts", "ttl")
+_SIG_OPEN = b',"sig":"'
+_SIG_SUFFIX = len(_SIG_OPEN) + SIG_CHARS + 2  # ,"sig":"<86 characters>"}
+_MAX_SEQ = 2**63
 
 
 def _wire_name(name: str) -> str:
@@ -407,11 +445,15 @@ def _wire_name(name: str) -> str:
 # --- encode / decode -------------------------------------------------------------------------
 
 
-def encode(msg: Message) -> bytes:
-    """Encode one message as a board line.
+def encode(msg: Message, identity: BoardIdentity, topic: str) -> bytes:
+    """Encode one message as a signed board line.
 
     Args:
-        msg: any message (already validated when it was constructed).
+        msg: any message (already validated when it was constructed); its ``sender`` must
+            be ``identity.sender``.
+        identity: the sender's key; it signs the line and numbers it (``seq``).
+        topic: the board topic the line is written to (``owner/name``), bound by the
+            signature.
 
     Returns:
         UTF-8 JSON on one line, ending in ``\\n``, at most ``MAX_LINE_BYTES`` bytes.
@@ -419,19 +461,24 @@ def encode(msg: Message) -> bytes:
     Raises:
         MessageRejected: the line would be longer than ``MAX_LINE_BYTES`` (reason
             ``oversized``), or ``msg`` is not a concrete message type (``unknown_type``).
+        ValueError: ``msg.sender`` is not the identity's id (nobody signs for another).
     """
     if type(msg) not in MESSAGE_TYPES.values():
         raise MessageRejected(UNKNOWN_TYPE, f"{type(msg).__name__} is not a board message type")
+    if msg.sender != identity.sender:
+        raise ValueError(f"a {msg.TYPE} from {msg.sender!r} cannot be signed by "
+                         f"{identity.sender!r}: a line is signed by its own sender only")
     obj: Dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)
         if value is None and f.default is None:
             continue  # an optional field left out (what an older peer sends, too)
         obj[_wire_name(f.name)] = value
-    line = (
-        json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-        + b"\n"
-    )
+    obj["seq"] = identity.next_seq()
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+    signature = identity.sign(signed_payload(PROTOCOL_VERSION, topic, body))
+    line = body[:-1] + _SIG_OPEN + signature.encode("ascii") + b'"}\n'
     if len(line) > defaults.MAX_LINE_BYTES:
         raise MessageRejected(
             OVERSIZED,
@@ -445,21 +492,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def decode(line: bytes, now: float) -> Message:
-    """Decode and validate one board line.
+def _unique_members(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a member name appears twice")
+    return obj
+
+
+def decode(line: bytes, now: float, topic: str) -> Message:
+    """Decode, authenticate and validate one board line.
 
     Args:
         line: the line, with or without its trailing ``\\n`` (a ``\\r`` before it is allowed).
         now: the current unix time, to drop stale messages.
+        topic: the topic it was read from (the signature must be for this topic).
 
     Returns:
-        The message, an instance of one of the types in :data:`MESSAGE_TYPES`.
+        The message, an instance of one of the types in :data:`MESSAGE_TYPES`, whose
+        ``sender`` wrote it.  (Copies of lines are caught by a :class:`LineDecoder`,
+        which keeps state; :func:`decode` alone does not.)
 
     Raises:
         MessageRejected: (a :class:`~p2ppool.errors.ProtocolError`) with ``reason`` one of
-            ``oversized``, ``text``, ``malformed``, ``unknown_type``, ``version``, ``expired``,
-            ``future``.
+            ``oversized``, ``text``, ``malformed``, ``unknown_type``, ``version``,
+            ``unsigned``, ``signature``, ``expired``, ``future``.
     """
+    return decode_signed(line, now, topic)[0]
+
+
+def decode_signed(line: bytes, now: float, topic: str) -> Tuple[Message, int]:
+    """:func:`decode`, also returning the line's sequence number (for a replay check)."""
     if len(line) > defaults.MAX_LINE_BYTES or (
         len(line) == defaults.MAX_LINE_BYTES and not line.endswith(b"\n")
     ):
@@ -468,24 +530,48 @@ def decode(line: bytes, now: float) -> Message:
     body = body[:-1] if body.endswith(b"\r") else body
     if not body.lstrip(b" \t").startswith(b"{"):
         raise MessageRejected(TEXT, "not a JSON object: " + repr(body[:60]))
+    # The signature is the last member, cut off as bytes: what remains is what was signed.
+    signature: bytes | None = None
+    if (len(body) > _SIG_SUFFIX and body.endswith(b'"}')
+            and body[-_SIG_SUFFIX:-_SIG_SUFFIX + len(_SIG_OPEN)] == _SIG_OPEN):
+        signature = body[-SIG_CHARS - 2:-2]
+        body = body[:-_SIG_SUFFIX] + b"}"
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                         object_pairs_hook=_unique_members)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MessageRejected(MALFORMED, f"not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise MessageRejected(MALFORMED, "not a JSON object")
-    return _from_object(obj, now)
+    msg, seq = _from_object(obj, now, signature is not None)
+    assert signature is not None  # (_from_object refuses an unsigned line)
+    if not verify(msg.sender, signature, signed_payload(PROTOCOL_VERSION, topic, body)):
+        raise MessageRejected(
+            SIGNATURE, f"{msg.TYPE} from {msg.sender}: the signature does not verify for "
+                       f"topic {topic!r} (forged, altered, or written to another topic)")
+    return msg, seq
 
 
-def _from_object(obj: Dict[str, Any], now: float) -> Message:
+def _from_object(obj: Dict[str, Any], now: float, signed: bool) -> Tuple[Message, int]:
     missing = [name for name in _HEADER if name not in obj]
     if missing:
         raise MessageRejected(MALFORMED, "missing field(s) " + ", ".join(missing))
     version = obj["v"]
     if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise MessageRejected(
-            VERSION, f"protocol version {version!r}; this peer speaks {PROTOCOL_VERSION}"
+            VERSION, f"protocol version {version!r}; this peer speaks {PROTOCOL_VERSION} "
+                     "(signed lines; update p2ppool)"
         )
+    sender = obj["from"]
+    if not signed or "sig" in obj:
+        raise MessageRejected(UNSIGNED, f"a line from {sender!r} carries no signature "
+                                        "(as its last member)")
+    if not isinstance(sender, str) or not is_sender_id(sender):
+        raise MessageRejected(UNSIGNED, f"sender {sender!r} is not a self-certifying id "
+                                        f"(<name>~<{KEY_CHARS} characters of key>)")
+    seq = obj.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < _MAX_SEQ:
+        raise MessageRejected(UNSIGNED, f"a line from {sender} has no valid sequence number")
     cls = MESSAGE_TYPES.get(obj["type"]) if isinstance(obj["type"], str) else None
     if cls is None:
         raise MessageRejected(UNKNOWN_TYPE, f"unknown message type {obj['type']!r}")
@@ -504,32 +590,45 @@ def _from_object(obj: Dict[str, Any], now: float) -> Message:
         raise MessageRejected(
             FUTURE, f"{cls.TYPE} from {msg.sender} is stamped {msg.ts - now:.1f} s in the future"
         )
-    return msg
+    return msg, seq
 
 
 # --- stream reassembly ---------------------------------------------------------------------
 
 
 class LineDecoder:
-    """Turns a byte stream (arriving in any chunks) into validated messages.
+    """Turns a byte stream (arriving in any chunks) into authenticated, validated messages.
 
     Lines may be split across chunks or several may arrive in one chunk.  Nothing raises
     out of :meth:`feed`: every line that is not a valid message is dropped and counted in
     :attr:`drops` by reason.  A line longer than ``max_line`` is discarded up to its newline
     without buffering more than ``max_line`` bytes.  Blank lines (keepalive noise) and NUL
     bytes at the start of a line (pico's ``pub -e`` sends one NUL) are skipped uncounted.
+    Copies of lines already accepted, and lines older than the replay window, are dropped
+    as ``replayed`` (see :class:`~p2ppool.board.auth.ReplayGuard`).
+
+    Args:
+        topic: the topic the stream comes from (signatures must be for it).
+        max_line: the longest line accepted, newline included.
+        replay: the replay guard (default: a fresh one with the default window).
 
     Attributes:
         drops: drop reason -> number of lines dropped for it.
         accepted: number of messages yielded.
     """
 
-    def __init__(self, max_line: int = defaults.MAX_LINE_BYTES) -> None:
+    def __init__(self, topic: str, max_line: int = defaults.MAX_LINE_BYTES,
+                 replay: ReplayGuard | None = None) -> None:
+        self.topic = topic
         self.max_line = max_line
+        self.replay = replay if replay is not None else ReplayGuard()
         self.drops: Counter[str] = Counter()
         self.accepted = 0
         self._buffer = bytearray()
         self._discarding = False
+        self._unreported: Counter[str] = Counter()  # authentication drops not yet logged
+        self._example = ""
+        self._reported_at = -math.inf
 
     def feed(self, chunk: bytes, now: float) -> List[Message]:
         """Add bytes from the stream; return the messages of every line completed by them.
@@ -539,6 +638,28 @@ class LineDecoder:
             now: the current unix time (stale messages are dropped).
         """
         return list(self._lines_to_messages(self._split(chunk), now))
+
+    def auth_report(self, now: float,
+                    interval: float = defaults.AUTH_DROP_LOG_S) -> str | None:
+        """A line to log about lines dropped for failing authentication, at most one per
+        ``interval`` seconds (the first at once), or None when there is nothing new to say."""
+        if not self._unreported or now - self._reported_at < interval:
+            return None
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self._unreported.items()))
+        total = sum(self._unreported.values())
+        text = (f"dropped {total} board line(s) that failed authentication ({counts}); "
+                f"e.g. {self._example}.  A peer runs an older p2ppool, or someone writes in "
+                "another peer's name")
+        self._unreported.clear()
+        self._reported_at = now
+        return text
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.drops[reason] += 1
+        if reason in AUTH_REASONS:
+            if not self._unreported:
+                self._example = detail if len(detail) <= 300 else detail[:297] + "..."
+            self._unreported[reason] += 1
 
     def _split(self, chunk: bytes) -> Iterator[bytes]:
         start = 0
@@ -568,12 +689,16 @@ class LineDecoder:
             if not stripped.strip():
                 continue
             try:
-                msg = decode(stripped, now)
+                msg, seq = decode_signed(stripped, now, self.topic)
             except MessageRejected as exc:
-                self.drops[exc.reason] += 1
+                self._drop(exc.reason, exc.detail)
                 continue
             except Exception:  # noqa: BLE001 - a peer's bytes must never break the loop
                 self.drops[MALFORMED] += 1
+                continue
+            why = self.replay.check(msg.sender, seq, msg.ts, now)
+            if why is not None:
+                self._drop(REPLAYED, f"{msg.TYPE} from {msg.sender}: {why}")
                 continue
             self.accepted += 1
             yield msg

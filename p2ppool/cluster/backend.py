@@ -60,10 +60,11 @@ import random
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Sequence, Set, Tuple, Union
 
 from .. import defaults
 from .._version import __version__
+from ..board.auth import BoardIdentity, name_of
 from ..board.protocol import (
     Accept,
     Bye,
@@ -280,7 +281,9 @@ class ClusterBackend:
             raise ValueError(f"max_slots must be at least 1, not {max_slots!r}")
         self.options = options
         self.job_id = job_id
-        self.peer_id = f"client:{job_id}"
+        #: signs this pool's board lines; its sender id is the pool's peer id
+        self.board_identity = BoardIdentity(f"client:{job_id}")
+        self.peer_id = self.board_identity.sender
         self.python = python or python_version()
         self.max_slots = max_slots
         self._initializer = initializer_blob or b""
@@ -300,7 +303,9 @@ class ClusterBackend:
         self._board: Any = None
         self._closed = False
         self._idle = True  # the pool's last demand was 0: it has no work at all
-        self._other_wants: Dict[str, float] = {}  # other jobs wanting slots -> until when
+        #: other jobs wanting slots, (owner, job) -> until when (a job is its owner's: a
+        #: member's Withdraw cannot cancel another's job here)
+        self._other_wants: Dict[Tuple[str, str], float] = {}
         self._usable: tuple[str, ...] = ()  # see usable_workers
         self._refusals: Dict[str, str] = {}  # worker -> why it refused this job
         #: Result/Lost frames dropped because their task was not in flight there.
@@ -334,7 +339,7 @@ class ClusterBackend:
             joined = sum(r.slots for r in self._remotes.values() if r.state == _READY)
             became_idle = int(slots) <= 0 and not self._idle
             self._idle = int(slots) <= 0
-            waiting = [job for job, until in self._other_wants.items() if until > now]
+            waiting = [job for (_, job), until in self._other_wants.items() if until > now]
         slots = max(0, min(int(slots), self.max_slots - joined))
         self._post(lambda: self._recruiter.set_demand(slots, time.monotonic()))
         if became_idle and waiting:  # another job waits for slots: let ours go now
@@ -503,6 +508,7 @@ class ClusterBackend:
                 host, port, topic=cluster, username=self.options.board_user,
                 identity=self.options.identity, known_hosts=self.options.known_hosts,
                 on_message=self._on_board_message, on_state=self._on_board_state,
+                sender=self.board_identity,
             )
             try:
                 client.connect()
@@ -569,20 +575,22 @@ class ClusterBackend:
             with self._lock:
                 if len(self._other_wants) > 64:  # forget expired ones
                     self._other_wants = {j: u for j, u in self._other_wants.items() if u > now}
-                self._other_wants[msg.job] = now + (msg.expires_at() - time.time())
+                self._other_wants[(msg.sender, msg.job)] = now + (msg.expires_at()
+                                                                  - time.time())
             self._post(lambda: self._release_idle(msg.job))
         elif (isinstance(msg, Withdraw) and msg.job == self.job_id
-              and msg.worker is not None and msg.worker == msg.sender):
+              and msg.worker is not None and msg.worker == msg.sender
+              and msg.client == self.peer_id):
             # The worker withdrew its offer (we were too slow, and another job waited).
             self._post(lambda: self._recruiter.offer_withdrawn(msg.sender, time.monotonic()))
         elif isinstance(msg, Withdraw) and msg.worker is not None:
             return  # a worker's offer to another job: that job still wants slots
         elif isinstance(msg, (Withdraw, Done)) and msg.job not in (None, self.job_id):
             with self._lock:
-                self._other_wants.pop(msg.job, None)
+                self._other_wants.pop((msg.sender, msg.job), None)
         elif isinstance(msg, Offer) and msg.job == self.job_id:
-            if msg.worker != msg.sender:
-                return  # a worker offers only itself
+            if msg.worker != msg.sender or msg.client != self.peer_id:
+                return  # a worker offers only itself; to another's Want under our job id
             expires = time.monotonic() + (msg.expires_at() - time.time())
             self._post(lambda: self._recruiter.got_offer(msg.worker, msg.slots, msg.key,
                                                          expires, time.monotonic()))
@@ -754,7 +762,8 @@ class ClusterBackend:
                     self.dropped_frames += 1
             if known:
                 cause = frame.cause
-                if remote.worker not in cause:  # workers usually name themselves already
+                # Workers usually name themselves already (by name: "<name>~<key>" is their id).
+                if name_of(remote.worker) not in cause:
                     cause = f"worker {remote.worker}: {cause}"
                 self._emit(TaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
         elif isinstance(frame, Unable):

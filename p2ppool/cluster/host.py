@@ -30,6 +30,7 @@ from typing import Any, Callable, List, Set
 
 from .. import defaults
 from .._version import __version__
+from ..board.auth import BoardIdentity
 from ..board.client import BoardClient, State
 from ..board.options import BoardSettings, add_board_arguments
 from ..board.protocol import Bye, Cluster, Hello, Message
@@ -103,7 +104,8 @@ class _Host:
         self.cluster = cluster
         self.expires = expires
         self.period = period
-        self.sender = f"host-{uuid.uuid4().hex[:12]}"
+        self.identity = BoardIdentity(f"host-{uuid.uuid4().hex[:12]}")
+        self.sender = self.identity.sender
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.seen: Set[str] = set()
@@ -203,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     members = [owner] + [u for u in args.users if u != owner]
     host = _Host(cluster, time.time() + args.ttl, args.announce_every)
     host.client = settings.client(
-        cluster, ["-a", ",".join(members)], on_message=host.on_message, on_state=host.on_state
+        cluster, ["-a", ",".join(members)], on_message=host.on_message, on_state=host.on_state,
+        sender=host.identity,
     )
     previous = _install_signal_handlers(host)
     try:

@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 
 from .. import defaults
 from .._version import __version__
+from ..board.auth import BoardIdentity
 from ..board.client import State
 from ..board.options import BoardSettings, add_board_arguments
 from ..board.protocol import Accept, Bye, Cluster, Done, Hello, Message, Offer, Want, Withdraw
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.wait >= 0:
         print("p2ppool status: error: --wait must be >= 0 seconds", file=sys.stderr)
         return 2
-    own_id = f"status-{uuid.uuid4().hex[:12]}"
+    me = BoardIdentity(f"status-{uuid.uuid4().hex[:12]}")
+    own_id = me.sender
     view = BoardView(own_id)
     lock = threading.Lock()
 
@@ -206,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         with lock:
             view.update(msg, time.time())
 
-    client = settings.client(topic, on_message=on_message)
+    client = settings.client(topic, on_message=on_message, sender=me)
     try:
         client.connect()
         now = time.time()

@@ -310,6 +310,10 @@ class LocalCluster:
         Raises:
             TimeoutError: none arrived in time (the message ends with the worker's log).
         """
+        from ..board.auth import name_of
+
+        worker = name_of(worker)  # a name, or the whole id "<name>~<key>"
+
         def found() -> Any:
             hello = self._hellos.get(worker)
             if hello is None or (after is not None and hello.ts < after):
@@ -331,12 +335,22 @@ class LocalCluster:
         raise TimeoutError(f"worker {worker} did not say the expected Hello within "
                            f"{timeout:g} s{log_tail(log) if log else ''}")
 
+    def sender_id(self, worker: str) -> str | None:
+        """The board sender id (``<name>~<public key>``) of ``worker``'s latest Hello, or
+        None before it said one."""
+        with self._cond:
+            hello = self._hellos.get(worker)
+        return None if hello is None else str(hello.sender)
+
     def wait_for_bye(self, worker: str, timeout: float = 10.0) -> None:
         """Wait until ``worker`` has said Bye on the board (it is withdrawing).
 
         Raises:
             TimeoutError: it did not within ``timeout`` seconds.
         """
+        from ..board.auth import name_of
+
+        worker = name_of(worker)
         with self._cond:
             if not self._cond.wait_for(lambda: self._byes.get(worker, 0) > 0, timeout):
                 raise TimeoutError(f"worker {worker} did not say Bye within {timeout:g} s")
@@ -454,6 +468,7 @@ class LocalCluster:
                          name="p2ppool-local-board-out").start()
 
     def _start_host(self) -> None:
+        from ..board.auth import name_of
         from ..board.client import BoardClient
         from ..board.protocol import Bye, Hello
 
@@ -461,19 +476,24 @@ class LocalCluster:
         access = ",".join((VOLUNTEER, *self.members))
 
         def on_message(msg: Any) -> None:
+            # Kept by the worker's name (its sender id is "<name>~<key>"); a Bye counts
+            # only from the id of the name's latest Hello (a member may take any name).
             if isinstance(msg, Hello) and msg.role == "worker":
                 with self._cond:
-                    self._hellos[msg.sender] = msg
+                    self._hellos[name_of(msg.sender)] = msg
                     self._cond.notify_all()
             elif isinstance(msg, Bye) and msg.role == "worker":
                 with self._cond:
-                    self._byes[msg.sender] = self._byes.get(msg.sender, 0) + 1
-                    self._cond.notify_all()
+                    name = name_of(msg.sender)
+                    latest = self._hellos.get(name)
+                    if latest is not None and latest.sender == msg.sender:
+                        self._byes[name] = self._byes.get(name, 0) + 1
+                        self._cond.notify_all()
             for watcher in list(self._watchers):
                 watcher(msg)
 
         self._host_client = BoardClient(
-            host, int(port), topic=self.cluster.split("/", 1)[1], flags=["-a", access],
+            host, int(port), topic=self.cluster, flags=["-a", access],
             username=OWNER, identity=self._keys[OWNER], known_hosts=self._known_hosts,
             ssh_config=os.path.join(self.directory, "no_ssh_config"), on_message=on_message,
         )

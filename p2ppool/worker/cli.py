@@ -20,6 +20,7 @@ import sys
 from typing import Sequence
 
 from .. import defaults
+from ..board.auth import MAX_NAME_CHARS
 from ..config import parse_duration
 from ..errors import ConfigError, P2PPoolError
 from .loop import EXIT_ERROR, Worker, WorkerSettings
@@ -40,7 +41,8 @@ WARNING = """\
 """
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# The name is the first part of the worker's board id, "<name>~<its public key>".
+_NAME_RE = re.compile(rf"^[A-Za-z0-9._:@/+=-]{{1,{MAX_NAME_CHARS}}}$")
 
 
 def _default_name() -> str:
@@ -161,8 +163,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
             raise ConfigError(f"--ttl: {exc}") from None
     name = args.name or _default_name()
     if not _NAME_RE.match(name):
-        raise ConfigError(f"--name must be 1-128 of the characters A-Za-z0-9._:@/+=-, "
-                          f"got {name!r}")
+        raise ConfigError(f"--name must be 1-{MAX_NAME_CHARS} of the characters "
+                          f"A-Za-z0-9._:@/+=-, got {name!r}")
     if not args.grace >= 0:
         raise ConfigError(f"--grace must be >= 0, got {args.grace}")
     cache_mb = getattr(args, "install_cache_mb", None)

@@ -47,6 +47,7 @@ from typing import Any, Deque, Dict, List, Sequence, Tuple
 
 from .. import defaults
 from .._version import __version__
+from ..board.auth import BoardIdentity
 from ..errors import P2PPoolError
 from ..execution.limits import ProcessLimit
 from ..payload import WORKER_NAME_ENV  # re-exported: it has always been named here
@@ -192,8 +193,11 @@ class Worker(BoardPresence, SessionHandling):
         self.environments = Environments(
             settings.install_cache, settings.allow_install, settings.install_cache_bytes,
             on_change=lambda: self.inbox.post("requirements"))
+        #: signs the worker's board lines (a fresh key per run): its id is name~key
+        self.board_identity = BoardIdentity(settings.name)
         self.peer = Peer(
-            PeerConfig(worker_id=settings.name, python=settings.python, version=__version__,
+            PeerConfig(worker_id=self.board_identity.sender, python=settings.python,
+                       version=__version__,
                        slots=settings.processes),
             new_offer_keypair, serves=self._serves,
         )

@@ -15,13 +15,17 @@ promised and decides, message by message, what to say next:
   never opens two sessions with one worker);
 * which :class:`~p2ppool.board.protocol.Accept` to act on: addressed to this worker, for an offer it
   made, from the client that asked, before the offer expired, and sealed to that offer's key;
+  a job is its sender's: offers, sessions and Withdraw/Done are keyed by (client, job), so
+  another member's Want under a real job's id gets an offer of its own (naming it as
+  ``client``), never the real client's;
 * when to say :class:`~p2ppool.board.protocol.Hello`: on start, every ``hello_interval`` seconds,
   whenever the number of free slots changes, and when a newcomer says Hello, but then not
   within ``hello_min_interval`` of the last one (one Hello answers every newcomer since).
 
 **Fairness and bounds** (issue 17: one member cannot stall the cluster).  Board sender ids
-are not authenticated, so anything kept per sender is bounded, and whoever does not take what
-it asked for pays for it, not the others:
+are authenticated (:mod:`p2ppool.board.auth`), but anyone may make new ones, so anything
+kept per sender is bounded, and whoever does not take what it asked for pays for it, not
+the others:
 
 * state is kept for at most ``senders_kept`` senders (the least recently heard is forgotten
   first), and at most ``wants_per_sender`` waiting Wants per sender (its newest win);
@@ -193,6 +197,8 @@ class _PendingOffer:
 
 
 _NEVER = -math.inf
+#: A job is its sender's: (client sender id, job id).
+_JobKey = Tuple[str, str]
 
 
 @dataclasses.dataclass
@@ -221,10 +227,10 @@ class Peer:
         self.config = config
         self._new_keypair = new_keypair
         self._serves = serves or _serves_nothing_extra
-        self._offers: Dict[str, _PendingOffer] = {}  # job -> offer
+        self._offers: Dict[_JobKey, _PendingOffer] = {}  # (client, job) -> offer
         self._senders: collections.OrderedDict[str, _Sender] = collections.OrderedDict()
         self._waiting = 0  # Wants remembered over every sender
-        self._sessions: Dict[int, Tuple[str, int]] = {}  # session id -> (job, slots)
+        self._sessions: Dict[int, Tuple[_JobKey, int]] = {}  # id -> ((client, job), slots)
         self._next_session = 1
         self._next_hello: float | None = None  # None before start() and after withdraw()
         self._hello_at = _NEVER  # no Hello before then (hello_min_interval)
@@ -256,7 +262,7 @@ class Peer:
 
     def pending_offers(self) -> Dict[str, int]:
         """Job -> slots, for every offer not yet accepted or expired."""
-        return {job: offer.slots for job, offer in self._offers.items()}
+        return {job: offer.slots for (_, job), offer in self._offers.items()}
 
     def known_senders(self) -> int:
         """Senders this worker keeps any state for (at most ``senders_kept``)."""
@@ -330,7 +336,7 @@ class Peer:
                 return []  # said once per sender: a flood of them must not flood the log
             sender.noted = True
             return [Note(f"not offering to job {want.job} of {want.sender}: {reason}")]
-        if want.job in self._offers or self._has_session(want.job):
+        if (want.sender, want.job) in self._offers or self._has_session(want.sender, want.job):
             return self._settle([], now)  # our offer stands, or the job has our slots
         sender.heard = now
         if sender.wants.pop(want.job, None) is not None:
@@ -347,21 +353,23 @@ class Peer:
         """A client took an offer: open its sealed code and start a session, if it is ours."""
         if accept.worker != self.config.worker_id:
             return []  # for another worker: normal traffic on a shared topic
-        offer = self._offers.get(accept.job)
+        key = (accept.sender, accept.job)
+        offer = self._offers.get(key)
         if offer is None:
+            others = [client for client, job in self._offers if job == accept.job]
+            if others:
+                return [Note(f"ignored an accept for job {accept.job} from {accept.sender}: "
+                             f"the offer was made to {others[0]}")]
             return [Note(f"ignored an accept for job {accept.job} from {accept.sender}: "
                          "no offer of ours is pending for that job (expired or never made)")]
         if offer.expires < now:
             return [Note(f"ignored an accept for job {accept.job}: our offer expired "
                          f"{now - offer.expires:.1f} s before it arrived")]
-        if accept.sender != offer.client:
-            return [Note(f"ignored an accept for job {accept.job} from {accept.sender}: "
-                         f"the offer was made to {offer.client}")]
         try:
             code = open_code(accept.code, offer.private_key)
         except MessageRejected as exc:
             return [Note(f"ignored an accept for job {accept.job}: {exc.detail}")]
-        del self._offers[accept.job]
+        del self._offers[key]
         sender = self._senders.get(accept.sender)
         if sender is not None:
             sender.strikes = 0  # it takes what it asks for
@@ -369,7 +377,7 @@ class Peer:
                 self._waiting -= 1
         session_id = self._next_session
         self._next_session += 1
-        self._sessions[session_id] = (accept.job, offer.slots)
+        self._sessions[session_id] = (key, offer.slots)
         return [OpenSession(session_id, accept.job, accept.sender, offer.slots, code)]
 
     def got_hello(self, hello: Hello, now: float) -> List[Action]:
@@ -389,9 +397,8 @@ class Peer:
         sender = self._senders.pop(bye.sender, None)
         if sender is not None:
             self._waiting -= len(sender.wants)
-        jobs = [job for job, offer in self._offers.items() if offer.client == bye.sender]
-        for job in jobs:
-            del self._offers[job]
+        for key in [key for key, offer in self._offers.items() if offer.client == bye.sender]:
+            del self._offers[key]
         return self._settle([], now)
 
     def got_withdraw(self, withdraw: Withdraw, now: float) -> List[Action]:
@@ -429,8 +436,9 @@ class Peer:
     def timer_expired(self, now: float) -> List[Action]:
         """Expire offers nobody accepted; withdraw, offer and say Hello when due."""
         actions: List[Action] = []
-        for job in [j for j, o in self._offers.items() if o.expires <= now]:
-            offer = self._offers.pop(job)
+        for key in [k for k, o in self._offers.items() if o.expires <= now]:
+            offer = self._offers.pop(key)
+            job = key[1]
             self._sender(offer.client).strikes += 1
             actions.append(Note(f"offer of {offer.slots} slot(s) to job {job} of "
                                 f"{offer.client} expired unaccepted"))
@@ -477,14 +485,11 @@ class Peer:
         found = self._senders.get(sender)
         if found is not None and found.wants.pop(job, None) is not None:
             self._waiting -= 1
-        offer = self._offers.get(job)
-        if offer is None or offer.client != sender:
-            return self._settle([], now)
-        del self._offers[job]
+        self._offers.pop((sender, job), None)  # only its owner's offer: a job is its sender's
         return self._settle([], now)
 
-    def _has_session(self, job: str) -> bool:
-        return any(j == job for j, _ in self._sessions.values())
+    def _has_session(self, client: str, job: str) -> bool:
+        return any(key == (client, job) for key, _ in self._sessions.values())
 
     def _settle(self, actions: List[Action], now: float) -> List[Action]:
         """After every input: offer free slots to waiting Wants, withdraw an offer that
@@ -518,7 +523,8 @@ class Peer:
             if best is not None and key >= best[0]:
                 continue
             for job, (want, expires) in reversed(list(sender.wants.items())):
-                if expires < now or job in self._offers or self._has_session(job):
+                if (expires < now or (name, job) in self._offers
+                        or self._has_session(name, job)):
                     del sender.wants[job]
                     self._waiting -= 1
                     continue
@@ -547,16 +553,16 @@ class Peer:
         sender's Want waits for its slots (and a token allows saying so)."""
         if not self._waiting or self.free_slots >= 1 or not self._offers:
             return []
-        job, offer = min(self._offers.items(), key=lambda item: item[1].made)
+        (client, job), offer = min(self._offers.items(), key=lambda item: item[1].made)
         if now < offer.made + self.config.offer_answer_s or not self._has_token(now):
             return []
         if self._best_waiting(now) is None:
             return []
-        del self._offers[job]
+        del self._offers[(client, job)]
         self._sender(offer.client).strikes += 1
         self._take_token(now)
         withdraw = Withdraw(sender=self.config.worker_id, ts=now, ttl=self.config.offer_ttl,
-                            job=job, worker=self.config.worker_id)
+                            job=job, worker=self.config.worker_id, client=client)
         return [Note(f"withdrew the offer of {offer.slots} slot(s) to job {job} of "
                      f"{offer.client}: not accepted within {self.config.offer_answer_s:g} s "
                      "while another job waits"), Publish(withdraw)]
@@ -582,10 +588,12 @@ class Peer:
         slots = min(want.slots, self.free_slots)
         private_key, public_b64 = self._new_keypair()
         expires = now + self.config.offer_ttl
-        self._offers[want.job] = _PendingOffer(want.sender, slots, private_key, expires, now)
+        self._offers[(want.sender, want.job)] = _PendingOffer(want.sender, slots, private_key,
+                                                              expires, now)
         return Offer(
             sender=self.config.worker_id, ts=now, ttl=self.config.offer_ttl,
             job=want.job, worker=self.config.worker_id, slots=slots, key=public_b64,
+            client=want.sender,
         )
 
     def _hello(self, now: float) -> Hello:

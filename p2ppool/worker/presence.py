@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..board.auth import BoardIdentity
 from ..errors import P2PPoolError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class BoardPresence:
     forced: bool
     exit_status: int
     _board_generation: int
+    board_identity: BoardIdentity
     _rejoin: threading.Thread | None
     _stop_rejoin: threading.Event
     _execute: Callable[[Sequence[Any]], None]
@@ -58,6 +60,7 @@ class BoardPresence:
             identity=s.identity, known_hosts=s.known_hosts,
             on_message=lambda msg: self.inbox.post("board", msg),
             on_state=lambda state: self.inbox.post("board_state", generation, state),
+            sender=self.board_identity,
         )
 
     def _board_state(self, state: Any) -> None:

@@ -22,6 +22,7 @@ PURE = [
     "p2ppool.worker.peer", "p2ppool.cluster.recruit",
     "p2ppool.transfer.session_protocol", "p2ppool.transfer.framing",
     "p2ppool.shipping.bundle", "p2ppool.shipping.requirements",
+    "p2ppool.board.auth",
 ]
 #: package ``__init__`` modules a pure module's import runs first: they must be pure too
 PURE_PACKAGES = ["p2ppool", "p2ppool.pool", "p2ppool.board", "p2ppool.worker", "p2ppool.cluster",

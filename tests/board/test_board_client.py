@@ -15,6 +15,7 @@ from typing import Any, Callable, List
 import pytest
 
 from p2ppool.board import protocol
+from p2ppool.board.auth import BoardIdentity
 from p2ppool.board.client import (
     BoardClient,
     State,
@@ -30,9 +31,14 @@ pytestmark = pytest.mark.system
 WAIT = 15.0  # upper bound of every wait in these tests (they normally take milliseconds)
 
 
-def hello(sender: str, slots: int = 1) -> Hello:
+#: A peer that writes with OpenSSH (``encode`` signs its lines by hand).
+BOB_SSH = BoardIdentity("bob-ssh")
+
+
+def hello(by: Any, slots: int = 1) -> Hello:
+    """A Hello from ``by`` (a client or identity): a client signs for its own id only."""
     return Hello(
-        sender=sender, ts=time.time(), ttl=60.0, role="worker", python="3.11",
+        sender=by.sender, ts=time.time(), ttl=60.0, role="worker", python="3.11",
         version="0.1", slots=slots,
     )
 
@@ -80,10 +86,10 @@ def pair(board: Any, clients: Callable[..., BoardClient], **kwargs: Any) -> Any:
 def test_two_clients_exchange_messages(board_server: Any, clients: Any) -> None:
     alice, bob = pair(board_server, clients)
     assert alice.state is State.CONNECTED and bob.state is State.CONNECTED
-    sent = hello("alice-1", slots=3)
+    sent = hello(alice, slots=3)
     alice.publish(sent)
     assert bob.get(timeout=WAIT) == sent
-    reply = Want(sender="bob-1", ts=time.time(), ttl=60, job="j1", slots=2, python="3.11",
+    reply = Want(sender=bob.sender, ts=time.time(), ttl=60, job="j1", slots=2, python="3.11",
                  session=1)
     bob.publish(reply)
     assert alice.get(timeout=WAIT) == reply
@@ -98,6 +104,23 @@ def test_two_clients_exchange_messages(board_server: Any, clients: Any) -> None:
         alice.publish(sent)
 
 
+def test_an_owner_may_name_its_topic_without_its_user_name(board_server: Any,
+                                                           clients: Any) -> None:
+    """Signatures bind ``owner/name``: alice's ``t`` is the board's ``alice/t``."""
+    alice = clients(board_server, "alice", "t", "-a", "alice,bob").connect()
+    wait_members(board_server, "alice/t", "pipe", 1)
+    bob = clients(board_server, "bob", "alice/t").connect()
+    wait_members(board_server, "alice/t", "pipe", 2)
+    assert alice.signed_topic == bob.signed_topic == "alice/t"
+    sent = hello(alice)
+    alice.publish(sent)
+    assert bob.get(timeout=WAIT) == sent
+    reply = hello(bob)
+    bob.publish(reply)
+    assert alice.get(timeout=WAIT) == reply
+    assert alice.drops == {} and bob.drops == {}
+
+
 def test_openssh_client_is_an_independent_peer(board_server: Any, clients: Any) -> None:
     alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
     wait_members(board_server, "alice/t", "pipe", 1)
@@ -108,12 +131,12 @@ def test_openssh_client_is_an_independent_peer(board_server: Any, clients: Any) 
         target=lambda: [lines.put(line) for line in iter(ssh.stdout.readline, b"")], daemon=True
     ).start()
 
-    sent = hello("alice-1")
+    sent = hello(alice)
     alice.publish(sent)
-    assert protocol.decode(lines.get(timeout=WAIT), time.time()) == sent
+    assert protocol.decode(lines.get(timeout=WAIT), time.time(), "alice/t") == sent
 
-    from_ssh = hello("bob-ssh", slots=7)
-    ssh.stdin.write(encode(from_ssh))
+    from_ssh = hello(BOB_SSH, slots=7)
+    ssh.stdin.write(encode(from_ssh, BOB_SSH, "alice/t"))
     ssh.stdin.flush()
     assert alice.get(timeout=WAIT) == from_ssh
     ssh.stdin.close()
@@ -124,7 +147,7 @@ def test_burst_of_1000_messages_arrives_complete_and_in_order(
     board_server: Any, clients: Any
 ) -> None:
     alice, bob = pair(board_server, clients)
-    sent = [hello(f"w{i}", slots=i) for i in range(1000)]
+    sent = [hello(alice, slots=i) for i in range(1000)]
     for msg in sent:
         alice.publish(msg)
     got = [bob.get(timeout=WAIT) for _ in sent]
@@ -140,8 +163,8 @@ def test_concurrent_publishers_never_interleave_lines(board_server: Any, clients
     def send(thread: int) -> None:
         for i in range(per_thread):
             code = base64.b64encode(bytes([thread]) * (2100 + 3 * i)).decode()
-            alice.publish(Accept(sender=f"t{thread}-{i}", ts=time.time(), ttl=60.0, job="j",
-                                 worker="w", code=code))
+            alice.publish(Accept(sender=alice.sender, ts=time.time(), ttl=60.0,
+                                 job=f"t{thread}-{i}", worker="w", code=code))
 
     threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
     for t in threads:
@@ -151,7 +174,7 @@ def test_concurrent_publishers_never_interleave_lines(board_server: Any, clients
     got = [bob.get(timeout=WAIT) for _ in range(4 * per_thread)]
     assert bob.drops == {}
     for thread in range(4):
-        mine = [m.sender for m in got if m.sender.startswith(f"t{thread}-")]
+        mine = [m.job for m in got if m.job.startswith(f"t{thread}-")]
         assert mine == [f"t{thread}-{i}" for i in range(per_thread)]
 
 
@@ -182,7 +205,7 @@ def test_callback_delivery_and_pings_are_ignored(
     wait_members(board, "alice/t", "pipe", 2)
     for i in range(5):
         assert pings.acquire(timeout=WAIT), "the server sent no ping"
-        msg = hello(f"a{i}")
+        msg = hello(alice, slots=i)
         alice.publish(msg)
         assert arrived.get(timeout=WAIT) == msg
     assert states == [State.CONNECTING, State.CONNECTED]
@@ -199,25 +222,32 @@ def test_garbage_and_oversized_lines_are_dropped_and_counted(
     wait_members(board_server, "alice/t", "pipe", 1)
     ssh = board_server.popen("bob", "pipe alice/t")
     wait_members(board_server, "alice/t", "pipe", 2)
-    good = hello("bob-1")
+    good = hello(BOB_SSH)
+    line = encode(good, BOB_SSH, "alice/t")
     payload = (
         b"subscribe to this topic:\n"  # pico-style status text
         + bytes(range(256)) + b"\n"  # binary garbage (holds one newline in the middle too)
         + b'{"v":1,"type":"hello"\n'  # malformed JSON
         + b'{"v":99,"type":"hello","from":"x","ts":1,"ttl":1}\n'  # another protocol version
         + b"A" * (10 * 1024 * 1024) + b"\n"  # a 10 MB line
-        + encode(good)
+        # a line of protocol version 1 (unsigned), as an older p2ppool writes it
+        + b'{"v":1,"type":"hello","from":"w1","ts":%d,"ttl":60,"role":"worker",' % time.time()
+        + b'"python":"3.11","version":"0.1","slots":1}\n'
+        + line
+        + line  # a copy: replayed
+        + line.replace(b'"slots":1', b'"slots":9')  # altered after signing: forged
     )
     ssh.stdin.write(payload)
     ssh.stdin.flush()
     assert alice.get(timeout=WAIT) == good
     drops = alice.drops
     assert drops["oversized"] == 1
-    assert drops["version"] == 1
+    assert drops["version"] == 2
+    assert drops["replayed"] == 1 and drops["signature"] == 1
     assert drops["malformed"] >= 1 and drops["text"] >= 2
     # The decoder is not disturbed: later messages still arrive.
-    later = hello("bob-2")
-    ssh.stdin.write(encode(later))
+    later = hello(BOB_SSH)
+    ssh.stdin.write(encode(later, BOB_SSH, "alice/t"))
     ssh.stdin.flush()
     assert alice.get(timeout=WAIT) == later
     ssh.stdin.close()
@@ -232,16 +262,16 @@ def test_peer_dying_mid_line_does_not_corrupt_the_next_line(
     bob = clients(board_server, "bob", "alice/t").connect()
     ssh = board_server.popen("bob", "pipe alice/t")
     wait_members(board_server, "alice/t", "pipe", 3)
-    ssh.stdin.write(encode(hello("half"))[:30])
+    ssh.stdin.write(encode(hello(BOB_SSH), BOB_SSH, "alice/t")[:30])
     ssh.stdin.flush()
     ssh.kill()
     ssh.wait(timeout=WAIT)
     wait_members(board_server, "alice/t", "pipe", 2)
-    whole = hello("whole")
+    whole = hello(bob)
     bob.publish(whole)
     # alice got the dangling half first: it is glued to the next line, which is then invalid
     # JSON; the line after that is clean again.  pico behaves the same (raw bytes).
-    after = hello("after")
+    after = hello(bob)
     bob.publish(after)
     got = alice.get(timeout=WAIT)
     assert got in (whole, after)
@@ -260,7 +290,7 @@ def test_reconnects_after_the_server_restarts_on_the_same_port(
     from p2ppool.board.server import BoardServer
 
     alice, bob = pair(board_server, clients)
-    before = hello("before")
+    before = hello(alice)
     alice.publish(before)
     assert bob.get(timeout=WAIT) == before
     port = board_server.port
@@ -268,7 +298,7 @@ def test_reconnects_after_the_server_restarts_on_the_same_port(
     assert alice.wait_for_state({State.RECONNECTING}, WAIT)
     assert bob.wait_for_state({State.RECONNECTING}, WAIT)
     with pytest.raises(BoardConnectionError, match="not connected"):
-        alice.publish(hello("lost"))
+        alice.publish(hello(alice))
     restarted = BoardServer(
         listen=("127.0.0.1", port),
         host_key_path=board_server.host_key_path,
@@ -281,7 +311,7 @@ def test_reconnects_after_the_server_restarts_on_the_same_port(
         # that refusal is transient after a working session, so bob keeps retrying.
         wait_members(board_server, "alice/t", "pipe", 2)
         assert bob.wait_for_state({State.CONNECTED}, WAIT)
-        after = hello("after-restart")
+        after = hello(alice)
         alice.publish(after)
         assert bob.get(timeout=WAIT) == after
         assert alice.reconnects >= 1 and bob.reconnects >= 1
@@ -376,7 +406,7 @@ def test_denied_topic_raises_access_denied(board_server: Any, clients: Any) -> N
     assert isinstance(carol.error, AccessDenied)
     assert "access denied" in str(carol.error)
     with pytest.raises(AccessDenied):
-        carol.publish(hello("carol"))
+        carol.publish(hello(carol))
     with pytest.raises(AccessDenied):
         carol.get(timeout=WAIT)
     assert board_server.server.channel_members("alice/t") == {"pipe": ["alice"]}
@@ -431,7 +461,7 @@ def test_ssh_config_hostname_port_user_identity(
         assert bob.target.user == "bob" and bob.target.port == board_server.port
         wait_members(board_server, "alice/t", "pipe", 2)
         assert sorted(board_server.server.channel_members("alice/t")["pipe"]) == ["alice", "bob"]
-        msg = hello("a")
+        msg = hello(alice)
         alice.publish(msg)
         assert bob.get(timeout=WAIT) == msg
     finally:
@@ -467,10 +497,10 @@ def test_proxyjump_goes_through_the_jump_host(
         try:
             wait_members(board_server, "alice/t", "pipe", 2)
             assert jump.forwarded == 1
-            msg = hello("through-jump")
+            msg = hello(alice)
             alice.publish(msg)
             assert bob.get(timeout=WAIT) == msg
-            back = hello("back")
+            back = hello(bob)
             bob.publish(back)
             assert alice.get(timeout=WAIT) == back
         finally:
@@ -598,15 +628,15 @@ def test_a_reader_evicted_for_falling_behind_reconnects(board_factory: Any, clie
     wait_members(board, "alice/t", "pipe", 1)
     bob = clients(board, "bob", "alice/t", on_message=stalled, on_state=on_state).connect()
     wait_members(board, "alice/t", "pipe", 2)
-    code = base64.b64encode(b"z" * 2900).decode()
+    code = base64.b64encode(b"z" * 2750).decode()  # a line near 4 KiB
     stop = threading.Event()
 
     def flood() -> None:
-        for i in range(5000):  # about 20 MB: far more than SSH windows and the 64 KiB buffer
+        for _ in range(5000):  # about 20 MB: far more than SSH windows and the 64 KiB buffer
             if stop.is_set():
                 return
             try:
-                alice.publish(Accept(sender=f"a{i}", ts=time.time(), ttl=60, job="j",
+                alice.publish(Accept(sender=alice.sender, ts=time.time(), ttl=60, job="j",
                                      worker="w", code=code))
             except BoardConnectionError:
                 return
@@ -624,7 +654,7 @@ def test_a_reader_evicted_for_falling_behind_reconnects(board_factory: Any, clie
     assert reconnected.wait(WAIT), f"bob did not reconnect: {bob.state}"
     wait_members(board, "alice/t", "pipe", 2)
     assert alice.wait_for_state({State.CONNECTED}, WAIT)
-    marker = hello("after-eviction")
+    marker = hello(alice)
     alice.publish(marker)
     deadline = time.monotonic() + WAIT
     while True:

@@ -1,8 +1,13 @@
-"""Board protocol: encoding, validation, stream reassembly, sealed codes (pure, no I/O)."""
+"""Board protocol: encoding, validation, stream reassembly, sealed codes (pure, no I/O).
+
+Every line is signed (protocol version 2): messages are written under a test identity per
+name (``signed``), and hand-made lines are signed with :func:`sign_object`.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import Any, Dict, List
 
@@ -12,6 +17,7 @@ from hypothesis import strategies as st
 
 from p2ppool import defaults
 from p2ppool.board import protocol
+from p2ppool.board.auth import BoardIdentity, signed_payload
 from p2ppool.board.protocol import (
     Accept,
     Bye,
@@ -33,6 +39,43 @@ from p2ppool.board.protocol import (
 from p2ppool.errors import ProtocolError
 
 NOW = 1_800_000_000.0
+TOPIC = "alice/friends"
+_IDENTITIES: Dict[str, BoardIdentity] = {}
+
+
+def identity(name: str) -> BoardIdentity:
+    """One identity per name for the whole test run (its seq keeps growing)."""
+    found = _IDENTITIES.get(name)
+    if found is None:
+        found = _IDENTITIES[name] = BoardIdentity(name)
+    return found
+
+
+def signed(msg: Message) -> Message:
+    """``msg`` with its sender name replaced by that name's self-certifying id."""
+    return dataclasses.replace(msg, sender=identity(msg.sender).sender)
+
+
+def enc(msg: Message) -> bytes:
+    """Sign and encode a message whose sender is already a test identity's id."""
+    name = msg.sender.rpartition("~")[0]
+    return encode(msg, identity(name), TOPIC)
+
+
+def dec(line: bytes, now: float = NOW) -> Message:
+    return decode(line, now, TOPIC)
+
+
+def sign_object(obj: Dict[str, Any], name: str = "w1", topic: str = TOPIC) -> bytes:
+    """A line for any JSON object, signed by ``name``'s identity (so that only the field
+    checks can refuse it)."""
+    return sign_body(json.dumps(obj, separators=(",", ":")).encode(), name, topic)
+
+
+def sign_body(body: bytes, name: str = "w1", topic: str = TOPIC) -> bytes:
+    """A line for raw JSON object bytes, signed by ``name``'s identity."""
+    sig = identity(name).sign(signed_payload(protocol.PROTOCOL_VERSION, topic, body))
+    return body[:-1] + b',"sig":"' + sig.encode() + b'"}\n'
 
 # --- strategies ----------------------------------------------------------------------------
 
@@ -64,9 +107,9 @@ messages = st.one_of(
     st.builds(Hello, role=roles, python=pythons, version=texts, slots=slots, **header()),
     st.builds(Bye, role=roles, **header()),
     st.builds(Want, job=ids, slots=positive, python=pythons, session=positive, **header()),
-    st.builds(Offer, job=ids, worker=ids, slots=positive, key=pubkeys, **header()),
+    st.builds(Offer, job=ids, worker=ids, slots=positive, key=pubkeys, client=ids, **header()),
     st.builds(Accept, job=ids, worker=ids, code=sealeds, **header()),
-    st.builds(Withdraw, job=ids, worker=st.none() | ids, **header()),
+    st.builds(Withdraw, job=ids, worker=st.none() | ids, client=st.none() | ids, **header()),
     st.builds(Withdraw, job=st.none(), worker=ids, **header()),
     st.builds(Done, job=ids, **header()),
     st.builds(Cluster, name=ids, expires=st.floats(0, 1e10), **header()),
@@ -75,16 +118,18 @@ messages = st.one_of(
 
 def hello(**changes: Any) -> Hello:
     fields: Dict[str, Any] = dict(
-        sender="w1", ts=NOW, ttl=60.0, role="worker", python="3.11", version="0.1", slots=4
+        sender=identity("w1").sender, ts=NOW, ttl=60.0, role="worker", python="3.11",
+        version="0.1", slots=4
     )
     fields.update(changes)
     return Hello(**fields)
 
 
 def wire(**changes: Any) -> bytes:
-    obj = json.loads(encode(hello()))
+    obj = json.loads(enc(hello()))
+    del obj["sig"]
     obj.update(changes)
-    return json.dumps(obj).encode() + b"\n"
+    return sign_object(obj)
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -93,19 +138,28 @@ def wire(**changes: Any) -> bytes:
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages)
 def test_every_valid_message_round_trips(msg: Message) -> None:
-    line = encode(msg)
+    msg = signed(msg)
+    line = enc(msg)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert len(line) <= defaults.MAX_LINE_BYTES
-    assert decode(line, NOW) == msg
-    assert type(decode(line, NOW)) is type(msg)
+    assert dec(line) == msg
+    assert type(dec(line)) is type(msg)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages, max_size=20), st.data())
 def test_stream_of_messages_survives_any_chunking(msgs: List[Message], data: st.DataObject) -> None:
-    stream = b"".join(encode(m) for m in msgs)
+    # Fresh identities per example: a shared one's growing seq would change the stream's
+    # length between hypothesis runs.
+    local: Dict[str, BoardIdentity] = {}
+    lines = []
+    for i, m in enumerate(msgs):
+        ident = local.setdefault(m.sender, BoardIdentity(m.sender))
+        msgs[i] = dataclasses.replace(m, sender=ident.sender)
+        lines.append(encode(msgs[i], ident, TOPIC))
+    stream = b"".join(lines)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     out: List[Message] = []
     previous = 0
     for cut in cuts + [len(stream)]:
@@ -118,12 +172,14 @@ def test_stream_of_messages_survives_any_chunking(msgs: List[Message], data: st.
 
 
 def test_wire_format_is_compact_json_with_header_fields() -> None:
-    line = encode(hello())
+    line = enc(hello())
     obj = json.loads(line)
+    sig = obj.pop("sig")
+    seq = obj.pop("seq")
     assert obj == {
-        "v": 1,
+        "v": 2,
         "type": "hello",
-        "from": "w1",
+        "from": identity("w1").sender,
         "ts": NOW,
         "ttl": 60.0,
         "role": "worker",
@@ -131,15 +187,17 @@ def test_wire_format_is_compact_json_with_header_fields() -> None:
         "version": "0.1",
         "slots": 4,
     }
+    assert isinstance(seq, int) and seq >= 1 and len(sig) == 86
+    assert line.endswith(b',"sig":"' + sig.encode() + b'"}\n')
     assert b" " not in line
 
 
 def test_unknown_extra_fields_are_ignored() -> None:
-    assert decode(wire(future_field=[1, 2]), NOW) == hello()
+    assert dec(wire(future_field=[1, 2])) == hello()
 
 
 def test_crlf_line_ending_is_accepted() -> None:
-    assert decode(encode(hello())[:-1] + b"\r\n", NOW) == hello()
+    assert dec(enc(hello())[:-1] + b"\r\n") == hello()
 
 
 # --- rejection -------------------------------------------------------------------------------
@@ -154,9 +212,10 @@ def test_crlf_line_ending_is_accepted() -> None:
         (b"[1,2]\n", "text"),
         (b'{"v":1}\n', "malformed"),
         (b"{\xff\xfe}\n", "malformed"),
-        (wire(v=2), "version"),
+        (wire(v=1), "version"),
+        (wire(v=3), "version"),
         (wire(v=True), "version"),
-        (wire(v="1"), "version"),
+        (wire(v="2"), "version"),
         (wire(type="gossip"), "unknown_type"),
         (wire(type=7), "unknown_type"),
         (wire(ts=NOW - 61), "expired"),
@@ -168,58 +227,66 @@ def test_crlf_line_ending_is_accepted() -> None:
         (wire(slots=1.5), "malformed"),
         (wire(role="admin"), "malformed"),
         (wire(python="three"), "malformed"),
-        (wire(**{"from": ""}), "malformed"),
-        (wire(**{"from": "a b"}), "malformed"),
-        (b'{"v":1,"type":"hello","from":"w","ts":NaN,"ttl":1}\n', "malformed"),
-        (b'{"v":1,"type":"hello","from":"w","ts":1e999,"ttl":1}\n', "malformed"),
+        (wire(**{"from": ""}), "unsigned"),
+        (wire(**{"from": "a b"}), "unsigned"),
+        (wire(**{"from": "w1"}), "unsigned"),
+        (wire(seq=0), "unsigned"),
+        (wire(seq="1"), "unsigned"),
+        (wire(seq=True), "unsigned"),
+        (b'{"v":2,"type":"hello","from":"w","ts":NaN,"ttl":1}\n', "malformed"),
+        (b'{"v":2,"type":"hello","from":"w","ts":1e999,"ttl":1}\n', "unsigned"),
+        (sign_body(b'{"v":2,"type":"hello","from":"' + identity("w1").sender.encode()
+                   + b'","ts":1e999,"ttl":1,"seq":1}'), "malformed"),
         (b"{" + b"[" * 3000 + b"\n", "malformed"),
         (b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}\n", "malformed"),
-        (wire(ts=10**3900), "malformed"),
-        (wire(ttl=10**3900), "malformed"),
+        (wire(ts=10**3700), "malformed"),
+        (wire(ttl=10**3700), "malformed"),
         (b"{" + b" " * defaults.MAX_LINE_BYTES + b"}\n", "oversized"),
     ],
 )
 def test_bad_lines_are_rejected_with_their_reason(line: bytes, reason: str) -> None:
     with pytest.raises(MessageRejected) as info:
-        decode(line, NOW)
+        dec(line)
     assert info.value.reason == reason
     assert isinstance(info.value, ProtocolError)
 
 
 def test_missing_type_field_is_rejected() -> None:
-    obj = json.loads(encode(hello()))
-    del obj["role"]
+    obj = json.loads(enc(hello()))
+    del obj["role"], obj["sig"]
     with pytest.raises(MessageRejected, match="lacks field 'role'"):
-        decode(json.dumps(obj).encode(), NOW)
+        dec(sign_object(obj))
 
 
 def test_withdraw_needs_a_job_or_a_worker() -> None:
     with pytest.raises(MessageRejected, match="withdraw needs"):
         Withdraw(sender="c", ts=NOW, ttl=60, job=None, worker=None)
-    line = b'{"v":1,"type":"withdraw","from":"c","ts":%r,"ttl":60}\n' % NOW
+    line = sign_object({"v": 2, "type": "withdraw", "from": identity("c").sender, "ts": NOW,
+                        "ttl": 60, "seq": 1}, "c")
     with pytest.raises(MessageRejected, match="withdraw needs"):
-        decode(line, NOW)
+        dec(line)
 
 
 def test_offer_key_must_be_32_bytes() -> None:
     with pytest.raises(MessageRejected, match="32 bytes"):
-        Offer(sender="w", ts=NOW, ttl=60, job="j", worker="w", slots=1, key="AAAA")
+        Offer(sender="w", ts=NOW, ttl=60, job="j", worker="w", slots=1, key="AAAA", client="c")
 
 
 def test_encode_refuses_a_line_over_the_limit() -> None:
     big = Accept(
-        sender="c", ts=NOW, ttl=60, job="j", worker="w", code=base64.b64encode(b"x" * 3030).decode()
+        sender=identity("c").sender, ts=NOW, ttl=60, job="j", worker="w",
+        code=base64.b64encode(b"x" * 2900).decode()
     )
     with pytest.raises(MessageRejected) as info:
-        encode(big)
+        enc(big)
     assert info.value.reason == "oversized"
 
 
 def test_expiry_boundary_is_inclusive() -> None:
-    line = encode(hello(ts=NOW - 60.0, ttl=60.0))
-    assert decode(line, NOW) == hello(ts=NOW - 60.0, ttl=60.0)
+    line = enc(hello(ts=NOW - 60.0, ttl=60.0))
+    assert dec(line) == hello(ts=NOW - 60.0, ttl=60.0)
     with pytest.raises(MessageRejected, match="expired"):
-        decode(line, NOW + 0.001)
+        dec(line, NOW + 0.001)
 
 
 def test_rejection_pickles_with_its_reason() -> None:
@@ -235,7 +302,7 @@ def test_rejection_pickles_with_its_reason() -> None:
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=6000), max_size=20))
 def test_arbitrary_bytes_never_raise_out_of_the_decoder(chunks: List[bytes]) -> None:
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     for chunk in chunks:
         for msg in decoder.feed(chunk, NOW):
             assert isinstance(msg, Message)
@@ -246,7 +313,7 @@ def test_arbitrary_bytes_never_raise_out_of_the_decoder(chunks: List[bytes]) -> 
 @given(st.binary(max_size=5000))
 def test_decode_raises_only_protocol_errors(line: bytes) -> None:
     try:
-        decode(line, NOW)
+        dec(line)
     except MessageRejected as exc:
         assert exc.reason in {
             "oversized",
@@ -254,6 +321,8 @@ def test_decode_raises_only_protocol_errors(line: bytes) -> None:
             "malformed",
             "unknown_type",
             "version",
+            "unsigned",
+            "signature",
             "expired",
             "future",
         }
@@ -273,15 +342,15 @@ def test_overlong_lines_are_dropped_and_counted_and_good_lines_survive(
     oversized = 0
     for i, (good, length) in enumerate(plan):
         if good:
-            msg = hello(sender=f"w{i}")
+            msg = hello(sender=identity(f"w{i}").sender)
             expected.append(msg)
-            stream += encode(msg)
+            stream += enc(msg)
         else:
             line = b"#" * length + b"\n"
             stream += line
             if len(line) > defaults.MAX_LINE_BYTES:
                 oversized += 1
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     out: List[Message] = []
     for start in range(0, len(stream), chunk_size):
         out += decoder.feed(stream[start : start + chunk_size], NOW)
@@ -292,38 +361,40 @@ def test_overlong_lines_are_dropped_and_counted_and_good_lines_survive(
 
 def test_line_of_exactly_the_limit_passes_and_one_more_byte_is_dropped() -> None:
     # A line of exactly MAX_LINE_BYTES (padded with an ignored extra field).
-    obj = json.loads(encode(hello(version="v")))
+    obj = json.loads(enc(hello(version="v")))
+    del obj["sig"]
     obj["pad"] = ""
-    filler = defaults.MAX_LINE_BYTES - len(json.dumps(obj, separators=(",", ":")).encode()) - 1
+    filler = defaults.MAX_LINE_BYTES - len(sign_object(obj))
     obj["pad"] = "x" * filler
-    line = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    line = sign_object(obj)
     assert len(line) == defaults.MAX_LINE_BYTES
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     assert decoder.feed(line, NOW) == [hello(version="v")]
     obj["pad"] += "x"
-    longer = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    obj["seq"] += 1
+    longer = sign_object(obj)
     assert decoder.feed(longer, NOW) == []
     assert decoder.drops == {"oversized": 1}
 
 
 def test_status_text_blank_lines_and_nul_bytes() -> None:
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     stream = (
         b"subscribe to this topic:\n  ssh pipe.pico.sh sub alice/x\n\r\n\n"
         + b"\x00"
-        + encode(hello())
+        + enc(hello())
     )
     assert decoder.feed(stream, NOW) == [hello()]
     assert decoder.drops == {"text": 2}
 
 
 def test_ten_megabyte_line_is_discarded_without_buffering_it() -> None:
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     piece = b"z" * 65536
     for _ in range(160):
         assert decoder.feed(piece, NOW) == []
         assert decoder.pending_bytes <= defaults.MAX_LINE_BYTES
-    assert decoder.feed(b"tail\n" + encode(hello()), NOW) == [hello()]
+    assert decoder.feed(b"tail\n" + enc(hello()), NOW) == [hello()]
     assert decoder.drops == {"oversized": 1}
 
 
@@ -344,8 +415,9 @@ def test_sealed_code_opens_only_with_the_matching_key(code: str) -> None:
 def test_sealed_code_fits_in_an_accept_line() -> None:
     private, public = new_offer_keypair()
     sealed = seal_code("123-purple-sausages", public)
-    msg = Accept(sender="c1", ts=NOW, ttl=60, job="j1", worker="w1", code=sealed)
-    back = decode(encode(msg), NOW)
+    msg = Accept(sender=identity("c1").sender, ts=NOW, ttl=60, job="j1", worker="w1",
+                 code=sealed)
+    back = dec(enc(msg))
     assert isinstance(back, Accept)
     assert open_code(back.code, private) == "123-purple-sausages"
 
@@ -366,8 +438,8 @@ def test_seal_refuses_a_bad_public_key() -> None:
 
 
 def test_reset_drops_a_partial_line_and_counts_it() -> None:
-    decoder = LineDecoder()
-    line = encode(hello())
+    decoder = LineDecoder(TOPIC)
+    line = enc(hello())
     assert decoder.feed(line[:20], NOW) == []
     decoder.reset()
     assert decoder.drops == {"truncated": 1}

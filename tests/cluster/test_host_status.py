@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from p2ppool.board.auth import BoardIdentity
 from p2ppool.board.client import BoardClient
 from p2ppool.board.protocol import Bye, Cluster, Hello, Message, Want
 
@@ -98,13 +99,13 @@ class Peer:
     """bob as a client on the cluster: answers an observer's hello, wants slots for a job."""
 
     def __init__(self, board: Any, topic: str) -> None:
-        self.id = "client-bob"
         self.got: queue.Queue[Message] = queue.Queue()
         self.client = BoardClient(
             board.host, board.port, topic=topic, identity=board.key_path("bob"),
             known_hosts=board.known_hosts, ssh_config="/dev/null", on_message=self.on_message,
-            rng=random.Random(2),
+            rng=random.Random(2), sender=BoardIdentity("client-bob"),
         )
+        self.id = self.client.sender
 
     def on_message(self, msg: Message) -> None:
         self.got.put(msg)
@@ -156,7 +157,7 @@ def test_host_announces_and_status_reports_who_is_there(
         assert started + 3600 - 60 < cluster["expires"] < time.time() + 3600
         assert [h["id"] for h in report["hosts"]] == [cluster["host"]]
         [client] = report["clients"]
-        assert client["id"] == "client-bob" and client["jobs"] == {"job-7": 4}
+        assert client["id"] == bob.id and client["jobs"] == {"job-7": 4}
         assert report["workers"] == [] and report["free_slots"] == 0
 
         # The table form, as bob.
@@ -300,7 +301,7 @@ def test_host_keeps_hosting_across_a_board_restart(
         bob.client.connect()
         try:
             # The period is an hour: this announcement answers bob's hello after the restart.
-            bob.client.publish(Hello(sender="bob-w", ts=time.time(), ttl=60, role="worker",
+            bob.client.publish(Hello(sender=bob.id, ts=time.time(), ttl=60, role="worker",
                                      python="3.11", version="0.1", slots=2))
             announced = bob.wait_for(Cluster)
             assert isinstance(announced, Cluster) and announced.name == "alice/sturdy"

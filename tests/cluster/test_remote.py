@@ -11,6 +11,7 @@ from typing import Any, List
 import pytest
 
 from p2ppool import defaults, payload
+from p2ppool.board.auth import name_of
 from p2ppool.board.protocol import (
     Accept,
     MessageRejected,
@@ -162,10 +163,11 @@ def test_a_covered_job_lets_the_offers_it_does_not_need_go_at_once(
     offers = _watch(local_cluster, Offer)
     pump = cluster_backend(local_cluster, demand=2)
     (joined,) = pump.of_type(ExecutorJoined)
-    (other,) = [w.name for w in local_cluster.workers if w.name != joined.name]
+    (other,) = [w.name for w in local_cluster.workers if w.name != name_of(joined.name)]
     job = pump.backend.job_id
-    offers.wait_for(lambda seen: any(o.job == job and o.worker == other for o in seen))
-    (offer,) = [o for o in offers if o.job == job and o.worker == other]
+    offers.wait_for(lambda seen: any(o.job == job and name_of(o.worker) == other
+                                     for o in seen))
+    (offer,) = [o for o in offers if o.job == job and name_of(o.worker) == other]
     # Its slots are free again well before the offer would have expired (both stamps are
     # the other worker's clock).
     hello = local_cluster.wait_for_hello(other, lambda h: h.slots == 2, after=offer.ts,
@@ -243,7 +245,7 @@ def test_refusing_workers_are_never_used_again(local_cluster: Any, cluster_backe
     pump.drain_for(1.5)
     job = pump.backend.job_id
     accepts.wait_for(lambda seen: len([a for a in seen if a.job == job]) >= 2)
-    assert sorted(a.worker for a in accepts if a.job == job) == ["w1", "w2"]
+    assert sorted(name_of(a.worker) for a in accepts if a.job == job) == ["w1", "w2"]
     assert not [e for e in pump.events if isinstance(e, ExecutorJoined)]
 
 
@@ -266,7 +268,6 @@ def test_a_third_member_cannot_open_the_sealed_code(
     local_cluster: Any, cluster_backend: Any, recorded_codes: List[str]
 ) -> None:
     from p2ppool.board.client import BoardClient
-    from p2ppool.board.protocol import encode
 
     codes = recorded_codes
     host, _, port = local_cluster.board.rpartition(":")
@@ -275,7 +276,7 @@ def test_a_third_member_cannot_open_the_sealed_code(
     saw_accept = threading.Event()
 
     def on_message(msg: Any) -> None:
-        lines.append(encode(msg))
+        lines.append(repr(msg).encode())  # every field of every line she read
         if isinstance(msg, Accept):
             carol_accepts.append(msg)
             saw_accept.set()
@@ -385,12 +386,14 @@ def test_a_withdrawing_worker_finishes_in_flight_tasks_and_sends_new_ones_back(
         _run(pump, joined.executor_id, 2, abs, [-2])
         (sent_back,) = pump.of_type(TaskLost)
         assert (sent_back.task_id, sent_back.retry) == (2, True)
-        assert "w1" in sent_back.cause and not sent_back.cause.startswith("worker w1: worker")
+        assert "w1" in sent_back.cause
+        assert not sent_back.cause.startswith(f"worker {joined.name}: worker")
         task_gate.release()
         assert payload.loads(_done(pump, 1).blob) == [1]
         (lost,) = pump.of_type(ExecutorLost)
         assert lost.executor_id == joined.executor_id
-        assert lost.cause == "worker w1: the worker ended the session (it is stopping)"
+        assert lost.cause == (f"worker {joined.name}: the worker ended the session "
+                              "(it is stopping)")
         assert cluster.workers[0].process.wait(10) == 0
 
 
@@ -438,7 +441,7 @@ def test_a_killed_client_frees_the_workers_slots_within_10_s(
         _, task_pid = task_gate.wait_started(timeout=30)
         assert client.stdout is not None
         worker = client.stdout.readline().decode().strip()
-        assert worker in ("w1", "w2")
+        assert name_of(worker) in ("w1", "w2")
         killed_at = time.time()
         client.kill()
         client.wait(10)

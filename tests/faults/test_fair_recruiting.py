@@ -13,6 +13,7 @@ is a member on the cluster's access list who writes forged lines to the topic in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -20,7 +21,8 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from p2ppool.board.protocol import Hello, Offer, Want, Withdraw, encode
+from p2ppool.board.auth import BoardIdentity, name_of
+from p2ppool.board.protocol import Hello, Message, Offer, Want, Withdraw, encode
 from p2ppool.cluster.backend import python_version
 from p2ppool.local.cluster import LocalCluster
 from p2ppool.transfer.session_protocol import SESSION_VERSION
@@ -53,6 +55,18 @@ def _member(cluster: LocalCluster, name: str) -> Any:
     return client
 
 
+def _forged(client: Any, msgs: List[Message]) -> bytes:
+    """Lines for messages from made-up senders, each signed by a key of its own (a member
+    may make as many board ids as it likes)."""
+    keys: dict[str, BoardIdentity] = {}
+    lines = []
+    for msg in msgs:
+        me = keys.setdefault(msg.sender, BoardIdentity(msg.sender))
+        lines.append(encode(dataclasses.replace(msg, sender=me.sender), me,
+                                  client.signed_topic))
+    return b"".join(lines)
+
+
 class _Watch:
     """What the workers write on the board, as the cluster's host sees it."""
 
@@ -63,7 +77,7 @@ class _Watch:
         cluster.watch(self._seen)
 
     def _seen(self, msg: Any) -> None:
-        if msg.sender in self.workers:
+        if name_of(msg.sender) in self.workers:
             with self._cond:
                 self.messages.append((time.monotonic(), msg))
                 self._cond.notify_all()
@@ -93,9 +107,9 @@ def test_300_forged_wants_do_not_keep_a_real_map_from_workers(cluster: LocalClus
     carol = _member(cluster, "carol")
     try:
         now = time.time()
-        carol.publish_line(b"".join(encode(Want(
+        carol.publish_line(_forged(carol, [Want(
             sender=f"forger{i % senders}", ts=now, ttl=1e6, job=f"fake{i}", slots=1000,
-            python=python_version(), session=SESSION_VERSION)) for i in range(300)))
+            python=python_version(), session=SESSION_VERSION) for i in range(300)]))
         # Both workers have read the flood: each offered its slots to a fake job.
         watch.wait_for(lambda m: isinstance(m, Offer) and m.job.startswith("fake"), 2)
         elapsed = _timed_map(cluster)
@@ -113,17 +127,19 @@ def test_1500_forged_hellos_are_not_answered_one_by_one(cluster: LocalCluster) -
     carol = _member(cluster, "carol")
     try:
         now = time.time()
-        lines = []
+        hellos: List[Message] = []
         for i in range(1500):
             role = "worker" if i % 2 else "client"
-            lines.append(encode(Hello(sender=f"forged{i}", ts=now, ttl=1e6, role=role,
-                                      python=python_version(), version="0.1",
-                                      slots=4 if role == "worker" else 0)))
+            hellos.append(Hello(sender=f"forged{i}", ts=now, ttl=1e6, role=role,
+                                python=python_version(), version="0.1",
+                                slots=4 if role == "worker" else 0))
+        flood = _forged(carol, hellos)
         flood_start, flood_wall = time.monotonic(), time.time()
-        carol.publish_line(b"".join(lines))
+        carol.publish_line(flood)
         # Each worker answers the newcomers (with one Hello, stamped after the flood).
         for name in watch.workers:
-            watch.wait_for(lambda m, name=name: (isinstance(m, Hello) and m.sender == name
+            watch.wait_for(lambda m, name=name: (isinstance(m, Hello)
+                                                 and name_of(m.sender) == name
                                                  and m.ts >= flood_wall), 1)
         elapsed = _timed_map(cluster)
         window = time.monotonic() - flood_start

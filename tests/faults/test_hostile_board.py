@@ -43,7 +43,8 @@ def _carol(cluster: LocalCluster) -> Any:
 def _flood(client: Any, count: int, seed: int, job: str, sent: List[int]) -> None:
     batch: List[bytes] = []
     size = 0
-    for line in lines(count, seed=seed, now=time.time(), job=job, worker="w1"):
+    for line in lines(count, seed=seed, now=time.time(), job=job, worker="w1",
+                      topic=client.signed_topic):
         batch.append(line)
         size += len(line)
         if size >= 60_000:

@@ -9,13 +9,13 @@ import time
 from p2ppool import defaults
 from p2ppool.board import protocol
 from p2ppool.board.protocol import LineDecoder, encode
-from tests.fixtures.fuzz import lines
+from tests.fixtures.fuzz import TOPIC, identity_of, lines
 
 NOW = 1_800_000_000.0
 
 
 def test_100000_fuzzed_lines_never_break_the_decoder() -> None:
-    decoder = LineDecoder()
+    decoder = LineDecoder(TOPIC)
     out = []
     fed = 0
     started = time.monotonic()
@@ -38,12 +38,14 @@ def test_100000_fuzzed_lines_never_break_the_decoder() -> None:
     assert all(isinstance(m, protocol.Message) for m in out)
     # Every delivered message is valid by construction: it re-encodes and decodes to itself.
     for msg in out[:2000]:
-        assert protocol.decode(encode(msg), NOW) == msg
+        line = encode(msg, identity_of(msg.sender), TOPIC)
+        assert protocol.decode(line, NOW, TOPIC) == msg
     # Each line (glued partial lines count once) is delivered or dropped with a reason.
     assert len(out) + dropped == lines_in
     print(f"\ndecoder: {lines_in} lines (+{blank} blank) in {fed} pieces, {len(out)} valid, "
           f"dropped by reason {dict(sorted(decoder.drops.items()))}, {elapsed:.1f} s")
     assert set(decoder.drops) <= {protocol.OVERSIZED, protocol.MALFORMED, protocol.TEXT,
                                   protocol.UNKNOWN_TYPE, protocol.VERSION, protocol.EXPIRED,
-                                  protocol.FUTURE}
+                                  protocol.FUTURE, protocol.UNSIGNED, protocol.SIGNATURE,
+                                  protocol.REPLAYED}
     assert cpu < 30, f"{cpu:.1f} s of CPU for 100,000 lines"

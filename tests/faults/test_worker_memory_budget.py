@@ -23,6 +23,7 @@ import cloudpickle
 import pytest
 
 from p2ppool import defaults, payload
+from p2ppool.board.auth import BoardIdentity
 from p2ppool.board.client import BoardClient
 from p2ppool.errors import TransferError
 from p2ppool.local.cluster import LocalCluster
@@ -72,8 +73,9 @@ def carol(cluster: LocalCluster) -> Iterator[Driver]:
     listener = BoardListener(BoardClient(
         host, int(port), topic=cluster.cluster, username="carol",
         identity=cluster.identity("carol"), known_hosts=cluster.known_hosts,
-        ssh_config=os.path.join(cluster.directory, "no_ssh_config")).connect())
-    yield Driver(listener, cluster.relay, cluster.transit, sender="carol-flood")
+        ssh_config=os.path.join(cluster.directory, "no_ssh_config"),
+        sender=BoardIdentity("carol-flood")).connect())
+    yield Driver(listener, cluster.relay, cluster.transit)
     listener.close()
 
 

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from p2ppool import payload
+from p2ppool.board.auth import name_of
 from p2ppool.cluster.backend import ExecutorJoined, TaskDone
 from p2ppool.local.cluster import LocalCluster
 from tests.fixtures.cluster import assert_gone, descendants, parse_exports, read_until, reap
@@ -134,7 +135,7 @@ def test_add_worker_joins_a_running_cluster(cluster_backend: Any) -> None:
         assert (hello.role, hello.slots) == ("worker", 3)
         pump = cluster_backend(cluster, demand=3)
         (joined,) = pump.of_type(ExecutorJoined)
-        assert (joined.name, joined.slots) == ("w1", 3)
+        assert (joined.name, joined.slots) == (hello.sender, 3)  # "w1~<its key>"
 
 
 def test_bad_arguments_are_refused_before_anything_starts() -> None:
@@ -177,7 +178,7 @@ def test_p2ppool_local_prints_a_working_environment_and_stops_on_sigint(
             ("cluster", "board", "board_user", "identity", "known_hosts", "relay", "transit",
              "loopback_only")})
         (joined,) = pump.of_type(ExecutorJoined)
-        assert (joined.name, joined.slots) == ("w1", 2)
+        assert (name_of(joined.name), joined.slots) == ("w1", 2)  # "w1~<its key>"
         pump.backend.close()
         # The file says which process must be alive for it to be valid ...
         assert f"(pid {proc.pid})" in env_file.read_text().splitlines()[0]

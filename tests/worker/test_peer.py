@@ -57,9 +57,9 @@ def hello(now: float, slots: int) -> Publish:
                          version="0.1.0", slots=slots))
 
 
-def offer(now: float, job: str, slots: int, n: int) -> Publish:
+def offer(now: float, job: str, slots: int, n: int, client: str = "alice") -> Publish:
     return Publish(Offer(sender=ME, ts=now, ttl=10.0, job=job, worker=ME, slots=slots,
-                         key=pub(n)))
+                         key=pub(n), client=client))
 
 
 def want(job: str = "j1", slots: int = 2, python: str = "3.11", sender: str = "alice",
@@ -288,7 +288,7 @@ def test_two_sessions_share_slots_and_ending_one_reannounces() -> None:
     peer.got_want(want("j1", slots=3), T0)
     peer.got_accept(accept("j1", n=1), T0)
     assert peer.got_want(want("j2", slots=3, sender="bob"), T0) == [
-        offer(T0, "j2", 1, 2), hello(T0, 0)
+        offer(T0, "j2", 1, 2, "bob"), hello(T0, 0)
     ]
     assert peer.got_accept(accept("j2", n=2, sender="bob"), T0) == [
         OpenSession(2, "j2", "bob", 1, "7-secret")
@@ -304,14 +304,14 @@ def test_a_session_that_takes_fewer_slots_frees_the_rest_for_other_jobs() -> Non
     peer.got_want(want("j1", slots=3), T0)
     peer.got_accept(accept("j1", n=1), T0)
     # bob wants slots while all 4 are promised or in use: remembered
-    assert peer.got_want(want("j2", slots=2, sender="bob"), T0) == [offer(T0, "j2", 1, 2),
+    assert peer.got_want(want("j2", slots=2, sender="bob"), T0) == [offer(T0, "j2", 1, 2, "bob"),
                                                                      hello(T0, 0)]
     peer.got_accept(accept("j2", n=2, sender="bob"), T0)
     assert peer.got_want(want("j3", slots=2, sender="carol"), T0 + 1) == []
     assert peer.waiting_wants() == ["j3"]
     # alice's session opens using 1 of its 3 slots: 2 go to carol's waiting job at once
     # (still 0 free, as last announced: no new Hello)
-    assert peer.session_opened(1, 1, T0 + 2) == [offer(T0 + 2, "j3", 2, 3)]
+    assert peer.session_opened(1, 1, T0 + 2) == [offer(T0 + 2, "j3", 2, 3, "carol")]
     assert peer.sessions == {1: 1, 2: 1}
     assert peer.session_opened(1, 5, T0 + 3) == []  # never more than it had
     assert peer.session_opened(2, None, T0 + 3) == []  # None: every slot
@@ -391,7 +391,7 @@ def test_a_want_that_found_no_slot_gets_the_first_one_freed_by_a_session() -> No
     assert peer.got_want(want("j2", slots=3, sender="bob"), T0 + 1) == []
     assert peer.waiting_wants() == ["j2"]
     # the freed slots go straight to bob's offer: still 0 free, so no new hello
-    assert peer.session_ended(1, T0 + 5) == [offer(T0 + 5, "j2", 2, 2)]
+    assert peer.session_ended(1, T0 + 5) == [offer(T0 + 5, "j2", 2, 2, "bob")]
     assert peer.waiting_wants() == []
 
 
@@ -401,7 +401,7 @@ def test_a_waiting_want_gets_the_slots_of_an_expired_offer_once() -> None:
     peer.got_want(want("j2", slots=1, sender="bob"), T0 + 1)
     assert peer.timer_expired(T0 + 10) == [
         Note("offer of 1 slot(s) to job j1 of alice expired unaccepted"),
-        offer(T0 + 10, "j2", 1, 2),
+        offer(T0 + 10, "j2", 1, 2, "bob"),
     ]  # free slots stayed 0: no hello
     # bob does not take it either: the slot stays free until someone asks again
     assert peer.timer_expired(T0 + 20) == [
@@ -418,7 +418,7 @@ def test_expired_waiting_wants_are_dropped() -> None:
     peer.got_want(want("old", slots=1, sender="bob", ts=T0 - 59), T0 + 0.5)  # lapses T0 + 1
     assert peer.waiting_wants() == ["old", "j2"]  # the most recently heard first
     actions = peer.got_withdraw(Withdraw(sender="alice", ts=T0, ttl=60, job="j0"), T0 + 2)
-    assert actions == [offer(T0 + 2, "j2", 1, 2)]
+    assert actions == [offer(T0 + 2, "j2", 1, 2, "carol")]
     assert peer.waiting_wants() == []
 
 
@@ -498,11 +498,16 @@ def test_a_want_waits_while_its_requirements_install_then_gets_its_offer() -> No
 
 
 def test_requirements_travel_in_the_want_line() -> None:
+    import dataclasses
+
+    from p2ppool.board.auth import BoardIdentity
     from p2ppool.board.protocol import MessageRejected, decode, encode
 
-    line = encode(with_requires(("numpy>=2", "scipy")))
+    me = BoardIdentity("alice")
+    line = encode(dataclasses.replace(with_requires(("numpy>=2", "scipy")), sender=me.sender),
+                  me, "alice/friends")
     assert b'"requires":["numpy>=2","scipy"]' in line
-    assert decode(line, T0).requires == ("numpy>=2", "scipy")  # type: ignore[attr-defined]
+    assert decode(line, T0, "alice/friends").requires == ("numpy>=2", "scipy")  # type: ignore[attr-defined]
     with pytest.raises(MessageRejected, match="requirement strings"):
         with_requires(tuple(f"p{i}" for i in range(40)))
 
@@ -515,8 +520,8 @@ def offers_in(actions: List[Any]) -> List[Offer]:
             and isinstance(a.message, Offer)]
 
 
-def withdrawn(now: float, job: str) -> Publish:
-    return Publish(Withdraw(sender=ME, ts=now, ttl=10.0, job=job, worker=ME))
+def withdrawn(now: float, job: str, client: str = "mallory") -> Publish:
+    return Publish(Withdraw(sender=ME, ts=now, ttl=10.0, job=job, worker=ME, client=client))
 
 
 def busy(peer: Peer, job: str = "j0", sender: str = "owner", now: float = T0) -> int:
@@ -727,8 +732,8 @@ def test_changes_of_free_slots_are_announced_at_once_while_tokens_last() -> None
     assert peer.got_want(want("j1", slots=1), T0 + 0.2) == [offer(T0 + 0.2, "j1", 1, 1),
                                                             hello(T0 + 0.2, 3)]
     assert peer.got_want(want("j2", slots=1, sender="bob"), T0 + 0.4) == [
-        offer(T0 + 0.4, "j2", 1, 2), hello(T0 + 0.4, 2)]
+        offer(T0 + 0.4, "j2", 1, 2, "bob"), hello(T0 + 0.4, 2)]
     assert peer.got_want(want("j3", slots=1, sender="carol"), T0 + 0.5) == [
-        offer(T0 + 0.5, "j3", 1, 3)]  # no token left for the Hello ...
+        offer(T0 + 0.5, "j3", 1, 3, "carol")]  # no token left for the Hello ...
     assert peer.next_deadline() == pytest.approx(T0 + 1.0)  # ... until the next one
     assert peer.timer_expired(T0 + 1.0) == [hello(T0 + 1.0, 1)]

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from p2ppool import defaults, payload
+from p2ppool.board.auth import name_of
 from p2ppool.board.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
 from p2ppool.transfer.session import CLIENT, Session
@@ -192,9 +193,8 @@ def shared_worker(cluster: Cluster) -> Iterator[WorkerProcess]:
 
 @pytest.fixture
 def driver(cluster: Cluster) -> Iterator[Driver]:
-    listener = cluster.access("carol").client()
-    yield Driver(listener, cluster.servers.relay_url, cluster.servers.transit,
-                 sender="carol-test")
+    listener = cluster.access("carol").client(name="carol-test")
+    yield Driver(listener, cluster.servers.relay_url, cluster.servers.transit)
     listener.close()
 
 
@@ -206,14 +206,15 @@ def test_announce_offer_accept_open_and_a_chunk_of_pow_runs(
 ) -> None:
     job = driver.want(slots=2)
     offer = driver.wait_offer(job, worker="w-shared")
-    assert (offer.worker, offer.slots, offer.sender) == ("w-shared", 2, "w-shared")
+    assert (name_of(offer.worker), offer.slots, offer.sender) == ("w-shared", 2, offer.worker)
+    assert offer.client == driver.sender
     # the free slots went down while the offer is pending
     cluster.host.wait_for(is_hello("w-shared", 0), 10.0, "hello with 0 free slots")
     cs = _session_from_offer(driver, offer)
     ready = cs.open()
     assert ready == Ready(worker="w-shared", slots=2, max_payload_bytes=256 * 1024 * 1024,
                           max_task_seconds=None, max_function_bytes=256 * 1024 * 1024)
-    shared_worker.wait_log(f"session 1 with carol-test's job {job} opened (2 slot(s))")
+    shared_worker.wait_log(f"session 1 with {driver.sender}'s job {job} opened (2 slot(s))")
     task = cs.submit(pow, payload.starmap_call([(2, 3), (3, 2), (10, 4)]))
     frame = cs.next_frame()
     assert isinstance(frame, Result) and frame.task_id == task and frame.ok
@@ -235,7 +236,7 @@ def test_a_session_that_takes_fewer_slots_than_offered_frees_the_rest(
     opened_at = time.time()
     ready = cs.open(slots=1)
     assert isinstance(ready, Ready) and ready.slots == 1
-    shared_worker.wait_log(f"with carol-test's job {job} uses 1 of the 2 slot(s) offered")
+    shared_worker.wait_log(f"with {driver.sender}'s job {job} uses 1 of the 2 slot(s) offered")
     cluster.host.wait_for(is_hello("w-shared", 1), 10.0, "hello with 1 free slot",
                           after=opened_at)
     closed_at = time.time()
@@ -447,7 +448,7 @@ def test_cancel_kills_the_running_task_and_the_session_goes_on(
         task = cs.submit(pow, payload.starmap_call([(5, 2)]), func_key=2)
         frame = cs.next_frame()
         assert frame == Result(task, True, frame.blob) and result_value(frame) == [25]
-        shared_worker.wait_log(f"with carol-test's job {cs.job}: cancelled 1 task(s)")
+        shared_worker.wait_log(f"with {driver.sender}'s job {cs.job}: cancelled 1 task(s)")
         assert cs.frames.empty()
     finally:
         cs.close()
@@ -578,7 +579,7 @@ def test_incompatible_python_is_never_offered_and_is_refused_at_open(
     # the worker answers the compatible want (sent after the old one) but never the old one
     offer = driver.wait_offer(new, worker="w-shared")
     assert not any(isinstance(m, Offer) and m.job == old for m in driver.board.seen)
-    shared_worker.wait_log(f"not offering to job {old} of carol-test: it needs Python 2.7")
+    shared_worker.wait_log(f"not offering to job {old} of {driver.sender}: it needs Python 2.7")
     cs = _session_from_offer(driver, offer)
     try:
         reply = cs.open(python="2.7")
@@ -720,8 +721,8 @@ def test_sigterm_finishes_in_flight_work_says_bye_and_leaves_no_children(
         assert isinstance(done, Result) and done.task_id == task
         assert result_value(done) == 1.5
         assert isinstance(cs.next_frame(), ByeFrame)
-        cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-term", 10.0,
-                              "bye of w-term")
+        cluster.host.wait_for(lambda m: isinstance(m, Bye) and name_of(m.sender) == "w-term",
+                              10.0, "bye of w-term")
         assert worker.proc.wait(15) == 0
         _, alive = psutil.wait_procs(tree, timeout=5)
         assert not alive, f"left behind: {alive}"
@@ -776,8 +777,8 @@ def test_a_sigkilled_worker_leaves_no_task_processes(
 
 def test_ttl_ends_the_worker_gracefully(start_worker: Any, cluster: Cluster) -> None:
     worker = start_worker("w-ttl", "--ttl", "2s", processes=1)
-    cluster.host.wait_for(lambda m: isinstance(m, Bye) and m.sender == "w-ttl", 10.0,
-                          "bye of w-ttl")
+    cluster.host.wait_for(lambda m: isinstance(m, Bye) and name_of(m.sender) == "w-ttl",
+                          10.0, "bye of w-ttl")
     assert worker.proc.wait(10) == 0
     worker.wait_log("--ttl of 2 s reached")
 
