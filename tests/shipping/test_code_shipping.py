@@ -168,6 +168,6 @@ def test_localcluster_workers_do_not_see_the_callers_files_unless_asked(
         assert caller_dir not in seen["path"] and "" not in seen["path"]
         # This very module reached the worker as shipped source.
         assert "p2ppool-code-" in seen["file"]
-        assert seen["file"].endswith(os.path.join("tests", "system", "test_code_shipping.py"))
+        assert seen["file"].endswith(os.path.join("tests", "shipping", "test_code_shipping.py"))
     else:
         assert seen["cwd"] == caller_dir
