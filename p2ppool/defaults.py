@@ -89,7 +89,7 @@ WORMHOLE_SERVERS_START_TIMEOUT_S: float = 20.0
 #: Seconds to wait for them to exit after SIGTERM before SIGKILL.
 WORMHOLE_SERVERS_STOP_TIMEOUT_S: float = 5.0
 
-# --- Local engine and Pool manager (engine.py, pool.py) --------------------------------
+# --- Local engine and Pool manager (execution/engine.py, pool/api.py) -----------------------------
 #: Tasks a child process may hold at once: the running one plus prefetched ones.
 ENGINE_TASKS_PER_PROCESS: int = 2
 #: Prefetch only while tasks take less than this on average (a long task would strand the
@@ -106,7 +106,7 @@ ENGINE_PIPE_BYTES: int = 1024 * 1024
 #: imap/imap_unordered read this many chunks per free slot ahead of the running ones.
 READ_AHEAD_PER_SLOT: int = 2
 
-# --- Worker board behaviour and shutdown (peer.py, worker.py) ----------------------------
+# --- Worker board behaviour and shutdown (worker/peer.py, worker/cli.py) --------------------------
 #: Seconds a worker's offer stays valid without an Accept (its slots are reserved meanwhile).
 OFFER_TTL_S: float = 10.0
 #: Seconds between a worker's periodic Hello messages, and their time-to-live.
@@ -118,7 +118,7 @@ WORKER_GRACE_S: float = 30.0
 #: Seconds a worker waits for the client's Open frame after the wormhole session opened.
 WORKER_OPEN_FRAME_TIMEOUT_S: float = 30.0
 
-# --- Recruiting workers for a client job (recruit.py, remote.py, localcluster.py) ------
+# --- Recruiting workers for a client job (cluster/recruit.py, cluster/backend.py, local/cluster.py)
 #: Seconds between repeated Wants while a job still wants slots.
 RECRUIT_WANT_REPEAT_S: float = 5.0
 #: Least seconds between two Wants (a new worker's Hello or a higher demand asks sooner).
@@ -143,7 +143,7 @@ LOCALCLUSTER_START_TIMEOUT_S: float = 60.0
 #: Seconds LocalCluster gives each child to exit after SIGTERM before SIGKILL.
 LOCALCLUSTER_STOP_TIMEOUT_S: float = 5.0
 
-# --- Board server (p2ppool board; see board_state.py for the policies) ------------------
+# --- Board server (p2ppool board; see board/state.py for the policies) ------------------
 #: Bytes queued for one reader before writers wait for it (then the slow-reader grace runs).
 BOARD_MAX_BUFFER_BYTES: int = 4 * 1024 * 1024
 #: A reader whose full buffer keeps writers waiting this long is disconnected (exit 1).
@@ -174,7 +174,7 @@ BOARD_MESSAGE_BURST: int = 2000
 #: forgotten first; a forgotten one seen again gets a new key and is sent again).
 CLUSTER_FUNC_KEYS_KEPT: int = 256
 
-# --- Functions a client keeps on a worker per session (remote.py) -------------------------
+# --- Functions a client keeps on a worker per session (cluster/backend.py) ------------------------
 #: Distinct pickled functions a worker holds for one session; the least recently used one
 #: is dropped (Forget frame) and sent again if named later.  A pool that maps a new
 #: ``functools.partial`` each time would otherwise fill the worker's memory.
@@ -200,7 +200,7 @@ REMOTE_TASKS_PREFETCH: int = WORKER_TASKS_PREFETCH
 #: another worker could run it.
 REMOTE_PREFETCH_BELOW_S: float = 0.02
 
-# --- One member cannot stall the cluster (issue 17; peer.py, recruit.py) -------------------
+# --- One member cannot stall the cluster (issue 17; worker/peer.py, cluster/recruit.py) -----------
 #: Wants a worker remembers per sender (the newest win) and senders it keeps any state for
 #: (least recently heard forgotten first): forged ids cannot grow a worker's memory.
 WORKER_WANTS_PER_SENDER: int = 4
@@ -221,7 +221,7 @@ WORKER_MESSAGE_BURST: int = 20
 #: Workers a client job keeps any state for (least recently heard, idle ones forgotten first).
 RECRUIT_WORKERS_KEPT: int = 256
 
-# --- No silent worker holds a map (issue 17; scheduler.py) -----------------------------------
+# --- No silent worker holds a map (issue 17; pool/scheduler.py) -----------------------------------
 #: A chunk runs again on another idle executor (speculatively: the first result wins, the
 #: other run is cancelled) once it has run SPECULATE_FACTOR times as long as the median of
 #: its job's finished chunks (at least SPECULATE_AFTER of them), and at least

@@ -6,7 +6,7 @@ back as events from :meth:`ClusterBackend.collect`::
 
     manager thread                  p2ppool-recruit thread               board / workers
     ──────────────                  ──────────────────────               ───────────────
-    set_demand(n) ──inbox──────────▶ Recruiter (pure, recruit.py) ──────▶ Hello, Want
+    set_demand(n) ──inbox──────────▶ Recruiter (pure, cluster/recruit.py) ──────▶ Hello, Want
                                      ◀── board reader thread ◀────────── Hello, Offer, Bye
                                      AcceptOffer: seal code, Accept ────▶ the worker
                                      p2ppool-open thread: Session.open ══▶ wormhole, Open

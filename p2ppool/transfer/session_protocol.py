@@ -1,6 +1,6 @@
 """What a client Pool and a worker say to each other over one wormhole session (pure).
 
-The transfer layer (``transfer.py``) moves opaque frames over a dilated magic-wormhole and
+The transfer layer (``transfer/session.py``) moves opaque frames over a dilated magic-wormhole and
 keeps the session alive with heartbeats.  This module gives those frames a meaning.  The first
 byte of a frame is its kind; fixed-size fields follow in network byte order; the rest of the
 frame is the payload (pickled bytes, which only a worker's *child* process ever unpickles).

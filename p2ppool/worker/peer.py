@@ -45,8 +45,9 @@ the others:
 
 Inputs are past-tense events (``got_want``, ``session_ended``, ``timer_expired``) that take
 ``now`` (unix seconds) and return a list of actions (:class:`Publish`, :class:`OpenSession`,
-:class:`Note`) for the edge (``worker.py``) to carry out in order.  The per-session checks
-(:func:`refusal_for_open`, :func:`payload_refusal`) are pure functions next to it.
+:class:`Note`) for the edge (the worker's loop, :mod:`p2ppool.worker.loop`) to carry out in
+order.  The per-session checks (:func:`refusal_for_open`, :func:`payload_refusal`) are pure
+functions next to it.
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_loopback_listener_binds_127_0_0_1(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_framing_is_pure() -> None:
-    """framing.py imports nothing that does I/O (until test_layering lists it)."""
+    """transfer/framing.py imports nothing that does I/O (until test_layering lists it)."""
     import ast
     from pathlib import Path
 
