@@ -36,6 +36,9 @@ vanish while the owner itself reconnects).  The board's stderr arrives after the
 succeeded, so :meth:`BoardClient.connect` returns before a refusal is known: it shows up as
 state ``failed``, in ``error``, and is raised by :meth:`~BoardClient.publish`,
 :meth:`~BoardClient.get` and :meth:`~BoardClient.wait_for_state` callers that check it.
+
+Size: one connection's life (connect, read, reassemble, publish, reconnect with backoff,
+state changes) around one lock; split, its threads' hand-offs would cross modules.
 """
 
 from __future__ import annotations

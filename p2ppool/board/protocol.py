@@ -34,6 +34,10 @@ PyNaCl's ``SealedBox`` (:func:`seal_code` / :func:`open_code`).
 
 Reading a board stream: feed raw byte chunks (any split) to a :class:`LineDecoder`; it yields
 valid messages and counts every dropped line by reason, and never raises.
+
+Size: the board's whole wire format (every message type, its validation, sealed codes,
+signing on encode and checking on decode) is kept in one module so that a change to a line
+is one change in one place.
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ receiver costs no one else anything until its buffer is full (see the slow-reade
 board_state).  Each receiver's sends are serialised by its ``send_lock``.  paramiko's
 threads take no lock of ours (a closed channel only sets its session's ``wake``).  The
 server's own lock guards only its connections and threads lists.
+
+Size: the SSH server (paramiko's interface, authentication, connections, the command
+line); the shared state and the command threads are :mod:`.hub` and :mod:`.handlers`.
 """
 
 from __future__ import annotations

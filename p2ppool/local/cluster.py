@@ -33,6 +33,9 @@ servers (which notice: their stdin ends) remove that directory (unless ``keep_di
 
 ``p2ppool local`` (:mod:`p2ppool.local.command`) runs one in the foreground.  The children's
 process plumbing is :mod:`p2ppool.local.processes`.
+
+Size: one class that starts, watches and stops a whole cluster; the children's plumbing
+is :mod:`p2ppool.local.processes`.
 """
 
 from __future__ import annotations

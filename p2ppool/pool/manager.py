@@ -4,6 +4,9 @@ The data flow is drawn atop :mod:`p2ppool.pool`.  Callers post calls to the :cla
 :meth:`_Manager.run` waits on the executors' readables and the inbox's wake pipe, turns what
 became ready into scheduler events, executes the scheduler's commands and hands results to
 their waiters.  An exit hook terminates the managers of pools left open.
+
+Size: the one owner of a pool's state, as concurrent.futures' manager is: its loop, the
+scheduler commands it carries out and its failure paths belong together.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ magic-wormhole in :mod:`p2ppool.transfer.wormhole_patches`.  Workarounds for mag
   is set right after ``dilate()``, before the PAKE can finish, so it is always in place
   before dilation starts listening.)  Only dilation is patched; classic Transit
   (``wormhole.transit``) is not used by p2ppool and keeps its defaults.
+
+Size: one class, one session's life on the reactor thread (open, frames, heartbeats,
+close, loss); its states and callbacks must be read together, so it stays one module.
 """
 
 from __future__ import annotations

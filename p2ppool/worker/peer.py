@@ -48,6 +48,9 @@ Inputs are past-tense events (``got_want``, ``session_ended``, ``timer_expired``
 :class:`Note`) for the edge (the worker's loop, :mod:`p2ppool.worker.loop`) to carry out in
 order.  The per-session checks (:func:`refusal_for_open`, :func:`payload_refusal`) are pure
 functions next to it.
+
+Size: one pure state machine (a worker's Wants, offers and sessions per sender, with its
+fairness and bounds); its rules interact and are tested as one.
 """
 
 from __future__ import annotations
