@@ -69,7 +69,6 @@ class Executor(Protocol):
     def terminate(self) -> None: ...
 
 
-
 class ExecutorHost(Protocol):
     """What a pool's manager offers a :class:`PoolLink`, on the manager's own thread.
 
