@@ -143,7 +143,8 @@ def test_work_goes_to_the_worker_that_can_load_it(tmp_path: Path, capable_python
     # Only a worker without it: the error names the module and the worker, quickly.
     kind, message, name = out["none"]
     assert kind == "ModuleNotFoundError" and name == PACKAGE
-    assert re.search(rf"no worker of alice/local can import '{PACKAGE}' \(tried: w1~\S+ \(", message)
+    assert re.search(rf"no worker of alice/local can import '{PACKAGE}' \(tried: w1~\S+ \(",
+                     message), message
     assert out["none_took"] < 20
     # With fallback, the client's own processes (which have it) compute it.
     assert out["fallback"] == [[7 * x, None] for x in range(3)]
