@@ -3,11 +3,11 @@
 Run: ``python benchmarks/bench_transfer.py [--sessions 10] [--round-trips 1000]``.
 Prints one JSON object with medians:
 
-* ``setup_ms``: client ``Session.open`` until the dilated subchannel is open (the worker is
+* ``setup_ms``: client ``TransferSession.open`` until the dilated subchannel is open (the worker is
   already waiting on the code), one fresh code per session;
 * ``rtt_ms``: one frame out and the same frame back, per payload size;
 * ``bulk_MBps``: one large frame to the peer until its small acknowledgement returns;
-* ``close_ms``: ``Session.close`` with the goodbye handshake.
+* ``close_ms``: ``TransferSession.close`` with the goodbye handshake.
 
 The peer is this script started again with ``--peer`` (it reads codes on stdin, opens one
 session per code as the worker, echoes frames starting with ``E`` and acknowledges frames
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from p2ppool import defaults  # noqa: E402
 from p2ppool.transfer.servers import WormholeServers  # noqa: E402
-from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code  # noqa: E402
+from p2ppool.transfer.session import CLIENT, WORKER, TransferSession, new_code  # noqa: E402
 
 
 def run_peer(relay_url: str, transit: str) -> int:
@@ -45,10 +45,10 @@ def run_peer(relay_url: str, transit: str) -> int:
 def serve_one(code: str, relay_url: str, transit: str) -> None:
     """Open one worker session and answer frames until the client closes it."""
     ended = threading.Event()
-    holder: Dict[str, Session] = {}
+    holder: Dict[str, TransferSession] = {}
     early: List[bytes] = []
 
-    def reply(session: Session, frame: bytes) -> None:
+    def reply(session: TransferSession, frame: bytes) -> None:
         if frame[:1] == b"A":
             session.send(b"ok %d" % len(frame))
         else:
@@ -62,7 +62,7 @@ def serve_one(code: str, relay_url: str, transit: str) -> None:
             reply(session, frame)
 
     print("waiting", flush=True)
-    session = Session.open(code, relay_url, transit, role=WORKER, loopback_only=True,
+    session = TransferSession.open(code, relay_url, transit, role=WORKER, loopback_only=True,
                            on_frame=on_frame, on_lost=lambda cause: ended.set(), timeout=30)
     holder["s"] = session
     for frame in early:
@@ -116,7 +116,7 @@ def measure(args: Any, servers: WormholeServers, peer: subprocess.Popen[str]) ->
             raise SystemExit("the peer process did not start")
         frames: queue.Queue[bytes] = queue.Queue()
         started = time.perf_counter()
-        session = Session.open(code, servers.relay_url, servers.transit, role=CLIENT,
+        session = TransferSession.open(code, servers.relay_url, servers.transit, role=CLIENT,
                                loopback_only=True, on_frame=frames.put, timeout=30,
                                write_piece_bytes=args.piece_kb * 1024)
         setups.append(time.perf_counter() - started)
@@ -131,7 +131,7 @@ def measure(args: Any, servers: WormholeServers, peer: subprocess.Popen[str]) ->
     return result
 
 
-def steady_state(args: Any, session: Session, frames: queue.Queue[bytes]) -> Dict[str, Any]:
+def steady_state(args: Any, session: TransferSession, frames: queue.Queue[bytes]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"rtt_ms": {}, "bulk_MBps": {}}
     for size in (100, 10_000, 100_000):
         payload = b"E" + bytes(size - 1)

@@ -7,8 +7,8 @@ Usage::
 Modes (everything on 127.0.0.1: a real mailbox server and transit relay; real processes):
 
 ``transfer-close``
-    both ends of a :class:`p2ppool.transfer.session.Session` in this process; each cycle opens a
-    pair, exchanges a frame and closes it normally (goodbye).
+    both ends of a :class:`p2ppool.transfer.session.TransferSession` in this process; each cycle
+    opens a pair, exchanges a frame and closes it normally (goodbye).
 ``transfer-kill``
     each cycle opens a session with a peer process (``tests/transfer/_peer.py``), exchanges
     a frame, SIGKILLs the peer and waits until the session is declared lost (heartbeat
@@ -56,21 +56,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from p2ppool.transfer import session as transfer  # noqa: E402
-from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code  # noqa: E402
+from p2ppool.transfer.session import CLIENT, WORKER, TransferSession, new_code  # noqa: E402
 
 PEER_SCRIPT = os.path.join(ROOT, "tests", "transfer", "_peer.py")
 
 #: Every Session ever created here, weakly: the live ones are those still referenced.
-_SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
-_original_init = Session.__init__
+_SESSIONS: weakref.WeakSet[TransferSession] = weakref.WeakSet()
+_original_init = TransferSession.__init__
 
 
-def _tracking_init(self: Session, *args: Any, **kwargs: Any) -> None:
+def _tracking_init(self: TransferSession, *args: Any, **kwargs: Any) -> None:
     _original_init(self, *args, **kwargs)
     _SESSIONS.add(self)
 
 
-Session.__init__ = _tracking_init  # type: ignore[method-assign]
+TransferSession.__init__ = _tracking_init  # type: ignore[method-assign]
 
 
 def rss_kb() -> int:
@@ -166,13 +166,14 @@ def _transfer_close(servers: Any) -> Callable[[], None]:
         result: Dict[str, Any] = {}
 
         def open_worker() -> None:
-            result["w"] = Session.open(code, servers.relay_url, servers.transit, role=WORKER,
-                                       on_frame=wc.on_frame, on_lost=wc.on_lost,
-                                       loopback_only=True, timeout=20)
+            result["w"] = TransferSession.open(code, servers.relay_url, servers.transit,
+                                               role=WORKER, on_frame=wc.on_frame,
+                                               on_lost=wc.on_lost, loopback_only=True,
+                                               timeout=20)
 
         t = threading.Thread(target=open_worker)
         t.start()
-        client = Session.open(code, servers.relay_url, servers.transit, role=CLIENT,
+        client = TransferSession.open(code, servers.relay_url, servers.transit, role=CLIENT,
                               on_frame=cc.on_frame, on_lost=cc.on_lost, loopback_only=True,
                               timeout=20)
         t.join(25)
@@ -197,7 +198,7 @@ def _transfer_kill(servers: Any) -> Callable[[], None]:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
             col = _Collector()
-            session = Session.open(code, servers.relay_url, servers.transit, role=CLIENT,
+            session = TransferSession.open(code, servers.relay_url, servers.transit, role=CLIENT,
                                    on_frame=col.on_frame, on_lost=col.on_lost,
                                    loopback_only=True, timeout=20,
                                    heartbeat_s=0.2, heartbeat_deadline_s=0.6)

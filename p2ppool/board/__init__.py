@@ -7,7 +7,7 @@ as ``ssh`` would, :mod:`.sshconfig`); :mod:`.protocol` (pure) is the JSON lines 
 :mod:`.handlers` thread runs each exec command, and the :mod:`.hub` owns the shared state
 (the pure :mod:`.state`: topics, access lists, buffers), parsed by :mod:`.commands` (pure)::
 
-    ssh client ─▶ server (Transport) ─exec─▶ handlers.Session ─▶ hub ─▶ state (pure)
+    ssh client ─▶ server (Transport) ─exec─▶ handlers.ExecSession ─▶ hub ─▶ state (pure)
                                                     ◀── fan-out to idle receivers ──┘
 
 May import: the base modules only.  Pure: protocol, state, commands.

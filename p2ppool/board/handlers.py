@@ -36,7 +36,7 @@ from .hub import TICK_S, BoardHub, SessionGone
 from .keys import UserKey
 from .state import ACCESS_DENIED, CHUNK_BYTES
 
-__all__ = ["Session", "SessionGone", "SessionSettings"]
+__all__ = ["ExecSession", "SessionGone", "SessionSettings"]
 
 log = logging.getLogger("p2ppool.board")
 
@@ -62,7 +62,7 @@ class RateLimited(Exception):
     """The session's key went over the message-rate limit (the message says so)."""
 
 
-class Session:
+class ExecSession:
     """One exec command on one channel, run in its own thread.
 
     Args:

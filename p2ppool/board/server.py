@@ -71,7 +71,7 @@ import paramiko
 
 from .. import defaults
 from ..errors import ConfigError
-from .handlers import Session, SessionSettings
+from .handlers import ExecSession, SessionSettings
 from .hub import TICK_S, BoardHub
 from .keys import UserKey, fingerprint_sha256, load_or_create_host_key, parse_users
 from .state import CHUNK_BYTES, BufferPolicy
@@ -446,7 +446,7 @@ class BoardServer:
         )
         hub = self._hub
         session = hub.register(
-            lambda sid: Session(
+            lambda sid: ExecSession(
                 hub,
                 settings,
                 peer=connection.peer,
@@ -464,7 +464,7 @@ class BoardServer:
             )
         self._spawn(session.run, f"board-session-{session.sid}")
 
-    def _on_channel_closed(self, session: Session) -> None:
+    def _on_channel_closed(self, session: ExecSession) -> None:
         # Runs in paramiko's thread holding the channel's lock: take no lock of ours here.
         # (A pub waiting for a receiver or for room notices within one tick.)
         session.wake.set()

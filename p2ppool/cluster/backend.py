@@ -9,7 +9,7 @@ back as events from :meth:`ClusterBackend.collect`::
     set_demand(n) ──inbox──────────▶ Recruiter (pure, cluster/recruit.py) ──────▶ Hello, Want
                                      ◀── board reader thread ◀────────── Hello, Offer, Bye
                                      AcceptOffer: seal code, Accept ────▶ the worker
-                                     p2ppool-open thread: Session.open ══▶ wormhole, Open
+                                     p2ppool-open thread: TransferSession.open ══▶ wormhole, Open
     submit(ex, task, ...) ─────────────────────── Func (once), Task ═════▶ the worker
     collect() ◀── events ◀── reactor thread: Ready / Result / Lost / session lost
     notify() is called whenever events are waiting (the pool then writes its wakeup pipe)
@@ -22,9 +22,9 @@ Usage by the Pool's manager::
     backend.set_demand(slots)            # more remote slots the pool could use now (0: none)
     backend.submit(executor_id, task_id, func_key, func_blob, args_blob)
     backend.cancel(executor_id, task_ids)
-    for event in backend.collect(): ...  # ExecutorJoined, TaskDone, TaskLost, ExecutorLost,
-                                         # BoardTrouble
-    backend.close()      # Bye to every session, Withdraw + Bye on the board (bounded)
+    for event in backend.collect(): ...  # ExecutorJoined, RemoteTaskDone, RemoteTaskLost,
+                                         # TaskUnloadable, ExecutorLost, BoardTrouble
+    backend.close()      # Close to every session, Withdraw + Bye on the board (bounded)
     backend.terminate()  # Cancel every task in flight, then as close() (bounded)
 
 Contract details:
@@ -33,7 +33,7 @@ Contract details:
   reported by ``ExecutorJoined``; sessions being opened are counted here, so a demand that
   does not change never opens more sessions than needed (see :mod:`p2ppool.cluster.recruit`).
 * **Payloads** are the engine's: ``func_blob = payload.dumps(func)``, ``args_blob =
-  payload.dumps(Call)`` (see :mod:`p2ppool.payload`); a TaskDone blob is what
+  payload.dumps(Call)`` (see :mod:`p2ppool.payload`); a RemoteTaskDone blob is what
   ``payload.dump_result``/``dump_exception`` made in the worker's child.  This module never
   unpickles anything.  A function is sent once per session (by ``func_key``).
 * **Task ids are per executor**: a ``Result`` or ``Lost`` for a task that is not in flight on
@@ -41,8 +41,8 @@ Contract details:
   :attr:`ClusterBackend.dropped_frames`.
 * **Losing a session**: a session that ends after Ready (heartbeat deadline, connection
   closed, the worker said goodbye or misbehaved) gives one ``ExecutorLost(executor_id,
-  cause)``; its in-flight tasks are lost with it (no TaskLost each).  ``submit`` to an
-  executor that is gone gives ``TaskLost(retry=True)`` at once.
+  cause)``; its in-flight tasks are lost with it (no RemoteTaskLost each).  ``submit`` to an
+  executor that is gone gives ``RemoteTaskLost(retry=True)`` at once.
 * **Refuse**: the reason is logged and reported as ``BoardTrouble``; the worker is never used
   again for this job.  Incompatible workers (another Python ``major.minor`` in their Hello)
   are never accepted in the first place.
@@ -90,6 +90,7 @@ from ..shipping.modules import Bundle, shared_shipper
 from ..transfer.session_protocol import (
     SESSION_VERSION,
     Cancel,
+    Close,
     Code,
     Forget,
     Func,
@@ -104,9 +105,6 @@ from ..transfer.session_protocol import (
     encode_frame,
     encode_frame_parts,
 )
-from ..transfer.session_protocol import (
-    Bye as ByeFrame,
-)
 from .recruit import AbandonSession, AcceptOffer, Command, PublishWant, PublishWithdraw, Recruiter
 
 __all__ = [
@@ -115,8 +113,8 @@ __all__ = [
     "Event",
     "ExecutorJoined",
     "ExecutorLost",
-    "TaskDone",
-    "TaskLost",
+    "RemoteTaskDone",
+    "RemoteTaskLost",
     "TaskUnloadable",
     "python_version",
 ]
@@ -142,7 +140,7 @@ class ExecutorJoined:
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskDone:
+class RemoteTaskDone:
     """A task finished; ``ok=False``: ``blob`` is a pickled exception (user error).
 
     ``blob`` is a read-only view into the received frame (no copy of a large result).
@@ -155,7 +153,7 @@ class TaskDone:
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskLost:
+class RemoteTaskLost:
     """A task did not finish.  ``retry``: running it elsewhere may help.
 
     ``started=False``: it never reached a worker (its session had ended), so it must not
@@ -201,7 +199,8 @@ class BoardTrouble:
     message: str
 
 
-Event = Union[ExecutorJoined, TaskDone, TaskLost, TaskUnloadable, ExecutorLost, BoardTrouble]
+Event = Union[ExecutorJoined, RemoteTaskDone, RemoteTaskLost, TaskUnloadable, ExecutorLost,
+              BoardTrouble]
 
 # Executor states.
 _OPENING = "opening"  # Accept published, session being opened or waiting for Ready
@@ -385,7 +384,7 @@ class ClusterBackend:
                 session = remote.session
         if not usable:
             cause = "its session has ended"  # an ended remote is forgotten: None too
-            self._emit(TaskLost(executor_id, task_id, True, cause, started=False))
+            self._emit(RemoteTaskLost(executor_id, task_id, True, cause, started=False))
             return
         try:
             for parts in frames:
@@ -638,7 +637,7 @@ class ClusterBackend:
             log.info("released idle worker %s (%s): job %s wants slots", remote.worker,
                      remote.executor_id, other_job)
             try:
-                remote.session.send(encode_frame(ByeFrame()))
+                remote.session.send(encode_frame(Close()))
             except TransferError:
                 pass
             self._close_in_background(remote, "idle; released for another job")
@@ -673,10 +672,10 @@ class ClusterBackend:
 
     def _open(self, remote: _Remote, code: str) -> None:
         """Session-opening thread: pair, dilate, send Open.  Ready arrives as a frame."""
-        from ..transfer.session import CLIENT, Session
+        from ..transfer.session import CLIENT, TransferSession
 
         try:
-            session = Session.open(
+            session = TransferSession.open(
                 code, self.options.relay, self.options.transit, role=CLIENT,
                 on_frame=lambda data: self._on_frame(remote, data),
                 on_lost=lambda cause: self._on_lost(remote, cause),
@@ -753,7 +752,7 @@ class ClusterBackend:
                 if not known:
                     self.dropped_frames += 1
             if known:
-                self._emit(TaskDone(remote.executor_id, frame.task_id, frame.ok, frame.blob))
+                self._emit(RemoteTaskDone(remote.executor_id, frame.task_id, frame.ok, frame.blob))
         elif isinstance(frame, Lost):
             with self._lock:
                 known = frame.task_id in remote.inflight
@@ -765,14 +764,14 @@ class ClusterBackend:
                 # Workers usually name themselves already (by name: "<name>~<key>" is their id).
                 if name_of(remote.worker) not in cause:
                     cause = f"worker {remote.worker}: {cause}"
-                self._emit(TaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
+                self._emit(RemoteTaskLost(remote.executor_id, frame.task_id, frame.retry, cause))
         elif isinstance(frame, Unable):
             self._on_unable(remote, frame)
         elif isinstance(frame, Ready):
             self._on_ready(remote, frame)
         elif isinstance(frame, Refuse):
             self._on_refuse(remote, frame.reason)
-        elif isinstance(frame, ByeFrame):
+        elif isinstance(frame, Close):
             remote.end_cause = "the worker ended the session (it is stopping)"
             self._close_in_background(remote, "")
         else:
@@ -878,7 +877,7 @@ class ClusterBackend:
             try:
                 if cancel and inflight:
                     session.send(encode_frame(Cancel(inflight)))
-                session.send(encode_frame(ByeFrame()))
+                session.send(encode_frame(Close()))
             except TransferError:
                 pass
         closers = [threading.Thread(target=s.close, args=("the pool has ended",), daemon=True)

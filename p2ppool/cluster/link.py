@@ -7,9 +7,9 @@ runs one wormhole session per worker) and turns its events into the manager's la
     ClusterBackend events            manager
     ─────────────────────            ───────
     ExecutorJoined(id, name, slots)  add_executor(RemoteExecutor(id))   -> scheduler slots
-    TaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)         -> result
-    TaskLost(id, task, retry=True)   ChunkLost(chunk, cause)            -> runs elsewhere
-    TaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
+    RemoteTaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)         -> result
+    RemoteTaskLost(id, task, retry=True)   ChunkLost(chunk, cause)            -> runs elsewhere
+    RemoteTaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
     ExecutorLost(id, cause)          executor_lost(id, cause)           -> chunks requeued
       (released=True: the pool was idle and another job wanted slots; logged as info)
     TaskUnloadable(id, task, ...)    executor_lost(id, charged=False)   -> chunks requeued
@@ -50,8 +50,8 @@ from .backend import (
     ClusterBackend,
     ExecutorJoined,
     ExecutorLost,
-    TaskDone,
-    TaskLost,
+    RemoteTaskDone,
+    RemoteTaskLost,
     TaskUnloadable,
 )
 
@@ -255,10 +255,10 @@ class ClusterLink:
         return self._fallback_at
 
     def _apply(self, host: ExecutorHost, event: Any, now: float) -> None:
-        if isinstance(event, TaskDone):
+        if isinstance(event, RemoteTaskDone):
             self._finished(host, event.executor_id, event.task_id, now)
             host.executor_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
-        elif isinstance(event, TaskLost):
+        elif isinstance(event, RemoteTaskLost):
             self._finished(host, event.executor_id, event.task_id, now)
             if event.retry:
                 host.executor_event(event.executor_id,

@@ -111,7 +111,7 @@ class _Run:
         self.started = started
 
 
-class _Chunk:
+class _ChunkState:
     __slots__ = ("chunk_id", "attempts", "causes", "runs", "tried_on", "group")
 
     def __init__(self, chunk_id: ChunkId, group: Hashable) -> None:
@@ -176,7 +176,7 @@ class Scheduler:
         self._factor = speculate_factor
         self._min_s = speculate_min_s
         self._after = max(1, speculate_after)
-        self._chunks: Dict[ChunkId, _Chunk] = {}
+        self._chunks: Dict[ChunkId, _ChunkState] = {}
         self._pending: Deque[ChunkId] = collections.deque()
         self._executors: Dict[str, _Executor] = {}
         self._groups: Dict[Hashable, _Group] = {}
@@ -243,7 +243,7 @@ class Scheduler:
         for chunk_id in chunk_ids:
             if chunk_id in self._chunks:
                 raise ValueError(f"chunk {chunk_id!r} is already known")
-            self._chunks[chunk_id] = _Chunk(chunk_id, group)
+            self._chunks[chunk_id] = _ChunkState(chunk_id, group)
             self._pending.append(chunk_id)
         return self._with_wake(now, self._dispatch(now))
 
@@ -333,7 +333,7 @@ class Scheduler:
     # --- internals --------------------------------------------------------------------------
 
     def _lose(
-        self, chunk: _Chunk, cause: str, charged: bool, back: List[ChunkId] | None = None,
+        self, chunk: _ChunkState, cause: str, charged: bool, back: List[ChunkId] | None = None,
     ) -> List[Command]:
         """Record a lost attempt (of a chunk's only run): back to the front of the line (or
         into ``back``, which the caller puts in front in order), or Fail when no attempt is
@@ -353,18 +353,18 @@ class Scheduler:
             back.append(chunk.chunk_id)
         return []
 
-    def _end_run(self, chunk: _Chunk, executor: str) -> None:
+    def _end_run(self, chunk: _ChunkState, executor: str) -> None:
         """One run of a chunk is over (its other run goes on)."""
         chunk.runs.pop(executor, None)
         found = self._executors.get(executor)
         if found is not None:
             found.running.discard(chunk.chunk_id)
 
-    def _release(self, chunk: _Chunk) -> None:
+    def _release(self, chunk: _ChunkState) -> None:
         for executor in list(chunk.runs):
             self._end_run(chunk, executor)
 
-    def _start_run(self, chunk: _Chunk, executor: _Executor, now: float) -> None:
+    def _start_run(self, chunk: _ChunkState, executor: _Executor, now: float) -> None:
         chunk.runs[executor.name] = _Run(now)
         chunk.tried_on.add(executor.name)
         executor.running.add(chunk.chunk_id)
@@ -385,7 +385,7 @@ class Scheduler:
             commands += self._speculate(now)
         return commands
 
-    def _pick(self, chunk: _Chunk) -> _Executor | None:
+    def _pick(self, chunk: _ChunkState) -> _Executor | None:
         # Prefer an executor this chunk has not been lost on, then one that was overtaken
         # least often, then the one with the most free slots (executors that hold a few
         # chunks ahead fill evenly); any free one otherwise.
@@ -400,7 +400,7 @@ class Scheduler:
                 best, best_key = executor, key
         return best
 
-    def _single_runs(self) -> Iterator[Tuple[_Chunk, Any, float]]:
+    def _single_runs(self) -> Iterator[Tuple[_ChunkState, Any, float]]:
         """``(chunk, its one run, the job's overdue threshold)`` for every chunk running
         once whose job has a threshold (candidates for a speculative copy)."""
         for chunk in self._chunks.values():
@@ -447,7 +447,7 @@ class Scheduler:
                 earliest = when
         return earliest
 
-    def _record(self, chunk: _Chunk, seconds: float) -> None:
+    def _record(self, chunk: _ChunkState, seconds: float) -> None:
         group = self._groups.get(chunk.group)
         if group is None:
             group = self._groups[chunk.group] = _Group()

@@ -4,7 +4,7 @@
 
     caller threads                 reactor thread (p2ppool.transfer.reactor)                 peer
     ──────────────                 ───────────────────────────────                  ────
-    Session.open(code, ...) ──call──▶ wormhole.create(dilation=True), set_code,
+    TransferSession.open(code, ...) ──call──▶ wormhole.create(dilation=True), set_code,
                                       dilate(); client opens subchannel "p2ppool/1",
                                       worker listens for it          ◀═══ PAKE + Noise ═══▶
     session.send(frame) ──deque+wake─▶ _Outbox: header + payload, written in pieces of
@@ -73,7 +73,7 @@ __all__ = [
     "CLIENT",
     "FrameTooLarge",
     "MAX_BYE_REASON_BYTES",
-    "Session",
+    "TransferSession",
     "WORKER",
     "new_code",
 ]
@@ -107,7 +107,7 @@ _Payload = Union[bytes, Tuple[memoryview, ...]]  # one record: bytes, or parts (
 LostCallback = Callable[[str], None]
 
 
-class Session:
+class TransferSession:
     """One dilated magic-wormhole connection to one peer, carrying ordered frames.
 
     Create with :meth:`open`.  All public methods are thread-safe and may be called from any
@@ -199,7 +199,7 @@ class Session:
         heartbeat_deadline_s: float = defaults.HEARTBEAT_DEADLINE_S,
         write_piece_bytes: int = defaults.WRITE_PIECE_BYTES,
         close_timeout: float = defaults.SESSION_CLOSE_TIMEOUT_S,
-    ) -> Session:
+    ) -> TransferSession:
         """Pair with the peer holding the same code, dilate, and return the open session.
 
         Blocks the calling thread (never call it from the reactor thread) until the dilated
@@ -382,7 +382,7 @@ class Session:
         except TransferTimeout:
             log.warning("closing wormhole session %s timed out", self.nameplate)
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> TransferSession:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -390,7 +390,7 @@ class Session:
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else f"ended ({self.cause})"
-        return f"<Session {self.nameplate} {self.role} {state}>"
+        return f"<TransferSession {self.nameplate} {self.role} {state}>"
 
     # -- caller side of the outbox ---------------------------------------------------------
 
@@ -762,7 +762,7 @@ class _FrameProtocol(Protocol):
 
     transport: Any
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: TransferSession) -> None:
         self.session = session
 
     def connectionMade(self) -> None:

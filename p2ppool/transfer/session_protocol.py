@@ -26,7 +26,7 @@ frame is the payload (pickled bytes, which only a worker's *child* process ever 
       | Forget(func_keys) ---------------------------->  |   drop these functions (a client
       |                                                  |   keeps a bounded number per session)
       | Cancel(task_ids) ----------------------------->  |   stop these tasks (terminate)
-      | Bye ------------------------------------------>  |   either side, then close
+      | Close ---------------------------------------->  |   either side, then close
 
 Every decode error raises :class:`~p2ppool.errors.ProtocolError`; a peer that sends one is
 misbehaving and its session is closed.
@@ -43,7 +43,7 @@ from ..errors import ProtocolError
 
 __all__ = [
     "SESSION_VERSION",
-    "Bye",
+    "Close",
     "Cancel",
     "Code",
     "Frame",
@@ -72,7 +72,7 @@ _U32 = struct.Struct("!I")
 
 #: A pickled payload: ``bytes`` when encoding; :func:`decode_frame` returns a read-only
 #: ``memoryview`` of the received frame instead of a copy (pickle.loads, os.write and
-#: ``Session.send_parts`` take either).
+#: ``TransferSession.send_parts`` take either).
 Blob = Union[bytes, memoryview]
 
 
@@ -202,13 +202,13 @@ class Cancel:
 
 
 @dataclasses.dataclass(frozen=True)
-class Bye:
+class Close:
     """Either side: the session ends normally."""
 
 
-Frame = Union[Open, Ready, Refuse, Code, Func, Forget, Task, Result, Lost, Unable, Cancel, Bye]
+Frame = Union[Open, Ready, Refuse, Code, Func, Forget, Task, Result, Lost, Unable, Cancel, Close]
 
-_OPEN, _READY, _REFUSE, _FUNC, _FORGET, _TASK, _RESULT, _LOST, _CANCEL, _BYE = b"ORXFGTSLCB"
+_OPEN, _READY, _REFUSE, _FUNC, _FORGET, _TASK, _RESULT, _LOST, _CANCEL, _CLOSE = b"ORXFGTSLCB"
 _CODE = ord("K")
 _UNABLE = ord("U")
 
@@ -219,7 +219,7 @@ def _json(kind: int, obj: dict[str, Any], tail: bytes = b"") -> bytes:
 
 
 def encode_frame(frame: Frame) -> bytes:
-    """Turn a frame into bytes for ``Session.send``."""
+    """Turn a frame into bytes for ``TransferSession.send``."""
     if isinstance(frame, Task):
         return bytes([_TASK]) + _U64_U64.pack(frame.task_id, frame.func_key) + frame.args
     if isinstance(frame, Result):
@@ -232,8 +232,8 @@ def encode_frame(frame: Frame) -> bytes:
         return bytes([_CANCEL]) + b"".join(_U64.pack(t) for t in frame.task_ids)
     if isinstance(frame, Forget):
         return bytes([_FORGET]) + b"".join(_U64.pack(k) for k in frame.func_keys)
-    if isinstance(frame, Bye):
-        return bytes([_BYE])
+    if isinstance(frame, Close):
+        return bytes([_CLOSE])
     if isinstance(frame, Code):
         return bytes([_CODE]) + frame.bundle
     if isinstance(frame, Unable):
@@ -260,7 +260,7 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def encode_frame_parts(frame: Frame) -> Tuple[Blob, ...]:
-    """Like :func:`encode_frame`, as parts for ``Session.send_parts``: a large payload is
+    """Like :func:`encode_frame`, as parts for ``TransferSession.send_parts``: a large payload is
     not copied to prepend the frame's few header bytes."""
     if isinstance(frame, Task):
         return bytes([_TASK]) + _U64_U64.pack(frame.task_id, frame.func_key), frame.args
@@ -341,8 +341,8 @@ def decode_frame(data: bytes) -> Frame:
             return Code(body)
     except struct.error:
         raise ProtocolError(f"session frame of kind {chr(kind)!r} is too short") from None
-    if kind == _BYE:
-        return Bye()
+    if kind == _CLOSE:
+        return Close()
     if kind == _OPEN:
         obj, tail = _split_json(data)
         version = _field(obj, "v", int)

@@ -3,7 +3,7 @@
 A session opens its wormhole in a thread, must send an Open frame in time (then gets a
 :class:`~p2ppool.execution.engine.ProcessEngine` and a Ready, or a Refuse), then sends Func, Task
 and
-Cancel frames; its engine's events go back as Result and Lost frames; it ends with a Bye,
+Cancel frames; its engine's events go back as Result and Lost frames; it ends with a Close,
 a refusal or a lost connection, and its slots are free again.
 
 **Memory budget per session** (issue 17): a session holds at most
@@ -119,11 +119,11 @@ class SessionHandling:
         thread.start()
 
     def _open_in_thread(self, sid: int, code: str) -> None:
-        from ..transfer.session import WORKER, Session
+        from ..transfer.session import WORKER, TransferSession
 
         s = self.settings
         try:
-            transport = Session.open(
+            transport = TransferSession.open(
                 code, s.relay, s.transit, role=WORKER, loopback_only=s.loopback_only,
                 on_frame=lambda data: self.inbox.post("frame", sid, data),
                 on_lost=lambda cause: self.inbox.post("lost", sid, cause),
@@ -163,8 +163,8 @@ class SessionHandling:
 
     def _frame(self, sid: int, data: bytes) -> None:
         from ..transfer.session_protocol import (
-            Bye,
             Cancel,
+            Close,
             Code,
             Forget,
             Func,
@@ -206,7 +206,7 @@ class SessionHandling:
             self._got_cancel(session, frame)
         elif isinstance(frame, Code):
             self._got_code(session, frame.bundle)
-        elif isinstance(frame, Bye):
+        elif isinstance(frame, Close):
             log.info("session %d with %s: the client said goodbye", sid, session.who())
             self._end_session(session, "", send_bye=False)
         else:
@@ -554,14 +554,14 @@ class SessionHandling:
 
     def _end_session(self, session: _ClientSession, reason: str, send_bye: bool = True) -> None:
         """Stop the session's engine, say goodbye (in the background) and free its slots."""
-        from ..transfer.session_protocol import Bye, encode_frame
+        from ..transfer.session_protocol import Close, encode_frame
 
         if session.state == ENDED:
             return
         session.state = ENDED
         if send_bye and session.transport is not None:
             try:
-                session.transport.send(encode_frame(Bye()))
+                session.transport.send(encode_frame(Close()))
             except TransferError:
                 pass  # already gone: nothing to say goodbye to
         if session.engine is not None:

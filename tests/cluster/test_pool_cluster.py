@@ -403,10 +403,10 @@ def test_a_task_sent_to_an_ended_session_costs_no_attempt(cluster_backend: Any) 
     """Such a task never started: the link requeues it without charging an attempt (a pool
     with max_attempts=1 would otherwise fail a chunk that raced with a released session)."""
     from p2ppool import payload
-    from p2ppool.cluster.backend import TaskLost
+    from p2ppool.cluster.backend import RemoteTaskLost
 
     options = {"cluster": "alice/none", "board": "127.0.0.1:9", "relay": "ws://127.0.0.1:9/v1"}
     pump = cluster_backend(None, options=options)
     pump.backend.submit("gone#1", 7, 1, payload.dumps(abs), payload.dumps(payload.map_call([1])))
-    (lost,) = pump.of_type(TaskLost, timeout=5)
+    (lost,) = pump.of_type(RemoteTaskLost, timeout=5)
     assert (lost.task_id, lost.retry, lost.started) == (7, True, False)

@@ -23,8 +23,8 @@ from p2ppool.cluster.backend import (
     BoardTrouble,
     ExecutorJoined,
     ExecutorLost,
-    TaskDone,
-    TaskLost,
+    RemoteTaskDone,
+    RemoteTaskLost,
 )
 from tests.fixtures.cluster import (
     OldPythonWorker,
@@ -50,8 +50,8 @@ def _run(pump: Any, executor: str, task_id: int, func: Any, items: List[Any],
                         payload.dumps(payload.map_call(items)))
 
 
-def _done(pump: Any, task_id: int, timeout: float = 20.0) -> TaskDone:
-    return pump.wait_for(lambda e: isinstance(e, TaskDone) and e.task_id == task_id,
+def _done(pump: Any, task_id: int, timeout: float = 20.0) -> RemoteTaskDone:
+    return pump.wait_for(lambda e: isinstance(e, RemoteTaskDone) and e.task_id == task_id,
                          timeout)[0]
 
 
@@ -214,7 +214,7 @@ def test_terminate_frees_the_workers_slots(
     assert hello.slots == 2
     # The running tasks were stopped, not left to finish.
     assert_gone(pids, timeout=10.0)
-    assert not [e for e in pump.backend.collect() if isinstance(e, TaskDone)]
+    assert not [e for e in pump.backend.collect() if isinstance(e, RemoteTaskDone)]
 
 
 def test_close_says_goodbye_and_withdraws(local_cluster: Any, cluster_backend: Any) -> None:
@@ -325,7 +325,7 @@ def test_submit_to_an_unknown_executor_is_lost_at_once(cluster_backend: Any) -> 
     options = {"cluster": "alice/none", "board": "127.0.0.1:9", "relay": "ws://127.0.0.1:9/v1"}
     pump = cluster_backend(None, options=options)
     _run(pump, "nobody#1", 5, abs, [1])
-    (lost,) = pump.of_type(TaskLost, timeout=5)
+    (lost,) = pump.of_type(RemoteTaskLost, timeout=5)
     assert (lost.executor_id, lost.task_id, lost.retry) == ("nobody#1", 5, True)
 
 
@@ -349,9 +349,9 @@ def test_a_killed_worker_is_lost_within_seconds(cluster_backend: Any, task_gate:
         assert took < 12.0, f"took {took:.1f} s to notice"
         # Its task is gone with it: no result, and a new submit is lost at once.
         _run(pump, joined.executor_id, 2, abs, [1])
-        late = pump.of_type(TaskLost, timeout=5)
+        late = pump.of_type(RemoteTaskLost, timeout=5)
         assert [(e.task_id, e.retry) for e in late] == [(2, True)]
-        assert not [e for e in pump.events if isinstance(e, TaskDone)]
+        assert not [e for e in pump.events if isinstance(e, RemoteTaskDone)]
 
 
 def test_cancelled_tasks_stop_and_report_nothing(
@@ -367,7 +367,7 @@ def test_cancelled_tasks_stop_and_report_nothing(
     _run(pump, joined.executor_id, 2, abs, [-2], func_key=2)
     assert payload.loads(_done(pump, 2).blob) == [2]
     assert [e for e in pump.events
-            if isinstance(e, (TaskDone, TaskLost)) and e.task_id == 1] == []
+            if isinstance(e, (RemoteTaskDone, RemoteTaskLost)) and e.task_id == 1] == []
 
 
 @pytest.mark.timeout(60)
@@ -384,7 +384,7 @@ def test_a_withdrawing_worker_finishes_in_flight_tasks_and_sends_new_ones_back(
         cluster.kill_worker(0, signal.SIGTERM)  # the first signal: withdraw gracefully
         cluster.wait_for_bye("w1")
         _run(pump, joined.executor_id, 2, abs, [-2])
-        (sent_back,) = pump.of_type(TaskLost)
+        (sent_back,) = pump.of_type(RemoteTaskLost)
         assert (sent_back.task_id, sent_back.retry) == (2, True)
         assert "w1" in sent_back.cause
         assert not sent_back.cause.startswith(f"worker {joined.name}: worker")

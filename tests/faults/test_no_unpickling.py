@@ -99,7 +99,7 @@ def test_a_wrong_code_delivers_no_frame(wormhole_servers: Any) -> None:
     neither ``on_frame`` ever runs (so nothing could be unpickled)."""
     import threading
 
-    from p2ppool.transfer.session import Session, new_code
+    from p2ppool.transfer.session import TransferSession, new_code
 
     frames: List[bytes] = []
     nameplate = new_code().split("-")[0]
@@ -107,7 +107,7 @@ def test_a_wrong_code_delivers_no_frame(wormhole_servers: Any) -> None:
 
     def worker_side() -> None:
         try:
-            Session.open(f"{nameplate}-right-code", wormhole_servers.relay_url,
+            TransferSession.open(f"{nameplate}-right-code", wormhole_servers.relay_url,
                          wormhole_servers.transit, role="worker", on_frame=frames.append,
                          on_lost=lambda cause: None, loopback_only=True, timeout=10)
         except TransferError as exc:
@@ -116,7 +116,7 @@ def test_a_wrong_code_delivers_no_frame(wormhole_servers: Any) -> None:
     thread = threading.Thread(target=worker_side)
     thread.start()
     with pytest.raises(TransferError, match="wrong code"):
-        Session.open(f"{nameplate}-wrong-code", wormhole_servers.relay_url,
+        TransferSession.open(f"{nameplate}-wrong-code", wormhole_servers.relay_url,
                      wormhole_servers.transit, role="client", on_frame=frames.append,
                      on_lost=lambda cause: None, loopback_only=True, timeout=10)
     thread.join(15)

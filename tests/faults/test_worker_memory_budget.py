@@ -27,7 +27,7 @@ from p2ppool.board.auth import BoardIdentity
 from p2ppool.board.client import BoardClient
 from p2ppool.errors import TransferError
 from p2ppool.local.cluster import LocalCluster
-from p2ppool.transfer.session_protocol import Bye, Frame, Func, Lost, Task, encode_frame_parts
+from p2ppool.transfer.session_protocol import Close, Frame, Func, Lost, Task, encode_frame_parts
 from p2ppool.worker.peer import format_bytes
 from tests.fixtures.worker_driver import BoardListener, ClientSession, Driver
 
@@ -103,7 +103,7 @@ def _until_closed(cs: ClientSession, timeout: float = 60.0) -> list[Frame]:
             raise AssertionError(f"the session was not closed within {timeout:g} s: "
                                  f"{got[-3:]}") from None
         got.append(frame)
-        if isinstance(frame, Bye):
+        if isinstance(frame, Close):
             return got
 
 
@@ -118,7 +118,7 @@ def test_a_flooding_client_is_closed_and_the_worker_stays_within_its_budget(
         blob = b"f" * (20 * MB)
         queued = _flood(functions, (Func(key, blob) for key in range(1, 51)))
         frames = _until_closed(functions)
-        assert isinstance(frames[-1], Bye), frames
+        assert isinstance(frames[-1], Close), frames
     finally:
         functions.close()
 

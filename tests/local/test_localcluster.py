@@ -14,7 +14,7 @@ import pytest
 
 from p2ppool import payload
 from p2ppool.board.auth import name_of
-from p2ppool.cluster.backend import ExecutorJoined, TaskDone
+from p2ppool.cluster.backend import ExecutorJoined, RemoteTaskDone
 from p2ppool.local.cluster import LocalCluster
 from tests.fixtures.cluster import assert_gone, descendants, parse_exports, read_until, reap
 
@@ -46,7 +46,7 @@ def test_starts_on_loopback_and_stops_without_leftovers(cluster_backend: Any) ->
         for n, event in enumerate(joined):
             pump.backend.submit(event.executor_id, n, 1, payload.dumps(abs),
                                 payload.dumps(payload.map_call([-n])))
-        pump.of_type(TaskDone, count=2)
+        pump.of_type(RemoteTaskDone, count=2)
         started = set(descendants()) - before
         assert len(started) >= 5  # board, wormhole servers, 2 workers, their task processes
         listening = _listening_ports(sorted(started))

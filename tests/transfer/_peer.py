@@ -20,7 +20,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from p2ppool.errors import TransferError  # noqa: E402
-from p2ppool.transfer.session import Session  # noqa: E402
+from p2ppool.transfer.session import TransferSession  # noqa: E402
 
 _out_lock = threading.Lock()
 
@@ -43,7 +43,7 @@ def main() -> int:
     args = parser.parse_args()
 
     ended = threading.Event()
-    holder: dict[str, Session] = {}
+    holder: dict[str, TransferSession] = {}
     early: list[bytes] = []
 
     def on_frame(frame: bytes) -> None:
@@ -53,7 +53,7 @@ def main() -> int:
             return
         handle(session, frame)
 
-    def handle(session: Session, frame: bytes) -> None:
+    def handle(session: TransferSession, frame: bytes) -> None:
         if frame == b"!close":
             threading.Thread(target=session.close, args=("asked to",), daemon=True).start()
         else:
@@ -64,7 +64,7 @@ def main() -> int:
         ended.set()
 
     try:
-        session = Session.open(
+        session = TransferSession.open(
             args.code, args.relay_url, args.transit, role=args.role, loopback_only=True,
             on_frame=on_frame, on_lost=on_lost, timeout=args.timeout,
         )

@@ -20,7 +20,7 @@ import pytest
 from p2ppool import defaults
 from p2ppool.errors import SessionLost, TransferError, TransferTimeout
 from p2ppool.transfer.servers import WormholeServers
-from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code
+from p2ppool.transfer.session import CLIENT, WORKER, TransferSession, new_code
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
 
@@ -54,10 +54,10 @@ class Collector:
 
 def open_session(
     servers: WormholeServers, code: str, role: str, collector: Collector, **kwargs: Any
-) -> Session:
+) -> TransferSession:
     kwargs.setdefault("timeout", 10.0)
     transit = kwargs.pop("transit", servers.transit)
-    return Session.open(
+    return TransferSession.open(
         code, servers.relay_url, transit, role=role, loopback_only=True,
         on_frame=collector.on_frame, on_lost=collector.on_lost, **kwargs,
     )
@@ -66,7 +66,7 @@ def open_session(
 def open_pair(
     servers: WormholeServers, client_kwargs: Dict[str, Any] | None = None,
     worker_kwargs: Dict[str, Any] | None = None,
-) -> Tuple[Session, Collector, Session, Collector]:
+) -> Tuple[TransferSession, Collector, TransferSession, Collector]:
     """Open a client and a worker session, both in this process."""
     code = new_code()
     wc, cc = Collector(), Collector()
@@ -357,7 +357,7 @@ def test_bad_arguments_are_refused_clearly(
     }
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        Session.open(
+        TransferSession.open(
             args.pop("code"), args.pop("relay_url"), args.pop("transit"),
             on_frame=lambda f: None, loopback_only=True, **args,
         )
@@ -368,7 +368,7 @@ def test_unreachable_mailbox_server_is_a_transfer_error():
         relay_url, transit = servers.relay_url, servers.transit
     started = time.monotonic()
     with pytest.raises(TransferError, match="mailbox server"):
-        Session.open(new_code(), relay_url, transit, role=CLIENT, on_frame=lambda f: None,
+        TransferSession.open(new_code(), relay_url, transit, role=CLIENT, on_frame=lambda f: None,
                      loopback_only=True, timeout=5)
     assert time.monotonic() - started < 5
 

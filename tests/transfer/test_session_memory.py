@@ -21,17 +21,17 @@ import pytest
 
 from p2ppool.transfer import reactor as rx
 from p2ppool.transfer.servers import WormholeServers
-from p2ppool.transfer.session import CLIENT, WORKER, Session, new_code
+from p2ppool.transfer.session import CLIENT, WORKER, TransferSession, new_code
 from tests.transfer.test_session import Collector, open_pair, open_session, peer_args
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
 
-def _dilation_manager(session: Session) -> Any:
+def _dilation_manager(session: TransferSession) -> Any:
     return rx.call(lambda: session._dilated._manager, timeout=5)
 
 
-def _wait_closed(refs: List[weakref.ReferenceType[Session]]) -> None:
+def _wait_closed(refs: List[weakref.ReferenceType[TransferSession]]) -> None:
     """Wait (in the reactor) until the wormhole of every session still alive has closed."""
     from twisted.internet import defer
 
@@ -70,7 +70,7 @@ def _alive(refs: List[weakref.ReferenceType[Any]], timeout: float = 10.0) -> Lis
             for r in left]
 
 
-def _cycles(count: int, open_and_end: Callable[[], List[Session]]) -> List[Any]:
+def _cycles(count: int, open_and_end: Callable[[], List[TransferSession]]) -> List[Any]:
     """Run ``count`` cycles; return weakrefs to every session and dilation manager."""
     refs: List[Any] = []
     for _ in range(count):
@@ -86,7 +86,7 @@ def test_closed_sessions_and_their_dilation_state_are_freed(
 ) -> None:
     managers: List[Any] = []
 
-    def open_and_close() -> List[Session]:
+    def open_and_close() -> List[TransferSession]:
         client, cc, worker, wc = open_pair(wormhole_servers)
         managers.extend(weakref.ref(_dilation_manager(s)) for s in (client, worker))
         client.send(b"x" * 1000)
@@ -106,7 +106,7 @@ def test_closed_sessions_and_their_dilation_state_are_freed(
 def test_sessions_whose_peer_was_killed_are_freed(
     wormhole_servers: WormholeServers, spawn_peer: Any
 ) -> None:
-    def open_and_lose() -> List[Session]:
+    def open_and_lose() -> List[TransferSession]:
         code = new_code()
         peer = spawn_peer("echo", *peer_args(wormhole_servers, code))
         col = Collector()
@@ -136,16 +136,17 @@ def test_an_ended_session_holds_nothing_of_its_owner(wormhole_servers: WormholeS
     owner_ref = weakref.ref(owner)
     code = new_code()
     got = threading.Event()
-    holder: dict[str, Session] = {}
+    holder: dict[str, TransferSession] = {}
 
     def open_worker() -> None:
-        holder["w"] = Session.open(code, wormhole_servers.relay_url, wormhole_servers.transit,
-                                   role=WORKER, on_frame=lambda f: got.set(),
-                                   loopback_only=True, timeout=10)
+        holder["w"] = TransferSession.open(code, wormhole_servers.relay_url,
+                                           wormhole_servers.transit, role=WORKER,
+                                           on_frame=lambda f: got.set(),
+                                           loopback_only=True, timeout=10)
 
     opener = threading.Thread(target=open_worker)
     opener.start()
-    client = Session.open(code, wormhole_servers.relay_url, wormhole_servers.transit,
+    client = TransferSession.open(code, wormhole_servers.relay_url, wormhole_servers.transit,
                           role=CLIENT, on_frame=lambda f, o=owner: None,
                           on_lost=lambda cause, o=owner: None, loopback_only=True, timeout=10)
     opener.join(15)

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from p2ppool.errors import ProtocolError
 from p2ppool.transfer.session_protocol import (
     SESSION_VERSION,
-    Bye,
     Cancel,
+    Close,
     Code,
     Forget,
     Func,
@@ -45,7 +45,7 @@ frames = st.one_of(
               error=st.text(), host=st.text()),
     st.builds(Cancel, task_ids=st.lists(u64).map(tuple)),
     st.builds(Forget, func_keys=st.lists(u64).map(tuple)),
-    st.just(Bye()),
+    st.just(Close()),
 )
 
 

@@ -27,10 +27,10 @@ from p2ppool import defaults, payload
 from p2ppool.board.auth import name_of
 from p2ppool.board.protocol import Accept, Bye, MessageRejected, Offer, new_offer_keypair, open_code
 from p2ppool.errors import RemoteTraceback, TaskLimitExceeded, TransferError
-from p2ppool.transfer.session import CLIENT, Session
-from p2ppool.transfer.session_protocol import Bye as ByeFrame
+from p2ppool.transfer.session import CLIENT, TransferSession
 from p2ppool.transfer.session_protocol import (
     Cancel,
+    Close,
     Forget,
     Func,
     Lost,
@@ -256,7 +256,7 @@ def _session_from_offer(driver: Driver, offer: Offer) -> Any:
     accept = driver.accept(offer, code)
     frames: Any = queue.Queue()
     lost: Any = queue.Queue()
-    session = Session.open(code, driver.relay_url, driver.transit, role=CLIENT,
+    session = TransferSession.open(code, driver.relay_url, driver.transit, role=CLIENT,
                            loopback_only=True, on_frame=lambda d: frames.put(decode_frame(d)),
                            on_lost=lost.put, timeout=15.0)
     return ClientSession(session, frames, lost, offer.job, offer.worker, offer, accept, code)
@@ -316,7 +316,7 @@ def test_a_client_that_never_forgets_functions_is_closed(
         frame = cs.next_frame()
         assert isinstance(frame, Result) and result_value(frame) == [9]
         cs.send(Func(limit + 1, payload.dumps(pow)))  # one more, none forgotten
-        assert isinstance(cs.next_frame(), ByeFrame)
+        assert isinstance(cs.next_frame(), Close)
         shared_worker.wait_log(f"more than {limit} functions")
     finally:
         cs.close()
@@ -341,7 +341,7 @@ def test_a_client_over_its_function_bytes_is_closed_and_others_are_served(
         frame = cs.next_frame()
         assert isinstance(frame, Result) and result_value(frame) == [9]
         cs.send(Func(4, big))  # 2, 3, 4 and 9: over 2.5 MB
-        assert isinstance(cs.next_frame(), ByeFrame)
+        assert isinstance(cs.next_frame(), Close)
         line = worker.wait_log("of functions on this worker")
         assert "more than 2.5 MB of functions" in line, line
         # the other session goes on
@@ -364,7 +364,7 @@ def test_tasks_past_the_slots_and_prefetch_close_the_session(
         frame = cs.next_frame()
         assert isinstance(frame, Lost) and frame.task_id == extra and frame.retry, frame
         assert "protocol error: task" in frame.cause and "in flight" in frame.cause
-        assert isinstance(cs.next_frame(), ByeFrame)
+        assert isinstance(cs.next_frame(), Close)
         assert extra not in tasks
         shared_worker.wait_log(f"task {extra} came while 3 task(s) were in flight on a "
                                "session of 1 slot(s)")
@@ -608,7 +608,7 @@ def test_a_third_board_member_reading_the_accept_cannot_claim_the_wormhole(
         # a real attempt with the right nameplate and a guessed password fails
         nameplate = cs.code.split("-", 1)[0]
         with pytest.raises(TransferError):
-            Session.open(f"{nameplate}-guessed", driver.relay_url, driver.transit,
+            TransferSession.open(f"{nameplate}-guessed", driver.relay_url, driver.transit,
                          role=CLIENT, loopback_only=True, on_frame=lambda d: None,
                          timeout=3.0)
         # the real session is untouched
@@ -720,7 +720,7 @@ def test_sigterm_finishes_in_flight_work_says_bye_and_leaves_no_children(
         done = cs.next_frame()
         assert isinstance(done, Result) and done.task_id == task
         assert result_value(done) == 1.5
-        assert isinstance(cs.next_frame(), ByeFrame)
+        assert isinstance(cs.next_frame(), Close)
         cluster.host.wait_for(lambda m: isinstance(m, Bye) and name_of(m.sender) == "w-term",
                               10.0, "bye of w-term")
         assert worker.proc.wait(15) == 0
