@@ -41,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import multiprocessing.pool  # noqa: E402
 
+from bench_tasks import burn, echo, tiny  # noqa: E402,F401  (re-exported for bench_cluster)
+
 import p2ppool  # noqa: E402
 
 KINDS: Dict[str, Callable[..., Any]] = {
@@ -50,21 +52,6 @@ KINDS: Dict[str, Callable[..., Any]] = {
 
 TASK_S = 0.2
 PAYLOAD = b"\x5a" * (10 * 1024 * 1024)
-
-
-def tiny(x: int) -> int:
-    return x + 1
-
-
-def burn(seconds: float) -> float:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-    return seconds
-
-
-def echo(blob: bytes) -> bytes:
-    return blob
 
 
 # --- one measurement each; every function returns the figure's value --------------------------
