@@ -350,7 +350,19 @@ def _connect_one(
         elif isinstance(exc, socket.timeout):
             reason = f"no answer within {timeout:g} s"
         raise BoardConnectionError(f"cannot reach the board {where}: {reason}") from None
+    if sock is None:
+        _no_delay(client)
     return client
+
+
+def _no_delay(client: paramiko.SSHClient) -> None:
+    """Send board lines at once: without TCP_NODELAY a line written while the previous one
+    is unacknowledged waits for the peer's delayed ACK (about 40 ms on Linux), which is how
+    long a Want took to follow the pool's Hello.  (The board server sets it on its side.)"""
+    transport = client.get_transport()
+    raw = getattr(transport, "sock", None)
+    if isinstance(raw, socket.socket) and raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect(target: SSHTarget, timeout: float = defaults.SSH_CONNECT_TIMEOUT_S) -> SSHConnection:

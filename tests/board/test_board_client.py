@@ -104,6 +104,16 @@ def test_two_clients_exchange_messages(board_server: Any, clients: Any) -> None:
         alice.publish(sent)
 
 
+def test_board_lines_are_not_held_back_by_nagle(board_server: Any, clients: Any) -> None:
+    """The client's socket has TCP_NODELAY: a line written while the previous one is not yet
+    acknowledged leaves at once instead of after the board's delayed ACK (about 40 ms; it
+    was the gap between a pool's Hello and its Want reaching the workers)."""
+    alice = clients(board_server, "alice", "alice/t").connect()
+    raw = alice._session.connection.transport.sock  # type: ignore[union-attr]
+    assert isinstance(raw, socket.socket)
+    assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_an_owner_may_name_its_topic_without_its_user_name(board_server: Any,
                                                            clients: Any) -> None:
     """Signatures bind ``owner/name``: alice's ``t`` is the board's ``alice/t``."""
