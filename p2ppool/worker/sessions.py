@@ -14,7 +14,8 @@ names it for the task that went over), and the worker goes on serving its other 
 
 :class:`Sessions` owns every client session and what each holds here: its transport, its
 engine and task processes, its functions and tasks in flight, its code, requirements, job
-directory and process cgroup; and the worker's jobs directory and code cache.  It knows
+directory and process cgroup; and the worker's code cache and its
+:class:`~p2ppool.worker.confinement.Confinement` (where and how task processes run).  It knows
 nothing of the board: the loop starts a session when :mod:`~p2ppool.worker.peer` says so,
 and hears back about slots through the two callables it gives::
 
@@ -35,11 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
@@ -47,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
 from .. import defaults
 from ..errors import ProtocolError, TransferError
 from ..shipping.cache import CodeCache
+from .confinement import Confinement
 from .events import FRAME, LOST, OPEN_FAILED, OPENED, Inbox
 from .settings import WorkerSettings
 
@@ -123,14 +121,13 @@ class Sessions:
         self.settings = settings
         self.inbox = inbox
         self.environments = environments
-        self.sandbox = sandbox
-        self.process_limit = process_limit
+        #: where and how its task processes run (job directories, sandbox, cgroups)
+        self.confinement = Confinement(settings, sandbox, process_limit, environments)
         self._mp_context = mp_context
         self._slots_returned = slots_returned
         self._ended = ended
         self._by_sid: Dict[int, _ClientSession] = {}
         self.code_cache = CodeCache()  # the clients' own modules, for their task processes
-        self._jobs_root_dir: str | None = None  # made with the first session (_jobs_root)
         self._closers: List[threading.Thread] = []
         self.withdrawing = False
 
@@ -281,14 +278,14 @@ class Sessions:
                     maxtasksperchild=frame.maxtasksperchild, code_dir=session.code_view,
                     site_dir=session.site_dir, processes=session.slots)
             else:
-                session.job_dir = session.job_dir or tempfile.mkdtemp(
-                    prefix=f"session-{session.sid}-", dir=self._jobs_root())
+                session.job_dir = session.job_dir or self.confinement.job_dir(session.sid)
+                confined, session.cgroup = self.confinement.engine_arguments(
+                    session.sid, session.job_dir, session.view_root)
                 session.engine = ProcessEngine(
                     session.slots, initializer_blob=frame.initializer or None,
                     maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
                     max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
-                    code_dir=session.code_dir, site_dir=session.site_dir,
-                    **self._confinement(session),
+                    code_dir=session.code_dir, site_dir=session.site_dir, **confined,
                 )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
@@ -305,92 +302,30 @@ class Sessions:
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
 
-    def _jobs_root(self) -> str:
-        """The worker's directory of job directories, made when the first session needs
-        it (a worker that never served leaves nothing, even when killed)."""
-        if self._jobs_root_dir is None:
-            self._jobs_root_dir = tempfile.mkdtemp(prefix="p2ppool-jobs-")
-        return self._jobs_root_dir
-
     def _prestart(self, session: _ClientSession) -> None:
         """With the sandbox, start the session's task processes now, while its wormhole
         opens (a sandboxed interpreter takes tens of milliseconds to start); they get their
         settings when the Open frame comes.  Their code is read from the session's own
         view directory, filled then.  On any failure the processes start at Open instead."""
         from ..execution.engine import ProcessEngine
-        from ..execution.sandbox import BWRAP
 
-        if self.sandbox.mode != BWRAP:
+        if not self.confinement.sandboxed:
             return
         s = self.settings
         try:
-            session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
-                                               dir=self._jobs_root())
-            session.view_root = tempfile.mkdtemp(prefix=f"code-{session.sid}-",
-                                                 dir=self._jobs_root())
+            session.job_dir = self.confinement.job_dir(session.sid)
+            session.view_root = self.confinement.view_root(session.sid)
+            confined, session.cgroup = self.confinement.engine_arguments(
+                session.sid, session.job_dir, session.view_root)
             session.engine = ProcessEngine(
                 session.slots, max_task_seconds=s.max_task_seconds,
-                max_result_bytes=s.max_payload_bytes, deferred=True,
-                **self._confinement(session))
+                max_result_bytes=s.max_payload_bytes, deferred=True, **confined)
         except Exception as exc:  # e.g. out of processes: Open tries again
             log.warning("could not start the sandboxes of session %d early: %s",
                         session.sid, exc)
             if session.engine is not None:
                 session.engine.terminate(timeout=_KILL_WAIT_S)
                 session.engine = None
-
-    def _code_view(self, session: _ClientSession) -> str | None:
-        """The session's copy of its code bundle, inside its view directory (which its
-        prestarted sandboxes can read): hard links to the cache's files."""
-        if session.view_root is None or session.code_dir is None:
-            return session.code_dir
-        target = os.path.join(session.view_root, os.path.basename(session.code_dir))
-        if not os.path.isdir(target):
-            try:
-                shutil.copytree(session.code_dir, target, copy_function=os.link)
-            except OSError:
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(session.code_dir, target)  # another file system
-        return target
-
-    def _environments_root(self) -> str | None:
-        """The cache of installed requirement sets, for sandboxes to read (public packages;
-        a session's own set is chosen at Open), when installs are allowed."""
-        root = self.environments.cache_dir
-        if not self.settings.allow_install or root is None:
-            return None
-        os.makedirs(root, exist_ok=True)
-        return root
-
-    def _confinement(self, session: _ClientSession) -> Dict[str, Any]:
-        """The engine arguments that confine a session's task processes: the environment
-        allowlist and the job directory always, the sandbox launcher with bwrap."""
-        from ..execution.sandbox import BWRAP, TASK_HOME, task_command, task_environment
-
-        s = self.settings
-        job_dir = session.job_dir
-        assert job_dir is not None
-        if self.sandbox.mode != BWRAP:
-            # No sandbox: the same environment allowlist; the working directory stays the
-            # worker's (without a sandbox a job directory would hide nothing).
-            home = os.environ.get("HOME") or job_dir
-            return {"env": task_environment(s.name, home, tempfile.gettempdir())}
-        env = task_environment(s.name, TASK_HOME, "/tmp")
-        sandbox = self.sandbox
-        cgroup = session.cgroup = self.process_limit.session(session.sid)
-        fixed = [d for d in (session.view_root, self._environments_root()) if d]
-
-        def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
-            extra = [p for p in read_only
-                     if not any(p == f or p.startswith(f + os.sep) for f in fixed)]
-            argv = sandbox.argv(job_dir, fixed + extra, env) + task_command(rx_fd, tx_fd)
-            if cgroup is not None:  # in the cgroup before bwrap forks anything
-                argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
-                        os.path.join(cgroup, "cgroup.procs"), *argv]
-            return subprocess.Popen(argv, pass_fds=(rx_fd, tx_fd), close_fds=True,
-                                    start_new_session=True, stdin=subprocess.DEVNULL)
-
-        return {"work_dir": job_dir, "launcher": launch, "memory_mb": s.max_memory_mb}
 
     def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
         """Unpack the client's modules for this session's task processes; on failure
@@ -400,7 +335,8 @@ class Sessions:
             old, session.code_dir = session.code_dir, path
             if old is not None:
                 self.code_cache.release(old)
-            session._code_view = self._code_view(session)
+            session._code_view = self.confinement.code_view(session.view_root,
+                                                            session.code_dir)
         except (ProtocolError, OSError) as exc:
             log.warning("session %d with %s: cannot use its code bundle: %s", session.sid,
                         session.who(), exc)
@@ -612,13 +548,8 @@ class Sessions:
         if session.site_dir is not None:
             self.environments.release(session.site_dir)
             session.site_dir = None
-        for directory in (session.job_dir, session.view_root):
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-        session.job_dir = session.view_root = None
-        if session.cgroup is not None:
-            self.process_limit.remove(session.cgroup)
-            session.cgroup = None
+        self.confinement.release(session.job_dir, session.view_root, session.cgroup)
+        session.job_dir = session.view_root = session.cgroup = None
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)
@@ -728,8 +659,7 @@ class Sessions:
         for closer in self._closers:
             closer.join(max(0.0, deadline - time.monotonic()))
         self.code_cache.close()
-        if self._jobs_root_dir is not None:
-            shutil.rmtree(self._jobs_root_dir, ignore_errors=True)
+        self.confinement.close()
 
 
 def _close_quietly(transport: Any, reason: str) -> None:
