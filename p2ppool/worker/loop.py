@@ -8,17 +8,19 @@ component knows the other: the loop passes events to them and carries out what t
 back through the callables it gave them (the events are drawn in
 :mod:`p2ppool.worker.events`)::
 
-    board reader thread ── BOARD, BOARD_STATE ────────┐
-    rejoin thread ──────── BOARD_REJOINED, BOARD_FAILED┼──> Inbox (deque + wakeup pipe)
-    session opener threads ── OPENED, OPEN_FAILED ─────┤          │
-    reactor thread ─────── FRAME, LOST ────────────────┤          │
-    signal handlers ── counter + wakeup byte ──────────┘          v
+    board reader thread ──── BOARD, BOARD_STATE ────────────┐
+    rejoin thread ────────── BOARD_REJOINED, BOARD_FAILED ──┼──> Inbox (deque + wakeup pipe)
+    session opener threads ─ OPENED, OPEN_FAILED ───────────┤             │
+    reactor thread ───────── FRAME, LOST ───────────────────┤             │
+    installer ────────────── REQUIREMENTS ──────────────────┤             │
+    signal handlers ──────── counter + wakeup byte ─────────┘             v
     main thread: Worker.serve() ── wait(wakeup pipe + every engine's pipes and sentinels,
                                         timeout = next deadline)
        ├─ BOARD ─────────> peer.Peer (pure) ─> Publish ─> presence.publish
        │                                    └> OpenSession ─> sessions.start
        ├─ BOARD_* ───────> presence ─announce()─> peer.start;  ─failed_for_good()─> withdraw
        ├─ OPENED, FRAME… ─> sessions ─slots_returned()/ended()─> peer (offer the freed slots)
+       ├─ REQUIREMENTS ──> peer.requirements_changed (offers for jobs now installable)
        └─ engine events ──> sessions.collect: Result / Lost frames back to the client
 
 Only the main thread owns state; the other threads hand events over through the inbox.  The
