@@ -1,66 +1,75 @@
-"""The worker's one loop: board presence, client sessions and their process engines.
+"""The worker's one loop: it owns the board presence, the client sessions and the peer.
 
-Used by :mod:`p2ppool.worker` (the command line).  The session frames and engine events are
-handled in :mod:`p2ppool.worker.sessions`, the board connection in :mod:`p2ppool.worker.presence`.
+Used by :mod:`p2ppool.worker.cli` (the command line).  :class:`Worker` owns one
+:class:`~p2ppool.worker.presence.BoardPresence` (the board connection), one
+:class:`~p2ppool.worker.sessions.Sessions` (the client sessions and their process engines)
+and the pure :class:`~p2ppool.worker.peer.Peer` (what to say on the board); neither
+component knows the other: the loop passes events to them and carries out what they report
+back through the callables it gave them (the events are drawn in
+:mod:`p2ppool.worker.events`)::
 
-::
-
-    board reader thread ──on_message/on_state──┐
-    reactor thread ─────on_frame/on_lost───────┼──> _Inbox (deque + wakeup pipe)
-    session opener threads ──opened/failed─────┘          │
-    signal handlers ──counter + wakeup byte────────────────┤
-                                                           v
+    board reader thread ──── BOARD, BOARD_STATE ────────────┐
+    rejoin thread ────────── BOARD_REJOINED, BOARD_FAILED ──┼──> Inbox (deque + wakeup pipe)
+    session opener threads ─ OPENED, OPEN_FAILED ───────────┤             │
+    reactor thread ───────── FRAME, LOST ───────────────────┤             │
+    installer ────────────── REQUIREMENTS ──────────────────┤             │
+    signal handlers ──────── counter + wakeup byte ─────────┘             v
     main thread: Worker.serve() ── wait(wakeup pipe + every engine's pipes and sentinels,
                                         timeout = next deadline)
-       ├─ board messages ─> peer.Peer (pure) ─> Publish / OpenSession / Note
-       ├─ session frames ─> Open -> ProcessEngine + Ready | Refuse;  Func, Task, Cancel, Bye
-       └─ engine events ──> Result / Lost frames back to the session's client
+       ├─ BOARD ─────────> peer.Peer (pure) ─> Publish ─> presence.publish
+       │                                    └> OpenSession ─> sessions.start
+       ├─ BOARD_* ───────> presence ─announce()─> peer.start;  ─failed_for_good()─> withdraw
+       ├─ OPENED, FRAME… ─> sessions ─slots_returned()/ended()─> peer (offer the freed slots)
+       ├─ REQUIREMENTS ──> peer.requirements_changed (offers for jobs now installable)
+       └─ engine events ──> sessions.collect: Result / Lost frames back to the client
 
 Only the main thread owns state; the other threads hand events over through the inbox.  The
 worker itself never unpickles client data: blobs go to the session's
 :class:`~p2ppool.execution.engine.ProcessEngine`, whose child processes unpickle and run them.
-Children
-are started by a fork server, so they inherit none of the worker's sockets (the SSH board
-connection, the wormhole sessions) and cannot speak on the worker's behalf.  They find the
-worker's name in the environment variable ``P2PPOOL_WORKER`` (:data:`WORKER_NAME_ENV`).
+Children are started by a fork server, so they inherit none of the worker's sockets (the SSH
+board connection, the wormhole sessions) and cannot speak on the worker's behalf.  They find
+the worker's name in the environment variable ``P2PPOOL_WORKER`` (:data:`WORKER_NAME_ENV`).
 
 Shutdown: the first SIGINT/SIGTERM (or the end of ``--ttl``) withdraws: a Bye on the board,
 no more offers, new tasks are sent back (``Lost(retry=True)``), in-flight tasks get up to
-``WORKER_GRACE_S`` to finish, then a Bye on every session and exit status 0.  A second signal
-kills the children at once, reports their tasks lost (retry elsewhere) and exits with 1.
+``WORKER_GRACE_S`` to finish, then a Close on every session and exit status 0.  A second
+signal kills the children at once, reports their tasks lost (retry elsewhere) and exits
+with 1.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import shutil
 import signal
 import sys
-import threading
 import time
-from typing import Any, Deque, Dict, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
-from .. import defaults
 from .._version import __version__
 from ..board.auth import BoardIdentity
 from ..errors import P2PPoolError
 from ..execution.limits import ProcessLimit
 from ..payload import WORKER_NAME_ENV  # re-exported: it has always been named here
-from ..shipping.cache import CodeCache
 from ..shipping.environments import Environments
-from .presence import BoardPresence
-from .sessions import (
-    _KILL_WAIT_S,
-    AWAITING_OPEN,
-    RUNNING,
-    SessionHandling,
-    _ClientSession,
+from .events import (
+    BOARD,
+    BOARD_FAILED,
+    BOARD_REJOINED,
+    BOARD_STATE,
+    FRAME,
+    LOST,
+    OPEN_FAILED,
+    OPENED,
+    REQUIREMENTS,
+    Inbox,
 )
+from .presence import BoardPresence
+from .sessions import Sessions
+from .settings import WorkerSettings  # re-exported: the command line builds it from here
 
 __all__ = [
     "EXIT_ERROR", "EXIT_FORCED", "EXIT_OK", "WORKER_NAME_ENV", "Worker", "WorkerSettings",
@@ -73,109 +82,8 @@ EXIT_FORCED = 1
 EXIT_ERROR = 2
 
 
-def _python() -> str:
-    return f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-# --- settings -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSettings:
-    """Everything a worker needs, resolved from the command line and ``P2PPOOL_*``."""
-
-    cluster: str
-    name: str
-    processes: int
-    board_host: str
-    board_port: int | None  # None: the SSH config's Port, else 22
-    board_user: str | None
-    identity: str | None
-    known_hosts: str | None
-    relay: str
-    transit: str | None
-    loopback_only: bool
-    max_task_seconds: float | None
-    max_payload_bytes: int
-    ttl: float | None
-    grace: float = defaults.WORKER_GRACE_S
-    max_memory_mb: float | None = None
-    python: str = dataclasses.field(default_factory=_python)
-    #: let cluster members have packages installed here (``requirements=``)
-    allow_install: bool = False
-    install_cache: str | None = None  # where installed requirement sets live
-    install_cache_bytes: int = defaults.WORKER_INSTALL_CACHE_BYTES
-    #: how tasks are confined: "auto" (bwrap where it works), "bwrap" or "none"
-    sandbox: str = "auto"
-    allow_network: bool = False  # sandboxed tasks share the host's network
-    sandbox_ro: Tuple[str, ...] = ()  # extra paths sandboxed tasks may read
-    sandbox_rw: Tuple[str, ...] = ()  # extra paths sandboxed tasks may write
-    #: processes one session's sandboxed tasks may have at once (a pids cgroup, if allowed)
-    max_task_processes: int = defaults.WORKER_MAX_TASK_PROCESSES
-    #: bytes of functions one session may keep here (``--max-functions-mb``)
-    max_function_bytes: int = defaults.WORKER_FUNCTION_BYTES_PER_SESSION
-
-    @property
-    def function_budget(self) -> int:
-        """Bytes of functions a session may keep: at least one function of any size allowed."""
-        return max(self.max_function_bytes, self.max_payload_bytes)
-
-    @property
-    def max_frame_bytes(self) -> int:
-        """Largest frame a session reads: a payload up to twice the limit is read and
-        refused with a clear Lost; a larger one closes the session at its header."""
-        return 2 * self.max_payload_bytes + 1024 * 1024
-
-
-# --- the inbox: how other threads hand events to the main loop ------------------------------
-
-
-class _Inbox:
-    """A thread-safe event queue whose wakeup pipe the main loop waits on."""
-
-    def __init__(self) -> None:
-        self._events: Deque[Tuple[Any, ...]] = collections.deque()
-        self._lock = threading.Lock()
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
-
-    def post(self, *event: Any) -> None:
-        with self._lock:
-            self._events.append(event)
-        self.wake()
-
-    def wake(self) -> None:
-        """Make the main loop's wait return (safe in a signal handler: no lock)."""
-        try:
-            os.write(self.write_fd, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full: the loop is awake anyway
-
-    def drain(self) -> List[Tuple[Any, ...]]:
-        try:
-            while os.read(self.read_fd, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        with self._lock:
-            events = list(self._events)
-            self._events.clear()
-        return events
-
-    def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-# --- the worker ---------------------------------------------------------------------------
-
-
-class Worker(BoardPresence, SessionHandling):
-    """A volunteer worker: board presence, sessions, engines, and the one loop that owns them.
+class Worker:
+    """A volunteer worker: the one loop that owns its board presence, sessions and peer.
 
     Use: ``worker = Worker(settings)``, ``worker.install_signal_handlers()`` (main thread),
     ``worker.connect_board()`` (raises a clear BoardError), then ``status = worker.serve()``.
@@ -189,10 +97,10 @@ class Worker(BoardPresence, SessionHandling):
         from .peer import Peer, PeerConfig
 
         self.settings = settings
-        self.inbox = _Inbox()
+        self.inbox = Inbox()
         self.environments = Environments(
             settings.install_cache, settings.allow_install, settings.install_cache_bytes,
-            on_change=lambda: self.inbox.post("requirements"))
+            on_change=lambda: self.inbox.post(REQUIREMENTS))
         #: signs the worker's board lines (a fresh key per run): its id is name~key
         self.board_identity = BoardIdentity(settings.name)
         self.peer = Peer(
@@ -201,9 +109,9 @@ class Worker(BoardPresence, SessionHandling):
                        slots=settings.processes),
             new_offer_keypair, serves=self._serves,
         )
-        self.sessions: Dict[int, _ClientSession] = {}
-        self.code_cache = CodeCache()  # the clients' own modules, for their task processes
-        self.board: Any = None
+        self.presence = BoardPresence(
+            settings, self.board_identity, self.inbox,
+            announce=self._announce, failed_for_good=self._board_failed_for_good)
         self.signals = 0
         self._signals_handled = 0
         self.withdrawing = False
@@ -211,14 +119,9 @@ class Worker(BoardPresence, SessionHandling):
         self.exit_status = EXIT_OK
         self._grace_deadline: float | None = None  # monotonic
         self._ttl_deadline: float | None = None  # monotonic
-        self._closers: List[threading.Thread] = []
-        self._board_generation = 0
-        self._rejoin: threading.Thread | None = None
-        self._stop_rejoin = threading.Event()
         # Task processes inherit the environment of the fork server (started just below) or
         # of this process (spawn): that is how they learn WORKER_NAME_ENV.
         os.environ[WORKER_NAME_ENV] = settings.name
-        self._jobs_root_dir: str | None = None  # made with the first session (_jobs_root)
         self.sandbox = _choose_sandbox(settings)
         self.process_limit = ProcessLimit(settings.max_task_processes, settings.name,
                                           enabled=self.sandbox.mode == "bwrap")
@@ -228,13 +131,22 @@ class Worker(BoardPresence, SessionHandling):
             log.info("tasks of a session may run at most %d processes",
                      settings.max_task_processes)
         self.peer.config = dataclasses.replace(self.peer.config, sandbox=self.sandbox.label)
-        self._mp_context = _child_context()
+        mp_context = _child_context()
         try:
-            _warm_up(self._mp_context, settings.max_memory_mb)
+            _warm_up(mp_context, settings.max_memory_mb)
         except BaseException:  # the worker does not start: leave nothing behind
             self.sandbox.close()
             self.process_limit.close()
             raise
+        self.sessions = Sessions(
+            settings, self.inbox, environments=self.environments, sandbox=self.sandbox,
+            process_limit=self.process_limit, mp_context=mp_context,
+            slots_returned=self._slots_returned, ended=self._session_ended)
+
+    @property
+    def board(self) -> Any:
+        """The board client in use (None before :meth:`connect_board`)."""
+        return self.presence.client
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -252,6 +164,10 @@ class Worker(BoardPresence, SessionHandling):
         # handler write to the inbox pipe, so the main loop's wait returns at once.
         signal.set_wakeup_fd(self.inbox.write_fd, warn_on_full_buffer=False)
 
+    def connect_board(self) -> None:
+        """Connect to the board (raises a clear BoardError if the first contact fails)."""
+        self.presence.connect()
+
     # -- the loop ----------------------------------------------------------------------------
 
     def serve(self) -> int:
@@ -266,7 +182,7 @@ class Worker(BoardPresence, SessionHandling):
         try:
             while not self._finished():
                 ready = multiprocessing.connection.wait(
-                    [self.inbox.read_fd, *self._engine_readables()], self._timeout())
+                    [self.inbox.read_fd, *self.sessions.readables()], self._timeout())
                 self._step(ready)
         finally:
             self._shutdown()
@@ -288,21 +204,15 @@ class Worker(BoardPresence, SessionHandling):
                 self._handle(event)
             except Exception:  # a bug handling one event must not take the worker down
                 log.exception("error while handling %s", event[0])
-        for session in list(self.sessions.values()):
-            if session.engine is not None:
-                self._collect(session, ready)
+        self.sessions.collect(ready)
         now = time.monotonic()
         self._execute(self.peer.timer_expired(time.time()))
-        for session in list(self.sessions.values()):
-            if (session.state == AWAITING_OPEN and session.open_deadline is not None
-                    and now >= session.open_deadline):
-                log.info("session %d with %s: no Open frame within %g s; closing", session.sid,
-                         session.who(), defaults.WORKER_OPEN_FRAME_TIMEOUT_S)
-                self._end_session(session, "no Open frame in time")
+        self.sessions.expire_opens(now)
         if self._ttl_deadline is not None and now >= self._ttl_deadline and not self.withdrawing:
             self.withdraw(f"--ttl of {self.settings.ttl:g} s reached")
         if self.withdrawing:
-            self._progress_withdrawal(now)
+            grace_over = self._grace_deadline is not None and now >= self._grace_deadline
+            self.sessions.wind_down(grace_over)
 
     def _timeout(self) -> float:
         deadlines: List[float] = []
@@ -310,57 +220,41 @@ class Worker(BoardPresence, SessionHandling):
         peer_deadline = self.peer.next_deadline()
         if peer_deadline is not None:
             deadlines.append(peer_deadline - now_wall)
-        for session in self.sessions.values():
-            if session.engine is not None:
-                engine_deadline = session.engine.next_deadline()
-                if engine_deadline is not None:
-                    deadlines.append(engine_deadline - now)
-            if session.open_deadline is not None and session.state == AWAITING_OPEN:
-                deadlines.append(session.open_deadline - now)
+        deadlines.extend(deadline - now for deadline in self.sessions.deadlines())
         for deadline in (self._ttl_deadline, self._grace_deadline):
             if deadline is not None:
                 deadlines.append(deadline - now)
-        if any(s.engine is not None and s.engine.has_events() for s in self.sessions.values()):
+        if self.sessions.has_events():
             return 0.0
         # Bounded even with nothing pending, so a lost wakeup can never hang the worker.
         return max(0.0, min(deadlines + [5.0])) + 0.001
 
-    def _engine_readables(self) -> List[Any]:
-        readables: List[Any] = []
-        for session in self.sessions.values():
-            if session.engine is not None:
-                readables.extend(session.engine.readables())
-        return readables
-
     def _finished(self) -> bool:
         if self.forced:
             return True
-        return self.withdrawing and not any(
-            s.state in (AWAITING_OPEN, RUNNING) for s in self.sessions.values()
-        )
+        return self.withdrawing and not self.sessions.active()
 
     # -- events ------------------------------------------------------------------------------
 
     def _handle(self, event: Tuple[Any, ...]) -> None:
         kind = event[0]
-        if kind == "board":
+        if kind == BOARD:
             self._execute(self.peer.got_message(event[1], time.time()))
-        elif kind == "board_state":
-            if event[1] == self._board_generation:  # not a replaced client's
-                self._board_state(event[2])
-        elif kind == "board_rejoined":
-            self._board_rejoined(event[1], event[2])
-        elif kind == "board_failed":
-            self._board_failed(event[1])
-        elif kind == "opened":
-            self._opened(event[1], event[2])
-        elif kind == "open_failed":
-            self._open_failed(event[1], event[2])
-        elif kind == "frame":
-            self._frame(event[1], event[2])
-        elif kind == "lost":
-            self._lost(event[1], event[2])
-        elif kind == "requirements":
+        elif kind == BOARD_STATE:
+            self.presence.got_state(event[1], event[2])
+        elif kind == BOARD_REJOINED:
+            self.presence.rejoined(event[1], event[2])
+        elif kind == BOARD_FAILED:
+            self.presence.failed(event[1])
+        elif kind == OPENED:
+            self.sessions.opened(event[1], event[2])
+        elif kind == OPEN_FAILED:
+            self.sessions.open_failed(event[1], event[2])
+        elif kind == FRAME:
+            self.sessions.got_frame(event[1], event[2])
+        elif kind == LOST:
+            self.sessions.lost(event[1], event[2])
+        elif kind == REQUIREMENTS:
             self._execute(self.peer.requirements_changed(time.time()))
 
     def _serves(self, requirements: Sequence[str]) -> Tuple[str, str | None]:
@@ -379,15 +273,35 @@ class Worker(BoardPresence, SessionHandling):
         return (LATER if state == BUILDING else NOW), detail
 
     def _execute(self, actions: Sequence[Any]) -> None:
+        """Carry out what the peer decided: board lines, sessions to open, log notes."""
         from .peer import Note, OpenSession, Publish
 
         for action in actions:
             if isinstance(action, Publish):
-                self._publish(action.message)
+                self.presence.publish(action.message)
             elif isinstance(action, OpenSession):
-                self._start_session(action)
+                self.sessions.start(action)
             elif isinstance(action, Note):
                 log.info("%s", action.text)
+
+    # -- what the components report back -------------------------------------------------------
+
+    def _announce(self) -> None:
+        """The presence has a new or re-established connection: hello and offers again."""
+        self._execute(self.peer.start(time.time()))
+
+    def _board_failed_for_good(self, error: BaseException | None) -> None:
+        self.exit_status = EXIT_ERROR
+        self.withdraw("the board connection failed")
+
+    def _slots_returned(self, sid: int, slots: int) -> None:
+        """A client took ``slots``, fewer than offered: the peer may offer the rest."""
+        self._execute(self.peer.session_opened(sid, slots, time.time()))
+
+    def _session_ended(self, sid: int) -> None:
+        self._execute(self.peer.session_ended(sid, time.time()))
+        if not self.withdrawing:
+            log.info("%d of %d slot(s) free", self.peer.free_slots, self.settings.processes)
 
     # -- withdrawing -------------------------------------------------------------------------
 
@@ -397,26 +311,12 @@ class Worker(BoardPresence, SessionHandling):
             return
         self.withdrawing = True
         self._grace_deadline = time.monotonic() + self.settings.grace
-        inflight = sum(len(s.inflight) for s in self.sessions.values())
         log.info("withdrawing (%s): no new work; %d task(s) in flight get up to %g s; "
-                 "send the signal again to stop at once", why, inflight, self.settings.grace)
+                 "send the signal again to stop at once", why, self.sessions.tasks_in_flight(),
+                 self.settings.grace)
+        self.presence.leave()
         self._execute(self.peer.withdraw(time.time()))
-        for session in list(self.sessions.values()):
-            if session.state == AWAITING_OPEN:
-                self._refuse(session, f"worker {self.settings.name} is shutting down")
-
-    def _progress_withdrawal(self, now: float) -> None:
-        grace_over = self._grace_deadline is not None and now >= self._grace_deadline
-        for session in list(self.sessions.values()):
-            if session.state != RUNNING:
-                continue
-            if session.inflight and grace_over:
-                self._lose_all(session, f"worker {self.settings.name} stopped: the "
-                               f"{self.settings.grace:g} s grace period ended")
-            if not session.inflight:
-                log.info("session %d with %s: closing (worker stopping)", session.sid,
-                         session.who())
-                self._end_session(session, "worker stopping")
+        self.sessions.withdraw()
 
     def force(self, why: str) -> None:
         """Stop now: kill every child, report in-flight tasks lost (retry elsewhere)."""
@@ -425,51 +325,21 @@ class Worker(BoardPresence, SessionHandling):
             self.withdraw(why)
         self.forced = True
         self.exit_status = EXIT_FORCED
-        for session in list(self.sessions.values()):
-            if session.state == RUNNING:
-                self._lose_all(session, f"worker {self.settings.name} was stopped")
-            self._end_session(session, "worker stopped",
-                              send_bye=session.state in (AWAITING_OPEN, RUNNING))
-
-    def _lose_all(self, session: _ClientSession, cause: str) -> None:
-        if session.engine is not None:
-            session.engine.terminate(timeout=_KILL_WAIT_S)
-        for task_id in sorted(session.inflight):
-            self._send_lost(session, task_id, True, cause)
-        session.inflight.clear()
+        self.sessions.stop_all()
 
     def _shutdown(self) -> None:
         """Leave nothing behind: engines, sessions, board, threads (all bounded)."""
-        for session in list(self.sessions.values()):
-            if session.engine is not None:
-                session.engine.terminate(timeout=_KILL_WAIT_S)
-            self._end_session(session, "worker stopped",
-                              send_bye=session.state in (AWAITING_OPEN, RUNNING))
+        self.sessions.end_all()
         if not self.peer.withdrawn:
             self._execute(self.peer.withdraw(time.time()))
-        deadline = time.monotonic() + defaults.SESSION_CLOSE_TIMEOUT_S + 2.0
-        for closer in self._closers:
-            closer.join(max(0.0, deadline - time.monotonic()))
-        self._stop_rejoin.set()
-        if self._rejoin is not None:
-            self._rejoin.join(1.0)  # a daemon thread: it must not hold up the exit
-        if self.board is not None:
-            drops = self.board.drops
-            if drops:
-                log.info("board lines dropped (by reason): %s",
-                         ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
-            self.board.close()
-        self.code_cache.close()
+        self.sessions.close()
+        self.presence.close()
         self.environments.close()
         self.sandbox.close()
         self.process_limit.close()
-        if self._jobs_root_dir is not None:
-            shutil.rmtree(self._jobs_root_dir, ignore_errors=True)
         # The inbox's pipe stays open until the process exits: an opener thread that is
         # still pairing may post to it, and a closed descriptor number could be reused.
         log.info("stopped")
-
-
 
 
 def _choose_sandbox(settings: WorkerSettings) -> Any:

@@ -1,11 +1,20 @@
 """The worker's presence on the board: its connection, reconnects, rejoins, what it publishes.
 
-The board client reconnects by itself and reports its state; when the cluster's channel
-refuses us (its host may be away), :class:`BoardPresence` makes new connections with backoff
-in a thread until one is let in, and the worker announces itself again.
+:class:`BoardPresence` owns the board client (and the one that replaces it after a rejoin)
+and the rejoin thread.  The board client reconnects by itself and reports its state; when
+the cluster's channel refuses us (its host may be away), a thread makes new connections
+with backoff until one is let in, and the worker announces itself again.  It knows nothing
+of sessions or of the pure board logic (:mod:`p2ppool.worker.peer`, the loop's): what the
+peer decides to say reaches it as :meth:`BoardPresence.publish`, and what it learns goes
+back through the two callables the loop gives it::
 
-:class:`BoardPresence` is a part of :class:`~p2ppool.worker.loop.Worker` (a mixin): its
-methods run on the worker's main thread, except :meth:`BoardPresence._rejoin_in_thread`,
+    loop ── connect() / publish(message) / leave() / close() ──> BoardPresence
+    loop ── got_state / rejoined / failed (inbox events) ───────> BoardPresence
+    BoardPresence ── announce() ──────> loop: peer.start (hello and offers again)
+    BoardPresence ── failed_for_good(error) ──> loop: exit status 2, withdraw
+    board reader / rejoin thread ── BOARD, BOARD_STATE, BOARD_REJOINED, BOARD_FAILED ──> inbox
+
+Its methods run on the worker's main thread, except :meth:`BoardPresence._rejoin_in_thread`,
 which only posts its outcome to the inbox.
 """
 
@@ -13,86 +22,102 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable
 
 from ..board.auth import BoardIdentity
 from ..errors import P2PPoolError
+from .events import BOARD, BOARD_FAILED, BOARD_REJOINED, BOARD_STATE, Inbox
+from .settings import WorkerSettings
 
-if TYPE_CHECKING:
-    from .loop import WorkerSettings, _Inbox
-    from .peer import Peer
+__all__ = ["BoardPresence"]
 
 log = logging.getLogger("p2ppool.worker")
 
 
 class BoardPresence:
-    """The worker's board methods (a mixin of :class:`~p2ppool.worker.loop.Worker`).
+    """The worker's board connection, owned by the main thread.
 
-    The state they share is the Worker's, declared here for the type checker.
+    Args:
+        settings: where the board is and which cluster's channel to join.
+        identity: signs the worker's board lines (its sender id is ``name~key``).
+        inbox: where the board client's threads and the rejoin thread post their events.
+        announce: called when a new or re-established connection should hear the worker's
+            hello and offers again.
+        failed_for_good: called when the board cannot be used any more (the worker stops).
     """
 
-    settings: WorkerSettings
-    inbox: _Inbox
-    peer: Peer
-    board: Any
-    withdrawing: bool
-    forced: bool
-    exit_status: int
-    _board_generation: int
-    board_identity: BoardIdentity
-    _rejoin: threading.Thread | None
-    _stop_rejoin: threading.Event
-    _execute: Callable[[Sequence[Any]], None]
-    withdraw: Callable[[str], None]
+    def __init__(self, settings: WorkerSettings, identity: BoardIdentity, inbox: Inbox, *,
+                 announce: Callable[[], None],
+                 failed_for_good: Callable[[BaseException | None], None]) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._inbox = inbox
+        self._announce = announce
+        self._failed_for_good = failed_for_good
+        self._board: Any = None
+        self._generation = 0
+        self._leaving = False  # the worker withdraws: no rejoins, no announcing again
+        self._rejoin: threading.Thread | None = None
+        self._stop_rejoin = threading.Event()
 
-    def connect_board(self) -> None:
+    @property
+    def client(self) -> Any:
+        """The board client in use (None before :meth:`connect`)."""
+        return self._board
+
+    def connect(self) -> None:
         """Connect to the board (raises a clear BoardError if the first contact fails)."""
-        self.board = self._make_board(self._board_generation)
-        self.board.connect()
+        self._board = self._make_board(self._generation)
+        self._board.connect()
+
+    def leave(self) -> None:
+        """The worker withdraws: do not rejoin or announce again (its Bye is published)."""
+        self._leaving = True
 
     def _make_board(self, generation: int) -> Any:
         from ..board.client import BoardClient
 
-        s = self.settings
+        s = self._settings
         return BoardClient(
             s.board_host, s.board_port, topic=s.cluster, username=s.board_user,
             identity=s.identity, known_hosts=s.known_hosts,
-            on_message=lambda msg: self.inbox.post("board", msg),
-            on_state=lambda state: self.inbox.post("board_state", generation, state),
-            sender=self.board_identity,
+            on_message=lambda msg: self._inbox.post(BOARD, msg),
+            on_state=lambda state: self._inbox.post(BOARD_STATE, generation, state),
+            sender=self._identity,
         )
 
-    def _board_state(self, state: Any) -> None:
+    def got_state(self, generation: int, state: Any) -> None:
+        """The board client of ``generation`` changed state (a replaced client's is ignored)."""
         from ..board.client import State
 
-        if state is State.CONNECTED and self.board.reconnects and not self.withdrawing:
+        if generation != self._generation:
+            return
+        if state is State.CONNECTED and self._board.reconnects and not self._leaving:
             log.info("board connection re-established; announcing again")
-            self._execute(self.peer.start(time.time()))
+            self._announce()
         elif state is State.RECONNECTING:
             log.warning("board connection lost; reconnecting (running sessions go on)")
         elif state is State.FAILED:
-            self._board_failed(self.board.error)
+            self.failed(self._board.error)
 
-    def _board_failed(self, error: BaseException | None) -> None:
+    def failed(self, error: BaseException | None) -> None:
+        """The board connection failed: rejoin if the channel refused us, else give up."""
         from ..errors import AccessDenied
-        from .loop import EXIT_ERROR  # here: worker_loop imports this module
 
-        if isinstance(error, AccessDenied) and not self.withdrawing:
+        if isinstance(error, AccessDenied) and not self._leaving:
             # The channel of a cluster exists only while its owner (``p2ppool host``) is on
             # it; after a board restart or a host's reconnect we may simply be early.
             self._start_rejoin(error)
             return
         log.error("board failed for good: %s", error)
-        self.exit_status = EXIT_ERROR
-        self.withdraw("the board connection failed")
+        self._failed_for_good(error)
 
     def _start_rejoin(self, error: BaseException) -> None:
         if self._rejoin is not None and self._rejoin.is_alive():
             return
         log.warning("%s; the cluster's host may be away: retrying with backoff (running "
                     "sessions go on)", error)
-        generation = self._board_generation + 1
+        generation = self._generation + 1
         self._rejoin = threading.Thread(target=self._rejoin_in_thread, args=(generation,),
                                         name="p2ppool-board-rejoin", daemon=True)
         self._rejoin.start()
@@ -117,42 +142,56 @@ class BoardPresence:
             try:
                 client.connect()
             except (BoardAuthError, HostKeyMismatch) as exc:
-                self.inbox.post("board_failed", exc)
+                self._inbox.post(BOARD_FAILED, exc)
                 return
             except (AccessDenied, BoardConnectionError) as exc:
                 attempt += 1
                 log.info("board rejoin attempt %d failed: %s", attempt, exc)
                 continue
             except BoardError as exc:
-                self.inbox.post("board_failed", exc)
+                self._inbox.post(BOARD_FAILED, exc)
                 return
-            self.inbox.post("board_rejoined", generation, client)
+            self._inbox.post(BOARD_REJOINED, generation, client)
             return
 
-    def _board_rejoined(self, generation: int, client: Any) -> None:
+    def rejoined(self, generation: int, client: Any) -> None:
+        """The rejoin thread got a client let in: it replaces the failed one."""
         from ..board.client import State
 
-        if self.withdrawing or self.forced:
+        if self._leaving:
             client.close()
             return
-        old, self.board = self.board, client
-        self._board_generation = generation
+        old, self._board = self._board, client
+        self._generation = generation
         old.close()
         if client.state is State.FAILED:  # failed before we got here: its event was stale
-            self._board_failed(client.error)
+            self.failed(client.error)
             return
         log.info("rejoined the board; announcing again")
-        self._execute(self.peer.start(time.time()))
+        self._announce()
 
-    def _publish(self, message: Any) -> None:
+    def publish(self, message: Any) -> None:
+        """Write one board message (what :mod:`~p2ppool.worker.peer` decided to say)."""
         from ..board.protocol import Offer
 
-        if self.board is None:
+        if self._board is None:
             return
         try:
-            self.board.publish(message)
+            self._board.publish(message)
         except P2PPoolError as exc:
             log.warning("could not write %s on the board: %s", message.TYPE, exc)
             return
         if isinstance(message, Offer):
             log.info("offered %d slot(s) to job %s", message.slots, message.job)
+
+    def close(self) -> None:
+        """Stop the rejoin thread and close the board client (logging dropped lines)."""
+        self._stop_rejoin.set()
+        if self._rejoin is not None:
+            self._rejoin.join(1.0)  # a daemon thread: it must not hold up the exit
+        if self._board is not None:
+            drops = self._board.drops
+            if drops:
+                log.info("board lines dropped (by reason): %s",
+                         ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+            self._board.close()

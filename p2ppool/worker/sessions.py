@@ -1,9 +1,8 @@
 """The worker's side of its client sessions, from opening to the end.
 
 A session opens its wormhole in a thread, must send an Open frame in time (then gets a
-:class:`~p2ppool.execution.engine.ProcessEngine` and a Ready, or a Refuse), then sends Func, Task
-and
-Cancel frames; its engine's events go back as Result and Lost frames; it ends with a Close,
+:class:`~p2ppool.execution.engine.ProcessEngine` and a Ready, or a Refuse), then sends Func,
+Task and Cancel frames; its engine's events go back as Result and Lost frames; it ends with a Close,
 a refusal or a lost connection, and its slots are free again.
 
 **Memory budget per session** (issue 17): a session holds at most
@@ -13,32 +12,46 @@ all (``--max-functions-mb``, said in Ready), and at most its slots plus
 that goes over either is closed with a protocol error that says which limit (a Lost frame
 names it for the task that went over), and the worker goes on serving its other sessions.
 
-:class:`SessionHandling` is a part of :class:`~p2ppool.worker.loop.Worker` (a mixin): its
-methods run on the worker's main thread, which owns every session; the loop that calls them
-is drawn in :mod:`p2ppool.worker.loop`.
+:class:`Sessions` owns every client session and what each holds here: its transport, its
+engine and task processes, its functions and tasks in flight, its code, requirements, job
+directory and process cgroup; and the worker's code cache and its
+:class:`~p2ppool.worker.confinement.Confinement` (where and how task processes run).  It knows
+nothing of the board: the loop starts a session when :mod:`~p2ppool.worker.peer` says so,
+and hears back about slots through the two callables it gives::
+
+    loop ── start(OpenSession) ─────────────────────────────> Sessions ── opener thread
+    opener thread, reactor ── OPENED, OPEN_FAILED, FRAME, LOST ──> inbox ──> loop
+    loop ── opened / open_failed / got_frame / lost ─────────> Sessions
+    loop ── collect(ready) / expire_opens(now) ───────────────> Sessions  (every turn)
+    loop ── withdraw / wind_down / stop_all / end_all / close ─> Sessions  (stopping)
+    Sessions ── slots_returned(sid, slots) ──> loop: peer.session_opened (offer the rest)
+    Sessions ── ended(sid) ──────────────────> loop: peer.session_ended (slots free again)
+
+Its methods run on the worker's main thread, except the opener thread (which only posts to
+the inbox).  This module stays one piece past ~450 lines: it is one session's life, from the
+Open frame to the cleanup of everything the session held, and the limits it enforces.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
 
 from .. import defaults
 from ..errors import ProtocolError, TransferError
+from ..shipping.cache import CodeCache
+from .confinement import Confinement
+from .events import FRAME, LOST, OPEN_FAILED, OPENED, Inbox
+from .settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from ..shipping.cache import CodeCache
     from ..shipping.environments import Environments
-    from .loop import WorkerSettings, _Inbox
-    from .peer import Peer
+
+__all__ = ["AWAITING_OPEN", "ENDED", "OPENING", "RUNNING", "Sessions"]
 
 log = logging.getLogger("p2ppool.worker")
 
@@ -58,7 +71,7 @@ class _ClientSession:
         self.client = client
         self.slots = slots
         self.state = OPENING
-        self.transport: Any = None  # transfer.Session once opened
+        self.transport: Any = None  # a TransferSession once opened
         self.engine: Any = None  # engine.ProcessEngine once the Open frame was accepted
         self.early_frames: List[bytes] = []  # frames that arrived before "opened" was handled
         self.functions: Dict[int, bytes] = {}
@@ -85,32 +98,46 @@ class _ClientSession:
         return self._code_view
 
 
-class SessionHandling:
-    """The worker's session methods (a mixin of :class:`~p2ppool.worker.loop.Worker`).
+class Sessions:
+    """The worker's client sessions, owned by the main thread.
 
-    They run on the main thread.  The state they share is the Worker's, declared here for
-    the type checker.
+    Args:
+        settings: the worker's limits and name, and where the wormhole servers are.
+        inbox: where opener threads and session transports post their events.
+        environments: the installed requirement sets (shared with the loop, which asks them
+            whether to offer; the loop closes them).
+        sandbox: how task processes are confined (the loop's; it closes it).
+        process_limit: the pids cgroups of sandboxed sessions (the loop's; it closes it).
+        mp_context: the multiprocessing context task processes start from (a fork server).
+        slots_returned: called with ``(sid, slots)`` when a client takes fewer slots than
+            offered: the rest may be offered again.
+        ended: called with the ``sid`` of a session that ended: its slots are free.
     """
 
-    settings: WorkerSettings
-    inbox: _Inbox
-    peer: Peer
-    sessions: Dict[int, _ClientSession]
-    code_cache: CodeCache
-    environments: Environments
-    sandbox: Any
-    process_limit: Any
-    _jobs_root_dir: str | None
-    withdrawing: bool
-    _mp_context: Any
-    _closers: List[threading.Thread]
-    _execute: Callable[[Sequence[Any]], None]
+    def __init__(self, settings: WorkerSettings, inbox: Inbox, *,
+                 environments: Environments, sandbox: Any, process_limit: Any,
+                 mp_context: Any, slots_returned: Callable[[int, int], None],
+                 ended: Callable[[int], None]) -> None:
+        self.settings = settings
+        self.inbox = inbox
+        self.environments = environments
+        #: where and how its task processes run (job directories, sandbox, cgroups)
+        self.confinement = Confinement(settings, sandbox, process_limit, environments)
+        self._mp_context = mp_context
+        self._slots_returned = slots_returned
+        self._ended = ended
+        self._by_sid: Dict[int, _ClientSession] = {}
+        self.code_cache = CodeCache()  # the clients' own modules, for their task processes
+        self._closers: List[threading.Thread] = []
+        self.withdrawing = False
 
     # -- sessions: opening -------------------------------------------------------------------
 
-    def _start_session(self, action: Any) -> None:
+    def start(self, action: Any) -> None:
+        """Accept a session the peer decided on (an OpenSession): open its wormhole in a
+        thread, which posts OPENED or OPEN_FAILED."""
         session = _ClientSession(action.session_id, action.job, action.client, action.slots)
-        self.sessions[session.sid] = session
+        self._by_sid[session.sid] = session
         log.info("%s accepted %d slot(s); opening the wormhole session %d",
                  session.who(), session.slots, session.sid)
         self._prestart(session)
@@ -125,24 +152,25 @@ class SessionHandling:
         try:
             transport = TransferSession.open(
                 code, s.relay, s.transit, role=WORKER, loopback_only=s.loopback_only,
-                on_frame=lambda data: self.inbox.post("frame", sid, data),
-                on_lost=lambda cause: self.inbox.post("lost", sid, cause),
+                on_frame=lambda data: self.inbox.post(FRAME, sid, data),
+                on_lost=lambda cause: self.inbox.post(LOST, sid, cause),
                 max_frame_bytes=s.max_frame_bytes,
             )
         except Exception as exc:  # reported to the loop, which logs and frees the slots
-            self.inbox.post("open_failed", sid, exc)
+            self.inbox.post(OPEN_FAILED, sid, exc)
             return
-        self.inbox.post("opened", sid, transport)
+        self.inbox.post(OPENED, sid, transport)
 
-    def _opened(self, sid: int, transport: Any) -> None:
-        session = self.sessions.get(sid)
+    def opened(self, sid: int, transport: Any) -> None:
+        """The opener thread's wormhole is up: wait for the Open frame (or refuse)."""
+        session = self._by_sid.get(sid)
         if session is None or session.state != OPENING:
             _close_quietly(transport, "")
             return
         session.transport = transport
         session.state = AWAITING_OPEN
         if session.lost_cause is not None:
-            self._lost(sid, session.lost_cause)
+            self.lost(sid, session.lost_cause)
             return
         if self.withdrawing:
             self._refuse(session, f"worker {self.settings.name} is shutting down")
@@ -150,10 +178,11 @@ class SessionHandling:
         session.open_deadline = time.monotonic() + defaults.WORKER_OPEN_FRAME_TIMEOUT_S
         frames, session.early_frames = session.early_frames, []
         for data in frames:
-            self._frame(sid, data)
+            self.got_frame(sid, data)
 
-    def _open_failed(self, sid: int, exc: BaseException) -> None:
-        session = self.sessions.get(sid)
+    def open_failed(self, sid: int, exc: BaseException) -> None:
+        """The opener thread could not open the wormhole: free the session's slots."""
+        session = self._by_sid.get(sid)
         if session is None:
             return
         log.warning("session %d with %s could not be opened: %s", sid, session.who(), exc)
@@ -161,7 +190,8 @@ class SessionHandling:
 
     # -- sessions: frames ----------------------------------------------------------------------
 
-    def _frame(self, sid: int, data: bytes) -> None:
+    def got_frame(self, sid: int, data: bytes) -> None:
+        """One frame from a session's client."""
         from ..transfer.session_protocol import (
             Cancel,
             Close,
@@ -173,7 +203,7 @@ class SessionHandling:
             decode_frame,
         )
 
-        session = self.sessions.get(sid)
+        session = self._by_sid.get(sid)
         if session is None or session.state == ENDED:
             return
         if session.state == OPENING:
@@ -231,7 +261,7 @@ class SessionHandling:
             log.info("session %d with %s uses %d of the %d slot(s) offered", session.sid,
                      session.who(), frame.slots, session.slots)
             session.slots = frame.slots
-            self._execute(self.peer.session_opened(session.sid, frame.slots, time.time()))
+            self._slots_returned(session.sid, frame.slots)
         if frame.requires:
             try:
                 session.site_dir = self.environments.acquire(frame.requires)
@@ -248,14 +278,14 @@ class SessionHandling:
                     maxtasksperchild=frame.maxtasksperchild, code_dir=session.code_view,
                     site_dir=session.site_dir, processes=session.slots)
             else:
-                session.job_dir = session.job_dir or tempfile.mkdtemp(
-                    prefix=f"session-{session.sid}-", dir=self._jobs_root())
+                session.job_dir = session.job_dir or self.confinement.job_dir(session.sid)
+                confined, session.cgroup = self.confinement.engine_arguments(
+                    session.sid, session.job_dir, session.view_root)
                 session.engine = ProcessEngine(
                     session.slots, initializer_blob=frame.initializer or None,
                     maxtasksperchild=frame.maxtasksperchild, mp_context=self._mp_context,
                     max_task_seconds=s.max_task_seconds, max_result_bytes=s.max_payload_bytes,
-                    code_dir=session.code_dir, site_dir=session.site_dir,
-                    **self._confinement(session),
+                    code_dir=session.code_dir, site_dir=session.site_dir, **confined,
                 )
         except Exception as exc:
             log.exception("could not start processes for %s", session.who())
@@ -272,92 +302,30 @@ class SessionHandling:
                  f", maxtasksperchild={frame.maxtasksperchild}"
                  if frame.maxtasksperchild else "")
 
-    def _jobs_root(self) -> str:
-        """The worker's directory of job directories, made when the first session needs
-        it (a worker that never served leaves nothing, even when killed)."""
-        if self._jobs_root_dir is None:
-            self._jobs_root_dir = tempfile.mkdtemp(prefix="p2ppool-jobs-")
-        return self._jobs_root_dir
-
     def _prestart(self, session: _ClientSession) -> None:
         """With the sandbox, start the session's task processes now, while its wormhole
         opens (a sandboxed interpreter takes tens of milliseconds to start); they get their
         settings when the Open frame comes.  Their code is read from the session's own
         view directory, filled then.  On any failure the processes start at Open instead."""
         from ..execution.engine import ProcessEngine
-        from ..execution.sandbox import BWRAP
 
-        if self.sandbox.mode != BWRAP:
+        if not self.confinement.sandboxed:
             return
         s = self.settings
         try:
-            session.job_dir = tempfile.mkdtemp(prefix=f"session-{session.sid}-",
-                                               dir=self._jobs_root())
-            session.view_root = tempfile.mkdtemp(prefix=f"code-{session.sid}-",
-                                                 dir=self._jobs_root())
+            session.job_dir = self.confinement.job_dir(session.sid)
+            session.view_root = self.confinement.view_root(session.sid)
+            confined, session.cgroup = self.confinement.engine_arguments(
+                session.sid, session.job_dir, session.view_root)
             session.engine = ProcessEngine(
                 session.slots, max_task_seconds=s.max_task_seconds,
-                max_result_bytes=s.max_payload_bytes, deferred=True,
-                **self._confinement(session))
+                max_result_bytes=s.max_payload_bytes, deferred=True, **confined)
         except Exception as exc:  # e.g. out of processes: Open tries again
             log.warning("could not start the sandboxes of session %d early: %s",
                         session.sid, exc)
             if session.engine is not None:
                 session.engine.terminate(timeout=_KILL_WAIT_S)
                 session.engine = None
-
-    def _code_view(self, session: _ClientSession) -> str | None:
-        """The session's copy of its code bundle, inside its view directory (which its
-        prestarted sandboxes can read): hard links to the cache's files."""
-        if session.view_root is None or session.code_dir is None:
-            return session.code_dir
-        target = os.path.join(session.view_root, os.path.basename(session.code_dir))
-        if not os.path.isdir(target):
-            try:
-                shutil.copytree(session.code_dir, target, copy_function=os.link)
-            except OSError:
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(session.code_dir, target)  # another file system
-        return target
-
-    def _environments_root(self) -> str | None:
-        """The cache of installed requirement sets, for sandboxes to read (public packages;
-        a session's own set is chosen at Open), when installs are allowed."""
-        root = self.environments.cache_dir
-        if not self.settings.allow_install or root is None:
-            return None
-        os.makedirs(root, exist_ok=True)
-        return root
-
-    def _confinement(self, session: _ClientSession) -> Dict[str, Any]:
-        """The engine arguments that confine a session's task processes: the environment
-        allowlist and the job directory always, the sandbox launcher with bwrap."""
-        from ..execution.sandbox import BWRAP, TASK_HOME, task_command, task_environment
-
-        s = self.settings
-        job_dir = session.job_dir
-        assert job_dir is not None
-        if self.sandbox.mode != BWRAP:
-            # No sandbox: the same environment allowlist; the working directory stays the
-            # worker's (without a sandbox a job directory would hide nothing).
-            home = os.environ.get("HOME") or job_dir
-            return {"env": task_environment(s.name, home, tempfile.gettempdir())}
-        env = task_environment(s.name, TASK_HOME, "/tmp")
-        sandbox = self.sandbox
-        cgroup = session.cgroup = self.process_limit.session(session.sid)
-        fixed = [d for d in (session.view_root, self._environments_root()) if d]
-
-        def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
-            extra = [p for p in read_only
-                     if not any(p == f or p.startswith(f + os.sep) for f in fixed)]
-            argv = sandbox.argv(job_dir, fixed + extra, env) + task_command(rx_fd, tx_fd)
-            if cgroup is not None:  # in the cgroup before bwrap forks anything
-                argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
-                        os.path.join(cgroup, "cgroup.procs"), *argv]
-            return subprocess.Popen(argv, pass_fds=(rx_fd, tx_fd), close_fds=True,
-                                    start_new_session=True, stdin=subprocess.DEVNULL)
-
-        return {"work_dir": job_dir, "launcher": launch, "memory_mb": s.max_memory_mb}
 
     def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
         """Unpack the client's modules for this session's task processes; on failure
@@ -367,7 +335,8 @@ class SessionHandling:
             old, session.code_dir = session.code_dir, path
             if old is not None:
                 self.code_cache.release(old)
-            session._code_view = self._code_view(session)
+            session._code_view = self.confinement.code_view(session.view_root,
+                                                            session.code_dir)
         except (ProtocolError, OSError) as exc:
             log.warning("session %d with %s: cannot use its code bundle: %s", session.sid,
                         session.who(), exc)
@@ -473,6 +442,12 @@ class SessionHandling:
 
     # -- sessions: engine events ---------------------------------------------------------------
 
+    def collect(self, ready: Sequence[Any]) -> None:
+        """Every session's engine events (``ready``: what the loop's wait returned)."""
+        for session in list(self._by_sid.values()):
+            if session.engine is not None:
+                self._collect(session, ready)
+
     def _collect(self, session: _ClientSession, ready: Sequence[Any]) -> None:
         from ..execution.engine import TaskDone
         from ..transfer.session_protocol import Result
@@ -527,7 +502,7 @@ class SessionHandling:
         try:
             session.transport.send_parts(encode_frame_parts(frame))
         except TransferError as exc:
-            self._lost(session.sid, str(exc))
+            self.lost(session.sid, str(exc))
 
     def _send_lost(self, session: _ClientSession, task_id: int, retry: bool, cause: str) -> None:
         from ..transfer.session_protocol import Lost
@@ -541,8 +516,9 @@ class SessionHandling:
         self._send(session, Refuse(reason))
         self._end_session(session, f"refused: {reason}", send_bye=False)
 
-    def _lost(self, sid: int, cause: str) -> None:
-        session = self.sessions.get(sid)
+    def lost(self, sid: int, cause: str) -> None:
+        """A session's connection is gone."""
+        session = self._by_sid.get(sid)
         if session is None or session.state == ENDED:
             return
         if session.state == OPENING:
@@ -572,13 +548,8 @@ class SessionHandling:
         if session.site_dir is not None:
             self.environments.release(session.site_dir)
             session.site_dir = None
-        for directory in (session.job_dir, session.view_root):
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-        session.job_dir = session.view_root = None
-        if session.cgroup is not None:
-            self.process_limit.remove(session.cgroup)
-            session.cgroup = None
+        self.confinement.release(session.job_dir, session.view_root, session.cgroup)
+        session.job_dir = session.view_root = session.cgroup = None
         if session.transport is not None:
             closer = threading.Thread(target=_close_quietly, args=(session.transport, reason),
                                       name=f"p2ppool-close-{session.sid}", daemon=True)
@@ -588,10 +559,107 @@ class SessionHandling:
 
     def _forget(self, session: _ClientSession) -> None:
         session.state = ENDED
-        self.sessions.pop(session.sid, None)
-        self._execute(self.peer.session_ended(session.sid, time.time()))
-        if not self.withdrawing:
-            log.info("%d of %d slot(s) free", self.peer.free_slots, self.settings.processes)
+        self._by_sid.pop(session.sid, None)
+        self._ended(session.sid)
+
+    # -- what the loop asks every turn -------------------------------------------------------
+
+    def readables(self) -> List[Any]:
+        """Every engine's pipes and sentinels, for the loop's wait."""
+        readables: List[Any] = []
+        for session in self._by_sid.values():
+            if session.engine is not None:
+                readables.extend(session.engine.readables())
+        return readables
+
+    def deadlines(self) -> List[float]:
+        """The sessions' next deadlines (monotonic): engines' task limits, Open frames due."""
+        deadlines: List[float] = []
+        for session in self._by_sid.values():
+            if session.engine is not None:
+                engine_deadline = session.engine.next_deadline()
+                if engine_deadline is not None:
+                    deadlines.append(engine_deadline)
+            if session.open_deadline is not None and session.state == AWAITING_OPEN:
+                deadlines.append(session.open_deadline)
+        return deadlines
+
+    def has_events(self) -> bool:
+        """Whether an engine holds events already (the loop must not wait)."""
+        return any(s.engine is not None and s.engine.has_events()
+                   for s in self._by_sid.values())
+
+    def active(self) -> bool:
+        """Whether a session is still awaiting its Open frame or running."""
+        return any(s.state in (AWAITING_OPEN, RUNNING) for s in self._by_sid.values())
+
+    def expire_opens(self, now: float) -> None:
+        """Close the sessions whose Open frame is overdue (``now``: monotonic)."""
+        for session in list(self._by_sid.values()):
+            if (session.state == AWAITING_OPEN and session.open_deadline is not None
+                    and now >= session.open_deadline):
+                log.info("session %d with %s: no Open frame within %g s; closing", session.sid,
+                         session.who(), defaults.WORKER_OPEN_FRAME_TIMEOUT_S)
+                self._end_session(session, "no Open frame in time")
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def tasks_in_flight(self) -> int:
+        """How many tasks are in flight on all sessions."""
+        return sum(len(s.inflight) for s in self._by_sid.values())
+
+    def withdraw(self) -> None:
+        """The worker withdraws: refuse sessions awaiting Open, send new tasks back."""
+        self.withdrawing = True
+        for session in list(self._by_sid.values()):
+            if session.state == AWAITING_OPEN:
+                self._refuse(session, f"worker {self.settings.name} is shutting down")
+
+    def wind_down(self, grace_over: bool) -> None:
+        """While withdrawing: close the sessions whose tasks are done; once the grace
+        period is over, report the rest of their tasks lost first."""
+        for session in list(self._by_sid.values()):
+            if session.state != RUNNING:
+                continue
+            if session.inflight and grace_over:
+                self._lose_all(session, f"worker {self.settings.name} stopped: the "
+                               f"{self.settings.grace:g} s grace period ended")
+            if not session.inflight:
+                log.info("session %d with %s: closing (worker stopping)", session.sid,
+                         session.who())
+                self._end_session(session, "worker stopping")
+
+    def stop_all(self) -> None:
+        """Stop now: kill every child, report in-flight tasks lost (retry elsewhere)."""
+        for session in list(self._by_sid.values()):
+            if session.state == RUNNING:
+                self._lose_all(session, f"worker {self.settings.name} was stopped")
+            self._end_session(session, "worker stopped",
+                              send_bye=session.state in (AWAITING_OPEN, RUNNING))
+
+    def _lose_all(self, session: _ClientSession, cause: str) -> None:
+        if session.engine is not None:
+            session.engine.terminate(timeout=_KILL_WAIT_S)
+        for task_id in sorted(session.inflight):
+            self._send_lost(session, task_id, True, cause)
+        session.inflight.clear()
+
+    def end_all(self) -> None:
+        """End every session (engines first), saying goodbye to those still open."""
+        for session in list(self._by_sid.values()):
+            if session.engine is not None:
+                session.engine.terminate(timeout=_KILL_WAIT_S)
+            self._end_session(session, "worker stopped",
+                              send_bye=session.state in (AWAITING_OPEN, RUNNING))
+
+    def close(self) -> None:
+        """After :meth:`end_all`: wait (bounded) for the goodbyes to be closed, then remove
+        the code cache and the jobs directory."""
+        deadline = time.monotonic() + defaults.SESSION_CLOSE_TIMEOUT_S + 2.0
+        for closer in self._closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+        self.code_cache.close()
+        self.confinement.close()
 
 
 def _close_quietly(transport: Any, reason: str) -> None:
