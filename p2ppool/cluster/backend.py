@@ -1,18 +1,36 @@
 """The Pool's link to a cluster: recruit workers on the board, run tasks over wormhole sessions.
 
-:class:`ClusterBackend` is the seam the Pool's manager thread uses.  Every method returns
-quickly and is thread-safe; the work happens in background threads, and what happened comes
-back as events from :meth:`ClusterBackend.collect`::
+:class:`ClusterBackend` is the seam the Pool's manager thread uses.  **One thread owns it**,
+as a ``concurrent.futures`` executor's manager owns its pool: the thread that calls its
+manager API (the pool's manager thread; in tests, the test's thread).  Only it touches the
+remotes (``_remotes``, ``_by_worker`` and every ``_Remote``), the recruiter, the demand and
+the other jobs' Wants; there is no lock around them.  The other threads own nothing of
+that: they post small ``(handler, args)`` items to one inbox (a ``deque``: appends are
+atomic), call ``notify`` once until the owner looks again, and :meth:`~ClusterBackend.collect`
+applies them on the owner::
 
-    manager thread                  p2ppool-recruit thread               board / workers
-    ──────────────                  ──────────────────────               ───────────────
-    set_demand(n) ──inbox──────────▶ Recruiter (pure, cluster/recruit.py) ──────▶ Hello, Want
-                                     ◀── board reader thread ◀────────── Hello, Offer, Bye
-                                     AcceptOffer: seal code, Accept ────▶ the worker
-                                     p2ppool-open thread: TransferSession.open ══▶ wormhole, Open
-    submit(ex, task, ...) ─────────────────────── Func (once), Task ═════▶ the worker
-    collect() ◀── events ◀── reactor thread: Ready / Result / Lost / session lost
-    notify() is called whenever events are waiting (the pool then writes its wakeup pipe)
+    owner (pool manager thread)                 helper threads (own no backend state)
+    ───────────────────────────                 ─────────────────────────────────────
+    set_demand(n) ─▶ Recruiter (pure, cluster/recruit.py)
+                     Want / Withdraw / Accept ──outbox──▶ p2ppool-board: connects, says Hello,
+                                                          publishes in order (may block on SSH);
+                                                          after an Accept starts p2ppool-open:
+                                                          TransferSession.open ══▶ wormhole
+                     ◀──inbox── board reader: Hello, Offer, Want, Withdraw, Bye, state
+                     ◀──inbox── p2ppool-open: the session (the owner sends Open)
+    submit(ex, task, ...) ── Func (once), Task ═▶ session.send_parts (non-blocking; the
+                                                  reactor thread writes it) ═▶ the worker
+    collect() ◀──inbox── reactor thread: each frame (Ready / Result / Lost ...), session lost
+       decodes frames, applies them to the remotes, runs the recruiter's timers, returns events
+    notify() is called when the inbox has work (the pool then writes its wakeup pipe);
+    next_deadline() is when collect() must run anyway (the recruiter's timers).
+    session close: a p2ppool-close thread each (closing waits for the peer).
+
+The hot path has no lock and no extra hop: ``submit`` queues frames on the session from the
+owner, and a Result goes from the reactor thread straight to the owner's inbox.
+:meth:`~ClusterBackend.usable_workers`, :meth:`~ClusterBackend.refusals` and
+:attr:`~ClusterBackend.board_drops` may be read from any thread (snapshots the owner
+replaces whole).
 
 Usage by the Pool's manager::
 
@@ -24,6 +42,7 @@ Usage by the Pool's manager::
     backend.cancel(executor_id, task_ids)
     for event in backend.collect(): ...  # ExecutorJoined, RemoteTaskDone, RemoteTaskLost,
                                          # TaskUnloadable, ExecutorLost, BoardTrouble
+    backend.next_deadline()              # collect() again by then, even without notify
     backend.close()      # Close to every session, Withdraw + Bye on the board (bounded)
     backend.terminate()  # Cancel every task in flight, then as close() (bounded)
 
@@ -209,7 +228,7 @@ _GONE = "gone"
 
 
 class _Remote:
-    """One session with one worker (touched under the backend's lock)."""
+    """One session with one worker (the owner's; other threads only pass it along)."""
 
     def __init__(self, executor_id: str, worker: str, taken: int) -> None:
         self.executor_id = executor_id
