@@ -945,6 +945,8 @@ class ClusterBackend:
             self._post(self._session_failed, remote, f"the session did not open: {exc}")
             return
         self._post(self._opened, remote, session)
+        if self._closed:  # the owner may drain no more (see _shutdown): close it here
+            session.close("not needed any more")
 
     # --- ending ---------------------------------------------------------------------------
 
@@ -954,6 +956,9 @@ class ClusterBackend:
             return
         deadline = time.monotonic() + timeout
         self._closed = True
+        # The last drain: a session opened before this is closed below or by _opened; one
+        # posted after it, its opener closes itself (it reads _closed after posting).
+        self._drain()
         sessions = [(r.session, tuple(sorted(r.inflight))) for r in self._remotes.values()
                     if r.session is not None and r.state != _GONE]
         for session, inflight in sessions:
