@@ -251,8 +251,10 @@ class ClusterLink:
         host.show_workers(peers, local)
 
     def next_deadline(self) -> float | None:
-        """When the manager must take a turn without any event: the fallback moment."""
-        return self._fallback_at
+        """When the manager must take a turn without any event: the fallback moment, or
+        the backend's next recruiting timer, whichever comes first."""
+        times = [t for t in (self._fallback_at, self.backend.next_deadline()) if t is not None]
+        return min(times) if times else None
 
     def _apply(self, host: ExecutorHost, event: Any, now: float) -> None:
         if isinstance(event, RemoteTaskDone):

@@ -258,7 +258,8 @@ def test_a_worker_with_another_python_is_never_used(
         joined = pump.of_type(ExecutorJoined, count=2)
         assert executor_names(joined) == ["w1", "w2"]
         # Demand is still 4 short, so Wants go on and the fake keeps offering 8 slots.
-        assert fake.offers.acquire(timeout=10) and fake.offers.acquire(timeout=10)
+        for _ in range(2):
+            assert pump.pump_until(lambda: fake.offers.acquire(timeout=0.01), timeout=10)
         pump.drain_for(0.5)
     assert fake.accepted == []
     assert executor_names(pump.events) == ["w1", "w2"]
@@ -398,7 +399,7 @@ def test_a_withdrawing_worker_finishes_in_flight_tasks_and_sends_new_ones_back(
 
 
 _CLIENT_SCRIPT = r"""
-import json, sys, threading
+import json, sys, threading, time
 from p2ppool import payload
 from p2ppool.config import resolve_options
 from p2ppool.cluster.backend import ClusterBackend, ExecutorJoined
@@ -411,7 +412,8 @@ backend = ClusterBackend(resolve_options(options, environ={}, read_file=False), 
 backend.start()
 backend.set_demand(1)
 while True:
-    wake.wait()
+    due = backend.next_deadline()  # the recruiter's timers run in collect()
+    wake.wait(None if due is None else max(0.0, due - time.monotonic()))
     wake.clear()
     for event in backend.collect():
         if isinstance(event, ExecutorJoined):

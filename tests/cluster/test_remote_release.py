@@ -24,7 +24,7 @@ class _QuietSession:
 
 
 def test_a_released_idle_session_is_not_asked_for_again() -> None:
-    # The pool went idle (its demand of 0 is posted to the recruit thread) and another
+    # The pool went idle (its demand of 0 not yet given to the recruiter) and another
     # job's Want released its sessions before that demand arrived: the released slots
     # must not be asked for again (a stray Want makes other idle pools let go of theirs).
     options = resolve_options({"cluster": "alice/friends"}, environ={}, read_file=False)
