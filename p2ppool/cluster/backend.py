@@ -67,6 +67,12 @@ Contract details:
   are never accepted in the first place.
 * **The board** going away is reported as ``BoardTrouble`` (the board client reconnects with
   backoff); running sessions keep going.
+
+Size: one owner's state (the remotes, and the recruiter's commands carried out) and, beside
+it, the few methods that other threads run to feed its inbox; split, those methods would
+reach into the owner's private members from another module, which is what the single-owner
+design removed.  What is pure lives apart (:mod:`p2ppool.cluster.recruit` decides whom to
+recruit, :mod:`p2ppool.transfer.session_protocol` is the frames).
 """
 
 from __future__ import annotations
