@@ -558,9 +558,7 @@ class ClusterBackend:
         commands = commands + self._recruiter.timer_expired(now)
         self._execute(commands)
         self._wakeup = self._recruiter.next_wakeup(time.monotonic())
-        usable = tuple(self._recruiter.usable())
-        if usable != self._usable:
-            self._usable = usable
+        self._usable = tuple(self._recruiter.usable())
 
     def _feed(self, step: Callable[[float], List[Command]]) -> None:
         """Owner: one recruiter input (``step(now)``) from a board message or a session.

@@ -4,15 +4,15 @@ A Pool with a cluster configured starts with no executor at all.  :class:`Cluste
 owns a :class:`~p2ppool.cluster.backend.ClusterBackend` (which recruits workers on the board and
 runs one wormhole session per worker) and turns its events into the manager's language::
 
-    ClusterBackend events            manager
-    ─────────────────────            ───────
-    ExecutorJoined(id, name, slots)  add_executor(RemoteExecutor(id))   -> scheduler slots
-    RemoteTaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)         -> result
-    RemoteTaskLost(id, task, retry=True)   ChunkLost(chunk, cause)            -> runs elsewhere
-    RemoteTaskLost(id, task, retry=False)  TaskLimitExceeded(cause)           -> that chunk fails
-    ExecutorLost(id, cause)          executor_lost(id, cause)           -> chunks requeued
+    ClusterBackend events                  manager
+    ─────────────────────                  ───────
+    ExecutorJoined(id, name, slots)        add_executor(RemoteExecutor(id))  -> scheduler slots
+    RemoteTaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)        -> result
+    RemoteTaskLost(id, task, retry=True)   ChunkLost(chunk, cause)           -> runs elsewhere
+    RemoteTaskLost(id, task, retry=False)  TaskLimitExceeded(cause)          -> that chunk fails
+    ExecutorLost(id, cause)                executor_lost(id, cause)          -> chunks requeued
       (released=True: the pool was idle and another job wanted slots; logged as info)
-    TaskUnloadable(id, task, ...)    executor_lost(id, charged=False)   -> chunks requeued
+    TaskUnloadable(id, task, ...)          executor_lost(id, charged=False)  -> chunks requeued
       (the worker lacks a module the job needs: declined, its chunks cost no attempt)
     BoardTrouble(message)            a log line
 
