@@ -199,6 +199,12 @@ REMOTE_TASKS_PREFETCH: int = WORKER_TASKS_PREFETCH
 #: stops the prefetch at once, so that no task waits behind a long one there while
 #: another worker could run it.
 REMOTE_PREFETCH_BELOW_S: float = 0.02
+#: Batches (issue 16): a map's chunks that go to one worker session in one dispatch travel as
+#: one task, as many as the same function's chunks ran in this many seconds in its last map
+#: (the first map of a function is not batched) ...
+BATCH_TASK_S: float = 0.05
+#: ... and at most this many.
+BATCH_MOST_CHUNKS: int = 32
 
 # --- One member cannot stall the cluster (issue 17; worker/peer.py, cluster/recruit.py) -----------
 #: Wants a worker remembers per sender (the newest win) and senders it keeps any state for

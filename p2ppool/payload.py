@@ -22,7 +22,7 @@ import pickle
 import platform
 import traceback
 import types
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import cloudpickle
 
@@ -33,12 +33,14 @@ __all__ = [
     "Call",
     "ExceptionWithTraceback",
     "apply_call",
+    "batch_call",
     "check_size",
     "dump_exception",
     "dump_result",
     "dumps",
     "load_failure",
     "execute",
+    "execute_batch",
     "loads",
     "map_call",
     "starmap_call",
@@ -51,6 +53,9 @@ PROTOCOL = 5
 APPLY = 0
 MAP = 1
 STARMAP = 2
+#: Several chunks of one function as one task: ``(BATCH, (call blob, ...), None)``; its
+#: value is one ``(ok, value or pickled exception)`` per chunk (see :func:`execute_batch`).
+BATCH = 3
 
 
 #: One chunk of work for a function: ``(how, args, kwds)``.  A plain tuple, because the C
@@ -158,6 +163,27 @@ def map_call(items: Sequence[Any]) -> Call:
 def starmap_call(items: Sequence[Any]) -> Call:
     """The call of one ``starmap`` chunk: ``[func(*x) for x in items]``."""
     return (STARMAP, items, None)
+
+
+def batch_call(call_blobs: Sequence[bytes]) -> Call:
+    """The call of several chunks sent as one task (each chunk's call, pickled)."""
+    return (BATCH, tuple(call_blobs), None)
+
+
+def execute_batch(func: Callable[..., Any], calls: Sequence[Call]) -> List[Any]:
+    """Run each chunk of a batch (its calls unpickled already):
+    ``[(True, value) | (False, pickled exception), ...]``, one per chunk.
+
+    A chunk that raises does not stop the others: each is its own result, as when the
+    chunks travel one by one.
+    """
+    outcomes: List[Any] = []
+    for call in calls:
+        try:
+            outcomes.append((True, execute(func, call)))
+        except Exception as exc:
+            outcomes.append((False, dump_exception(exc)))
+    return outcomes
 
 
 def execute(func: Callable[..., Any], call: Call) -> Any:

@@ -157,11 +157,13 @@ def python_version() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ExecutorJoined:
-    """A worker session is Ready: ``slots`` tasks may be in flight on ``executor_id``."""
+    """A worker session is Ready: ``slots`` tasks may be in flight on ``executor_id``
+    (``batches``: its worker runs batch tasks, see ``Ready.batches``)."""
 
     executor_id: str
     name: str
     slots: int
+    batches: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -765,7 +767,7 @@ class ClusterBackend:
         log.info("worker %s is ready with %d slot(s) (%s)", frame.worker, slots,
                  remote.executor_id)
         self._feed(lambda now: self._recruiter.session_ready(remote.worker, slots, now))
-        self._emit(ExecutorJoined(remote.executor_id, remote.worker, slots))
+        self._emit(ExecutorJoined(remote.executor_id, remote.worker, slots, frame.batches))
 
     def _on_refuse(self, remote: _Remote, reason: str) -> None:
         remote.state = _GONE

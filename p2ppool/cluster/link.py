@@ -8,8 +8,10 @@ runs one wormhole session per worker) and turns its events into the manager's la
     ─────────────────────                  ───────
     ExecutorJoined(id, name, slots)        add_executor(RemoteExecutor(id))  -> scheduler slots
     RemoteTaskDone(id, task, ok, blob)     ChunkDone(chunk, ok, blob)        -> result
+      (a batch: BatchDone(chunks, ok, blob), which the manager splits)
     RemoteTaskLost(id, task, retry=True)   ChunkLost(chunk, cause)           -> runs elsewhere
     RemoteTaskLost(id, task, retry=False)  TaskLimitExceeded(cause)          -> that chunk fails
+      (a batch: ChunkLost for each of its chunks, uncharged: they run again one by one)
     ExecutorLost(id, cause)                executor_lost(id, cause)          -> chunks requeued
       (released=True: the pool was idle and another job wanted slots; logged as info)
     TaskUnloadable(id, task, ...)          executor_lost(id, charged=False)  -> chunks requeued
@@ -41,10 +43,10 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
-from .. import defaults
+from .. import defaults, payload
 from ..config import Options
 from ..errors import P2PPoolError, TaskLimitExceeded
-from ..pool.executors import ChunkDone, ChunkLost
+from ..pool.executors import BatchDone, ChunkDone, ChunkLost
 from .backend import (
     BoardTrouble,
     ClusterBackend,
@@ -74,15 +76,27 @@ class RemoteExecutor:
     them behind the running ones, within its ``WORKER_TASKS_PREFETCH``), so that a small
     map costs about one round trip per worker rather than one per chunk.  A slow task stops
     it at once (see :class:`PrefetchRule`).
+
+    Batches (issue 16): when the worker runs them (``Ready.batches``) and the pool sets no
+    ``maxtasksperchild`` (a batch counts as one task there), several chunks of a map go as
+    one Task whose id is the first chunk's; its one Result carries every chunk's outcome,
+    and becomes one :class:`~p2ppool.pool.executors.BatchDone` that the manager splits.  A
+    batch that fails as a whole (lost, a limit hit, a result that does not pickle) loses its
+    chunks without charge: they run again one by one, which gives each the outcome it would
+    have had alone.
     """
 
-    def __init__(self, link: ClusterLink, executor_id: str, worker: str, slots: int) -> None:
+    def __init__(self, link: ClusterLink, executor_id: str, worker: str, slots: int,
+                 batches: bool = False) -> None:
         self.name = executor_id
         self.worker = worker
         self._slots = slots
         self._link = link
         self.prefetch = PrefetchRule(slots)
-        self._sent_at: Dict[int, float] = {}  # chunk id -> when it was sent
+        self._sent_at: Dict[int, float] = {}  # chunk id (a batch's first) -> when it was sent
+        self._width = slots if batches and link.maxtasksperchild is None else 0
+        self._batches: Dict[int, List[int]] = {}  # task id -> the chunks of that batch
+        self._batch_of: Dict[int, int] = {}  # chunk id -> the task id of its batch
 
     def slots(self) -> int:
         return self.prefetch.capacity
@@ -102,10 +116,44 @@ class RemoteExecutor:
             self.name, chunk_id, self._link.func_key(func_blob), func_blob, call_blob
         )
 
-    def cancel(self, chunk_ids: Sequence[int]) -> None:
+    def batch_width(self) -> int:
+        return self._width
+
+    def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
+                  call_blobs: Sequence[bytes]) -> None:
+        if len(chunk_ids) == 1:
+            self.run(chunk_ids[0], func_key, func_blob, call_blobs[0])
+            return
+        task_id = chunk_ids[0]
+        self._batches[task_id] = list(chunk_ids)
         for chunk_id in chunk_ids:
-            self._sent_at.pop(chunk_id, None)
-        self._link.backend.cancel(self.name, list(chunk_ids))
+            self._batch_of[chunk_id] = task_id
+        self.run(task_id, func_key, func_blob, payload.dumps(payload.batch_call(call_blobs)))
+
+    def cancel(self, chunk_ids: Sequence[int]) -> None:
+        tasks = []
+        for chunk_id in chunk_ids:
+            task_id = self._batch_of.pop(chunk_id, None)
+            if task_id is None:
+                tasks.append(chunk_id)
+                self._sent_at.pop(chunk_id, None)
+                continue
+            # A batch stops only when none of its chunks is wanted any more.
+            members = self._batches.get(task_id, [])
+            if not any(c in self._batch_of for c in members):
+                self._batches.pop(task_id, None)
+                self._sent_at.pop(task_id, None)
+                tasks.append(task_id)
+        if tasks:
+            self._link.backend.cancel(self.name, tasks)
+
+    def split(self, task_id: int) -> List[int] | None:
+        """The chunks of batch ``task_id`` (forgotten now), or None: not a batch."""
+        members = self._batches.pop(task_id, None)
+        if members is not None:
+            for chunk_id in members:
+                self._batch_of.pop(chunk_id, None)
+        return members
 
     def finished(self, chunk_id: int, now: float) -> bool:
         """A task came back: True when the capacity changed (tell the scheduler)."""
@@ -188,6 +236,7 @@ class ClusterLink:
             options, self.job_id, max_slots, initializer_blob, maxtasksperchild, notify
         )
         self.max_slots = max_slots
+        self.maxtasksperchild = maxtasksperchild
         self._start_local = start_local
         self._func_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._next_func_key = itertools.count(1)
@@ -257,11 +306,14 @@ class ClusterLink:
         return min(times) if times else None
 
     def _apply(self, host: ExecutorHost, event: Any, now: float) -> None:
+        if isinstance(event, (RemoteTaskDone, RemoteTaskLost)):
+            members = self._finished(host, event.executor_id, event.task_id, now)
+            if members is not None:
+                self._batch_done(host, event, members)
+                return
         if isinstance(event, RemoteTaskDone):
-            self._finished(host, event.executor_id, event.task_id, now)
             host.executor_event(event.executor_id, ChunkDone(event.task_id, event.ok, event.blob))
         elif isinstance(event, RemoteTaskLost):
-            self._finished(host, event.executor_id, event.task_id, now)
             if event.retry:
                 host.executor_event(event.executor_id,
                                     ChunkLost(event.task_id, event.cause, event.started))
@@ -272,7 +324,8 @@ class ClusterLink:
         elif isinstance(event, ExecutorJoined):
             self.remote_names[event.executor_id] = event.name
             log.info("peer %s joined with %d slot(s)", event.name, event.slots)
-            host.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots))
+            host.add_executor(RemoteExecutor(self, event.executor_id, event.name, event.slots,
+                                             event.batches))
         elif isinstance(event, TaskUnloadable):
             if event.worker not in self.misses:
                 self.misses[event.worker] = event
@@ -293,12 +346,28 @@ class ClusterLink:
         elif isinstance(event, BoardTrouble):
             log.warning("%s", event.message)
 
-    def _finished(self, host: ExecutorHost, executor_id: str, task_id: int, now: float) -> None:
-        """A task came back from a session: it may now take more (or fewer) in flight."""
+    def _finished(self, host: ExecutorHost, executor_id: str, task_id: int, now: float
+                  ) -> List[int] | None:
+        """A task came back from a session: it may now take more (or fewer) in flight.
+        Returns the chunks of the task if it was a batch."""
         executor = host.executors_now().get(executor_id)
-        if isinstance(executor, RemoteExecutor) and executor.finished(task_id, now):
+        if not isinstance(executor, RemoteExecutor):
+            return None
+        if executor.finished(task_id, now):
             # Before the result's own turn: the slot it frees dispatches at the new depth.
             host.executor_resized(executor_id)
+        return executor.split(task_id)
+
+    def _batch_done(self, host: ExecutorHost, event: RemoteTaskDone | RemoteTaskLost,
+                    members: List[int]) -> None:
+        """A batch came back: the manager splits its results (it unpickles them, never the
+        network path); a lost one loses each of its chunks, uncharged."""
+        if isinstance(event, RemoteTaskDone):
+            host.executor_event(event.executor_id, BatchDone(members, event.ok, event.blob))
+            return
+        cause = f"its batch was lost ({event.cause})"
+        for chunk_id in reversed(members):  # last first: they line up in order in front
+            host.executor_event(event.executor_id, ChunkLost(chunk_id, cause, charged=False))
 
     def _no_capable_worker(self, host: ExecutorHost) -> None:
         """No executor is left and every worker heard of was declined: fall back now, or

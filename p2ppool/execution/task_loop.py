@@ -187,12 +187,17 @@ def run(func: Any, args_blob: Any, max_result_bytes: int | None
         return False, func.blob, func.info
     try:
         call = payload.loads(args_blob)  # its own phase: an ImportError here is no user bug
+        if call[0] == payload.BATCH:  # its chunks' arguments: the same phase
+            call = (payload.BATCH, [payload.loads(blob) for blob in call[1]], None)
     except Exception as exc:
         return False, payload.dump_exception(exc), payload.load_failure(exc, "arguments")
     try:
         if func is None:
             raise RuntimeError("p2ppool internal error: task for an unknown function")
-        value = payload.execute(func, call)
+        if call[0] == payload.BATCH:
+            value = payload.execute_batch(func, call[1])
+        else:
+            value = payload.execute(func, call)
     except Exception as exc:
         return False, payload.dump_exception(exc), None
     ok, blob = payload.dump_result(value, max_result_bytes)

@@ -3,7 +3,7 @@
 :class:`Executor` is the seam: the manager feeds anything with its methods from the same
 scheduler.  :class:`LocalExecutor` wraps the local :class:`~p2ppool.execution.engine.ProcessEngine`;
 :class:`~p2ppool.cluster.link.RemoteExecutor` is one worker session.  Both report
-:class:`ChunkDone` and :class:`ChunkLost` events.
+:class:`ChunkDone` and :class:`ChunkLost` events; a remote one also :class:`BatchDone`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,23 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Protocol, Seque
 from ..execution.engine import ProcessEngine, TaskDone, TaskLost
 
 __all__ = [
-    "ChunkDone", "ChunkLost", "Executor", "ExecutorEvent", "ExecutorHost", "LocalExecutor",
-    "PoolLink",
+    "BatchDone", "ChunkDone", "ChunkLost", "Executor", "ExecutorEvent", "ExecutorHost",
+    "LocalExecutor", "PoolLink",
 ]
 
 
 class ChunkDone:
-    """An executor finished a chunk: ``ok`` with a value blob, or not with an error blob."""
+    """An executor finished a chunk: ``ok`` with a value blob, or not with an error blob.
 
-    __slots__ = ("chunk_id", "ok", "blob")
+    ``blob`` None: ``value`` is the outcome, decoded already (the manager made it from a
+    :class:`BatchDone`).
+    """
 
-    def __init__(self, chunk_id: int, ok: bool, blob: bytes | memoryview) -> None:
-        self.chunk_id, self.ok, self.blob = chunk_id, ok, blob
+    __slots__ = ("chunk_id", "ok", "blob", "value")
+
+    def __init__(self, chunk_id: int, ok: bool, blob: bytes | memoryview | None,
+                 value: Any = None) -> None:
+        self.chunk_id, self.ok, self.blob, self.value = chunk_id, ok, blob, value
 
 
 class ChunkLost:
@@ -37,7 +42,21 @@ class ChunkLost:
         self.chunk_id, self.cause, self.charged = chunk_id, cause, charged
 
 
-ExecutorEvent = Union[ChunkDone, ChunkLost]
+class BatchDone:
+    """An executor finished a batch of chunks sent as one task (see the scheduler's batches).
+
+    ``ok``: ``blob`` holds one ``(ok, value or pickled exception)`` per chunk, in order;
+    not ok: the batch failed as a whole (a limit, a result that did not pickle), ``blob`` is
+    the pickled error, and its chunks run again one by one.
+    """
+
+    __slots__ = ("chunk_ids", "ok", "blob")
+
+    def __init__(self, chunk_ids: Sequence[int], ok: bool, blob: bytes | memoryview) -> None:
+        self.chunk_ids, self.ok, self.blob = list(chunk_ids), ok, blob
+
+
+ExecutorEvent = Union[ChunkDone, ChunkLost, BatchDone]
 
 
 class Executor(Protocol):
@@ -56,6 +75,16 @@ class Executor(Protocol):
     def next_deadline(self) -> float | None: ...
 
     def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+        ...
+
+    def batch_width(self) -> int:
+        """How many chunks run at once here, if it takes batches (:meth:`run_batch`);
+        0 if it does not."""
+        ...
+
+    def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
+                  call_blobs: Sequence[bytes]) -> None:
+        """Run several chunks of one function as one task (see the scheduler's batches)."""
         ...
 
     def cancel(self, chunk_ids: Sequence[int]) -> None: ...
@@ -153,6 +182,14 @@ class LocalExecutor:
         self._chunk_of[task_id] = chunk_id
         self._task_of[chunk_id] = task_id
         self.engine.submit(task_id, func_key, func_blob, call_blob)
+
+    def batch_width(self) -> int:
+        return 0  # local chunks cost a pipe write each: nothing to gain
+
+    def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
+                  call_blobs: Sequence[bytes]) -> None:
+        for chunk_id, call_blob in zip(chunk_ids, call_blobs):
+            self.run(chunk_id, func_key, func_blob, call_blob)
 
     def cancel(self, chunk_ids: Sequence[int]) -> None:
         tasks = [self._task_of.pop(c) for c in chunk_ids if c in self._task_of]

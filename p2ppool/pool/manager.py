@@ -24,7 +24,7 @@ from typing import Any, Deque, Dict, Hashable, List, Mapping, Sequence, Tuple
 from .. import defaults, payload
 from ..errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .chunking import InputError
-from .executors import ChunkDone, Executor, ExecutorEvent, PoolLink
+from .executors import BatchDone, ChunkDone, ChunkLost, Executor, ExecutorEvent, PoolLink
 from .inbox import Inbox, Waiter
 from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
 from .results import IMapIterator, Outcome, _Result
@@ -53,6 +53,8 @@ class _Manager:
         self._unstarted: List[Tuple[int, str]] = []  # see _release_unstarted
         self._read_ahead_of: Dict[str, int] = {}  # executor -> chunks it added to read-ahead
         self._function_blobs = _FunctionBlobs()
+        # pickled function -> median seconds per chunk in its last map (see _batch_limit)
+        self._chunk_seconds: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self.state = RUN
         self.broken: BrokenPool | None = None
         self.link: PoolLink | None = None  # a ClusterLink when a cluster is configured
@@ -81,7 +83,8 @@ class _Manager:
                     job.slots.put(None)
             elif job.reader is not None:
                 self._credit(job, extra)
-        self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now))
+        self._execute(self.scheduler.got_executor(executor.name, executor.slots(), now,
+                                                  executor.batch_width()))
 
     def remove_executor(self, name: str, cause: str, charged: bool = True) -> None:
         """An executor is gone (a peer was lost): its chunks go back to the queue, and
@@ -108,7 +111,8 @@ class _Manager:
     def executor_resized(self, name: str) -> None:
         executor = self.executors.get(name)
         if executor is not None:
-            self._execute(self.scheduler.got_executor(name, executor.slots(), time.monotonic()))
+            self._execute(self.scheduler.got_executor(name, executor.slots(), time.monotonic(),
+                                                      executor.batch_width()))
 
     def chunk_failed(self, chunk_id: int, executor: str, error: BaseException) -> None:
         self._execute(self.scheduler.got_result(chunk_id, executor, _Failed(error),
@@ -140,7 +144,19 @@ class _Manager:
         ids = [
             self._new_chunk(job, index, items, size) for index, (items, size) in enumerate(chunks)
         ]
-        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id))
+        batch = self._batch_limit(job) if len(ids) > 1 else 1
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id, batch))
+
+    def _batch_limit(self, job: _Job) -> int:
+        """How many chunks of a map may travel as one task (issue 16): as many as fit in
+        ``BATCH_TASK_S`` by the run time of the same function's chunks in earlier maps
+        (none before that is known), at most ``BATCH_MOST_CHUNKS``.  Only ``map`` and
+        ``starmap``, whose caller waits for every result: an imap's first results would
+        wait for their batch, and an apply is one chunk."""
+        if job.how not in (payload.MAP, payload.STARMAP):
+            return 1
+        blob = self._function_blobs.get(job.func)
+        return batch_limit(self._chunk_seconds.get(blob) if blob is not None else None)
 
     def cancel_job(self, job_id: int, error: BaseException) -> None:
         """Withdraw a job (its caller was interrupted): its chunks leave the queue and are
@@ -364,6 +380,10 @@ class _Manager:
                 self._execute(self.scheduler.got_result(chunk_id, executor, cancelled, now))
 
     def _got_event(self, executor: str, event: ExecutorEvent) -> None:
+        if isinstance(event, BatchDone):
+            for part in _split_batch(event):
+                self._got_event(executor, part)
+            return
         now = time.monotonic()
         if isinstance(event, ChunkDone):
             commands = self.scheduler.got_result(event.chunk_id, executor, event, now)
@@ -374,9 +394,16 @@ class _Manager:
         self._execute(commands)
 
     def _execute(self, commands: List[Command]) -> None:
+        batch: List[Assign] = []  # consecutive Assigns of one batch, sent as one task
         for command in commands:
+            if batch and not (isinstance(command, Assign) and command.batch == batch[0].batch):
+                self._assign_batch(batch)
+                batch = []
             if isinstance(command, Assign):
-                self._assign(command)
+                if command.batch is not None:
+                    batch.append(command)
+                else:
+                    self._assign(command)
             elif isinstance(command, Resolve):
                 self._resolve(_cid(command.chunk_id), command.result)
             elif isinstance(command, Fail):
@@ -386,6 +413,8 @@ class _Manager:
                 if executor is not None:
                     executor.cancel([_cid(command.chunk_id)])
             # WakeAt: the loop asks the scheduler for its next deadline every turn.
+        if batch:
+            self._assign_batch(batch)
 
     def _assign(self, command: Assign) -> None:
         chunk_id = _cid(command.chunk_id)
@@ -408,11 +437,41 @@ class _Manager:
         # same module function (200 applies) send it once per process, not once per job.
         self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
 
+    def _assign_batch(self, commands: List[Assign]) -> None:
+        """Send the chunks of one batch to their executor as one task."""
+        executor = self.executors[commands[0].executor]
+        chunk_ids: List[int] = []
+        call_blobs: List[bytes] = []
+        func_blob = b""
+        for command in commands:
+            chunk_id = _cid(command.chunk_id)
+            chunk = self.chunks[chunk_id]
+            on_start = chunk.job.on_start
+            if on_start is not None and not on_start():  # its future was cancelled
+                self._unstarted.append((chunk_id, command.executor))
+                continue
+            try:
+                func_blob = chunk.job.blob(self._function_blobs)
+                if chunk.call_blob is None:
+                    chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
+                    chunk.items = None
+            except Exception as exc:  # that chunk's result; the others go on
+                self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
+                                                        _Failed(exc), time.monotonic()))
+                continue
+            chunk_ids.append(chunk_id)
+            call_blobs.append(chunk.call_blob)
+        if chunk_ids:
+            executor.run_batch(chunk_ids, func_blob, func_blob, call_blobs)
+
     def _resolve(self, chunk_id: int, result: Any) -> None:
         if isinstance(result, _Failed):
             self._resolve_outcome(chunk_id, (False, result.error))
             return
         assert isinstance(result, ChunkDone)
+        if result.blob is None:  # decoded already (a chunk of a batch)
+            self._resolve_outcome(chunk_id, (result.ok, result.value))
+            return
         try:
             value = payload.loads(result.blob)
         except Exception as exc:
@@ -461,6 +520,13 @@ class _Manager:
 
     def _job_finished(self, job: _Job) -> None:
         self.jobs.pop(job.job_id, None)
+        seconds = self.scheduler.typical_seconds(job.job_id)
+        if seconds is not None and job.func_blob is not None and job.how != payload.APPLY:
+            times = self._chunk_seconds
+            times[job.func_blob] = seconds
+            times.move_to_end(job.func_blob)
+            if len(times) > _CHUNK_SECONDS_KEPT:
+                times.popitem(last=False)
         self.scheduler.forget_group(job.job_id)
         if job.progress is not None:
             job.progress.close()
@@ -547,6 +613,45 @@ def _at_exit() -> None:
 # what lets the manager be a regular thread without ever hanging the exit.
 _register = getattr(threading, "_register_atexit", None)
 _DAEMON_MANAGER = _register is None
+
+#: Functions whose chunk run time a manager remembers (see _Manager._batch_limit).
+_CHUNK_SECONDS_KEPT = 32
+
+
+def _split_batch(event: BatchDone) -> List[ChunkDone | ChunkLost]:
+    """One event per chunk of a batch: its outcome, or (the batch failed as a whole, or
+    came back unreadable) lost without charge, last first so that they line up in order at
+    the front of the line."""
+    members = event.chunk_ids
+    outcomes: Any = None
+    try:
+        found = payload.loads(event.blob)
+    except Exception as exc:
+        cause = f"its batch's results could not be unpickled ({exc!r})"
+    else:
+        if not event.ok:
+            cause = f"its batch failed as a whole ({found!r})"
+        elif (isinstance(found, list) and len(found) == len(members)
+              and all(isinstance(o, tuple) and len(o) == 2 for o in found)):
+            outcomes = found
+        else:
+            cause = "its batch came back malformed"
+    if outcomes is None:
+        return [ChunkLost(chunk_id, cause, charged=False) for chunk_id in reversed(members)]
+    # A value is decoded already; an error stays a blob, decoded as one chunk's would be.
+    return [ChunkDone(chunk_id, True, None, value) if ok else ChunkDone(chunk_id, False, value)
+            for chunk_id, (ok, value) in zip(members, outcomes)]
+
+
+def batch_limit(chunk_seconds: float | None) -> int:
+    """How many chunks that took ``chunk_seconds`` each may travel as one task: as many as
+    fit in ``BATCH_TASK_S``, at least 1 and at most ``BATCH_MOST_CHUNKS`` (1 when their time
+    is unknown)."""
+    if chunk_seconds is None:
+        return 1
+    most = defaults.BATCH_MOST_CHUNKS
+    fits = int(defaults.BATCH_TASK_S / chunk_seconds) if chunk_seconds > 0 else most
+    return max(1, min(most, fits))
 if _register is not None:
     _register(_at_exit)
 else:  # pragma: no cover - Python < 3.9

@@ -29,6 +29,16 @@ another executor (one with fewer chunks overtaken so far first).  A chunk runs a
 at once.  The first result wins: the other run gets a :class:`Cancel`, and its executor
 counts one chunk overtaken (it gets new work after the others).  Losing one of two runs
 costs no attempt; the other goes on.
+
+**Batches** (issue 16: a small map costs one round trip).  A group may let up to ``batch``
+of its chunks share one slot (:meth:`Scheduler.got_chunks`), on executors that run
+``width`` chunks at once and take batches (:meth:`Scheduler.got_executor`; a remote worker
+session).  Chunks that go together are consecutive :class:`Assign` commands with the same
+``batch`` key, for the caller to send as one task.  A dispatch spreads the group's pending
+chunks evenly over the width of the executors with a free slot: a 16-item map of 8 chunks on
+two 1-process workers goes as one batch of 4 to each.  Only a chunk that never ran goes in a
+batch: after a batch is lost, its chunks run one by one.  A batched chunk's duration, for
+speculation, is its batch's divided by the batch's size.
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ class Assign:
     executor: str
     attempt: int
     speculative: bool = False
+    #: the first chunk of the batch this one is sent in (see the module docstring), or None
+    batch: ChunkId | None = None
 
 
 @dataclass
@@ -103,12 +115,13 @@ _MOST_RUNS = 2
 
 
 class _Run:
-    """One execution of a chunk on one executor."""
+    """One execution of a chunk on one executor (``share``: the size of its batch, or 1)."""
 
-    __slots__ = ("started",)
+    __slots__ = ("started", "share")
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, share: int = 1) -> None:
         self.started = started
+        self.share = share
 
 
 class _ChunkState:
@@ -127,12 +140,31 @@ class _ChunkState:
 class _Executor:
     name: str
     slots: int
+    width: int = 0  # chunks it runs at once, when it takes batches (0: it takes none)
     running: Set[ChunkId] = field(default_factory=set)
     overtaken: int = 0  # chunks of it that another executor's copy finished first
+    # Batches: chunk -> its batch's key, and key -> chunks of it still running.  A batch
+    # holds one slot however many chunks it has: ``shared`` is how many fewer slots the
+    # running chunks use than their number.
+    batch_of: Dict[ChunkId, ChunkId] = field(default_factory=dict)
+    batches: Dict[ChunkId, int] = field(default_factory=dict)
+    shared: int = 0
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running)
+        return self.slots - len(self.running) + self.shared
+
+    def end(self, chunk_id: ChunkId) -> None:
+        """A run of ``chunk_id`` here is over."""
+        self.running.discard(chunk_id)
+        key = self.batch_of.pop(chunk_id, None)
+        if key is not None:
+            left = self.batches[key] - 1
+            if left:
+                self.batches[key] = left
+                self.shared -= 1
+            else:
+                del self.batches[key]
 
 
 class _Group:
@@ -180,6 +212,8 @@ class Scheduler:
         self._pending: Deque[ChunkId] = collections.deque()
         self._executors: Dict[str, _Executor] = {}
         self._groups: Dict[Hashable, _Group] = {}
+        self._waiting: Dict[Hashable, int] = {}  # group -> its chunks in self._pending
+        self._batch: Dict[Hashable, int] = {}  # group -> chunks of it that may share a slot
         self._last_wake: float | None = None
         self._clock = float("-inf")  # the latest `now` an input brought
 
@@ -221,15 +255,20 @@ class Scheduler:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def got_executor(self, name: str, slots: int, now: float) -> List[Command]:
-        """An executor joined (or changed its slot count) with ``slots`` slots."""
+    def got_executor(self, name: str, slots: int, now: float, width: int = 0
+                     ) -> List[Command]:
+        """An executor joined (or changed its slot count) with ``slots`` slots.
+
+        ``width``: how many chunks it runs at once, if it takes batches (0: it takes none).
+        """
         if slots < 0:
             raise ValueError(f"slots must be >= 0, not {slots!r}")
         found = self._executors.get(name)
         if found is None:
-            self._executors[name] = _Executor(name, slots)
+            self._executors[name] = _Executor(name, slots, max(0, width))
         else:
             found.slots = slots
+            found.width = max(0, width)
         return self._with_wake(now, self._dispatch(now))
 
     def got_chunk(self, chunk_id: ChunkId, now: float, group: Hashable = None
@@ -237,19 +276,39 @@ class Scheduler:
         """A new chunk of work wants to run (``group``: its job, for speculation)."""
         return self.got_chunks([chunk_id], now, group)
 
-    def got_chunks(self, chunk_ids: Iterable[ChunkId], now: float, group: Hashable = None
-                   ) -> List[Command]:
-        """Several new chunks of one group, in order (one dispatch for all of them)."""
+    def got_chunks(self, chunk_ids: Iterable[ChunkId], now: float, group: Hashable = None,
+                   batch: int = 1) -> List[Command]:
+        """Several new chunks of one group, in order (one dispatch for all of them).
+
+        ``batch``: up to this many of the group's chunks may share a slot (see the module
+        docstring); the group keeps the largest value it was given.
+        """
+        added = 0
         for chunk_id in chunk_ids:
             if chunk_id in self._chunks:
                 raise ValueError(f"chunk {chunk_id!r} is already known")
             self._chunks[chunk_id] = _ChunkState(chunk_id, group)
             self._pending.append(chunk_id)
+            added += 1
+        if added:
+            self._waiting[group] = self._waiting.get(group, 0) + added
+        if batch > 1:
+            self._batch[group] = max(batch, self._batch.get(group, 1))
         return self._with_wake(now, self._dispatch(now))
 
     def forget_group(self, group: Hashable) -> None:
-        """A job ended: forget how long its chunks took."""
+        """A job ended: forget how long its chunks took, and its batch size."""
         self._groups.pop(group, None)
+        self._batch.pop(group, None)
+
+    def typical_seconds(self, group: Hashable) -> float | None:
+        """The median run time of the group's recent finished chunks (a batched chunk
+        counts its share of its batch), or None before any finished."""
+        found = self._groups.get(group)
+        if found is None or not found.durations:
+            return None
+        ordered = sorted(found.durations)
+        return ordered[len(ordered) // 2]
 
     def got_result(
         self, chunk_id: ChunkId, executor: str, result: Any, now: float
@@ -262,7 +321,8 @@ class Scheduler:
         chunk = self._chunks.get(chunk_id)
         if chunk is None or executor not in chunk.runs:
             return []
-        self._record(chunk, now - chunk.runs[executor].started)
+        run = chunk.runs[executor]
+        self._record(chunk, (now - run.started) / run.share)
         commands: List[Command] = [Resolve(chunk_id, result)]
         for other in chunk.runs:
             if other != executor:
@@ -310,6 +370,8 @@ class Scheduler:
             commands += self._lose(chunk, f"{name} lost: {cause}", charged, back=back)
         del self._executors[name]
         self._pending.extendleft(reversed(back))
+        for chunk_id in back:
+            self._wait(self._chunks[chunk_id].group, 1)
         return self._with_wake(now, commands + self._dispatch(now))
 
     def timer_expired(self, now: float) -> List[Command]:
@@ -322,7 +384,11 @@ class Scheduler:
         wanted = [c for c in chunk_ids if c in self._chunks]
         gone = set(wanted)
         if gone:
-            self._pending = collections.deque(c for c in self._pending if c not in gone)
+            kept = collections.deque(c for c in self._pending if c not in gone)
+            for chunk_id in self._pending:
+                if chunk_id in gone:
+                    self._wait(self._chunks[chunk_id].group, -1)
+            self._pending = kept
         for chunk_id in wanted:
             chunk = self._chunks.pop(chunk_id)
             for executor in chunk.runs:
@@ -349,6 +415,7 @@ class Scheduler:
             return [Fail(chunk.chunk_id, error)]
         if back is None:
             self._pending.appendleft(chunk.chunk_id)
+            self._wait(chunk.group, 1)
         else:
             back.append(chunk.chunk_id)
         return []
@@ -358,26 +425,44 @@ class Scheduler:
         chunk.runs.pop(executor, None)
         found = self._executors.get(executor)
         if found is not None:
-            found.running.discard(chunk.chunk_id)
+            found.end(chunk.chunk_id)
 
     def _release(self, chunk: _ChunkState) -> None:
         for executor in list(chunk.runs):
             self._end_run(chunk, executor)
 
-    def _start_run(self, chunk: _ChunkState, executor: _Executor, now: float) -> None:
-        chunk.runs[executor.name] = _Run(now)
+    def _start_run(self, chunk: _ChunkState, executor: _Executor, now: float,
+                   share: int = 1) -> None:
+        chunk.runs[executor.name] = _Run(now, share)
         chunk.tried_on.add(executor.name)
         executor.running.add(chunk.chunk_id)
+
+    def _wait(self, group: Hashable, change: int) -> None:
+        """``change`` more (or fewer) chunks of ``group`` wait in line."""
+        count = self._waiting.get(group, 0) + change
+        if count > 0:
+            self._waiting[group] = count
+        else:
+            self._waiting.pop(group, None)
 
     def _dispatch(self, now: float) -> List[Command]:
         self._clock = max(self._clock, now)
         commands: List[Command] = []
+        shares: Dict[Hashable, int] = {}  # group -> chunks per batch, in this dispatch
         while self._pending:
             chunk = self._chunks[self._pending[0]]
+            if not chunk.tried_on and chunk.group in self._batch:
+                share = shares.get(chunk.group, 0) or shares.setdefault(
+                    chunk.group, self._share(chunk.group))
+                batcher = self._pick(chunk, batch=True) if share > 1 else None
+                if batcher is not None:
+                    self._assign_batch(batcher, share, now, commands)
+                    continue
             executor = self._pick(chunk)
             if executor is None:
                 break
             self._pending.popleft()
+            self._wait(chunk.group, -1)
             chunk.attempts += 1
             self._start_run(chunk, executor, now)
             commands.append(Assign(chunk.chunk_id, executor.name, chunk.attempts))
@@ -385,15 +470,53 @@ class Scheduler:
             commands += self._speculate(now)
         return commands
 
-    def _pick(self, chunk: _ChunkState) -> _Executor | None:
+    def _share(self, group: Hashable) -> int:
+        """Chunks per batch for ``group`` now: its waiting chunks spread evenly over the
+        width of the executors with a free slot that take batches, at most its limit."""
+        width = sum(e.width - len(e.batches) for e in self._executors.values()
+                    if e.width > len(e.batches) and e.free > 0)
+        if width <= 0:
+            return 1
+        waiting = self._waiting.get(group, 0)
+        return max(1, min(self._batch[group], -(-waiting // width)))
+
+    def _assign_batch(self, executor: _Executor, share: int, now: float,
+                      commands: List[Command]) -> None:
+        """Up to ``share`` chunks from the front of the line (of one group, none of which
+        ran before) go to ``executor`` as one batch, in one of its slots."""
+        first = self._chunks[self._pending[0]]
+        taken: List[_ChunkState] = []
+        while self._pending and len(taken) < share:
+            chunk = self._chunks[self._pending[0]]
+            if chunk.group != first.group or chunk.tried_on:
+                break
+            self._pending.popleft()
+            taken.append(chunk)
+        self._wait(first.group, -len(taken))
+        key = first.chunk_id if len(taken) > 1 else None
+        for chunk in taken:
+            chunk.attempts += 1
+            self._start_run(chunk, executor, now, len(taken))
+            if key is not None:
+                executor.batch_of[chunk.chunk_id] = key
+            commands.append(Assign(chunk.chunk_id, executor.name, chunk.attempts, batch=key))
+        if key is not None:
+            executor.batches[key] = len(taken)
+            executor.shared += len(taken) - 1
+
+    def _pick(self, chunk: _ChunkState, batch: bool = False) -> _Executor | None:
         # Prefer an executor this chunk has not been lost on, then one that was overtaken
         # least often, then the one with the most free slots (executors that hold a few
-        # chunks ahead fill evenly); any free one otherwise.
+        # chunks ahead fill evenly); any free one otherwise.  ``batch``: only one that has
+        # fewer batches than its width (a batch per process: its other slots stay for
+        # single chunks, so that one executor never takes a whole map ahead of the others).
         best: _Executor | None = None
         best_key: Tuple[bool, int, int] | None = None
         for executor in self._executors.values():
             free = executor.free
             if free <= 0 or executor.name in chunk.runs:
+                continue
+            if batch and len(executor.batches) >= executor.width:
                 continue
             key = (executor.name in chunk.tried_on, executor.overtaken, -free)
             if best_key is None or key < best_key:

@@ -104,6 +104,9 @@ class Ready:
     ``max_function_bytes``: the most bytes of functions the worker holds for the session
     (None: a worker that predates the field, which only counts them); a client sends Forget
     frames before a Func that would go over it.
+
+    ``batches``: the worker's task processes run batch tasks (``payload.BATCH``: several
+    chunks in one Task, one Result); False from a worker that predates them.
     """
 
     worker: str
@@ -111,6 +114,7 @@ class Ready:
     max_payload_bytes: int | None = None
     max_task_seconds: float | None = None
     max_function_bytes: int | None = None
+    batches: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +257,8 @@ def encode_frame(frame: Frame) -> bytes:
                   "max_task_seconds": frame.max_task_seconds}
         if frame.max_function_bytes is not None:  # (an older client ignores the key)
             fields["max_function_bytes"] = frame.max_function_bytes
+        if frame.batches:  # (an older client ignores the key)
+            fields["batches"] = True
         return _json(_READY, fields)
     if isinstance(frame, Refuse):
         return _json(_REFUSE, {"reason": frame.reason})
@@ -295,6 +301,13 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
         return None
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ProtocolError(f"session frame field {name!r} is missing or of the wrong type")
+    return value
+
+
+def _flag(obj: dict[str, Any], name: str) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"session frame field {name!r} is not true or false")
     return value
 
 
@@ -366,7 +379,8 @@ def decode_frame(data: bytes) -> Frame:
                      max_task_seconds=_field(obj, "max_task_seconds", (int, float),
                                              optional=True),
                      max_function_bytes=_field(obj, "max_function_bytes", int,
-                                               optional=True))
+                                               optional=True),
+                     batches=_flag(obj, "batches"))
     if kind == _REFUSE:
         obj, _ = _split_json(data)
         return Refuse(reason=_field(obj, "reason", str))

@@ -296,7 +296,7 @@ class Sessions:
         self._send(session, Ready(worker=s.name, slots=session.slots,
                                   max_payload_bytes=s.max_payload_bytes,
                                   max_task_seconds=s.max_task_seconds,
-                                  max_function_bytes=s.function_budget))
+                                  max_function_bytes=s.function_budget, batches=True))
         log.info("session %d with %s opened (%d slot(s)%s)", session.sid, session.who(),
                  session.slots,
                  f", maxtasksperchild={frame.maxtasksperchild}"

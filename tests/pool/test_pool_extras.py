@@ -562,6 +562,12 @@ class _SilentExecutor:
     def run(self, chunk_id: int, *_: Any) -> None:
         self.ran.append(chunk_id)
 
+    def batch_width(self) -> int:
+        return 0
+
+    def run_batch(self, chunk_ids: Any, *_: Any) -> None:
+        self.ran.extend(chunk_ids)
+
     def cancel(self, chunk_ids: Any) -> None:
         pass
 

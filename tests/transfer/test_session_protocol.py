@@ -35,7 +35,7 @@ frames = st.one_of(
     st.builds(Ready, worker=st.text(), slots=st.integers(0, 10**4),
               max_payload_bytes=st.none() | st.integers(0, 2**40),
               max_task_seconds=st.none() | st.floats(0, 1e6),
-              max_function_bytes=st.none() | st.integers(0, 2**40)),
+              max_function_bytes=st.none() | st.integers(0, 2**40), batches=st.booleans()),
     st.builds(Refuse, reason=st.text()),
     st.builds(Func, func_key=u64, blob=st.binary()),
     st.builds(Task, task_id=u64, func_key=u64, args=st.binary()),
@@ -81,6 +81,17 @@ def test_open_without_slots_means_every_offered_slot() -> None:
     assert b'"slots"' not in data
     assert decode_frame(data) == Open(job="j", python="3.11", slots=None)
     assert decode_frame(encode_frame(Open(job="j", python="3.11", slots=3))).slots == 3
+
+
+def test_ready_says_batches_only_when_the_worker_runs_them() -> None:
+    # A worker that predates batch tasks sends no key: the client must not send it any.
+    data = encode_frame(Ready(worker="w", slots=1))
+    assert b'"batches"' not in data
+    assert decode_frame(data) == Ready(worker="w", slots=1, batches=False)
+    assert decode_frame(encode_frame(Ready(worker="w", slots=1, batches=True))).batches
+    forged = encode_frame(Ready(worker="w", slots=1, batches=True)).replace(b"true", b'"1"')
+    with pytest.raises(ProtocolError, match="'batches' is not true or false"):
+        decode_frame(forged[:1] + len(forged[5:]).to_bytes(4, "big") + forged[5:])
 
 
 def test_wrong_session_version_is_refused_with_advice() -> None:

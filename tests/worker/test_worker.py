@@ -213,12 +213,23 @@ def test_announce_offer_accept_open_and_a_chunk_of_pow_runs(
     cs = _session_from_offer(driver, offer)
     ready = cs.open()
     assert ready == Ready(worker="w-shared", slots=2, max_payload_bytes=256 * 1024 * 1024,
-                          max_task_seconds=None, max_function_bytes=256 * 1024 * 1024)
+                          max_task_seconds=None, max_function_bytes=256 * 1024 * 1024,
+                          batches=True)
     shared_worker.wait_log(f"session 1 with {driver.sender}'s job {job} opened (2 slot(s))")
     task = cs.submit(pow, payload.starmap_call([(2, 3), (3, 2), (10, 4)]))
     frame = cs.next_frame()
     assert isinstance(frame, Result) and frame.task_id == task and frame.ok
     assert result_value(frame) == [8, 9, 10000]
+    # A batch (issue 16): two chunks in one Task, one Result with each chunk's outcome.
+    chunks = [payload.dumps(payload.starmap_call([(2, 5)])),
+              payload.dumps(payload.starmap_call([(0, -1), (3, 3)]))]
+    task = cs.submit(pow, payload.batch_call(chunks))
+    frame = cs.next_frame()
+    assert isinstance(frame, Result) and frame.task_id == task and frame.ok
+    first, second = result_value(frame)
+    assert first == (True, [32])
+    assert second[0] is False
+    assert isinstance(payload.loads(second[1]), ZeroDivisionError)
     cs.close()
     # Bye frees the slots again
     cluster.host.wait_for(is_hello("w-shared", 2), 10.0, "hello with 2 free slots")
