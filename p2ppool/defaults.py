@@ -205,6 +205,10 @@ REMOTE_PREFETCH_BELOW_S: float = 0.02
 BATCH_TASK_S: float = 0.05
 #: ... and at most this many.
 BATCH_MOST_CHUNKS: int = 32
+#: A batch holds at least this much of its chunks' time before a map is spread over more
+#: workers: a task costs about a millisecond of CPU on each side whatever it carries, so a
+#: map with less work than that in all runs fastest as one task on one worker.
+BATCH_LEAST_S: float = 0.002
 
 # --- One member cannot stall the cluster (issue 17; worker/peer.py, cluster/recruit.py) -----------
 #: Wants a worker remembers per sender (the newest win) and senders it keeps any state for

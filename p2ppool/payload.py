@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import platform
+import time
 import traceback
 import types
 from typing import Any, Callable, List, Sequence, Tuple
@@ -53,8 +54,9 @@ PROTOCOL = 5
 APPLY = 0
 MAP = 1
 STARMAP = 2
-#: Several chunks of one function as one task: ``(BATCH, (call blob, ...), None)``; its
-#: value is one ``(ok, value or pickled exception)`` per chunk (see :func:`execute_batch`).
+#: Several chunks of one function as one task: ``(BATCH, (call, ...), None)``; its
+#: value is ``(seconds, [(ok, value or pickled exception), ...])``, one outcome per chunk
+#: (see :func:`execute_batch`).
 BATCH = 3
 
 
@@ -165,25 +167,29 @@ def starmap_call(items: Sequence[Any]) -> Call:
     return (STARMAP, items, None)
 
 
-def batch_call(call_blobs: Sequence[bytes]) -> Call:
-    """The call of several chunks sent as one task (each chunk's call, pickled)."""
-    return (BATCH, tuple(call_blobs), None)
+def batch_call(calls: Sequence[Call]) -> Call:
+    """The call of several chunks sent as one task: each chunk's call, in order."""
+    return (BATCH, tuple(calls), None)
 
 
-def execute_batch(func: Callable[..., Any], calls: Sequence[Call]) -> List[Any]:
-    """Run each chunk of a batch (its calls unpickled already):
-    ``[(True, value) | (False, pickled exception), ...]``, one per chunk.
+def execute_batch(func: Callable[..., Any], calls: Sequence[Call]
+                  ) -> Tuple[float, List[Any]]:
+    """Run each chunk of a batch: ``(seconds, outcomes)``,
+    the seconds its chunks took in all here, and ``(True, value)`` or ``(False, pickled
+    exception)`` per chunk.
 
     A chunk that raises does not stop the others: each is its own result, as when the
-    chunks travel one by one.
+    chunks travel one by one.  The time tells the client what its chunks cost without the
+    round trip (how it sizes the next map's batches).
     """
+    started = time.perf_counter()
     outcomes: List[Any] = []
     for call in calls:
         try:
             outcomes.append((True, execute(func, call)))
         except Exception as exc:
             outcomes.append((False, dump_exception(exc)))
-    return outcomes
+    return time.perf_counter() - started, outcomes
 
 
 def execute(func: Callable[..., Any], call: Call) -> Any:

@@ -43,7 +43,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 
-from .. import defaults, payload
+from .. import defaults
 from ..config import Options
 from ..errors import P2PPoolError, TaskLimitExceeded
 from ..pool.executors import BatchDone, ChunkDone, ChunkLost
@@ -120,15 +120,12 @@ class RemoteExecutor:
         return self._width
 
     def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
-                  call_blobs: Sequence[bytes]) -> None:
-        if len(chunk_ids) == 1:
-            self.run(chunk_ids[0], func_key, func_blob, call_blobs[0])
-            return
+                  batch_blob: bytes) -> None:
         task_id = chunk_ids[0]
         self._batches[task_id] = list(chunk_ids)
         for chunk_id in chunk_ids:
             self._batch_of[chunk_id] = task_id
-        self.run(task_id, func_key, func_blob, payload.dumps(payload.batch_call(call_blobs)))
+        self.run(task_id, func_key, func_blob, batch_blob)
 
     def cancel(self, chunk_ids: Sequence[int]) -> None:
         tasks = []

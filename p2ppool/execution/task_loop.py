@@ -187,8 +187,6 @@ def run(func: Any, args_blob: Any, max_result_bytes: int | None
         return False, func.blob, func.info
     try:
         call = payload.loads(args_blob)  # its own phase: an ImportError here is no user bug
-        if call[0] == payload.BATCH:  # its chunks' arguments: the same phase
-            call = (payload.BATCH, [payload.loads(blob) for blob in call[1]], None)
     except Exception as exc:
         return False, payload.dump_exception(exc), payload.load_failure(exc, "arguments")
     try:

@@ -45,9 +45,10 @@ class ChunkLost:
 class BatchDone:
     """An executor finished a batch of chunks sent as one task (see the scheduler's batches).
 
-    ``ok``: ``blob`` holds one ``(ok, value or pickled exception)`` per chunk, in order;
-    not ok: the batch failed as a whole (a limit, a result that did not pickle), ``blob`` is
-    the pickled error, and its chunks run again one by one.
+    ``ok``: ``blob`` holds ``(seconds, outcomes)``: what the chunks took in the task
+    process, and one ``(ok, value or pickled exception)`` per chunk, in order.  Not ok: the
+    batch failed as a whole (a limit, a result that did not pickle), ``blob`` is the pickled
+    error, and its chunks run again one by one.
     """
 
     __slots__ = ("chunk_ids", "ok", "blob")
@@ -83,8 +84,10 @@ class Executor(Protocol):
         ...
 
     def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
-                  call_blobs: Sequence[bytes]) -> None:
-        """Run several chunks of one function as one task (see the scheduler's batches)."""
+                  batch_blob: bytes) -> None:
+        """Run several chunks of one function as one task (see the scheduler's batches):
+        ``batch_blob`` is their pickled ``payload.batch_call``; report one
+        :class:`BatchDone`, or lose each chunk."""
         ...
 
     def cancel(self, chunk_ids: Sequence[int]) -> None: ...
@@ -169,6 +172,7 @@ class LocalExecutor:
         self._task_ids = itertools.count()
         self._chunk_of: Dict[int, int] = {}
         self._task_of: Dict[int, int] = {}
+        self._batch_of: Dict[int, List[int]] = {}  # task id -> the chunks of that batch
         # The engine's own methods: the manager calls these every turn, twice per apply.
         self.readables: Callable[[], List[Any]] = engine.readables
         self.has_events: Callable[[], bool] = engine.has_events
@@ -184,23 +188,44 @@ class LocalExecutor:
         self.engine.submit(task_id, func_key, func_blob, call_blob)
 
     def batch_width(self) -> int:
-        return 0  # local chunks cost a pipe write each: nothing to gain
+        return 0  # a local chunk costs a pipe write: the scheduler sends no batch here
 
     def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
-                  call_blobs: Sequence[bytes]) -> None:
-        for chunk_id, call_blob in zip(chunk_ids, call_blobs):
-            self.run(chunk_id, func_key, func_blob, call_blob)
+                  batch_blob: bytes) -> None:
+        task_id = next(self._task_ids)
+        self._batch_of[task_id] = list(chunk_ids)
+        for chunk_id in chunk_ids:
+            self._task_of[chunk_id] = task_id
+        self.engine.submit(task_id, func_key, func_blob, batch_blob)
 
     def cancel(self, chunk_ids: Sequence[int]) -> None:
-        tasks = [self._task_of.pop(c) for c in chunk_ids if c in self._task_of]
-        for task_id in tasks:
+        tasks = []
+        for chunk_id in chunk_ids:
+            task_id = self._task_of.pop(chunk_id, None)
+            if task_id is None:
+                continue
+            members = self._batch_of.get(task_id)
+            if members is not None and any(c in self._task_of for c in members):
+                continue  # a batch stops only when none of its chunks is wanted
+            self._batch_of.pop(task_id, None)
             self._chunk_of.pop(task_id, None)
+            tasks.append(task_id)
         if tasks:
             self.engine.cancel(tasks)
 
     def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
         events: List[ExecutorEvent] = []
         for event in self.engine.collect(ready):
+            members = self._batch_of.pop(event.task_id, None)
+            if members is not None:
+                for member in members:
+                    self._task_of.pop(member, None)
+                if isinstance(event, TaskDone):
+                    events.append(BatchDone(members, event.ok, event.blob))
+                else:
+                    events.extend(ChunkLost(c, event.cause, charged=False)
+                                  for c in reversed(members))
+                continue
             chunk_id = self._chunk_of.pop(event.task_id, None)
             if chunk_id is None:
                 continue

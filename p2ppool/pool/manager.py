@@ -53,7 +53,7 @@ class _Manager:
         self._unstarted: List[Tuple[int, str]] = []  # see _release_unstarted
         self._read_ahead_of: Dict[str, int] = {}  # executor -> chunks it added to read-ahead
         self._function_blobs = _FunctionBlobs()
-        # pickled function -> median seconds per chunk in its last map (see _batch_limit)
+        # pickled function -> seconds per chunk in its last map (see _batch_sizes)
         self._chunk_seconds: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self.state = RUN
         self.broken: BrokenPool | None = None
@@ -144,19 +144,19 @@ class _Manager:
         ids = [
             self._new_chunk(job, index, items, size) for index, (items, size) in enumerate(chunks)
         ]
-        batch = self._batch_limit(job) if len(ids) > 1 else 1
-        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id, batch))
+        most, least = self._batch_sizes(job) if len(ids) > 1 else (1, 1)
+        self._execute(self.scheduler.got_chunks(ids, time.monotonic(), job.job_id, most, least))
 
-    def _batch_limit(self, job: _Job) -> int:
-        """How many chunks of a map may travel as one task (issue 16): as many as fit in
-        ``BATCH_TASK_S`` by the run time of the same function's chunks in earlier maps
-        (none before that is known), at most ``BATCH_MOST_CHUNKS``.  Only ``map`` and
-        ``starmap``, whose caller waits for every result: an imap's first results would
-        wait for their batch, and an apply is one chunk."""
+    def _batch_sizes(self, job: _Job) -> Tuple[int, int]:
+        """How many chunks of a map may travel as one task, and how many one should hold
+        before the map is spread (issue 16; see :func:`batch_sizes`), by the run time of
+        the same function's chunks in its last map (unknown before: no batch).  Only
+        ``map`` and ``starmap``, whose caller waits for every result: an imap's first
+        results would wait for their batch, and an apply is one chunk."""
         if job.how not in (payload.MAP, payload.STARMAP):
-            return 1
+            return 1, 1
         blob = self._function_blobs.get(job.func)
-        return batch_limit(self._chunk_seconds.get(blob) if blob is not None else None)
+        return batch_sizes(self._chunk_seconds.get(blob) if blob is not None else None)
 
     def cancel_job(self, job_id: int, error: BaseException) -> None:
         """Withdraw a job (its caller was interrupted): its chunks leave the queue and are
@@ -381,8 +381,17 @@ class _Manager:
 
     def _got_event(self, executor: str, event: ExecutorEvent) -> None:
         if isinstance(event, BatchDone):
-            for part in _split_batch(event):
-                self._got_event(executor, part)
+            parts, seconds = _split_batch(event)
+            first = self.chunks.get(event.chunk_ids[0]) if event.chunk_ids else None
+            if seconds is not None and first is not None:
+                first.job.batched_seconds += seconds
+                first.job.batched_chunks += len(event.chunk_ids)
+            done = [(part.chunk_id, part) for part in parts if isinstance(part, ChunkDone)]
+            if done:  # one dispatch for the whole batch
+                self._execute(self.scheduler.got_results(executor, done, time.monotonic()))
+            for part in parts:
+                if isinstance(part, ChunkLost):
+                    self._got_event(executor, part)
             return
         now = time.monotonic()
         if isinstance(event, ChunkDone):
@@ -438,10 +447,11 @@ class _Manager:
         self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
 
     def _assign_batch(self, commands: List[Assign]) -> None:
-        """Send the chunks of one batch to their executor as one task."""
+        """Send the chunks of one batch to their executor as one task (one pickled
+        ``payload.batch_call``).  Their items stay in memory until they are resolved: a
+        chunk that runs again alone is pickled then."""
         executor = self.executors[commands[0].executor]
-        chunk_ids: List[int] = []
-        call_blobs: List[bytes] = []
+        sent: List[Tuple[Assign, int, payload.Call]] = []
         func_blob = b""
         for command in commands:
             chunk_id = _cid(command.chunk_id)
@@ -452,17 +462,32 @@ class _Manager:
                 continue
             try:
                 func_blob = chunk.job.blob(self._function_blobs)
-                if chunk.call_blob is None:
-                    chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
-                    chunk.items = None
-            except Exception as exc:  # that chunk's result; the others go on
-                self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
-                                                        _Failed(exc), time.monotonic()))
+            except Exception as exc:
+                self._fail_unsent(command, exc)
                 continue
-            chunk_ids.append(chunk_id)
-            call_blobs.append(chunk.call_blob)
-        if chunk_ids:
-            executor.run_batch(chunk_ids, func_blob, func_blob, call_blobs)
+            assert chunk.items is not None  # a batch takes only chunks that never ran
+            sent.append((command, chunk_id, _call_for(chunk.job.how, chunk.items)))
+        try:
+            batch_blob = payload.dumps(payload.batch_call([call for _, _, call in sent]))
+        except Exception:  # some chunk's arguments: those fail alone, the others go
+            kept = []
+            for command, chunk_id, call in sent:
+                try:
+                    payload.dumps(call)
+                except Exception as exc:
+                    self._fail_unsent(command, exc)
+                else:
+                    kept.append((command, chunk_id, call))
+            sent = kept
+            batch_blob = payload.dumps(payload.batch_call([call for _, _, call in sent]))
+        if sent:
+            executor.run_batch([chunk_id for _, chunk_id, _ in sent], func_blob, func_blob,
+                               batch_blob)
+
+    def _fail_unsent(self, command: Assign, error: BaseException) -> None:
+        """A chunk's function or arguments did not pickle: that is its result."""
+        self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
+                                                _Failed(error), time.monotonic()))
 
     def _resolve(self, chunk_id: int, result: Any) -> None:
         if isinstance(result, _Failed):
@@ -520,7 +545,12 @@ class _Manager:
 
     def _job_finished(self, job: _Job) -> None:
         self.jobs.pop(job.job_id, None)
-        seconds = self.scheduler.typical_seconds(job.job_id)
+        # Its batches' own measure (no round trip in it) if it had any; else the median
+        # time from sending a chunk to its result.
+        if job.batched_chunks:
+            seconds: float | None = job.batched_seconds / job.batched_chunks
+        else:
+            seconds = self.scheduler.typical_seconds(job.job_id)
         if seconds is not None and job.func_blob is not None and job.how != payload.APPLY:
             times = self._chunk_seconds
             times[job.func_blob] = seconds
@@ -614,16 +644,18 @@ def _at_exit() -> None:
 _register = getattr(threading, "_register_atexit", None)
 _DAEMON_MANAGER = _register is None
 
-#: Functions whose chunk run time a manager remembers (see _Manager._batch_limit).
+#: Functions whose chunk run time a manager remembers (see _Manager._batch_sizes).
 _CHUNK_SECONDS_KEPT = 32
 
 
-def _split_batch(event: BatchDone) -> List[ChunkDone | ChunkLost]:
-    """One event per chunk of a batch: its outcome, or (the batch failed as a whole, or
-    came back unreadable) lost without charge, last first so that they line up in order at
-    the front of the line."""
+def _split_batch(event: BatchDone) -> Tuple[List[ChunkDone | ChunkLost], float | None]:
+    """One event per chunk of a batch, and the seconds its chunks took in the task process
+    (None if unknown).  Each chunk gets its outcome; or (the batch failed as a whole, or
+    came back unreadable) each is lost without charge, last first so that they line up in
+    order at the front of the line."""
     members = event.chunk_ids
     outcomes: Any = None
+    seconds: float | None = None
     try:
         found = payload.loads(event.blob)
     except Exception as exc:
@@ -631,27 +663,36 @@ def _split_batch(event: BatchDone) -> List[ChunkDone | ChunkLost]:
     else:
         if not event.ok:
             cause = f"its batch failed as a whole ({found!r})"
-        elif (isinstance(found, list) and len(found) == len(members)
-              and all(isinstance(o, tuple) and len(o) == 2 for o in found)):
-            outcomes = found
+        elif (isinstance(found, tuple) and len(found) == 2
+              and isinstance(found[0], float) and isinstance(found[1], list)
+              and len(found[1]) == len(members)
+              and all(isinstance(o, tuple) and len(o) == 2 for o in found[1])):
+            seconds, outcomes = found
         else:
             cause = "its batch came back malformed"
     if outcomes is None:
-        return [ChunkLost(chunk_id, cause, charged=False) for chunk_id in reversed(members)]
+        lost = [ChunkLost(chunk_id, cause, charged=False) for chunk_id in reversed(members)]
+        return list(lost), None
     # A value is decoded already; an error stays a blob, decoded as one chunk's would be.
     return [ChunkDone(chunk_id, True, None, value) if ok else ChunkDone(chunk_id, False, value)
-            for chunk_id, (ok, value) in zip(members, outcomes)]
+            for chunk_id, (ok, value) in zip(members, outcomes)], seconds
 
 
-def batch_limit(chunk_seconds: float | None) -> int:
-    """How many chunks that took ``chunk_seconds`` each may travel as one task: as many as
-    fit in ``BATCH_TASK_S``, at least 1 and at most ``BATCH_MOST_CHUNKS`` (1 when their time
-    is unknown)."""
+def batch_sizes(chunk_seconds: float | None) -> Tuple[int, int]:
+    """``(most, least)`` chunks per batch, for chunks that took ``chunk_seconds`` each:
+    as many as fit in ``BATCH_TASK_S``, capped at ``BATCH_MOST_CHUNKS``; and as many as
+    fit in ``BATCH_LEAST_S``, what a task costs anyway (a map that little work goes to
+    one worker, not spread thin).  ``(1, 1)`` when their time is unknown."""
     if chunk_seconds is None:
-        return 1
-    most = defaults.BATCH_MOST_CHUNKS
-    fits = int(defaults.BATCH_TASK_S / chunk_seconds) if chunk_seconds > 0 else most
-    return max(1, min(most, fits))
+        return 1, 1
+    top = defaults.BATCH_MOST_CHUNKS
+
+    def fitting(seconds: float) -> int:
+        fits = int(seconds / chunk_seconds) if chunk_seconds > 0 else top
+        return max(1, min(top, fits))
+
+    most = fitting(defaults.BATCH_TASK_S)
+    return most, min(most, fitting(defaults.BATCH_LEAST_S))
 if _register is not None:
     _register(_at_exit)
 else:  # pragma: no cover - Python < 3.9

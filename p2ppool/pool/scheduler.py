@@ -36,9 +36,10 @@ of its chunks share one slot (:meth:`Scheduler.got_chunks`), on executors that r
 session).  Chunks that go together are consecutive :class:`Assign` commands with the same
 ``batch`` key, for the caller to send as one task.  A dispatch spreads the group's pending
 chunks evenly over the width of the executors with a free slot: a 16-item map of 8 chunks on
-two 1-process workers goes as one batch of 4 to each.  Only a chunk that never ran goes in a
-batch: after a batch is lost, its chunks run one by one.  A batched chunk's duration, for
-speculation, is its batch's divided by the batch's size.
+two 1-process workers goes as one batch of 4 to each, unless the group asks for batches of
+``least`` chunks (its chunks are so quick that one task should hold more).  Only a chunk
+that never ran goes in a batch: after a batch is lost, its chunks run one by one.  A batched
+chunk's duration, for speculation, is its batch's divided by the batch's size.
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ class Scheduler:
         self._executors: Dict[str, _Executor] = {}
         self._groups: Dict[Hashable, _Group] = {}
         self._waiting: Dict[Hashable, int] = {}  # group -> its chunks in self._pending
-        self._batch: Dict[Hashable, int] = {}  # group -> chunks of it that may share a slot
+        # group -> (most, least): chunks of it that may share a slot, and that a batch
+        # takes before the group is spread over more executors
+        self._batch: Dict[Hashable, Tuple[int, int]] = {}
         self._last_wake: float | None = None
         self._clock = float("-inf")  # the latest `now` an input brought
 
@@ -277,11 +280,13 @@ class Scheduler:
         return self.got_chunks([chunk_id], now, group)
 
     def got_chunks(self, chunk_ids: Iterable[ChunkId], now: float, group: Hashable = None,
-                   batch: int = 1) -> List[Command]:
+                   batch: int = 1, least: int = 1) -> List[Command]:
         """Several new chunks of one group, in order (one dispatch for all of them).
 
         ``batch``: up to this many of the group's chunks may share a slot (see the module
-        docstring); the group keeps the largest value it was given.
+        docstring); ``least``: a batch takes this many (if there are) before the group is
+        spread over more executors (a map so small that one task holds it all goes to one).
+        The group keeps the last values it was given.
         """
         added = 0
         for chunk_id in chunk_ids:
@@ -293,7 +298,7 @@ class Scheduler:
         if added:
             self._waiting[group] = self._waiting.get(group, 0) + added
         if batch > 1:
-            self._batch[group] = max(batch, self._batch.get(group, 1))
+            self._batch[group] = (batch, max(1, min(least, batch)))
         return self._with_wake(now, self._dispatch(now))
 
     def forget_group(self, group: Hashable) -> None:
@@ -318,6 +323,20 @@ class Scheduler:
         Ignored (returns ``[]``) unless the chunk is now assigned to that executor.  When
         the chunk also runs elsewhere (a speculative copy), that run is cancelled.
         """
+        commands = self._result(chunk_id, executor, result, now)
+        return self._with_wake(now, commands + self._dispatch(now)) if commands else []
+
+    def got_results(self, executor: str, results: Iterable[Tuple[ChunkId, Any]], now: float
+                    ) -> List[Command]:
+        """Several results from ``executor`` at once (a batch): as :meth:`got_result` for
+        each, with one dispatch after all of them."""
+        commands: List[Command] = []
+        for chunk_id, result in results:
+            commands += self._result(chunk_id, executor, result, now)
+        return self._with_wake(now, commands + self._dispatch(now)) if commands else []
+
+    def _result(self, chunk_id: ChunkId, executor: str, result: Any, now: float
+                ) -> List[Command]:
         chunk = self._chunks.get(chunk_id)
         if chunk is None or executor not in chunk.runs:
             return []
@@ -332,7 +351,7 @@ class Scheduler:
                     loser.overtaken += 1
         self._release(chunk)
         del self._chunks[chunk_id]
-        return self._with_wake(now, commands + self._dispatch(now))
+        return commands
 
     def task_lost(
         self, chunk_id: ChunkId, executor: str, cause: str, now: float, charged: bool = True
@@ -472,13 +491,15 @@ class Scheduler:
 
     def _share(self, group: Hashable) -> int:
         """Chunks per batch for ``group`` now: its waiting chunks spread evenly over the
-        width of the executors with a free slot that take batches, at most its limit."""
+        width of the executors with a free slot that take batches, but no fewer than its
+        ``least`` and no more than its ``most``."""
         width = sum(e.width - len(e.batches) for e in self._executors.values()
                     if e.width > len(e.batches) and e.free > 0)
         if width <= 0:
             return 1
+        most, least = self._batch[group]
         waiting = self._waiting.get(group, 0)
-        return max(1, min(self._batch[group], -(-waiting // width)))
+        return max(1, min(most, max(least, -(-waiting // width))))
 
     def _assign_batch(self, executor: _Executor, share: int, now: float,
                       commands: List[Command]) -> None:

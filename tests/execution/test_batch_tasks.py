@@ -23,8 +23,7 @@ def halve(x: int) -> float:
 
 
 def batch(*chunks: List[Any]) -> bytes:
-    return payload.dumps(payload.batch_call([payload.dumps(payload.map_call(c))
-                                             for c in chunks]))
+    return payload.dumps(payload.batch_call([payload.map_call(c) for c in chunks]))
 
 
 class _NeedsAModule:
@@ -37,7 +36,8 @@ class _NeedsAModule:
 def test_each_chunk_of_a_batch_has_its_own_outcome() -> None:
     ok, blob, unloadable = run(halve, batch([0, 1], [2, 3], [4]), None)
     assert ok and unloadable is None
-    outcomes = payload.loads(blob)
+    seconds, outcomes = payload.loads(blob)
+    assert isinstance(seconds, float) and 0 <= seconds < 5  # its chunks' own time
     assert outcomes[0] == (True, [0.0, 0.5])
     assert outcomes[2] == (True, [2.0])  # a chunk after a failing one still runs
     failed, error_blob = outcomes[1]
@@ -49,8 +49,8 @@ def test_each_chunk_of_a_batch_has_its_own_outcome() -> None:
 
 
 def test_a_chunk_whose_arguments_need_a_missing_module_fails_the_batch_as_a_load() -> None:
-    bad = payload.dumps(payload.batch_call([payload.dumps(payload.map_call([1])),
-                                            pickle.dumps(_NeedsAModule())]))
+    bad = pickle.dumps(payload.batch_call([payload.map_call([1]),
+                                           payload.map_call([_NeedsAModule()])]))
     ok, blob, unloadable = run(halve, bad, None)
     assert not ok and unloadable is not None
     info = json.loads(unloadable)

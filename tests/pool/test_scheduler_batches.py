@@ -13,7 +13,7 @@ import pytest
 
 from p2ppool import defaults, payload
 from p2ppool.pool.executors import BatchDone, ChunkDone, ChunkLost
-from p2ppool.pool.manager import _split_batch, batch_limit
+from p2ppool.pool.manager import _split_batch, batch_sizes
 from p2ppool.pool.scheduler import Assign, Cancel, Resolve, Scheduler
 
 
@@ -47,7 +47,7 @@ def test_without_a_batch_limit_every_chunk_takes_a_slot() -> None:
     assert s.pending_count == 2
 
 
-def test_the_batch_limit_caps_a_batch() -> None:
+def test_the_batch_sizes_caps_a_batch() -> None:
     s = two_workers()
     commands = s.got_chunks(range(8), now=0.0, group="job", batch=2)
     # One batch per process; the slots a worker holds ahead take single chunks.
@@ -169,15 +169,30 @@ def test_speculation_copies_one_chunk_of_a_batch_and_the_copy_can_win() -> None:
     assert s.got_result(0, "b", "copy", now=2.5)[:2] == [Resolve(0, "copy"), Cancel(0, "a")]
 
 
-def test_the_batch_limit_is_what_fits_in_the_batch_time_by_the_last_maps_chunks() -> None:
-    assert defaults.BATCH_TASK_S == 0.05 and defaults.BATCH_MOST_CHUNKS == 32
-    assert batch_limit(None) == 1  # the first map of a function
-    assert batch_limit(0.0) == 32
-    assert batch_limit(0.0005) == 32  # capped
-    assert batch_limit(0.005) == 10
-    assert batch_limit(0.02) == 2
-    assert batch_limit(0.03) == 1
-    assert batch_limit(7.0) == 1
+def test_batch_sizes_are_what_fits_in_the_batch_times_by_the_last_maps_chunks() -> None:
+    assert (defaults.BATCH_TASK_S, defaults.BATCH_LEAST_S) == (0.05, 0.002)
+    assert defaults.BATCH_MOST_CHUNKS == 32
+    assert batch_sizes(None) == (1, 1)  # the first map of a function
+    assert batch_sizes(0.0) == (32, 32)
+    assert batch_sizes(0.00001) == (32, 32)  # capped
+    assert batch_sizes(0.0005) == (32, 4)
+    assert batch_sizes(0.005) == (10, 1)
+    assert batch_sizes(0.02) == (2, 1)
+    assert batch_sizes(0.03) == (1, 1)
+    assert batch_sizes(7.0) == (1, 1)
+
+
+def test_a_map_with_little_work_goes_to_one_worker_as_one_batch() -> None:
+    s = two_workers()
+    commands = s.got_chunks(range(8), now=0.0, group="job", batch=32, least=32)
+    assert commands == [Assign(c, "a", 1, batch=0) for c in range(8)]
+    # least 3: batches of 3 at first, then the rest spread (8 chunks over width 2 is 4)
+    s = two_workers()
+    commands = s.got_chunks(range(8), now=0.0, group="job", batch=32, least=3)
+    assert [(c.executor, c.batch) for c in commands] == [("a", 0)] * 4 + [("b", 4)] * 4
+    s = two_workers()
+    commands = s.got_chunks(range(8), now=0.0, group="job", batch=32, least=6)
+    assert [(c.executor, c.batch) for c in commands] == [("a", 0)] * 6 + [("b", 6)] * 2
 
 
 # --- the manager splits a batch's one result into its chunks' (pool/manager.py) ------------
@@ -185,8 +200,9 @@ def test_the_batch_limit_is_what_fits_in_the_batch_time_by_the_last_maps_chunks(
 
 def test_a_batch_result_splits_into_each_chunks_outcome() -> None:
     error = payload.dump_exception(ValueError("no"))
-    blob = payload.dumps([(True, [1, 2]), (False, error)])
-    first, second = _split_batch(BatchDone([4, 5], True, blob))
+    blob = payload.dumps((0.25, [(True, [1, 2]), (False, error)]))
+    (first, second), seconds = _split_batch(BatchDone([4, 5], True, blob))
+    assert seconds == 0.25
     assert isinstance(first, ChunkDone) and (first.chunk_id, first.ok, first.blob) == (
         4, True, None)
     assert first.value == [1, 2]
@@ -197,13 +213,26 @@ def test_a_batch_result_splits_into_each_chunks_outcome() -> None:
 @pytest.mark.parametrize("ok, blob, cause", [
     (False, payload.dumps(ValueError("result too big")), "failed as a whole"),
     (True, b"not a pickle", "could not be unpickled"),
-    (True, payload.dumps([(True, 1)]), "malformed"),  # one outcome for two chunks
-    (True, payload.dumps([(True, 1), "x"]), "malformed"),
+    (True, payload.dumps((0.1, [(True, 1)])), "malformed"),  # one outcome for two chunks
+    (True, payload.dumps((0.1, [(True, 1), "x"])), "malformed"),
+    (True, payload.dumps([(True, 1), (True, 2)]), "malformed"),  # no time
 ])
 def test_a_batch_that_failed_or_is_unreadable_loses_its_chunks_uncharged(
     ok: bool, blob: bytes, cause: str
 ) -> None:
-    lost = _split_batch(BatchDone([4, 5], ok, blob))
+    lost, seconds = _split_batch(BatchDone([4, 5], ok, blob))
+    assert seconds is None
     assert [type(e) for e in lost] == [ChunkLost, ChunkLost]
     assert [e.chunk_id for e in lost] == [5, 4]  # last first: 4 ends up in front
     assert all(not e.charged and cause in e.cause for e in lost if isinstance(e, ChunkLost))
+
+
+def test_a_batchs_results_come_in_at_once_with_one_dispatch() -> None:
+    s = Scheduler()
+    s.got_executor("a", 1, now=0.0, width=1)
+    s.got_chunks(range(3), now=0.0, group="job", batch=32)
+    s.got_chunks([10], now=0.0, group="other")
+    commands = s.got_results("a", [(0, "r0"), (1, "r1"), (2, "r2"), (99, "unknown")], now=1.0)
+    assert commands == [Resolve(0, "r0"), Resolve(1, "r1"), Resolve(2, "r2"),
+                        Assign(10, "a", 1)]
+    assert s.got_results("b", [(10, "not b's")], now=1.0) == []

@@ -221,12 +221,12 @@ def test_announce_offer_accept_open_and_a_chunk_of_pow_runs(
     assert isinstance(frame, Result) and frame.task_id == task and frame.ok
     assert result_value(frame) == [8, 9, 10000]
     # A batch (issue 16): two chunks in one Task, one Result with each chunk's outcome.
-    chunks = [payload.dumps(payload.starmap_call([(2, 5)])),
-              payload.dumps(payload.starmap_call([(0, -1), (3, 3)]))]
+    chunks = [payload.starmap_call([(2, 5)]), payload.starmap_call([(0, -1), (3, 3)])]
     task = cs.submit(pow, payload.batch_call(chunks))
     frame = cs.next_frame()
     assert isinstance(frame, Result) and frame.task_id == task and frame.ok
-    first, second = result_value(frame)
+    seconds, (first, second) = result_value(frame)
+    assert isinstance(seconds, float)
     assert first == (True, [32])
     assert second[0] is False
     assert isinstance(payload.loads(second[1]), ZeroDivisionError)
