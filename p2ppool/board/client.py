@@ -56,9 +56,11 @@ import paramiko
 
 from .. import defaults
 from ..errors import AccessDenied, BoardAuthError, BoardConnectionError, BoardError, HostKeyMismatch
+from . import transports
 from .auth import BoardIdentity
 from .protocol import LineDecoder, Message, encode
-from .sshconfig import SSHConnection, SSHTarget, connect, resolve_target
+from .sshconfig import SSHConnection, SSHTarget, resolve_target
+from .transports import Lease
 
 __all__ = [
     "BoardClient",
@@ -124,23 +126,26 @@ def _stderr_error(text: str, command: str, where: str) -> BoardError | None:
 
 
 class _Session:
-    """One connection plus its exec channel."""
+    """One exec channel on a shared connection (a :class:`~.transports.Lease` on it)."""
 
-    def __init__(self, connection: SSHConnection, channel: paramiko.Channel) -> None:
-        self.connection = connection
+    def __init__(self, lease: Lease, channel: paramiko.Channel) -> None:
+        self.lease = lease
         self.channel = channel
 
+    @property
+    def connection(self) -> SSHConnection:
+        """The shared connection the channel runs on."""
+        return self.lease.connection
+
     def close(self) -> None:
-        """Close the channel and the connection; never raises (the peer may be gone)."""
+        """Close the channel and release our share of the connection (the last share closes
+        it); never raises (the peer may be gone)."""
         try:
             self.channel.close()
         except (OSError, EOFError, paramiko.SSHException):
             pass  # the transport is already dead
         finally:
-            try:
-                self.connection.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
+            self.lease.release()
 
     def ending(self) -> Tuple[int | None, str]:
         """After EOF: (exit status or None, stderr text).  Waits a bounded time for both."""
@@ -155,24 +160,27 @@ class _Session:
 
 
 def _open_session(target: SSHTarget, command: str, timeout: float) -> _Session:
-    connection = connect(target, timeout)
+    """Open an exec channel running ``command`` on the process's connection to ``target``
+    (made now if there is none, shared otherwise: see :mod:`p2ppool.board.transports`)."""
+    lease = transports.acquire(target, timeout)
     try:
-        transport = connection.transport
-        transport.set_keepalive(int(defaults.BOARD_KEEPALIVE_S))
-        channel = transport.open_session(timeout=timeout)
+        channel = lease.transport.open_session(timeout=timeout)
         channel.settimeout(timeout)
         channel.exec_command(command)  # no get_pty(): a PTY would rewrite "\n" as "\r\n"
         channel.settimeout(defaults.BOARD_SEND_TIMEOUT_S)
     except BoardError:
-        connection.close()
+        lease.release()
         raise
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        connection.close()
+        lease.release()
         raise BoardConnectionError(
             f"the board {target.host}:{target.port} did not open a session for {command!r}: "
             f"{exc or type(exc).__name__}"
         ) from None
-    return _Session(connection, channel)
+    except BaseException:
+        lease.release()
+        raise
+    return _Session(lease, channel)
 
 
 class BoardClient:

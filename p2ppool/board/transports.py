@@ -1,0 +1,186 @@
+"""One SSH connection per process per board target, shared by every session on it.
+
+Opening an SSH connection (TCP, key exchange, authentication) costs about 100 ms; opening
+one more exec channel on a connection that is already up costs a round trip.  So every board
+session of a process (each :class:`~p2ppool.board.client.BoardClient`, ``run_command``,
+``learn_username``) takes a :class:`Lease` on the shared connection of its
+:class:`~p2ppool.board.sshconfig.SSHTarget` and opens its own channel on it::
+
+    lease = acquire(target, timeout)   # connects, or shares the connection that is up
+    channel = lease.transport.open_session()
+    ...
+    lease.release()                    # the last release closes the connection
+
+Rules:
+
+* The cache key is the whole resolved target: host, port, user, identity, the SSH config's
+  identities, known_hosts and the jump hosts (``SSHTarget`` is a frozen dataclass, hashed by
+  value).  Two targets that differ in any of them get two connections.
+* Threads that ask for the same target at once get one connection: the first makes it, the
+  others wait for its handshake.  A failure (unreachable, key refused, host key changed)
+  reaches every waiter as the same error (a copy of it each) and is not remembered: the next
+  :func:`acquire` tries again.
+* A connection whose transport is no longer active (the board restarted, the network
+  dropped) is never handed out: the next :func:`acquire` makes a new one, which the other
+  sessions share again as they reconnect.  The dead one is closed when its last lease goes.
+* Releasing a lease closes nothing but the caller's share; the last release closes the
+  transport and the jump-host connections.
+* Fork safety: a child process starts with an empty cache (``os.register_at_fork``), and a
+  lease the child inherited from its parent is released without touching the parent's
+  connection (it belongs to the parent's transport thread, which the child does not have).
+* Keepalives (``defaults.BOARD_KEEPALIVE_S``) are set when the connection is made;
+  TCP_NODELAY is set by :func:`~p2ppool.board.sshconfig.connect`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from typing import Dict, List
+
+import paramiko
+
+from .. import defaults
+from ..errors import BoardError
+from .sshconfig import SSHConnection, SSHTarget, connect
+
+__all__ = ["Lease", "acquire", "shared_targets"]
+
+_lock = threading.Lock()  # guards _entries and every entry's users count
+_entries: Dict[SSHTarget, _Entry] = {}
+
+
+class _Entry:
+    """One shared connection (or one being made) and how many leases hold it."""
+
+    def __init__(self, target: SSHTarget, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout  # the opener's bound on each connect step
+        self.pid = os.getpid()
+        self.users = 0
+        self.ready = threading.Event()  # set once connection or error is known
+        self.connection: SSHConnection | None = None
+        self.error: BaseException | None = None
+
+    def alive(self) -> bool:
+        connection = self.connection
+        if connection is None:
+            return False
+        transport = connection.client.get_transport()
+        return transport is not None and bool(transport.is_active())
+
+
+class Lease:
+    """A share of a target's SSH connection; :meth:`release` it when done (idempotent)."""
+
+    def __init__(self, entry: _Entry) -> None:
+        assert entry.connection is not None
+        self._entry = entry
+        self._released = False
+        #: the shared connection (do not close it: release the lease)
+        self.connection: SSHConnection = entry.connection
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        """The shared transport, to open this user's channel on."""
+        return self.connection.transport
+
+    def release(self) -> None:
+        """Give up this share; the last one closes the connection.  Never raises."""
+        entry = self._entry
+        with _lock:
+            if self._released:
+                return
+            self._released = True
+            if entry.pid != os.getpid():
+                return  # inherited across fork: the parent's connection, not ours to close
+            entry.users -= 1
+            last = entry.users == 0
+            if last and _entries.get(entry.target) is entry:
+                del _entries[entry.target]
+        if last:
+            _close_quietly(entry.connection)
+
+
+def _close_quietly(connection: SSHConnection | None) -> None:
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # the peer is already gone
+
+
+def acquire(target: SSHTarget, timeout: float = defaults.SSH_CONNECT_TIMEOUT_S) -> Lease:
+    """A lease on the process's connection to ``target``, connecting if there is none.
+
+    Args:
+        target: from :func:`~p2ppool.board.sshconfig.resolve_target`.
+        timeout: bound on each connect step when this call makes the connection (a caller
+            that waits for another thread's handshake waits as long as that one takes).
+
+    Raises:
+        BoardConnectionError, BoardAuthError, HostKeyMismatch: as
+            :func:`~p2ppool.board.sshconfig.connect` (every concurrent caller gets it).
+    """
+    while True:
+        with _lock:
+            entry = _entries.get(target)
+            if entry is not None and entry.ready.is_set() and not entry.alive():
+                del _entries[target]  # dead: never handed out; its leases release it
+                entry = None
+            opener = entry is None
+            if entry is None:
+                entry = _entries[target] = _Entry(target, timeout)
+            entry.users += 1
+        if opener:
+            return _open(entry)
+        entry.ready.wait()
+        if entry.error is None and entry.alive():
+            return Lease(entry)
+        with _lock:
+            entry.users -= 1
+            if _entries.get(target) is entry and entry.error is None:
+                del _entries[target]  # died right after its handshake: make another
+        if isinstance(entry.error, BoardError):
+            raise copy.copy(entry.error) from None
+        # The opener was interrupted (or its connection died at once): try ourselves.
+
+
+def _open(entry: _Entry) -> Lease:
+    """Make ``entry``'s connection (the caller holds one of its users)."""
+    try:
+        connection = connect(entry.target, entry.timeout)
+        try:
+            connection.transport.set_keepalive(int(defaults.BOARD_KEEPALIVE_S))
+        except BoardError:
+            connection.close()
+            raise
+    except BaseException as exc:
+        with _lock:
+            entry.error = exc
+            entry.users -= 1
+            if _entries.get(entry.target) is entry:
+                del _entries[entry.target]  # a failure is not cached
+        entry.ready.set()
+        raise
+    entry.connection = connection
+    entry.ready.set()
+    return Lease(entry)
+
+
+def shared_targets() -> List[SSHTarget]:
+    """The targets this process has a connection to (or is connecting to) right now."""
+    with _lock:
+        return list(_entries)
+
+
+def _after_fork_in_child() -> None:
+    """Start the child with no connections: the parent's belong to its transport threads."""
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _entries.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
