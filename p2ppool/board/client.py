@@ -10,7 +10,12 @@
     msg = client.get(timeout=5)           # or pass on_message= to get a callback instead
     client.close()
 
-The session is ``pipe <topic> [flags]`` on an exec channel without a PTY (a PTY would turn
+The session is ``pipe <topic> [flags]`` on an exec channel of the process's one SSH
+connection to the board target: every client (and :func:`run_command`,
+:func:`learn_username`) of a process with the same target shares one connection, each on
+its own channel (:mod:`p2ppool.board.transports`; a second client's connect costs a
+channel open, not a key exchange).  Closing a client closes its channel; the last one
+closes the connection.  The channel has no PTY (a PTY would turn
 ``\\n`` into ``\\r\\n``).  Incoming bytes arrive in arbitrary chunks; a
 :class:`~p2ppool.board.protocol.LineDecoder` reassembles lines, drops (and counts) anything that is
 not a valid message, including pico's status text and lines that fail authentication
@@ -22,7 +27,8 @@ owner is taken to be under the SSH user's name, where the board puts it).  pico'
 reply and ignores the others).
 
 When the connection drops, one reader thread per client reconnects with exponential backoff
-and jitter (``defaults.RECONNECT_*``) and re-opens the same command; ``state`` and the
+and jitter (``defaults.RECONNECT_*``) and re-opens the same command (clients that shared the
+dead connection share the new one); ``state`` and the
 ``on_state`` callback tell the owner when it is connected.  The board keeps no history, so
 lines sent while disconnected are lost: :meth:`BoardClient.publish` raises
 :class:`~p2ppool.errors.BoardConnectionError` instead of pretending to send them.
