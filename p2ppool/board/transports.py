@@ -137,15 +137,17 @@ def acquire(target: SSHTarget, timeout: float = defaults.SSH_CONNECT_TIMEOUT_S) 
         if opener:
             return _open(entry)
         entry.ready.wait()
-        if entry.error is None and entry.alive():
-            return Lease(entry)
+        if entry.error is None:
+            lease = Lease(entry)
+            if entry.alive():
+                return lease
+            lease.release()  # died right after its handshake (closed if we were last)
+            continue  # the next round finds it dead and makes another
         with _lock:
             entry.users -= 1
-            if _entries.get(target) is entry and entry.error is None:
-                del _entries[target]  # died right after its handshake: make another
         if isinstance(entry.error, BoardError):
             raise copy.copy(entry.error) from None
-        # The opener was interrupted (or its connection died at once): try ourselves.
+        # The opener was interrupted (not a board error): try ourselves.
 
 
 def _open(entry: _Entry) -> Lease:

@@ -234,6 +234,50 @@ def test_a_refused_key_reaches_every_concurrent_connector_and_is_not_cached(
     assert gated_connect.calls == 2 and board_server.server.accepted_connections == 2
 
 
+def test_waiters_connect_themselves_when_the_opener_is_interrupted(
+    board_server: Any, clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only board errors are shared with the waiters: an opener interrupted by anything
+    else (KeyboardInterrupt, a bug) leaves them to make the connection themselves."""
+    gate = threading.Event()
+    calls: List[int] = []
+    real = transports.connect
+
+    def connect(target: SSHTarget, timeout: float) -> SSHConnection:
+        calls.append(1)
+        if len(calls) == 1:
+            assert gate.wait(WAIT)
+            raise KeyboardInterrupt
+        return real(target, timeout)
+
+    monkeypatch.setattr(transports, "connect", connect)
+    opener = clients(board_server, "alice", "alice/o")
+    waiters = [clients(board_server, "alice", f"alice/w{i}") for i in range(3)]
+    interrupted = threading.Event()
+
+    def open_first() -> None:
+        try:
+            opener.connect()
+        except KeyboardInterrupt:
+            interrupted.set()
+
+    threads = [threading.Thread(target=open_first)]
+    threads[0].start()
+    wait_until(lambda: users_of(opener.target) == 1, "the opener connecting")
+    threads += [threading.Thread(target=w.connect) for w in waiters]
+    for thread in threads[1:]:
+        thread.start()
+    wait_until(lambda: users_of(opener.target) == 4, "three waiters")
+    gate.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert interrupted.is_set() and opener.state is State.FAILED
+    assert all(w.state is State.CONNECTED for w in waiters)
+    assert len({id(transport_of(w)) for w in waiters}) == 1
+    assert len(calls) == 2 and board_server.server.accepted_connections == 1
+    assert users_of(opener.target) == 3
+
+
 def test_after_a_drop_both_clients_reconnect_onto_one_new_connection(
     board_server: Any, clients: Any
 ) -> None:
