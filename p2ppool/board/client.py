@@ -14,8 +14,9 @@ The session is ``pipe <topic> [flags]`` on an exec channel of the process's one 
 connection to the board target: every client (and :func:`run_command`,
 :func:`learn_username`) of a process with the same target shares one connection, each on
 its own channel (:mod:`p2ppool.board.transports`; a second client's connect costs a
-channel open, not a key exchange).  Closing a client closes its channel; the last one
-closes the connection.  The channel has no PTY (a PTY would turn
+channel open, not a key exchange).  Closing a client closes its channel; after the last
+one the connection lingers idle for ``defaults.BOARD_IDLE_LINGER_S`` (the next client within
+that time reuses it), then closes.  The channel has no PTY (a PTY would turn
 ``\\n`` into ``\\r\\n``).  Incoming bytes arrive in arbitrary chunks; a
 :class:`~p2ppool.board.protocol.LineDecoder` reassembles lines, drops (and counts) anything that is
 not a valid message, including pico's status text and lines that fail authentication
@@ -144,8 +145,8 @@ class _Session:
         return self.lease.connection
 
     def close(self) -> None:
-        """Close the channel and release our share of the connection (the last share closes
-        it); never raises (the peer may be gone)."""
+        """Close the channel and release our share of the connection (after the last share
+        it lingers, then closes: see :mod:`.transports`); never raises (the peer may be gone)."""
         try:
             self.channel.close()
         except (OSError, EOFError, paramiko.SSHException):

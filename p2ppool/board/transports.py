@@ -9,7 +9,7 @@ session of a process (each :class:`~p2ppool.board.client.BoardClient`, ``run_com
     lease = acquire(target, timeout)   # connects, or shares the connection that is up
     channel = lease.transport.open_session()
     ...
-    lease.release()                    # the last release closes the connection
+    lease.release()                    # the last release lets the connection linger
 
 Rules:
 
@@ -23,17 +23,28 @@ Rules:
 * A connection whose transport is no longer active (the board restarted, the network
   dropped) is never handed out: the next :func:`acquire` makes a new one, which the other
   sessions share again as they reconnect.  The dead one is closed when its last lease goes.
-* Releasing a lease closes nothing but the caller's share; the last release closes the
-  transport and the jump-host connections.
+* Releasing a lease closes nothing but the caller's share.  After the last release the
+  connection lingers, idle, for ``defaults.BOARD_IDLE_LINGER_S`` seconds: an
+  :func:`acquire` in that time reuses it without a handshake (a script that opens pools one
+  after another pays one key exchange, not one per pool) and cancels the close; otherwise a
+  daemon timer closes the transport and the jump-host connections (outside the lock).  A
+  linger of 0 or less closes at the last release.  A lingering connection that died is
+  never handed out: the :func:`acquire` that finds it closes it.
+* Interpreter exit (``atexit``) closes the lingering connections, waiting at most
+  ``defaults.BOARD_EXIT_CLOSE_S`` (a server that is gone cannot hold the exit up), and
+  releases after that close at once; :func:`close_idle` does the same on demand.
 * Fork safety: a child process starts with an empty cache (``os.register_at_fork``), and a
   lease the child inherited from its parent is released without touching the parent's
   connection (it belongs to the parent's transport thread, which the child does not have).
+  The parent's linger timers are threads, which a child does not inherit; and a timer only
+  ever closes a connection of the process that made it.
 * Keepalives (``defaults.BOARD_KEEPALIVE_S``) are set when the connection is made;
   TCP_NODELAY is set by :func:`~p2ppool.board.sshconfig.connect`.
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import threading
@@ -45,10 +56,11 @@ from .. import defaults
 from ..errors import BoardError
 from .sshconfig import SSHConnection, SSHTarget, connect
 
-__all__ = ["Lease", "acquire", "shared_targets"]
+__all__ = ["Lease", "acquire", "close_idle", "shared_targets"]
 
-_lock = threading.Lock()  # guards _entries and every entry's users count
+_lock = threading.Lock()  # guards _entries, every entry's users count and linger timer
 _entries: Dict[SSHTarget, _Entry] = {}
+_exiting = False  # set at interpreter exit: a last release closes at once
 
 
 class _Entry:
@@ -62,6 +74,7 @@ class _Entry:
         self.ready = threading.Event()  # set once connection or error is known
         self.connection: SSHConnection | None = None
         self.error: BaseException | None = None
+        self.timer: threading.Timer | None = None  # the linger's close, while idle
 
     def alive(self) -> bool:
         connection = self.connection
@@ -96,11 +109,40 @@ class Lease:
             if entry.pid != os.getpid():
                 return  # inherited across fork: the parent's connection, not ours to close
             entry.users -= 1
-            last = entry.users == 0
-            if last and _entries.get(entry.target) is entry:
+            if entry.users > 0:
+                return
+            cached = _entries.get(entry.target) is entry
+            linger = defaults.BOARD_IDLE_LINGER_S
+            if cached and linger > 0 and not _exiting and entry.alive():
+                timer = threading.Timer(linger, _expire, args=(entry,))
+                timer.daemon = True  # never holds up interpreter exit
+                timer.name = "p2ppool-board-linger"
+                entry.timer = timer
+                timer.start()
+                return
+            if cached:
                 del _entries[entry.target]
-        if last:
-            _close_quietly(entry.connection)
+        _close_quietly(entry.connection)
+
+
+def _expire(entry: _Entry) -> None:
+    """The linger timer: close ``entry`` unless it was reused (or dropped) meanwhile."""
+    with _lock:
+        if entry.pid != os.getpid() or entry.users > 0 or entry.timer is None:
+            return  # reused (its acquire cancelled us while we waited for the lock)
+        if threading.current_thread() is not entry.timer:
+            return  # an older timer of an entry that was reused and let go again
+        entry.timer = None
+        if _entries.get(entry.target) is entry:
+            del _entries[entry.target]
+    _close_quietly(entry.connection)
+
+
+def _take_idle(entry: _Entry) -> None:
+    """Stop ``entry``'s linger (the caller holds the lock and is about to use or close it)."""
+    if entry.timer is not None:
+        entry.timer.cancel()
+        entry.timer = None
 
 
 def _close_quietly(connection: SSHConnection | None) -> None:
@@ -125,15 +167,22 @@ def acquire(target: SSHTarget, timeout: float = defaults.SSH_CONNECT_TIMEOUT_S) 
             :func:`~p2ppool.board.sshconfig.connect` (every concurrent caller gets it).
     """
     while True:
+        dead: _Entry | None = None
         with _lock:
             entry = _entries.get(target)
             if entry is not None and entry.ready.is_set() and not entry.alive():
                 del _entries[target]  # dead: never handed out; its leases release it
+                if entry.users == 0:  # lingering: nobody else will
+                    _take_idle(entry)
+                    dead = entry
                 entry = None
             opener = entry is None
             if entry is None:
                 entry = _entries[target] = _Entry(target, timeout)
             entry.users += 1
+            _take_idle(entry)  # a lingering connection is in use again: no close
+        if dead is not None:
+            _close_quietly(dead.connection)
         if opener:
             return _open(entry)
         entry.ready.wait()
@@ -173,9 +222,46 @@ def _open(entry: _Entry) -> Lease:
 
 
 def shared_targets() -> List[SSHTarget]:
-    """The targets this process has a connection to (or is connecting to) right now."""
+    """The targets this process has a connection to (or is connecting to) right now,
+    lingering ones included."""
     with _lock:
         return list(_entries)
+
+
+def close_idle(target: SSHTarget | None = None, timeout: float | None = None) -> int:
+    """Close the lingering connections now (those in use stay); returns how many.
+
+    Args:
+        target: only the connection to this target (None: every target).
+        timeout: how long to wait for the closes, which run on a daemon thread (None: as
+            long as they take); a close that blocks is left to the kernel at exit.
+    """
+    with _lock:
+        idle = [e for e in _entries.values()
+                if e.users == 0 and e.ready.is_set() and e.pid == os.getpid()
+                and (target is None or e.target == target)]
+        for entry in idle:
+            _take_idle(entry)
+            del _entries[entry.target]
+    if not idle:
+        return 0
+
+    def close_all() -> None:
+        for entry in idle:
+            _close_quietly(entry.connection)
+
+    closer = threading.Thread(target=close_all, name="p2ppool-board-close", daemon=True)
+    closer.start()
+    closer.join(timeout)
+    return len(idle)
+
+
+def _at_exit() -> None:
+    """Interpreter exit: close the lingering connections (bounded); later releases close at
+    once (a pool closed by a later exit handler must not linger past the process)."""
+    global _exiting
+    _exiting = True
+    close_idle(timeout=defaults.BOARD_EXIT_CLOSE_S)
 
 
 def _after_fork_in_child() -> None:
@@ -186,3 +272,5 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+# Registered after paramiko's own exit handler (imported above), so it runs before it.
+atexit.register(_at_exit)
