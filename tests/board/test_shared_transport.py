@@ -63,6 +63,12 @@ def wait_members(board: Any, channel: str, role: str, count: int) -> None:
     ), f"{channel} never had {count} {role}(s): {board.server.channel_members(channel)}"
 
 
+@pytest.fixture(autouse=True)
+def no_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last release closes at once unless a test sets a linger (the linger tests do)."""
+    monkeypatch.setattr(transports.defaults, "BOARD_IDLE_LINGER_S", 0.0)
+
+
 @pytest.fixture
 def clients() -> Any:
     made: List[BoardClient] = []
