@@ -28,11 +28,13 @@ Rules:
   :func:`acquire` in that time reuses it without a handshake (a script that opens pools one
   after another pays one key exchange, not one per pool) and cancels the close; otherwise a
   daemon timer closes the transport and the jump-host connections (outside the lock).  A
-  linger of 0 or less closes at the last release.  A lingering connection that died is
-  never handed out: the :func:`acquire` that finds it closes it.
+  linger of 0 or less closes at the last release (as does a last release that finds the
+  connection dead).  A lingering connection that died is never handed out: the
+  :func:`acquire` that finds it closes it (else its timer does).
 * Interpreter exit (``atexit``) closes the lingering connections, waiting at most
   ``defaults.BOARD_EXIT_CLOSE_S`` (a server that is gone cannot hold the exit up), and
-  releases after that close at once; :func:`close_idle` does the same on demand.
+  releases after that close at once.  :func:`close_idle` closes lingering connections on
+  demand (:meth:`~p2ppool.local.cluster.LocalCluster.stop` does, before stopping its board).
 * Fork safety: a child process starts with an empty cache (``os.register_at_fork``), and a
   lease the child inherited from its parent is released without touching the parent's
   connection (it belongs to the parent's transport thread, which the child does not have).
@@ -100,7 +102,8 @@ class Lease:
         return self.connection.transport
 
     def release(self) -> None:
-        """Give up this share; the last one closes the connection.  Never raises."""
+        """Give up this share; after the last one the connection lingers, then closes (see
+        the module docstring).  Never raises."""
         entry = self._entry
         with _lock:
             if self._released:
