@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List
 import paramiko
 import pytest
 
+from p2ppool import defaults
 from p2ppool.board import transports
 from p2ppool.board.client import BoardClient, State, run_command
 from p2ppool.board.protocol import Hello
@@ -66,7 +67,7 @@ def wait_members(board: Any, channel: str, role: str, count: int) -> None:
 @pytest.fixture(autouse=True)
 def no_linger(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last release closes at once unless a test sets a linger (the linger tests do)."""
-    monkeypatch.setattr(transports.defaults, "BOARD_IDLE_LINGER_S", 0.0)
+    monkeypatch.setattr(defaults, "BOARD_IDLE_LINGER_S", 0.0)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import Any, Iterator, List
 import paramiko
 import pytest
 
+from p2ppool import defaults
 from p2ppool.board import transports
 from p2ppool.board.client import BoardClient
 from p2ppool.board.sshconfig import SSHConnection, SSHTarget
@@ -36,7 +38,7 @@ def linger(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``linger(seconds)`` sets the linger; lingering connections are closed afterwards."""
 
     def set_linger(seconds: float) -> None:
-        monkeypatch.setattr(transports.defaults, "BOARD_IDLE_LINGER_S", seconds)
+        monkeypatch.setattr(defaults, "BOARD_IDLE_LINGER_S", seconds)
 
     set_linger(60.0)
     made: List[BoardClient] = []
@@ -164,6 +166,17 @@ def test_a_lingering_connection_that_died_is_closed_not_handed_out(
     assert timer is not None
     board_server.server.stop()  # the board goes: the lingering connection dies
     wait_until(lambda: not old.is_active(), "the lingering connection noticed")
+    closed = spy_on_closes(monkeypatch)
+    # (the board is gone, so the acquire that finds the dead one then fails to connect)
+    with pytest.raises(BoardConnectionError):
+        transports.acquire(c.target, 2.0)
+    assert closed == [old_connection]  # closed by the acquire that found it dead
+    assert timer.finished.is_set()  # and its linger timer cancelled
+    assert transports.shared_targets() == []
+
+
+def spy_on_closes(monkeypatch: pytest.MonkeyPatch) -> List[SSHConnection]:
+    """The connections closed from now on (by transports or anyone), in order."""
     closed: List[SSHConnection] = []
     real_close = SSHConnection.close
 
@@ -172,12 +185,30 @@ def test_a_lingering_connection_that_died_is_closed_not_handed_out(
         real_close(self)
 
     monkeypatch.setattr(SSHConnection, "close", close)
-    # (the board is gone, so the acquire that finds the dead one then fails to connect)
-    with pytest.raises(BoardConnectionError):
-        transports.acquire(c.target, 2.0)
-    assert closed == [old_connection]  # closed by the acquire that found it dead
-    assert timer.finished.is_set()  # and its linger timer cancelled
-    assert transports.shared_targets() == []
+    return closed
+
+
+def test_a_lingering_connection_that_dropped_is_replaced_by_a_new_one(
+    board_server: Any, linger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, made = linger
+    c = client(board_server, made, "alice/t").connect()
+    old = transport_of(c)
+    session = c._session
+    assert session is not None
+    old_connection = session.connection
+    c.close()
+    closed = spy_on_closes(monkeypatch)
+    raw = old.sock
+    assert isinstance(raw, socket.socket)
+    raw.shutdown(socket.SHUT_RDWR)  # the network drops the idle connection
+    wait_until(lambda: not old.is_active(), "the lingering connection noticed")
+    again = client(board_server, made, "alice/u").connect()
+    new = transport_of(again)
+    assert new is not old and new.is_active()
+    assert closed == [old_connection]  # the dead one was closed, not left to its timer
+    assert board_server.server.accepted_connections == 2
+    assert open_connections(board_server, 1)
 
 
 def test_close_at_exit_closes_lingering_connections_and_later_releases_close_at_once(
@@ -206,7 +237,7 @@ def test_close_at_exit_does_not_wait_for_a_close_that_hangs(
 ) -> None:
     _, made = linger
     monkeypatch.setattr(transports, "_exiting", False)
-    monkeypatch.setattr(transports.defaults, "BOARD_EXIT_CLOSE_S", SHORT)
+    monkeypatch.setattr(defaults, "BOARD_EXIT_CLOSE_S", SHORT)
     hang, closing = threading.Event(), threading.Event()
     real = transports._close_quietly
 
