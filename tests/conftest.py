@@ -26,6 +26,22 @@ for _name in ("tests.fixtures.board", "tests.fixtures.wormhole", "tests.fixtures
         {key: value for key, value in vars(_module).items() if not key.startswith("__")}
     )
 
+import sys  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_board_connection_lingers_past_a_test() -> Iterator[None]:
+    """A board connection left idle (``defaults.BOARD_IDLE_LINGER_S``) is closed when its
+    test ends, so no test sees another's connections (to a server that is gone by then)."""
+    yield
+    transports = sys.modules.get("p2ppool.board.transports")  # not imported: nothing to do
+    if transports is not None:
+        transports.close_idle(timeout=5.0)
+
+
 # Property tests: no per-example deadline and no "too slow" health check anywhere (a loaded
 # CI machine makes single examples slow; what they prove does not depend on speed).
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -1,7 +1,8 @@
 """The board plane: the authenticated pub/sub over SSH (pico.sh ``pipe``) and its lines.
 
 Client side: :mod:`.client` keeps one ``pipe <topic>`` session open across drops (connecting
-as ``ssh`` would, :mod:`.sshconfig`); :mod:`.protocol` (pure) is the JSON lines peers write
+as ``ssh`` would, :mod:`.sshconfig`, on the one connection per process and target that
+:mod:`.transports` shares among sessions); :mod:`.protocol` (pure) is the JSON lines peers write
 (Hello, Want, Offer, Accept, Withdraw, Bye...) with their validation.  Server side
 (``p2ppool board``): :mod:`.server` accepts SSH connections (paramiko), one
 :mod:`.handlers` thread runs each exec command, and the :mod:`.hub` owns the shared state

@@ -10,7 +10,13 @@
     msg = client.get(timeout=5)           # or pass on_message= to get a callback instead
     client.close()
 
-The session is ``pipe <topic> [flags]`` on an exec channel without a PTY (a PTY would turn
+The session is ``pipe <topic> [flags]`` on an exec channel of the process's one SSH
+connection to the board target: every client (and :func:`run_command`,
+:func:`learn_username`) of a process with the same target shares one connection, each on
+its own channel (:mod:`p2ppool.board.transports`; a second client's connect costs a
+channel open, not a key exchange).  Closing a client closes its channel; after the last
+one the connection lingers idle for ``defaults.BOARD_IDLE_LINGER_S`` (the next client within
+that time reuses it), then closes.  The channel has no PTY (a PTY would turn
 ``\\n`` into ``\\r\\n``).  Incoming bytes arrive in arbitrary chunks; a
 :class:`~p2ppool.board.protocol.LineDecoder` reassembles lines, drops (and counts) anything that is
 not a valid message, including pico's status text and lines that fail authentication
@@ -22,7 +28,8 @@ owner is taken to be under the SSH user's name, where the board puts it).  pico'
 reply and ignores the others).
 
 When the connection drops, one reader thread per client reconnects with exponential backoff
-and jitter (``defaults.RECONNECT_*``) and re-opens the same command; ``state`` and the
+and jitter (``defaults.RECONNECT_*``) and re-opens the same command (clients that shared the
+dead connection share the new one); ``state`` and the
 ``on_state`` callback tell the owner when it is connected.  The board keeps no history, so
 lines sent while disconnected are lost: :meth:`BoardClient.publish` raises
 :class:`~p2ppool.errors.BoardConnectionError` instead of pretending to send them.
@@ -56,9 +63,11 @@ import paramiko
 
 from .. import defaults
 from ..errors import AccessDenied, BoardAuthError, BoardConnectionError, BoardError, HostKeyMismatch
+from . import transports
 from .auth import BoardIdentity
 from .protocol import LineDecoder, Message, encode
-from .sshconfig import SSHConnection, SSHTarget, connect, resolve_target
+from .sshconfig import SSHConnection, SSHTarget, resolve_target
+from .transports import Lease
 
 __all__ = [
     "BoardClient",
@@ -124,23 +133,26 @@ def _stderr_error(text: str, command: str, where: str) -> BoardError | None:
 
 
 class _Session:
-    """One connection plus its exec channel."""
+    """One exec channel on a shared connection (a :class:`~.transports.Lease` on it)."""
 
-    def __init__(self, connection: SSHConnection, channel: paramiko.Channel) -> None:
-        self.connection = connection
+    def __init__(self, lease: Lease, channel: paramiko.Channel) -> None:
+        self.lease = lease
         self.channel = channel
 
+    @property
+    def connection(self) -> SSHConnection:
+        """The shared connection the channel runs on."""
+        return self.lease.connection
+
     def close(self) -> None:
-        """Close the channel and the connection; never raises (the peer may be gone)."""
+        """Close the channel and release our share of the connection (after the last share
+        it lingers, then closes: see :mod:`.transports`); never raises (the peer may be gone)."""
         try:
             self.channel.close()
         except (OSError, EOFError, paramiko.SSHException):
             pass  # the transport is already dead
         finally:
-            try:
-                self.connection.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
+            self.lease.release()
 
     def ending(self) -> Tuple[int | None, str]:
         """After EOF: (exit status or None, stderr text).  Waits a bounded time for both."""
@@ -155,24 +167,27 @@ class _Session:
 
 
 def _open_session(target: SSHTarget, command: str, timeout: float) -> _Session:
-    connection = connect(target, timeout)
+    """Open an exec channel running ``command`` on the process's connection to ``target``
+    (made now if there is none, shared otherwise: see :mod:`p2ppool.board.transports`)."""
+    lease = transports.acquire(target, timeout)
     try:
-        transport = connection.transport
-        transport.set_keepalive(int(defaults.BOARD_KEEPALIVE_S))
-        channel = transport.open_session(timeout=timeout)
+        channel = lease.transport.open_session(timeout=timeout)
         channel.settimeout(timeout)
         channel.exec_command(command)  # no get_pty(): a PTY would rewrite "\n" as "\r\n"
         channel.settimeout(defaults.BOARD_SEND_TIMEOUT_S)
     except BoardError:
-        connection.close()
+        lease.release()
         raise
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        connection.close()
+        lease.release()
         raise BoardConnectionError(
             f"the board {target.host}:{target.port} did not open a session for {command!r}: "
             f"{exc or type(exc).__name__}"
         ) from None
-    return _Session(connection, channel)
+    except BaseException:
+        lease.release()
+        raise
+    return _Session(lease, channel)
 
 
 class BoardClient:

@@ -30,7 +30,9 @@ the host key are :mod:`p2ppool.board.keys`; one command's thread is
 Threads::
 
     listener ──accept──> one thread per connection (paramiko Transport + its own thread)
-                         exec request ──> one session thread per command
+                         exec request ──> one session thread per command (a connection
+                         carries any number of sessions at once: a client process shares
+                         one connection among all its sessions, see board/transports.py)
                              pub : reads stdin (32 KiB reads) -> state.publish
                              sub : drains its buffer -> channel.send (coalesced)
                              pipe: the session thread drains, plus one reader thread
@@ -247,6 +249,9 @@ class BoardServer:
         self._sock: socket.socket | None = None
         self._threads: List[threading.Thread] = []
         self._connections: List[Connection] = []
+        #: TCP connections accepted since start (each is one SSH connection, which may carry
+        #: many sessions: a client process shares one per target)
+        self.accepted_connections = 0
         self.port = 0
         self.host = listen[0]
 
@@ -310,6 +315,12 @@ class BoardServer:
         Roles are ``pub``, ``waiting-pub``, ``sub`` and ``pipe``.  Meant for tests and tools.
         """
         return self._hub.channel_members(name)
+
+    @property
+    def open_connections(self) -> int:
+        """SSH connections open right now (each may carry several sessions)."""
+        with self._lock:
+            return len(self._connections)
 
     def wait_for(self, predicate: Callable[[BoardServer], bool], timeout: float) -> bool:
         """Wait until ``predicate(self)`` is true (re-checked whenever membership changes).
@@ -398,6 +409,7 @@ class BoardServer:
             connection = Connection(peer=f"{addr[0]}:{addr[1]}")
             with self._lock:
                 self._connections.append(connection)
+                self.accepted_connections += 1
             self._spawn(
                 functools.partial(self._serve, sock, connection), f"board-conn-{connection.peer}"
             )

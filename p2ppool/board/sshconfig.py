@@ -6,6 +6,11 @@ known_hosts with OpenSSH's ``accept-new`` policy (a first contact is appended to
 changed key is refused with :class:`~p2ppool.errors.HostKeyMismatch`), and translates
 paramiko and socket failures into p2ppool's board errors, each naming the host and port.
 
+:func:`connect` makes a new connection every time; board sessions do not call it directly
+but share one connection per process and :class:`SSHTarget` through
+:mod:`p2ppool.board.transports` (a target is hashable by value: every field that changes
+what the connection is, jump hosts included, is part of it).
+
 Keys: an explicit identity file is used alone (like ``IdentitiesOnly``); otherwise the
 ``IdentityFile`` entries of the SSH config, the ssh-agent and the default ``~/.ssh/id_*``
 keys are tried, as paramiko's ``allow_agent``/``look_for_keys`` do.

@@ -544,6 +544,7 @@ class LocalCluster:
         if self._host_client is not None:
             try:
                 self._host_client.close()
+                self._close_idle_board_connections()
             except Exception:  # noqa: BLE001 - stopping must go on
                 pass
         stop_groups([w.process for w in self._workers], self.stop_timeout, self.directory)
@@ -558,6 +559,16 @@ class LocalCluster:
                     pass
         if not self.keep_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _close_idle_board_connections(self) -> None:
+        """The board goes next: no idle connection of this process lingers on it (one a
+        pool still holds stays, and sees the board go)."""
+        from ..board import transports
+
+        where = self._host_client.target
+        for target in transports.shared_targets():
+            if (target.host, target.port) == (where.host, where.port):
+                transports.close_idle(target, defaults.BOARD_EXIT_CLOSE_S)
 
     def __enter__(self) -> LocalCluster:
         return self
