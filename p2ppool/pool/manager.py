@@ -272,6 +272,8 @@ class _Manager:
                 self._shut_down(graceful=True)
                 return
             if self._hungry:  # imap inputs the manager reads itself
+                if self._deliveries:  # the results first: reading may take a while
+                    self._flush()
                 self._read_inputs()
             timeout = self._timeout()
             # Executors return the same readables list object until their set changes.

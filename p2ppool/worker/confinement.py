@@ -109,8 +109,9 @@ class Confinement:
             return {"env": task_environment(s.name, home, tempfile.gettempdir())}, None
         env = task_environment(s.name, TASK_HOME, "/tmp")
         sandbox = self._sandbox
-        cgroup: str | None = self._process_limit.session(sid)
+        # Before the cgroup: if this fails, nothing is left for the session to hand back.
         fixed = [d for d in (view_root, self._environments_root()) if d]
+        cgroup: str | None = self._process_limit.session(sid)
 
         def launch(rx_fd: int, tx_fd: int, read_only: List[str]) -> Any:
             extra = [p for p in read_only
