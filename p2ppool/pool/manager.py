@@ -428,25 +428,36 @@ class _Manager:
             self._assign_batch(batch)
 
     def _assign(self, command: Assign) -> None:
-        chunk_id = _cid(command.chunk_id)
-        chunk = self.chunks[chunk_id]
-        on_start = chunk.job.on_start
-        if on_start is not None and not on_start():  # its future was cancelled
-            self._unstarted.append((chunk_id, command.executor))
+        claimed = self._claim(command)
+        if claimed is None:
             return
+        chunk_id, chunk, func_blob = claimed
         try:
-            func_blob = chunk.job.blob(self._function_blobs)
             if chunk.call_blob is None:
                 chunk.call_blob = payload.dumps(_call_for(chunk.job.how, chunk.items))
                 chunk.items = None
-        except Exception as exc:  # unpicklable function or arguments: that chunk's result
-            now = time.monotonic()
-            self._execute(self.scheduler.got_result(command.chunk_id, command.executor,
-                                                    _Failed(exc), now))
+        except Exception as exc:  # unpicklable arguments: that chunk's result
+            self._fail_unsent(command, exc)
             return
         # The blob is the function's key: a child keeps what it unpickled, so calls of the
         # same module function (200 applies) send it once per process, not once per job.
         self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
+
+    def _claim(self, command: Assign) -> Tuple[int, _Chunk, bytes] | None:
+        """The chunk an Assign starts and its pickled function; None when it does not run:
+        its future was cancelled (it ends in :meth:`_release_unstarted`), or its function
+        does not pickle (that is its result, now)."""
+        chunk_id = _cid(command.chunk_id)
+        chunk = self.chunks[chunk_id]
+        on_start = chunk.job.on_start
+        if on_start is not None and not on_start():
+            self._unstarted.append((chunk_id, command.executor))
+            return None
+        try:
+            return chunk_id, chunk, chunk.job.blob(self._function_blobs)
+        except Exception as exc:
+            self._fail_unsent(command, exc)
+            return None
 
     def _assign_batch(self, commands: List[Assign]) -> None:
         """Send the chunks of one batch to their executor as one task (one pickled
@@ -456,17 +467,10 @@ class _Manager:
         sent: List[Tuple[Assign, int, payload.Call]] = []
         func_blob = b""
         for command in commands:
-            chunk_id = _cid(command.chunk_id)
-            chunk = self.chunks[chunk_id]
-            on_start = chunk.job.on_start
-            if on_start is not None and not on_start():  # its future was cancelled
-                self._unstarted.append((chunk_id, command.executor))
+            claimed = self._claim(command)
+            if claimed is None:
                 continue
-            try:
-                func_blob = chunk.job.blob(self._function_blobs)
-            except Exception as exc:
-                self._fail_unsent(command, exc)
-                continue
+            chunk_id, chunk, func_blob = claimed
             assert chunk.items is not None  # a batch takes only chunks that never ran
             sent.append((command, chunk_id, _call_for(chunk.job.how, chunk.items)))
         try:

@@ -146,3 +146,23 @@ def test_a_task_process_dying_in_a_batch_loses_nothing_and_costs_no_attempt(
     assert marker.exists()  # item 5's first run killed its task process
     assert result == [i * 2 for i in range(8)]
     assert batches == [8]
+
+
+def test_a_chunk_whose_arguments_do_not_pickle_fails_alone_as_in_multiprocessing(
+    local_cluster: LocalCluster, batches: List[int], any_time_batches: None
+) -> None:
+    import threading
+
+    items: List[Any] = list(range(32))
+    items[20] = threading.Lock()
+    with _mp_pool() as mp:
+        with pytest.raises(Exception) as mp_error:
+            mp.map(tasks.cube, items, 1)
+    with local_cluster.pool(4, fallback=None) as pool:
+        pool.map(tasks.cube, range(32), 1)
+        with pytest.raises(Exception) as ours:
+            pool.map(tasks.cube, items, 1)
+        assert batches  # the map went in batches, the lock's chunk failing alone
+        assert pool.map(tasks.cube, range(32), 1) == [i ** 3 for i in range(32)]
+    assert type(ours.value) is type(mp_error.value)
+    assert "lock" in str(ours.value) and "lock" in str(mp_error.value)

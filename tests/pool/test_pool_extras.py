@@ -365,7 +365,8 @@ def test_options_reach_the_pool() -> None:
 # --- the engine on its own ------------------------------------------------------------------
 
 
-def _collect(engine: ProcessEngine, count: int) -> List[Any]:
+def _collect(engine: Any, count: int) -> List[Any]:
+    """Events of a ProcessEngine (or a LocalExecutor around one) until ``count`` came."""
     events: List[Any] = []
     deadline = time.monotonic() + WAIT_S
     while len(events) < count:
@@ -667,17 +668,6 @@ def test_engine_children_import_shipped_modules_and_a_new_bundle_replaces_them(
         engine.terminate()
 
 
-def _collect_executor(executor: LocalExecutor, count: int) -> List[Any]:
-    events: List[Any] = []
-    deadline = time.monotonic() + WAIT_S
-    while len(events) < count:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"only {events} arrived"
-        ready = multiprocessing.connection.wait(executor.readables(), min(remaining, 0.5))
-        events += executor.collect(ready)
-    return events
-
-
 def test_the_local_executor_runs_a_batch_as_one_task_and_reports_it_whole() -> None:
     # The scheduler sends no batch to it (width 0), but it keeps the Executor contract.
     executor = LocalExecutor(ProcessEngine(1, mp_context=FORK))
@@ -687,7 +677,7 @@ def test_the_local_executor_runs_a_batch_as_one_task_and_reports_it_whole() -> N
         calls = [payload.map_call([1, 2]), payload.map_call([3])]
         executor.run_batch([7, 8], func_blob, func_blob,
                            payload.dumps(payload.batch_call(calls)))
-        [done] = _collect_executor(executor, 1)
+        [done] = _collect(executor, 1)
         assert isinstance(done, BatchDone) and done.chunk_ids == [7, 8] and done.ok
         seconds, outcomes = payload.loads(done.blob)
         assert outcomes == [(True, [1, 4]), (True, [9])]
@@ -695,7 +685,7 @@ def test_the_local_executor_runs_a_batch_as_one_task_and_reports_it_whole() -> N
         exit_blob = payload.dumps(fx.exit_hard)
         executor.run_batch([9, 10], exit_blob, exit_blob, payload.dumps(
             payload.batch_call([payload.apply_call((3,), {}), payload.apply_call((4,), {})])))
-        lost = _collect_executor(executor, 2)
+        lost = _collect(executor, 2)
         assert [(type(e), e.chunk_id, e.charged) for e in lost] == [
             (ChunkLost, 10, False), (ChunkLost, 9, False)]
         assert "exit code 3" in lost[0].cause
