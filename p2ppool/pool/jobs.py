@@ -48,10 +48,11 @@ class _Job:
         # Called (manager thread) when a chunk of the job is about to run; False: nobody
         # wants it any more (a cancelled concurrent.futures.Future), do not run it.
         self.on_start: Callable[[], bool] | None = None
-        # What its batches' chunks took in the task processes, in all (see the manager's
+        # What its batches' items took in the task processes, in all (see the manager's
         # _batch_sizes): the next map of the function sizes its batches by it.
         self.batched_seconds = 0.0
-        self.batched_chunks = 0
+        self.batched_items = 0
+        self.chunk_items = 1  # input items in its largest chunk so far
 
     def blob(self, cache: _FunctionBlobs) -> bytes:
         """The pickled function, or raise why it cannot be pickled.

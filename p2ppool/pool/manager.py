@@ -53,8 +53,8 @@ class _Manager:
         self._unstarted: List[Tuple[int, str]] = []  # see _release_unstarted
         self._read_ahead_of: Dict[str, int] = {}  # executor -> chunks it added to read-ahead
         self._function_blobs = _FunctionBlobs()
-        # pickled function -> seconds per chunk in its last map (see _batch_sizes)
-        self._chunk_seconds: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        # pickled function -> seconds per input item in its last map (see _batch_sizes)
+        self._item_seconds: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self.state = RUN
         self.broken: BrokenPool | None = None
         self.link: PoolLink | None = None  # a ClusterLink when a cluster is configured
@@ -150,13 +150,15 @@ class _Manager:
     def _batch_sizes(self, job: _Job) -> Tuple[int, int]:
         """How many chunks of a map may travel as one task, and how many one should hold
         before the map is spread (issue 16; see :func:`batch_sizes`), by the run time of
-        the same function's chunks in its last map (unknown before: no batch).  Only
+        the same function's items in its last map (unknown before: no batch) times the
+        items in this map's chunks (a longer input has longer chunks).  Only
         ``map`` and ``starmap``, whose caller waits for every result: an imap's first
         results would wait for their batch, and an apply is one chunk."""
         if job.how not in (payload.MAP, payload.STARMAP):
             return 1, 1
         blob = self._function_blobs.get(job.func)
-        return batch_sizes(self._chunk_seconds.get(blob) if blob is not None else None)
+        per_item = self._item_seconds.get(blob) if blob is not None else None
+        return batch_sizes(None if per_item is None else per_item * job.chunk_items)
 
     def cancel_job(self, job_id: int, error: BaseException) -> None:
         """Withdraw a job (its caller was interrupted): its chunks leave the queue and are
@@ -387,7 +389,8 @@ class _Manager:
             first = self.chunks.get(event.chunk_ids[0]) if event.chunk_ids else None
             if seconds is not None and first is not None:
                 first.job.batched_seconds += seconds
-                first.job.batched_chunks += len(event.chunk_ids)
+                first.job.batched_items += sum(
+                    self.chunks[c].size for c in event.chunk_ids if c in self.chunks)
             done = [(part.chunk_id, part) for part in parts if isinstance(part, ChunkDone)]
             if done:  # one dispatch for the whole batch
                 self._execute(self.scheduler.got_results(executor, done, time.monotonic()))
@@ -485,7 +488,12 @@ class _Manager:
                 else:
                     kept.append((command, chunk_id, call))
             sent = kept
-            batch_blob = payload.dumps(payload.batch_call([call for _, _, call in sent]))
+            try:
+                batch_blob = payload.dumps(payload.batch_call([call for _, _, call in sent]))
+            except Exception as exc:  # every call pickles, but not all of them at once
+                for command, _, _ in sent:
+                    self._fail_unsent(command, exc)
+                return
         if sent:
             executor.run_batch([chunk_id for _, chunk_id, _ in sent], func_blob, func_blob,
                                batch_blob)
@@ -551,14 +559,15 @@ class _Manager:
 
     def _job_finished(self, job: _Job) -> None:
         self.jobs.pop(job.job_id, None)
-        # Its batches' own measure (no round trip in it) if it had any; else the median
-        # time from sending a chunk to its result.
-        if job.batched_chunks:
-            seconds: float | None = job.batched_seconds / job.batched_chunks
+        # Per item: its batches' own measure (no round trip in it) if it had any; else the
+        # median time from sending a chunk to its result, over its largest chunk's items.
+        if job.batched_items:
+            seconds: float | None = job.batched_seconds / job.batched_items
         else:
-            seconds = self.scheduler.typical_seconds(job.job_id)
+            chunk_seconds = self.scheduler.typical_seconds(job.job_id)
+            seconds = None if chunk_seconds is None else chunk_seconds / job.chunk_items
         if seconds is not None and job.func_blob is not None and job.how != payload.APPLY:
-            times = self._chunk_seconds
+            times = self._item_seconds
             times[job.func_blob] = seconds
             times.move_to_end(job.func_blob)
             if len(times) > _CHUNK_SECONDS_KEPT:
@@ -571,6 +580,8 @@ class _Manager:
     def _new_chunk(self, job: _Job, index: int, items: Any, size: int) -> int:
         chunk_id = next(self._chunk_ids)
         self.chunks[chunk_id] = _Chunk(job, index, items, size)
+        if size > job.chunk_items:
+            job.chunk_items = size
         return chunk_id
 
     # --- endings ---------------------------------------------------------------------------
@@ -650,7 +661,7 @@ def _at_exit() -> None:
 _register = getattr(threading, "_register_atexit", None)
 _DAEMON_MANAGER = _register is None
 
-#: Functions whose chunk run time a manager remembers (see _Manager._batch_sizes).
+#: Functions whose item run time a manager remembers (see _Manager._batch_sizes).
 _CHUNK_SECONDS_KEPT = 32
 
 

@@ -38,8 +38,9 @@ session).  Chunks that go together are consecutive :class:`Assign` commands with
 chunks evenly over the width of the executors with a free slot: a 16-item map of 8 chunks on
 two 1-process workers goes as one batch of 4 to each, unless the group asks for batches of
 ``least`` chunks (its chunks are so quick that one task should hold more).  Only a chunk
-that never ran goes in a batch: after a batch is lost, its chunks run one by one.  A batched
-chunk's duration, for speculation, is its batch's divided by the batch's size.
+that never ran goes in a batch: after a batch is lost (or its executor), its chunks run one by
+one, and that loss costs them no attempt.  A batched chunk's duration, for speculation, is
+its batch's divided by the batch's size, and it is overdue when its whole batch is.
 """
 
 from __future__ import annotations
@@ -386,7 +387,10 @@ class Scheduler:
             if len(chunk.runs) > 1:
                 self._end_run(chunk, name)
                 continue
-            commands += self._lose(chunk, f"{name} lost: {cause}", charged, back=back)
+            # A batched chunk is charged nothing: it runs again alone (and is charged then),
+            # as when its batch alone is lost.
+            lost_charged = charged and chunk_id not in found.batch_of
+            commands += self._lose(chunk, f"{name} lost: {cause}", lost_charged, back=back)
         del self._executors[name]
         self._pending.extendleft(reversed(back))
         for chunk_id in back:
@@ -562,7 +566,7 @@ class Scheduler:
             return []
         overdue = []
         for chunk, run, threshold in self._single_runs():
-            late = now - run.started - threshold
+            late = now - run.started - threshold * run.share  # a batch: all of it
             if late >= 0:
                 overdue.append((-late, _order_key(chunk.chunk_id), chunk))
         overdue.sort(key=lambda item: item[:2])
@@ -584,7 +588,7 @@ class Scheduler:
             return None  # a result frees a slot first, and dispatches then
         earliest: float | None = None
         for _, run, threshold in self._single_runs():
-            when = run.started + threshold
+            when = run.started + threshold * run.share
             # Times already passed at the last input were dealt with then (or no executor
             # can take the copy): they must not spin the caller's loop.
             if when > self._clock and (earliest is None or when < earliest):

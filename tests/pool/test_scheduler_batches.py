@@ -14,7 +14,7 @@ import pytest
 from p2ppool import defaults, payload
 from p2ppool.pool.executors import BatchDone, ChunkDone, ChunkLost
 from p2ppool.pool.manager import _split_batch, batch_sizes
-from p2ppool.pool.scheduler import Assign, Cancel, Resolve, Scheduler
+from p2ppool.pool.scheduler import Assign, Cancel, Fail, Resolve, Scheduler
 
 
 def assigns(commands: List[Any]) -> List[Assign]:
@@ -121,8 +121,9 @@ def test_a_lost_executor_puts_its_batch_back_in_order() -> None:
     s = two_workers()
     s.got_chunks(range(8), now=0.0, group="job", batch=32)
     commands = s.executor_lost("a", "gone", now=1.0)
-    # b has two free slots: chunks 0..3 ran before, so they go one per slot, not batched
-    assert commands == [Assign(0, "b", 2), Assign(1, "b", 2)]
+    # b has two free slots: chunks 0..3 ran before, so they go one per slot, not batched,
+    # and the loss cost them no attempt
+    assert commands == [Assign(0, "b", 1), Assign(1, "b", 1)]
     assert s.pending_count == 2
 
 
@@ -162,11 +163,29 @@ def test_speculation_copies_one_chunk_of_a_batch_and_the_copy_can_win() -> None:
     s.got_executor("b", 1, now=0.0, width=1)
     s.got_chunks(range(4), now=0.0, group="job", batch=32)  # (0, 1) on a, (2, 3) on b
     s.got_result(2, "b", "r2", now=1.0)
-    # each of b's took a share of 0.5 s: a's chunks are overdue after 4 x 0.5 s
+    # each of b's took a share of 0.5 s: one chunk is overdue after 4 x 0.5 s, a's batch
+    # of two after twice that (a healthy batch is not copied chunk by chunk)
     assert assigns(s.got_result(3, "b", "r3", now=1.0)) == []
-    commands = s.timer_expired(now=2.0)
+    assert s.next_deadline() == 4.0
+    assert assigns(s.timer_expired(now=3.9)) == []
+    commands = s.timer_expired(now=4.0)
     assert commands[0] == Assign(0, "b", 1, speculative=True)
-    assert s.got_result(0, "b", "copy", now=2.5)[:2] == [Resolve(0, "copy"), Cancel(0, "a")]
+    assert s.got_result(0, "b", "copy", now=4.5)[:2] == [Resolve(0, "copy"), Cancel(0, "a")]
+
+
+def test_losing_an_executor_charges_its_batched_chunks_nothing() -> None:
+    s = Scheduler(max_attempts=1)
+    s.got_executor("a", 2, now=0.0, width=1)
+    s.got_executor("b", 2, now=0.0, width=1)
+    s.got_chunks(range(4), now=0.0, group="job", batch=32, least=4)  # all on a, batched
+    s.got_chunks([10], now=0.0, group="other")  # single, on b
+    s.got_chunks([11], now=0.0, group="other")  # single, on a
+    assert s.running_on("a") == {0, 1, 2, 3, 11}
+    commands = s.executor_lost("a", "gone", now=1.0)
+    # with max_attempts=1 a charged loss fails: only the single chunk does
+    assert [c.chunk_id for c in commands if isinstance(c, Fail)] == [11]
+    assert [(c.chunk_id, c.batch) for c in assigns(commands)] == [(0, None)]
+    assert s.pending_count == 3
 
 
 def test_batch_sizes_are_what_fits_in_the_batch_times_by_the_last_maps_chunks() -> None:
@@ -236,3 +255,25 @@ def test_a_batchs_results_come_in_at_once_with_one_dispatch() -> None:
     assert commands == [Resolve(0, "r0"), Resolve(1, "r1"), Resolve(2, "r2"),
                         Assign(10, "a", 1)]
     assert s.got_results("b", [(10, "not b's")], now=1.0) == []
+
+
+def test_a_map_is_batched_by_its_functions_time_per_item_times_its_chunks_items() -> None:
+    from types import SimpleNamespace
+
+    from p2ppool.pool.jobs import _Job
+    from p2ppool.pool.manager import _Manager
+
+    class _Pool:
+        pass
+
+    owner = _Pool()
+    manager = _Manager(owner, [], max_attempts=1)
+    manager._function_blobs.put(abs, payload.dumps(abs))
+    manager._item_seconds[payload.dumps(abs)] = 0.0001  # 0.1 ms an item, last map
+    job = _Job(abs, payload.MAP, SimpleNamespace(_job=1), 8)  # type: ignore[arg-type]
+    job.chunk_items = 2
+    assert manager._batch_sizes(job) == batch_sizes(0.0002) == (32, 10)
+    job.chunk_items = 62_500  # a long input's default chunks: 6 s each, no batch
+    assert manager._batch_sizes(job) == (1, 1)
+    apply = _Job(abs, payload.APPLY, SimpleNamespace(_job=2), 1)  # type: ignore[arg-type]
+    assert manager._batch_sizes(apply) == (1, 1)
