@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import platform
-import time
 import traceback
 import types
 from typing import Any, Callable, List, Sequence, Tuple
@@ -172,24 +171,20 @@ def batch_call(calls: Sequence[Call]) -> Call:
     return (BATCH, tuple(calls), None)
 
 
-def execute_batch(func: Callable[..., Any], calls: Sequence[Call]
-                  ) -> Tuple[float, List[Any]]:
-    """Run each chunk of a batch: ``(seconds, outcomes)``,
-    the seconds its chunks took in all here, and ``(True, value)`` or ``(False, pickled
-    exception)`` per chunk.
+def execute_batch(func: Callable[..., Any], calls: Sequence[Call]) -> List[Any]:
+    """Run each chunk of a batch: ``(True, value)`` or ``(False, pickled exception)`` per
+    chunk (the task process sends them with the time they took, see ``BATCH``).
 
     A chunk that raises does not stop the others: each is its own result, as when the
-    chunks travel one by one.  The time tells the client what its chunks cost without the
-    round trip (how it sizes the next map's batches).
+    chunks travel one by one.
     """
-    started = time.perf_counter()
     outcomes: List[Any] = []
     for call in calls:
         try:
             outcomes.append((True, execute(func, call)))
         except Exception as exc:
             outcomes.append((False, dump_exception(exc)))
-    return time.perf_counter() - started, outcomes
+    return outcomes
 
 
 def execute(func: Callable[..., Any], call: Call) -> Any:

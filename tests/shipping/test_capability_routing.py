@@ -73,7 +73,7 @@ def capable_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 SCRIPT = '''\
-import json, logging, os, signal, sys, time
+import functools, json, logging, os, signal, sys, time
 import {package}
 from p2ppool import LocalCluster, Pool
 
@@ -100,7 +100,9 @@ with LocalCluster(workers=0) as cluster:
     with Pool(2, **options) as pool:
         seen = set()
         for _ in range(50):  # until both workers take chunks of this pool
-            seen.update(pool.map(whoami, range(4), chunksize=1))
+            # a new function object each time: no earlier map's timing, so its chunks are
+            # never batched onto one worker (a map that small would be)
+            seen.update(pool.map(functools.partial(whoami), range(4), chunksize=1))
             if seen == {{"w1", "w2"}}:
                 break
         out["both_joined"] = sorted(seen)
