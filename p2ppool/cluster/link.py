@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 from .. import defaults
 from ..config import Options
 from ..errors import P2PPoolError, TaskLimitExceeded
-from ..pool.executors import BatchDone, ChunkDone, ChunkLost
+from ..pool.executors import BatchDone, BatchLedger, ChunkDone, ChunkLost, batch_lost
 from .backend import (
     BoardTrouble,
     ClusterBackend,
@@ -95,8 +95,7 @@ class RemoteExecutor:
         self.prefetch = PrefetchRule(slots)
         self._sent_at: Dict[int, float] = {}  # chunk id (a batch's first) -> when it was sent
         self._width = slots if batches and link.maxtasksperchild is None else 0
-        self._batches: Dict[int, List[int]] = {}  # task id -> the chunks of that batch
-        self._batch_of: Dict[int, int] = {}  # chunk id -> the task id of its batch
+        self._batches = BatchLedger()  # a batch's task id is its first chunk's
 
     def slots(self) -> int:
         return self.prefetch.capacity
@@ -121,24 +120,16 @@ class RemoteExecutor:
 
     def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
                   batch_blob: bytes) -> None:
-        task_id = chunk_ids[0]
-        self._batches[task_id] = list(chunk_ids)
-        for chunk_id in chunk_ids:
-            self._batch_of[chunk_id] = task_id
-        self.run(task_id, func_key, func_blob, batch_blob)
+        self._batches.add(chunk_ids[0], chunk_ids)
+        self.run(chunk_ids[0], func_key, func_blob, batch_blob)
 
     def cancel(self, chunk_ids: Sequence[int]) -> None:
         tasks = []
         for chunk_id in chunk_ids:
-            task_id = self._batch_of.pop(chunk_id, None)
-            if task_id is None:
-                tasks.append(chunk_id)
-                self._sent_at.pop(chunk_id, None)
-                continue
-            # A batch stops only when none of its chunks is wanted any more.
-            members = self._batches.get(task_id, [])
-            if not any(c in self._batch_of for c in members):
-                self._batches.pop(task_id, None)
+            batched, task_id = self._batches.withdraw(chunk_id)
+            if not batched:
+                task_id = chunk_id
+            if task_id is not None:
                 self._sent_at.pop(task_id, None)
                 tasks.append(task_id)
         if tasks:
@@ -146,11 +137,7 @@ class RemoteExecutor:
 
     def split(self, task_id: int) -> List[int] | None:
         """The chunks of batch ``task_id`` (forgotten now), or None: not a batch."""
-        members = self._batches.pop(task_id, None)
-        if members is not None:
-            for chunk_id in members:
-                self._batch_of.pop(chunk_id, None)
-        return members
+        return self._batches.finished(task_id)
 
     def finished(self, chunk_id: int, now: float) -> bool:
         """A task came back: True when the capacity changed (tell the scheduler)."""
@@ -362,9 +349,8 @@ class ClusterLink:
         if isinstance(event, RemoteTaskDone):
             host.executor_event(event.executor_id, BatchDone(members, event.ok, event.blob))
             return
-        cause = f"its batch was lost ({event.cause})"
-        for chunk_id in reversed(members):  # last first: they line up in order in front
-            host.executor_event(event.executor_id, ChunkLost(chunk_id, cause, charged=False))
+        for lost in batch_lost(members, f"its batch was lost ({event.cause})"):
+            host.executor_event(event.executor_id, lost)
 
     def _no_capable_worker(self, host: ExecutorHost) -> None:
         """No executor is left and every worker heard of was declined: fall back now, or

@@ -9,13 +9,13 @@ scheduler.  :class:`LocalExecutor` wraps the local :class:`~p2ppool.execution.en
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Hashable, List, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Protocol, Sequence, Tuple, Union
 
 from ..execution.engine import ProcessEngine, TaskDone, TaskLost
 
 __all__ = [
-    "BatchDone", "ChunkDone", "ChunkLost", "Executor", "ExecutorEvent", "ExecutorHost",
-    "LocalExecutor", "PoolLink",
+    "BatchDone", "BatchLedger", "ChunkDone", "ChunkLost", "Executor", "ExecutorEvent",
+    "ExecutorHost", "LocalExecutor", "PoolLink", "batch_lost",
 ]
 
 
@@ -58,6 +58,49 @@ class BatchDone:
 
 
 ExecutorEvent = Union[ChunkDone, ChunkLost, BatchDone]
+
+
+def batch_lost(chunk_ids: Sequence[int], cause: str) -> List[ChunkLost]:
+    """A batch lost or failed as a whole: each of its chunks lost without charge (they run
+    again one by one), last first, so that they line up in order at the front of the line."""
+    return [ChunkLost(chunk_id, cause, charged=False) for chunk_id in reversed(chunk_ids)]
+
+
+class BatchLedger:
+    """Which chunks an executor sent together as one task (see :meth:`Executor.run_batch`).
+
+    A batch stops only when none of its chunks is wanted any more: :meth:`withdraw` says
+    when a cancel must reach its task.
+    """
+
+    def __init__(self) -> None:
+        self._members: Dict[int, List[int]] = {}  # task id -> the chunks of that batch
+        self._task_of: Dict[int, int] = {}  # chunk id -> the task id of its batch
+
+    def add(self, task_id: int, chunk_ids: Sequence[int]) -> None:
+        self._members[task_id] = list(chunk_ids)
+        for chunk_id in chunk_ids:
+            self._task_of[chunk_id] = task_id
+
+    def withdraw(self, chunk_id: int) -> Tuple[bool, int | None]:
+        """A chunk is not wanted any more: ``(in a batch, the task to cancel now or None)``;
+        the task once its last wanted chunk is withdrawn (the batch is forgotten then)."""
+        task_id = self._task_of.pop(chunk_id, None)
+        if task_id is None:
+            return False, None
+        if any(c in self._task_of for c in self._members.get(task_id, ())):
+            return True, None
+        self._members.pop(task_id, None)
+        return True, task_id
+
+    def finished(self, task_id: int) -> List[int] | None:
+        """The chunks of batch ``task_id``, which came back (forgotten now), or None: that
+        task is no batch (or every chunk of it was withdrawn)."""
+        members = self._members.pop(task_id, None)
+        if members is not None:
+            for chunk_id in members:
+                self._task_of.pop(chunk_id, None)
+        return members
 
 
 class Executor(Protocol):
@@ -172,7 +215,7 @@ class LocalExecutor:
         self._task_ids = itertools.count()
         self._chunk_of: Dict[int, int] = {}
         self._task_of: Dict[int, int] = {}
-        self._batch_of: Dict[int, List[int]] = {}  # task id -> the chunks of that batch
+        self._batches = BatchLedger()
         # The engine's own methods: the manager calls these every turn, twice per apply.
         self.readables: Callable[[], List[Any]] = engine.readables
         self.has_events: Callable[[], bool] = engine.has_events
@@ -193,38 +236,33 @@ class LocalExecutor:
     def run_batch(self, chunk_ids: Sequence[int], func_key: Hashable, func_blob: bytes,
                   batch_blob: bytes) -> None:
         task_id = next(self._task_ids)
-        self._batch_of[task_id] = list(chunk_ids)
-        for chunk_id in chunk_ids:
-            self._task_of[chunk_id] = task_id
+        self._batches.add(task_id, chunk_ids)
         self.engine.submit(task_id, func_key, func_blob, batch_blob)
 
     def cancel(self, chunk_ids: Sequence[int]) -> None:
         tasks = []
         for chunk_id in chunk_ids:
-            task_id = self._task_of.pop(chunk_id, None)
-            if task_id is None:
+            batched, batch_task = self._batches.withdraw(chunk_id)
+            if batched:
+                if batch_task is not None:
+                    tasks.append(batch_task)
                 continue
-            members = self._batch_of.get(task_id)
-            if members is not None and any(c in self._task_of for c in members):
-                continue  # a batch stops only when none of its chunks is wanted
-            self._batch_of.pop(task_id, None)
-            self._chunk_of.pop(task_id, None)
-            tasks.append(task_id)
+            task_id = self._task_of.pop(chunk_id, None)
+            if task_id is not None:
+                self._chunk_of.pop(task_id, None)
+                tasks.append(task_id)
         if tasks:
             self.engine.cancel(tasks)
 
     def collect(self, ready: Sequence[Any] | None) -> List[ExecutorEvent]:
         events: List[ExecutorEvent] = []
         for event in self.engine.collect(ready):
-            members = self._batch_of.pop(event.task_id, None)
+            members = self._batches.finished(event.task_id)
             if members is not None:
-                for member in members:
-                    self._task_of.pop(member, None)
                 if isinstance(event, TaskDone):
                     events.append(BatchDone(members, event.ok, event.blob))
                 else:
-                    events.extend(ChunkLost(c, event.cause, charged=False)
-                                  for c in reversed(members))
+                    events.extend(batch_lost(members, event.cause))
                 continue
             chunk_id = self._chunk_of.pop(event.task_id, None)
             if chunk_id is None:

@@ -24,7 +24,15 @@ from typing import Any, Deque, Dict, Hashable, List, Mapping, Sequence, Tuple
 from .. import defaults, payload
 from ..errors import BrokenPool, MaybeEncodingError, PoolNotRunning
 from .chunking import InputError
-from .executors import BatchDone, ChunkDone, ChunkLost, Executor, ExecutorEvent, PoolLink
+from .executors import (
+    BatchDone,
+    ChunkDone,
+    ChunkLost,
+    Executor,
+    ExecutorEvent,
+    PoolLink,
+    batch_lost,
+)
 from .inbox import Inbox, Waiter
 from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
 from .results import IMapIterator, Outcome, _Result
@@ -688,8 +696,8 @@ def _split_batch(event: BatchDone) -> Tuple[List[ChunkDone | ChunkLost], float |
         else:
             cause = "its batch came back malformed"
     if outcomes is None:
-        lost = [ChunkLost(chunk_id, cause, charged=False) for chunk_id in reversed(members)]
-        return list(lost), None
+        lost: List[ChunkDone | ChunkLost] = list(batch_lost(members, cause))
+        return lost, None
     # A value is decoded already; an error stays a blob, decoded as one chunk's would be.
     return [ChunkDone(chunk_id, True, None, value) if ok else ChunkDone(chunk_id, False, value)
             for chunk_id, (ok, value) in zip(members, outcomes)], seconds

@@ -12,7 +12,7 @@ from typing import Any, List
 import pytest
 
 from p2ppool import defaults, payload
-from p2ppool.pool.executors import BatchDone, ChunkDone, ChunkLost
+from p2ppool.pool.executors import BatchDone, BatchLedger, ChunkDone, ChunkLost, batch_lost
 from p2ppool.pool.manager import _split_batch, batch_sizes
 from p2ppool.pool.scheduler import Assign, Cancel, Fail, Resolve, Scheduler
 
@@ -277,3 +277,19 @@ def test_a_map_is_batched_by_its_functions_time_per_item_times_its_chunks_items(
     assert manager._batch_sizes(job) == (1, 1)
     apply = _Job(abs, payload.APPLY, SimpleNamespace(_job=2), 1)  # type: ignore[arg-type]
     assert manager._batch_sizes(apply) == (1, 1)
+
+
+def test_a_batch_is_cancelled_only_when_none_of_its_chunks_is_wanted() -> None:
+    ledger = BatchLedger()
+    ledger.add(100, [4, 5, 6])
+    assert ledger.withdraw(9) == (False, None)  # not in a batch: the executor's own
+    assert ledger.withdraw(5) == (True, None)
+    assert ledger.withdraw(4) == (True, None)
+    assert ledger.withdraw(6) == (True, 100)  # the last one: stop the task now
+    assert ledger.finished(100) is None  # a late result of it is nobody's
+    ledger.add(200, [7, 8])
+    assert ledger.withdraw(7) == (True, None)
+    assert ledger.finished(200) == [7, 8]  # came back: every chunk (the scheduler ignores 7)
+    assert ledger.withdraw(8) == (False, None)  # forgotten with its batch
+    assert [(e.chunk_id, e.charged) for e in batch_lost([7, 8], "gone")] == [
+        (8, False), (7, False)]
