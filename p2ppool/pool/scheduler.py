@@ -296,8 +296,7 @@ class Scheduler:
             self._chunks[chunk_id] = _ChunkState(chunk_id, group)
             self._pending.append(chunk_id)
             added += 1
-        if added:
-            self._waiting[group] = self._waiting.get(group, 0) + added
+        self._wait(group, added)
         if batch > 1:
             self._batch[group] = (batch, max(1, min(least, batch)))
         return self._with_wake(now, self._dispatch(now))
@@ -313,8 +312,7 @@ class Scheduler:
         found = self._groups.get(group)
         if found is None or not found.durations:
             return None
-        ordered = sorted(found.durations)
-        return ordered[len(ordered) // 2]
+        return _median(found.durations)
 
     def got_result(
         self, chunk_id: ChunkId, executor: str, result: Any, now: float
@@ -475,8 +473,9 @@ class Scheduler:
         while self._pending:
             chunk = self._chunks[self._pending[0]]
             if not chunk.tried_on and chunk.group in self._batch:
-                share = shares.get(chunk.group, 0) or shares.setdefault(
-                    chunk.group, self._share(chunk.group))
+                share = shares.get(chunk.group)
+                if share is None:
+                    share = shares[chunk.group] = self._share(chunk.group)
                 batcher = self._pick(chunk, batch=True) if share > 1 else None
                 if batcher is not None:
                     self._assign_batch(batcher, share, now, commands)
@@ -609,9 +608,7 @@ class Scheduler:
         if group is not None and group.dirty:
             group.dirty = False
             if len(group.durations) >= self._after:
-                ordered = sorted(group.durations)
-                median = ordered[len(ordered) // 2]
-                group.threshold = max(self._min_s, self._factor * median)
+                group.threshold = max(self._min_s, self._factor * _median(group.durations))
         found = group.threshold if group is not None else None
         if found is None:
             return timeout
@@ -623,6 +620,12 @@ class Scheduler:
             commands.append(WakeAt(deadline))
         self._last_wake = deadline
         return commands
+
+
+def _median(values: Iterable[float]) -> float:
+    """The middle value (the upper one of an even count)."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def _order_key(chunk_id: ChunkId) -> Any:
