@@ -52,12 +52,6 @@ def client(board: Any, user: str, topic: str, *flags: str, **kwargs: Any) -> Boa
     )
 
 
-def wait_members(board: Any, channel: str, role: str, count: int) -> None:
-    assert board.server.wait_for(
-        lambda s: len(s.channel_members(channel).get(role, [])) == count, WAIT
-    ), f"{channel} never had {count} {role}(s): {board.server.channel_members(channel)}"
-
-
 @pytest.fixture
 def clients() -> Any:
     made: List[BoardClient] = []
@@ -74,9 +68,9 @@ def clients() -> Any:
 
 def pair(board: Any, clients: Callable[..., BoardClient], **kwargs: Any) -> Any:
     alice = clients(board, "alice", "alice/t", "-a", "alice,bob", **kwargs).connect()
-    wait_members(board, "alice/t", "pipe", 1)
+    board.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     bob = clients(board, "bob", "alice/t", **kwargs).connect()
-    wait_members(board, "alice/t", "pipe", 2)
+    board.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     return alice, bob
 
 
@@ -118,9 +112,9 @@ def test_an_owner_may_name_its_topic_without_its_user_name(board_server: Any,
                                                            clients: Any) -> None:
     """Signatures bind ``owner/name``: alice's ``t`` is the board's ``alice/t``."""
     alice = clients(board_server, "alice", "t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     bob = clients(board_server, "bob", "alice/t").connect()
-    wait_members(board_server, "alice/t", "pipe", 2)
+    board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     assert alice.signed_topic == bob.signed_topic == "alice/t"
     sent = hello(alice)
     alice.publish(sent)
@@ -133,9 +127,9 @@ def test_an_owner_may_name_its_topic_without_its_user_name(board_server: Any,
 
 def test_openssh_client_is_an_independent_peer(board_server: Any, clients: Any) -> None:
     alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     ssh = board_server.popen("bob", "pipe alice/t")
-    wait_members(board_server, "alice/t", "pipe", 2)
+    board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     lines: queue.Queue[bytes] = queue.Queue()
     threading.Thread(
         target=lambda: [lines.put(line) for line in iter(ssh.stdout.readline, b"")], daemon=True
@@ -209,10 +203,10 @@ def test_callback_delivery_and_pings_are_ignored(
     arrived: queue.Queue[Message] = queue.Queue()
     states: List[State] = []
     alice = clients(board, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board, "alice/t", "pipe", 1)
+    board.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     bob = clients(board, "bob", "alice/t", on_message=arrived.put, on_state=states.append)
     bob.connect()
-    wait_members(board, "alice/t", "pipe", 2)
+    board.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     for i in range(5):
         assert pings.acquire(timeout=WAIT), "the server sent no ping"
         msg = hello(alice, slots=i)
@@ -229,9 +223,9 @@ def test_garbage_and_oversized_lines_are_dropped_and_counted(
     board_server: Any, clients: Any
 ) -> None:
     alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     ssh = board_server.popen("bob", "pipe alice/t")
-    wait_members(board_server, "alice/t", "pipe", 2)
+    board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     good = hello(BOB_SSH)
     line = encode(good, BOB_SSH, "alice/t")
     payload = (
@@ -268,15 +262,15 @@ def test_peer_dying_mid_line_does_not_corrupt_the_next_line(
     board_server: Any, clients: Any
 ) -> None:
     alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     bob = clients(board_server, "bob", "alice/t").connect()
     ssh = board_server.popen("bob", "pipe alice/t")
-    wait_members(board_server, "alice/t", "pipe", 3)
+    board_server.wait_members("alice/t", "pipe", 3, timeout=WAIT)
     ssh.stdin.write(encode(hello(BOB_SSH), BOB_SSH, "alice/t")[:30])
     ssh.stdin.flush()
     ssh.kill()
     ssh.wait(timeout=WAIT)
-    wait_members(board_server, "alice/t", "pipe", 2)
+    board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     whole = hello(bob)
     bob.publish(whole)
     # alice got the dangling half first: it is glued to the next line, which is then invalid
@@ -319,7 +313,7 @@ def test_reconnects_after_the_server_restarts_on_the_same_port(
         assert alice.wait_for_state({State.CONNECTED}, WAIT)
         # bob may be refused while alice's channel (and its access list) is not back yet;
         # that refusal is transient after a working session, so bob keeps retrying.
-        wait_members(board_server, "alice/t", "pipe", 2)
+        board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
         assert bob.wait_for_state({State.CONNECTED}, WAIT)
         after = hello(alice)
         alice.publish(after)
@@ -410,7 +404,7 @@ def test_first_contact_is_remembered_in_known_hosts(board_server: Any, tmp_path:
 
 def test_denied_topic_raises_access_denied(board_server: Any, clients: Any) -> None:
     clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     carol = clients(board_server, "carol", "alice/t").connect()
     assert carol.wait_for_state({State.FAILED}, WAIT)
     assert isinstance(carol.error, AccessDenied)
@@ -434,7 +428,7 @@ def test_bad_topic_and_flags_are_refused_before_connecting() -> None:
 
 def test_run_command_ls_lists_the_topic(board_server: Any, clients: Any) -> None:
     clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     result = run_command(
         board_server.host, board_server.port, "ls", identity=board_server.key_path("alice"),
         known_hosts=board_server.known_hosts, ssh_config="/dev/null",
@@ -465,11 +459,11 @@ def test_ssh_config_hostname_port_user_identity(
         f"  UserKnownHostsFile {board_server.known_hosts}\n"
     )
     alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     bob = BoardClient("myboard", topic="alice/t", ssh_config=str(config)).connect()
     try:
         assert bob.target.user == "bob" and bob.target.port == board_server.port
-        wait_members(board_server, "alice/t", "pipe", 2)
+        board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
         assert sorted(board_server.server.channel_members("alice/t")["pipe"]) == ["alice", "bob"]
         msg = hello(alice)
         alice.publish(msg)
@@ -501,11 +495,11 @@ def test_proxyjump_goes_through_the_jump_host(
             f"  IdentityFile {board_server.key_path('bob')}\n"
         )
         alice = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-        wait_members(board_server, "alice/t", "pipe", 1)
+        board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
         bob = BoardClient("board", topic="alice/t", ssh_config=str(config),
                           known_hosts=str(known)).connect()
         try:
-            wait_members(board_server, "alice/t", "pipe", 2)
+            board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
             assert jump.forwarded == 1
             msg = hello(alice)
             alice.publish(msg)
@@ -561,7 +555,7 @@ def test_key_from_the_default_ssh_directory(
     c = BoardClient(board_server.host, board_server.port, topic="t", ssh_config="/dev/null",
                     known_hosts=board_server.known_hosts).connect()
     try:
-        wait_members(board_server, "carol/t", "pipe", 1)
+        board_server.wait_members("carol/t", "pipe", 1, timeout=WAIT)
     finally:
         c.close()
 
@@ -591,7 +585,7 @@ def test_key_from_the_ssh_agent(
         c = BoardClient(board_server.host, board_server.port, topic="t",
                         ssh_config="/dev/null", known_hosts=board_server.known_hosts).connect()
         try:
-            wait_members(board_server, "bob/t", "pipe", 1)
+            board_server.wait_members("bob/t", "pipe", 1, timeout=WAIT)
         finally:
             c.close()
     finally:
@@ -635,9 +629,9 @@ def test_a_reader_evicted_for_falling_behind_reconnects(board_factory: Any, clie
             reconnected.set()
 
     alice = clients(board, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board, "alice/t", "pipe", 1)
+    board.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     bob = clients(board, "bob", "alice/t", on_message=stalled, on_state=on_state).connect()
-    wait_members(board, "alice/t", "pipe", 2)
+    board.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     code = base64.b64encode(b"z" * 2750).decode()  # a line near 4 KiB
     stop = threading.Event()
 
@@ -662,7 +656,7 @@ def test_a_reader_evicted_for_falling_behind_reconnects(board_factory: Any, clie
         release.set()
         flooder.join(WAIT)
     assert reconnected.wait(WAIT), f"bob did not reconnect: {bob.state}"
-    wait_members(board, "alice/t", "pipe", 2)
+    board.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     assert alice.wait_for_state({State.CONNECTED}, WAIT)
     marker = hello(alice)
     alice.publish(marker)

@@ -50,18 +50,23 @@ def transport_of(client: BoardClient) -> paramiko.Transport:
     return session.connection.transport
 
 
+def exit_code_in_fork(target: Callable[..., None], *args: Any) -> int | None:
+    """Run ``target(*args)`` in a forked child; its exit code (killed if it hangs)."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(WAIT)
+    if child.exitcode is None:
+        child.kill()
+        child.join(WAIT)
+    return child.exitcode
+
+
 def wait_until(predicate: Callable[[], bool], what: str) -> None:
     """Wait for a state this test cannot be told about (bounded; checks every millisecond)."""
     deadline = time.monotonic() + WAIT
     while not predicate():
         assert time.monotonic() < deadline, f"never happened: {what}"
         time.sleep(0.001)
-
-
-def wait_members(board: Any, channel: str, role: str, count: int) -> None:
-    assert board.server.wait_for(
-        lambda s: len(s.channel_members(channel).get(role, [])) == count, WAIT
-    ), f"{channel} never had {count} {role}(s): {board.server.channel_members(channel)}"
 
 
 @pytest.fixture(autouse=True)
@@ -112,10 +117,10 @@ def users_of(target: SSHTarget) -> int:
 def trio(board: Any, clients: Any) -> Any:
     """alice's two sessions a and b (one connection) and bob (another) on alice/t."""
     a = clients(board, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board, "alice/t", "pipe", 1)
+    board.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     b = clients(board, "alice", "alice/t").connect()
     bob = clients(board, "bob", "alice/t").connect()
-    wait_members(board, "alice/t", "pipe", 3)
+    board.wait_members("alice/t", "pipe", 3, timeout=WAIT)
     return a, b, bob
 
 
@@ -142,7 +147,7 @@ def test_closing_one_client_leaves_the_other_working_and_the_last_closes_it(
     shared = transport_of(a)
     a.close()
     assert shared.is_active()
-    wait_members(board_server, "alice/t", "pipe", 2)
+    board_server.wait_members("alice/t", "pipe", 2, timeout=WAIT)
     sent = hello(b)
     b.publish(sent)
     assert bob.get(timeout=WAIT) == sent
@@ -158,7 +163,7 @@ def test_closing_one_client_leaves_the_other_working_and_the_last_closes_it(
 
 def test_one_shot_commands_use_the_shared_connection(board_server: Any, clients: Any) -> None:
     a = clients(board_server, "alice", "alice/t", "-a", "alice,bob").connect()
-    wait_members(board_server, "alice/t", "pipe", 1)
+    board_server.wait_members("alice/t", "pipe", 1, timeout=WAIT)
     result = run_command(board_server.host, board_server.port, "ls", username="alice",
                          identity=board_server.key_path("alice"),
                          known_hosts=board_server.known_hosts, ssh_config="/dev/null")
@@ -204,7 +209,7 @@ def test_concurrent_connects_wait_for_one_handshake(
     assert len({id(transport_of(c)) for c in made}) == 1
     assert gated_connect.calls == 1
     assert board_server.server.accepted_connections == 1
-    wait_members(board_server, "alice/c4", "pipe", 1)
+    board_server.wait_members("alice/c4", "pipe", 1, timeout=WAIT)
 
 
 def test_a_refused_key_reaches_every_concurrent_connector_and_is_not_cached(
@@ -301,7 +306,7 @@ def test_after_a_drop_both_clients_reconnect_onto_one_new_connection(
     new = transport_of(a)
     assert new is transport_of(b) and new is not old and new.is_active()
     # (bob's session ended with its owner's and came back; the board wants all three)
-    wait_members(board_server, "alice/t", "pipe", 3)
+    board_server.wait_members("alice/t", "pipe", 3, timeout=WAIT)
     assert bob.wait_for_state({State.CONNECTED}, WAIT)
     sent = hello(bob)
     bob.publish(sent)
@@ -354,16 +359,7 @@ def test_a_forked_child_starts_with_no_shared_connection(board_server: Any,
     a, b, bob = trio(board_server, clients)
     session = a._session
     assert session is not None
-    child = multiprocessing.get_context("fork").Process(
-        target=_child_after_fork,
-        args=(a.target, session.lease, transport_of(a)),
-    )
-    child.start()
-    child.join(WAIT)
-    if child.exitcode is None:
-        child.kill()
-        child.join(WAIT)
-    assert child.exitcode == 0
+    assert exit_code_in_fork(_child_after_fork, a.target, session.lease, transport_of(a)) == 0
     # The parent's connection is untouched and still shared by a and b.
     assert users_of(a.target) == 2 and transport_of(a).is_active()
     assert board_server.server.accepted_connections == 3  # bob, alice, the child's own

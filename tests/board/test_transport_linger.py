@@ -9,14 +9,13 @@ timers are the linger's own.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Tuple
 
 import paramiko
 import pytest
@@ -26,7 +25,14 @@ from p2ppool.board import transports
 from p2ppool.board.client import BoardClient
 from p2ppool.board.sshconfig import SSHConnection, SSHTarget
 from p2ppool.errors import BoardConnectionError
-from tests.board.test_shared_transport import WAIT, make_client, transport_of, users_of, wait_until
+from tests.board.test_shared_transport import (
+    WAIT,
+    exit_code_in_fork,
+    make_client,
+    transport_of,
+    users_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.system
 
@@ -151,16 +157,21 @@ def test_an_acquire_at_the_moment_the_linger_ends_keeps_the_connection(
     assert transports.close_idle() == 1 and not shared.is_active()
 
 
+def lingering(board: Any, made: Any) -> Tuple[BoardClient, paramiko.Transport, SSHConnection]:
+    """A client that connected and closed: its connection (and transport) linger."""
+    c = client(board, made, "alice/t").connect()
+    session = c._session
+    assert session is not None
+    shared, connection = transport_of(c), session.connection
+    c.close()
+    return c, shared, connection
+
+
 def test_a_lingering_connection_that_died_is_closed_not_handed_out(
     board_server: Any, linger: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, made = linger
-    c = client(board_server, made, "alice/t").connect()
-    old = transport_of(c)
-    session = c._session
-    assert session is not None
-    old_connection = session.connection
-    c.close()
+    c, old, old_connection = lingering(board_server, made)
     entry = transports._entries[c.target]
     timer = entry.timer
     assert timer is not None
@@ -192,12 +203,7 @@ def test_a_lingering_connection_that_dropped_is_replaced_by_a_new_one(
     board_server: Any, linger: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, made = linger
-    c = client(board_server, made, "alice/t").connect()
-    old = transport_of(c)
-    session = c._session
-    assert session is not None
-    old_connection = session.connection
-    c.close()
+    c, old, old_connection = lingering(board_server, made)
     closed = spy_on_closes(monkeypatch)
     raw = old.sock
     assert isinstance(raw, socket.socket)
@@ -317,14 +323,7 @@ def test_a_forked_child_never_closes_the_parents_lingering_connection(
     c.close()
     entry = transports._entries[c.target]
     assert entry.timer is not None
-    child = multiprocessing.get_context("fork").Process(
-        target=_child_with_parents_lingering, args=(entry, shared))
-    child.start()
-    child.join(WAIT)
-    if child.exitcode is None:
-        child.kill()
-        child.join(WAIT)
-    assert child.exitcode == 0
+    assert exit_code_in_fork(_child_with_parents_lingering, entry, shared) == 0
     assert shared.is_active() and transports.shared_targets() == [c.target]
     assert board_server.server.open_connections == 1
     again = client(board_server, made, "alice/u").connect()
