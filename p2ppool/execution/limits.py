@@ -80,7 +80,7 @@ class ProcessLimit:
     def available(self) -> bool:
         return self.root is not None
 
-    def session(self, session_id: int) -> str | None:
+    def session(self, session_id: int | str) -> str | None:
         """A new cgroup for one session (None when unavailable or it cannot be made)."""
         if self.root is None:
             return None
@@ -90,7 +90,7 @@ class ProcessLimit:
             with open(os.path.join(path, "pids.max"), "w", encoding="ascii") as f:
                 f.write(str(self.max_processes))
         except OSError as exc:
-            log.warning("no process-count limit for session %d: %s", session_id, exc)
+            log.warning("no process-count limit for session %s: %s", session_id, exc)
             return None
         return path
 

@@ -60,11 +60,11 @@ class Confinement:
             self._jobs_root_dir = tempfile.mkdtemp(prefix="p2ppool-jobs-")
         return self._jobs_root_dir
 
-    def job_dir(self, sid: int) -> str:
+    def job_dir(self, sid: int | str) -> str:
         """A new writable working directory for session ``sid``'s tasks."""
         return tempfile.mkdtemp(prefix=f"session-{sid}-", dir=self._jobs_root())
 
-    def view_root(self, sid: int) -> str:
+    def view_root(self, sid: int | str) -> str:
         """A new directory for what session ``sid``'s prestarted sandboxes see of its code."""
         return tempfile.mkdtemp(prefix=f"code-{sid}-", dir=self._jobs_root())
 
@@ -93,7 +93,7 @@ class Confinement:
         os.makedirs(root, exist_ok=True)
         return root
 
-    def engine_arguments(self, sid: int, job_dir: str,
+    def engine_arguments(self, sid: int | str, job_dir: str,
                          view_root: str | None) -> Tuple[Dict[str, Any], str | None]:
         """The engine arguments that confine session ``sid``'s task processes (the
         environment allowlist and the job directory always, the sandbox launcher with

@@ -179,6 +179,7 @@ class Worker:
         if s.ttl is not None:
             self._ttl_deadline = time.monotonic() + s.ttl
         self._execute(self.peer.start(time.time()))
+        self.sessions.keep_spare()
         try:
             while not self._finished():
                 ready = multiprocessing.connection.wait(

@@ -34,6 +34,7 @@ Open frame to the cleanup of everything the session held, and the limits it enfo
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import platform
@@ -52,6 +53,10 @@ if TYPE_CHECKING:
     from ..shipping.environments import Environments
 
 __all__ = ["AWAITING_OPEN", "ENDED", "OPENING", "RUNNING", "Sessions"]
+
+#: Sandboxes started before their session's Open: its job directory, view directory, cgroup
+#: (or None) and deferred engine.
+_Sandboxes = Tuple[str, str, "str | None", Any]
 
 log = logging.getLogger("p2ppool.worker")
 
@@ -130,6 +135,9 @@ class Sessions:
         self.code_cache = CodeCache()  # the clients' own modules, for their task processes
         self._closers: List[threading.Thread] = []
         self.withdrawing = False
+        self._spare: _Sandboxes | None = None  # see keep_spare
+        self._stopping = False  # end_all or stop_all: no spare any more
+        self._spare_numbers = itertools.count(1)
 
     # -- sessions: opening -------------------------------------------------------------------
 
@@ -140,7 +148,8 @@ class Sessions:
         self._by_sid[session.sid] = session
         log.info("%s accepted %d slot(s); opening the wormhole session %d",
                  session.who(), session.slots, session.sid)
-        self._prestart(session)
+        if not self._take_spare(session):
+            self._prestart(session)
         thread = threading.Thread(target=self._open_in_thread, args=(session.sid, action.code),
                                   name=f"p2ppool-open-{session.sid}", daemon=True)
         thread.start()
@@ -307,25 +316,72 @@ class Sessions:
         opens (a sandboxed interpreter takes tens of milliseconds to start); they get their
         settings when the Open frame comes.  Their code is read from the session's own
         view directory, filled then.  On any failure the processes start at Open instead."""
-        from ..execution.engine import ProcessEngine
-
         if not self.confinement.sandboxed:
             return
+        started = self._start_sandboxes(str(session.sid), session.slots)
+        if started is not None:
+            session.job_dir, session.view_root, session.cgroup, session.engine = started
+
+    def _start_sandboxes(self, label: str, processes: int) -> _Sandboxes | None:
+        """``processes`` sandboxed task processes waiting for their settings (a deferred
+        engine) and the job directory, view directory and cgroup they were started in,
+        named after ``label``; None (and nothing left) if they could not be started."""
+        from ..execution.engine import ProcessEngine
+
         s = self.settings
+        job_dir = view_root = cgroup = None
         try:
-            session.job_dir = self.confinement.job_dir(session.sid)
-            session.view_root = self.confinement.view_root(session.sid)
-            confined, session.cgroup = self.confinement.engine_arguments(
-                session.sid, session.job_dir, session.view_root)
-            session.engine = ProcessEngine(
-                session.slots, max_task_seconds=s.max_task_seconds,
+            job_dir = self.confinement.job_dir(label)
+            view_root = self.confinement.view_root(label)
+            confined, cgroup = self.confinement.engine_arguments(label, job_dir, view_root)
+            engine = ProcessEngine(
+                processes, max_task_seconds=s.max_task_seconds,
                 max_result_bytes=s.max_payload_bytes, deferred=True, **confined)
         except Exception as exc:  # e.g. out of processes: Open tries again
-            log.warning("could not start the sandboxes of session %d early: %s",
-                        session.sid, exc)
-            if session.engine is not None:
-                session.engine.terminate(timeout=_KILL_WAIT_S)
-                session.engine = None
+            log.warning("could not start sandboxes early (%s): %s", label, exc)
+            self.confinement.release(job_dir, view_root, cgroup)
+            return None
+        return job_dir, view_root, cgroup, engine
+
+    # -- the spare: sandboxes started before a session comes ---------------------------------
+
+    def keep_spare(self) -> None:
+        """While no session runs, keep the worker's task processes started (sandboxed, as
+        many as it has slots) for the next session: a sandboxed interpreter takes tens of
+        milliseconds to start, which a session opened on an idle worker then does not wait
+        for.  Does nothing without the sandbox (forked processes start in milliseconds),
+        while withdrawing, while a session runs, or when a spare is there already."""
+        if (self._spare is not None or self._by_sid or self.withdrawing or self._stopping
+                or not self.confinement.sandboxed or not self.settings.spare_sandboxes):
+            return
+        self._spare = self._start_sandboxes(f"spare{next(self._spare_numbers)}",
+                                            self.settings.processes)
+        if self._spare is not None:
+            log.info("%d sandboxed task process(es) started for the next session",
+                     self.settings.processes)
+
+    def _take_spare(self, session: _ClientSession) -> bool:
+        """Give ``session`` the spare sandboxes, if there are enough of them (its Open
+        keeps only the processes it uses).  True if it got them."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return False
+        engine = spare[3]
+        if engine.processes < session.slots:  # (the worker's slots grew?) not enough
+            self._drop_spare(spare)
+            return False
+        session.job_dir, session.view_root, session.cgroup, session.engine = spare
+        log.debug("session %d takes the spare sandboxes", session.sid)
+        return True
+
+    def _drop_spare(self, spare: _Sandboxes | None = None) -> None:
+        """Stop the spare sandboxes (or ``spare``) and remove what they held."""
+        if spare is None:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            job_dir, view_root, cgroup, engine = spare
+            engine.terminate(timeout=_KILL_WAIT_S)
+            self.confinement.release(job_dir, view_root, cgroup)
 
     def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
         """Unpack the client's modules for this session's task processes; on failure
@@ -560,6 +616,7 @@ class Sessions:
     def _forget(self, session: _ClientSession) -> None:
         session.state = ENDED
         self._by_sid.pop(session.sid, None)
+        self.keep_spare()  # the worker may be idle now: ready for the next session
         self._ended(session.sid)
 
     # -- what the loop asks every turn -------------------------------------------------------
@@ -611,6 +668,7 @@ class Sessions:
     def withdraw(self) -> None:
         """The worker withdraws: refuse sessions awaiting Open, send new tasks back."""
         self.withdrawing = True
+        self._drop_spare()
         for session in list(self._by_sid.values()):
             if session.state == AWAITING_OPEN:
                 self._refuse(session, f"worker {self.settings.name} is shutting down")
@@ -631,6 +689,8 @@ class Sessions:
 
     def stop_all(self) -> None:
         """Stop now: kill every child, report in-flight tasks lost (retry elsewhere)."""
+        self._stopping = True
+        self._drop_spare()
         for session in list(self._by_sid.values()):
             if session.state == RUNNING:
                 self._lose_all(session, f"worker {self.settings.name} was stopped")
@@ -645,7 +705,10 @@ class Sessions:
         session.inflight.clear()
 
     def end_all(self) -> None:
-        """End every session (engines first), saying goodbye to those still open."""
+        """End every session (engines first), saying goodbye to those still open, and stop
+        the spare sandboxes."""
+        self._stopping = True
+        self._drop_spare()
         for session in list(self._by_sid.values()):
             if session.engine is not None:
                 session.engine.terminate(timeout=_KILL_WAIT_S)
@@ -656,6 +719,8 @@ class Sessions:
         """After :meth:`end_all`: wait (bounded) for the goodbyes to be closed, then remove
         the code cache and the jobs directory."""
         deadline = time.monotonic() + defaults.SESSION_CLOSE_TIMEOUT_S + 2.0
+        self._stopping = True
+        self._drop_spare()
         for closer in self._closers:
             closer.join(max(0.0, deadline - time.monotonic()))
         self.code_cache.close()

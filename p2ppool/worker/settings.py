@@ -53,6 +53,8 @@ class WorkerSettings:
     max_task_processes: int = defaults.WORKER_MAX_TASK_PROCESSES
     #: bytes of functions one session may keep here (``--max-functions-mb``)
     max_function_bytes: int = defaults.WORKER_FUNCTION_BYTES_PER_SESSION
+    #: while idle, keep sandboxed task processes started for the next session
+    spare_sandboxes: bool = defaults.WORKER_SPARE_SANDBOXES
 
     @property
     def function_budget(self) -> int:
