@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-spare-sandboxes", dest="spare_sandboxes", action="store_false",
                         default=True, help="do not keep sandboxed task processes started "
                         "while idle (they make a session's start about 0.1 s faster and "
-                        "take some memory: about 10 MB each, one per slot)")
+                        "take some memory: about 11 MB each, one per slot)")
     parser.add_argument("--name", help="this worker's name on the board (default: host-pid)")
     parser.add_argument("--grace", type=float, default=defaults.WORKER_GRACE_S, metavar="S",
                         help="seconds in-flight tasks may take to finish when stopping "
