@@ -189,7 +189,11 @@ class Pool:
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> Any:  # noqa: B006 - mirrors multiprocessing
         """Call ``func(*args, **kwds)`` in a worker process and return its result."""
-        return self.apply_async(func, args, kwds).get()
+        manager = self._check_running()
+        result = ApplyResult(self, None, None)
+        job = _Job(func, payload.APPLY, result, 1)
+        return _submit_and_get(manager, result, manager.submit, job,
+                               [((tuple(args), dict(kwds) if kwds else None), 0)])
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},  # noqa: B006
@@ -210,12 +214,12 @@ class Pool:
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None) -> List[Any]:
         """``list(map(func, iterable))``, computed in worker processes in chunks."""
-        return self._map_async(func, iterable, payload.MAP, chunksize).get()  # type: ignore[no-any-return]
+        return self._map(func, iterable, payload.MAP, chunksize)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None) -> List[Any]:
         """Like :meth:`map`, but each item is unpacked as arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, payload.STARMAP, chunksize).get()  # type: ignore[no-any-return]
+        return self._map(func, iterable, payload.STARMAP, chunksize)
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: int | None = None,
@@ -234,11 +238,26 @@ class Pool:
         return self._map_async(func, iterable, payload.STARMAP, chunksize, callback,
                                error_callback)
 
+    def _map(self, func: Callable[..., Any], iterable: Iterable[Any], how: int,
+             chunksize: int | None) -> List[Any]:
+        manager, result, job, chunks = self._map_job(func, iterable, how, chunksize, None, None)
+        return _submit_and_get(manager, result, manager.submit, job, chunks)  # type: ignore[no-any-return]
+
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], how: int,
                    chunksize: int | None = None,
                    callback: Callable[[Any], object] | None = None,
                    error_callback: Callable[[BaseException], object] | None = None,
                    ) -> MapResult:
+        manager, result, job, chunks = self._map_job(func, iterable, how, chunksize, callback,
+                                                     error_callback)
+        manager.inbox.post(manager.submit, job, chunks)
+        return result
+
+    def _map_job(self, func: Callable[..., Any], iterable: Iterable[Any], how: int,
+                 chunksize: int | None, callback: Callable[[Any], object] | None,
+                 error_callback: Callable[[BaseException], object] | None,
+                 ) -> Tuple[_Manager, MapResult, _Job, List[Tuple[Any, int]]]:
+        """A map's result, job and chunks, not submitted yet."""
         manager = self._check_running()
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
@@ -252,8 +271,7 @@ class Pool:
         result = MapResult(self, chunksize, len(items), callback, error_callback)
         chunks = chunking.split(items, chunksize) if chunksize else []
         job = _Job(func, how, result, len(chunks), self._progress(len(items)))
-        manager.inbox.post(manager.submit, job, [(c, len(c)) for c in chunks])
-        return result
+        return manager, result, job, [(c, len(c)) for c in chunks]
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
              chunksize: int = 1) -> Iterator[Any]:
@@ -334,6 +352,25 @@ class Pool:
             raise ValueError("In unknown state")
         if self._manager is not None and self._manager.thread is not threading.current_thread():
             self._manager.thread.join()
+
+
+def _submit_and_get(manager: _Manager, result: ApplyResult, submit: Callable[..., None],
+                    *args: Any) -> Any:
+    """Post a job and wait for its result (``apply``, ``map``, ``starmap``).
+
+    A KeyboardInterrupt can land between any two bytecodes: after the job was posted but
+    before ``get`` waits (inside ``post``, on the way to ``get``), not only in the wait,
+    which withdraws the job itself.  Landing there, it withdraws the job too; else the
+    job's chunks would keep the pool's slots, and the next call wait behind them.  (One
+    that lands before the post withdraws a job the manager never sees: a no-op.)
+    """
+    try:
+        manager.inbox.post(submit, *args)
+        return result.get()
+    except KeyboardInterrupt:
+        if not result.ready():
+            result._withdraw()
+        raise
 
 
 #: Inputs whose iteration runs no user code and never blocks (the manager reads them).

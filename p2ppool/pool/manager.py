@@ -417,7 +417,14 @@ class _Manager:
 
     def _execute(self, commands: List[Command]) -> None:
         batch: List[Assign] = []  # consecutive Assigns of one batch, sent as one task
+        # Consecutive Cancels, per executor, sent as one call: a withdrawn job's chunks leave
+        # an engine together, or a child replaced for the first would be given the next
+        # (still queued, about to be cancelled) at once, and start it.
+        cancels: Dict[str, List[int]] = {}
         for command in commands:
+            if cancels and not isinstance(command, Cancel):
+                self._cancel(cancels)
+                cancels = {}
             if batch and not (isinstance(command, Assign) and command.batch == batch[0].batch):
                 self._assign_batch(batch)
                 batch = []
@@ -431,12 +438,18 @@ class _Manager:
             elif isinstance(command, Fail):
                 self._resolve_outcome(_cid(command.chunk_id), (False, command.error))
             elif isinstance(command, Cancel):
-                executor = self.executors.get(command.executor)
-                if executor is not None:
-                    executor.cancel([_cid(command.chunk_id)])
+                cancels.setdefault(command.executor, []).append(_cid(command.chunk_id))
             # WakeAt: the loop asks the scheduler for its next deadline every turn.
+        if cancels:
+            self._cancel(cancels)
         if batch:
             self._assign_batch(batch)
+
+    def _cancel(self, cancels: Dict[str, List[int]]) -> None:
+        for name, chunk_ids in cancels.items():
+            executor = self.executors.get(name)
+            if executor is not None:
+                executor.cancel(chunk_ids)
 
     def _assign(self, command: Assign) -> None:
         claimed = self._claim(command)

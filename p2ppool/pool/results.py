@@ -14,7 +14,7 @@ import threading
 import types
 from typing import Any, Callable, Deque, Dict, Tuple
 
-from ..errors import TimeoutError
+from ..errors import PoolNotRunning, TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 
@@ -77,6 +77,7 @@ class _Ready:
 class _Result:
     _job: int
     _pool: object | None
+    _withdrawn = False  # _withdraw posted its cancel already
 
     def _set(self, i: int, obj: Outcome) -> None:
         raise NotImplementedError
@@ -84,11 +85,17 @@ class _Result:
     def _withdraw(self) -> None:
         """The waiter was interrupted (Ctrl-C, a Jupyter kernel interrupt): the job's
         chunks are withdrawn from processes and peers, and the pool stays usable."""
+        if self._withdrawn:
+            return  # once is enough (get's wait, then Pool.map, may both ask)
+        self._withdrawn = True
         pool = self._pool
         manager = getattr(pool, "_manager", None)
         if manager is not None:
-            manager.inbox.post(manager.cancel_job, self._job,
-                               KeyboardInterrupt("the caller was interrupted"))
+            try:
+                manager.inbox.post(manager.cancel_job, self._job,
+                                   KeyboardInterrupt("the caller was interrupted"))
+            except PoolNotRunning:
+                pass  # the manager has exited and failed every job: nothing to withdraw
 
     def _abort(self, error: BaseException) -> None:
         raise NotImplementedError

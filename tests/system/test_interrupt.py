@@ -13,7 +13,9 @@ from typing import Any, Iterator
 import pytest
 
 from p2ppool import Pool
+from p2ppool.execution.engine import ProcessEngine
 from p2ppool.local.cluster import LocalCluster
+from p2ppool.pool.results import ApplyResult
 
 pytestmark = pytest.mark.system
 
@@ -61,3 +63,64 @@ def test_an_interrupted_map_is_withdrawn_and_the_pool_goes_on(
         assert pool.map(abs, range(-6, 0)) == [6, 5, 4, 3, 2, 1]
         assert time.monotonic() - interrupted_at < 10
     assert len(list(tmp_path.glob("started-*"))) <= 2  # queued tasks never started
+
+
+@pytest.mark.parametrize("call", ["map", "starmap", "apply"])
+def test_an_interrupt_between_submitting_and_waiting_withdraws_the_call_too(
+        call: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIGINT can land after the call posted its job but before its ``get`` waits (on a
+    busy machine, the watcher above is that quick): its work is withdrawn all the same."""
+    real_get = ApplyResult.get
+
+    def interrupted_on_the_way(self: ApplyResult, timeout: float | None = None) -> Any:
+        monkeypatch.setattr(ApplyResult, "get", real_get)  # once
+        raise KeyboardInterrupt
+
+    with Pool(1) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]  # warm
+        monkeypatch.setattr(ApplyResult, "get", interrupted_on_the_way)
+        work = [(str(tmp_path), i) for i in range(4)]
+        with pytest.raises(KeyboardInterrupt):
+            if call == "map":
+                pool.map(started_then_wait, work, chunksize=1)
+            elif call == "starmap":
+                pool.starmap(started_then_wait_unpacked, work, chunksize=1)
+            else:
+                pool.apply(started_then_wait, (work[0],))
+        # Not behind the withdrawn call's 30-second tasks.
+        assert pool.map_async(abs, range(-3, 0)).get(5) == [3, 2, 1]
+
+
+def started_then_wait_unpacked(directory: str, i: int) -> int:
+    return started_then_wait((directory, i))
+
+
+def test_a_withdrawn_map_leaves_the_engine_at_once_none_of_it_placed_on_a_fresh_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unwarmed (no prefetch), chunks 3 and 4 wait in the engine's backlog behind 1 and 2:
+    withdrawn together, none of them goes to the processes that replace the killed ones."""
+    submitted: list[int] = []
+    given: list[int] = []
+    real_submit, real_give = ProcessEngine.submit, ProcessEngine._give
+
+    def submit(self: ProcessEngine, task_id: int, *args: Any) -> None:
+        submitted.append(task_id)
+        real_submit(self, task_id, *args)
+
+    def give(self: ProcessEngine, child: Any, task: Any) -> None:
+        given.append(task.task_id)
+        real_give(self, child, task)
+
+    monkeypatch.setattr(ProcessEngine, "submit", submit)
+    monkeypatch.setattr(ProcessEngine, "_give", give)
+    with Pool(2) as pool:
+        result = pool.map_async(started_then_wait, [(str(tmp_path), i) for i in range(8)],
+                                chunksize=1)
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("started-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        doomed = set(submitted)
+        given.clear()
+        result._withdraw()  # what an interrupted get does
+        assert pool.map(abs, range(-6, 0)) == [6, 5, 4, 3, 2, 1]
+        assert doomed and not doomed & set(given)
