@@ -189,11 +189,8 @@ class Pool:
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> Any:  # noqa: B006 - mirrors multiprocessing
         """Call ``func(*args, **kwds)`` in a worker process and return its result."""
-        manager = self._check_running()
-        result = ApplyResult(self, None, None)
-        job = _Job(func, payload.APPLY, result, 1)
-        return _submit_and_get(manager, result, manager.submit, job,
-                               [((tuple(args), dict(kwds) if kwds else None), 0)])
+        manager, result, job, chunks = self._apply_job(func, args, kwds, None, None)
+        return _submit_and_get(manager, result, manager.submit, job, chunks)
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},  # noqa: B006
@@ -205,11 +202,20 @@ class Pool:
         ``callback(value)`` or ``error_callback(exception)`` runs (in the pool's manager
         thread) before the result becomes ready.
         """
+        manager, result, job, chunks = self._apply_job(func, args, kwds, callback,
+                                                       error_callback)
+        manager.inbox.post(manager.submit, job, chunks)
+        return result
+
+    def _apply_job(self, func: Callable[..., Any], args: Iterable[Any],
+                   kwds: Mapping[str, Any], callback: Callable[[Any], object] | None,
+                   error_callback: Callable[[BaseException], object] | None,
+                   ) -> Tuple[_Manager, ApplyResult, _Job, List[Tuple[Any, int]]]:
+        """An apply's result, job and its one chunk, not submitted yet."""
         manager = self._check_running()
         result = ApplyResult(self, callback, error_callback)
         job = _Job(func, payload.APPLY, result, 1)
-        manager.inbox.post(manager.submit, job, [((tuple(args), dict(kwds) if kwds else None), 0)])
-        return result
+        return manager, result, job, [((tuple(args), dict(kwds) if kwds else None), 0)]
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None) -> List[Any]:
