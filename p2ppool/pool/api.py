@@ -301,22 +301,26 @@ class Pool:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         how = payload.APPLY if chunksize == 1 else payload.MAP
         job = _Job(func, how, result, None, self._progress(total))
-        if type(iterable) in _PLAIN_SEQUENCES:
-            # Reading these runs no user code and never blocks: the manager reads them
-            # itself as results come back, without a feeder thread (whose start costs
-            # about 0.3 ms of the first result).
-            job.reader = chunking.ChunkReader(iterable, chunksize)
-            manager.inbox.post(manager.start_stream, job)
-            if chunksize == 1:
-                return result  # type: ignore[no-any-return]
-            return (item for chunk in result for item in chunk)
-        job.slots = queue.SimpleQueue()  # start_stream puts the read-ahead tokens
-        manager.inbox.post(manager.start_stream, job)
-        feeder = threading.Thread(
-            target=_feed, args=(manager, job, iterable, chunksize),
-            name=f"p2ppool-imap-feeder-{job.job_id}", daemon=True,
-        )
-        feeder.start()
+        try:
+            if type(iterable) in _PLAIN_SEQUENCES:
+                # Reading these runs no user code and never blocks: the manager reads them
+                # itself as results come back, without a feeder thread (whose start costs
+                # about 0.3 ms of the first result).
+                job.reader = chunking.ChunkReader(iterable, chunksize)
+                manager.inbox.post(manager.start_stream, job)
+            else:
+                job.slots = queue.SimpleQueue()  # start_stream puts the read-ahead tokens
+                manager.inbox.post(manager.start_stream, job)
+                feeder = threading.Thread(
+                    target=_feed, args=(manager, job, iterable, chunksize),
+                    name=f"p2ppool-imap-feeder-{job.job_id}", daemon=True,
+                )
+                feeder.start()
+        except KeyboardInterrupt:
+            # Landed after the stream was posted (inside post's wake-up, or before the feeder
+            # ran): the caller never gets the iterator, so nobody else would withdraw it.
+            result._withdraw()
+            raise
         if chunksize == 1:
             return result  # type: ignore[no-any-return]
         return (item for chunk in result for item in chunk)

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -124,3 +124,59 @@ def test_a_withdrawn_map_leaves_the_engine_at_once_none_of_it_placed_on_a_fresh_
         result._withdraw()  # what an interrupted get does
         assert pool.map(abs, range(-6, 0)) == [6, 5, 4, 3, 2, 1]
         assert doomed and not doomed & set(given)
+
+
+def test_an_interrupt_as_imap_posts_its_stream_withdraws_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIGINT can land inside ``imap`` itself, once its stream is posted (in post's
+    wake-up, while a task already runs): the caller never gets the iterator, and the
+    stream is withdrawn all the same."""
+    with Pool(1) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]  # warm
+        interrupt_in_post(pool, monkeypatch, lambda: wait_for_start(tmp_path))
+        with pytest.raises(KeyboardInterrupt):
+            pool.imap(started_then_wait, [(str(tmp_path), i) for i in range(4)])
+        # Not behind the withdrawn stream's 30-second tasks (one of them had started).
+        assert pool.map_async(abs, range(-3, 0)).get(5) == [3, 2, 1]
+
+
+def test_an_interrupt_before_imap_starts_its_feeder_withdraws_the_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Landing before the feeder of a generator's stream starts, it would leave a stream
+    that never gets its input, and the pool could never finish its work: withdrawn, it
+    closes and joins at once."""
+    pool = Pool(1)
+    try:
+        interrupt_in_post(pool, monkeypatch, lambda: None)
+        with pytest.raises(KeyboardInterrupt):
+            pool.imap(abs, iter(range(4)))
+        pool.close()
+        joined = threading.Thread(target=pool.join, daemon=True)
+        joined.start()
+        joined.join(10)
+        assert not joined.is_alive(), "the pool still waits for the stream's input"
+    finally:
+        pool.terminate()
+
+
+def interrupt_in_post(pool: Pool, monkeypatch: pytest.MonkeyPatch,
+                      first: Callable[[], None]) -> None:
+    """The next post of a stream to ``pool``'s manager raises KeyboardInterrupt once it is
+    posted, after ``first()``."""
+    inbox = pool._manager.inbox  # type: ignore[union-attr]
+    real_post = type(inbox).post
+
+    def post(self: Any, fn: Any, *args: Any) -> None:
+        real_post(self, fn, *args)
+        if getattr(fn, "__name__", "") == "start_stream":
+            monkeypatch.setattr(type(inbox), "post", real_post)  # once
+            first()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(inbox), "post", post)
+
+
+def wait_for_start(directory: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not list(directory.glob("started-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a task process's file: no event to wait on
