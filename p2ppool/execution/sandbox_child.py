@@ -20,7 +20,10 @@ from . import task_loop, wire
 
 def main(argv: list[str]) -> None:
     rx_fd, tx_fd = int(argv[1]), int(argv[2])
-    message = wire.recv_message(rx_fd)
+    try:
+        message = wire.recv_message(rx_fd)
+    except EOFError:
+        return  # let go before it got its settings (a spare, a session that never opened)
     kind, body = message[:1], message[1:]
     end = body.index(b"\n")
     settings = json.loads(body[:end])

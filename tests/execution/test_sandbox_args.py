@@ -78,3 +78,20 @@ def test_the_task_environment_is_an_allowlist(monkeypatch: pytest.MonkeyPatch) -
 def test_diagnoses_name_the_fix(stderr: str, hint: str) -> None:
     message = diagnose(stderr)
     assert hint in message and "--sandbox none" in message
+
+
+def test_a_task_process_let_go_before_its_settings_exits_quietly(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A spare (or a session that never opened) is let go by closing its pipe: the task
+    process ends without a traceback in the worker's log."""
+    from p2ppool.execution.sandbox_child import main
+
+    rx, worker_end = os.pipe()
+    worker_rx, child_tx = os.pipe()
+    os.close(worker_end)
+    try:
+        main(["-", str(rx), str(child_tx)])
+    finally:
+        for fd in (rx, child_tx, worker_rx):
+            os.close(fd)
+    assert capfd.readouterr().err == ""
