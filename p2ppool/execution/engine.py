@@ -268,6 +268,9 @@ class ProcessEngine:
         self._code_dir = code_dir
         self._site_dir = site_dir
         self._configured = True
+        # Keep the live ones: a deferred engine's children are not watched until now (a
+        # worker's spare), so one may have died meanwhile; its sentinel reports it later.
+        self._children.sort(key=lambda child: child.process.exitcode is not None)
         extra = self._children[max(1, processes):]
         self.processes = max(1, min(processes, self.processes))
         for child in extra:

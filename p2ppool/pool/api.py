@@ -403,6 +403,8 @@ def _feed(manager: _Manager, job: _Job, iterable: Iterable[Any], chunksize: int)
     try:
         while manager.state != TERMINATE:
             slots.get()
+            if job.failed:
+                return  # withdrawn (or failed as a whole): read no more of the input
             batch: List[Tuple[int, Any, int]] = []
             error: Tuple[int, BaseException] | None = None
             more = True

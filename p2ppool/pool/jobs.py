@@ -38,6 +38,7 @@ class _Job:
         # imap read-ahead: one token per chunk the feeder may read before results come back
         # (a C SimpleQueue: cheaper per chunk than a Semaphore, which is Python code)
         self.slots: queue.SimpleQueue[None] | None = None
+        self.failed = False  # failed as a whole (withdrawn): its feeder reads no more
         self.input_error: tuple[int, BaseException] | None = None  # held for its turn
         # imap of a list, tuple or range: the manager reads the input itself (no feeder),
         # ``credit`` more chunks when it next can.

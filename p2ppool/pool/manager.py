@@ -641,8 +641,9 @@ class _Manager:
         if job.progress is not None:
             job.progress.close()
             job.progress = None
+        job.failed = True
         if job.slots is not None:
-            job.slots.put(None)
+            job.slots.put(None)  # wakes its feeder, which then sees `failed` and ends
 
 
 def _cid(chunk_id: Hashable) -> int:

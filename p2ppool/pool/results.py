@@ -87,7 +87,6 @@ class _Result:
         chunks are withdrawn from processes and peers, and the pool stays usable."""
         if self._withdrawn:
             return  # once is enough (get's wait, then Pool.map, may both ask)
-        self._withdrawn = True
         pool = self._pool
         manager = getattr(pool, "_manager", None)
         if manager is not None:
@@ -96,6 +95,9 @@ class _Result:
                                    KeyboardInterrupt("the caller was interrupted"))
             except PoolNotRunning:
                 pass  # the manager has exited and failed every job: nothing to withdraw
+        # Only once posted: a second interrupt that lands before the post leaves it to the
+        # next caller of _withdraw (a second cancel of a job is a no-op).
+        self._withdrawn = True
 
     def _abort(self, error: BaseException) -> None:
         raise NotImplementedError

@@ -110,9 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "run at once, their children included (a pids cgroup, where the "
                         f"worker may create one; default {defaults.WORKER_MAX_TASK_PROCESSES})")
     parser.add_argument("--no-spare-sandboxes", dest="spare_sandboxes", action="store_false",
-                        default=True, help="do not keep sandboxed task processes started "
-                        "while idle (they make a session's start about 0.1 s faster and "
-                        "take some memory: about 11 MB each, one per slot)")
+                        default=defaults.WORKER_SPARE_SANDBOXES,
+                        help="do not keep sandboxed task processes started while idle "
+                        "(they make a session's start about 0.1 s faster and take some "
+                        "memory: about 11 MB each, one per slot)")
     parser.add_argument("--name", help="this worker's name on the board (default: host-pid)")
     parser.add_argument("--grace", type=float, default=defaults.WORKER_GRACE_S, metavar="S",
                         help="seconds in-flight tasks may take to finish when stopping "
@@ -202,7 +203,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         install_cache_bytes=(defaults.WORKER_INSTALL_CACHE_BYTES if cache_mb is None
                              else int(cache_mb * 1_000_000)),
         max_function_bytes=max_functions,
-        spare_sandboxes=bool(getattr(args, "spare_sandboxes", True)),
+        spare_sandboxes=bool(getattr(args, "spare_sandboxes", defaults.WORKER_SPARE_SANDBOXES)),
     )
 
 

@@ -1,8 +1,8 @@
 """Where and how the task processes of a worker's sessions run.
 
 :class:`Confinement` belongs to :class:`~p2ppool.worker.sessions.Sessions`: it makes each
-session's directories under the worker's one jobs directory (made with the first session,
-removed at the end), the engine arguments that confine its task processes (the
+session's directories (and a spare's) under the worker's one jobs directory (made with the first
+session or spare, removed at the end), the engine arguments that confine its task processes (the
 environment allowlist always; with bubblewrap the sandbox launcher, the read-only view of
 the session's code and of the installed requirement sets, and the session's pids cgroup),
 and removes what a session held when it ends.  It keeps no per-session state: the session
@@ -54,8 +54,10 @@ class Confinement:
         return bool(self._sandbox.mode == BWRAP)
 
     def _jobs_root(self) -> str:
-        """The worker's directory of job directories, made when the first session needs
-        it (a worker that never served leaves nothing, even when killed)."""
+        """The worker's directory of job directories, made when the first session or spare
+        (see ``Sessions.keep_spare``) needs it; a sandboxed worker makes its spare at start,
+        so one killed with SIGKILL leaves it behind (LocalCluster's workers have their
+        TMPDIR in the cluster's directory)."""
         if self._jobs_root_dir is None:
             self._jobs_root_dir = tempfile.mkdtemp(prefix="p2ppool-jobs-")
         return self._jobs_root_dir
@@ -65,7 +67,8 @@ class Confinement:
         return tempfile.mkdtemp(prefix=f"session-{sid}-", dir=self._jobs_root())
 
     def view_root(self, sid: int | str) -> str:
-        """A new directory for what session ``sid``'s prestarted sandboxes see of its code."""
+        """A new directory for what the sandboxes started for session ``sid`` (or a spare)
+        before its Open see of its code."""
         return tempfile.mkdtemp(prefix=f"code-{sid}-", dir=self._jobs_root())
 
     @staticmethod

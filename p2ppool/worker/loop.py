@@ -179,8 +179,8 @@ class Worker:
         if s.ttl is not None:
             self._ttl_deadline = time.monotonic() + s.ttl
         self._execute(self.peer.start(time.time()))
-        self.sessions.keep_spare()
         try:
+            self.sessions.keep_spare()  # inside: an interrupt here still shuts down
             while not self._finished():
                 ready = multiprocessing.connection.wait(
                     [self.inbox.read_fd, *self.sessions.readables()], self._timeout())

@@ -19,6 +19,7 @@ directory and process cgroup; and the worker's code cache and its
 nothing of the board: the loop starts a session when :mod:`~p2ppool.worker.peer` says so,
 and hears back about slots through the two callables it gives::
 
+    loop ── keep_spare() at start; Sessions itself when idle ─> Sessions (spare sandboxes)
     loop ── start(OpenSession) ─────────────────────────────> Sessions ── opener thread
     opener thread, reactor ── OPENED, OPEN_FAILED, FRAME, LOST ──> inbox ──> loop
     loop ── opened / open_failed / got_frame / lost ─────────> Sessions
@@ -350,7 +351,8 @@ class Sessions:
         many as it has slots) for the next session: a sandboxed interpreter takes tens of
         milliseconds to start, which a session opened on an idle worker then does not wait
         for.  Does nothing without the sandbox (forked processes start in milliseconds),
-        while withdrawing, while a session runs, or when a spare is there already."""
+        while withdrawing or stopping, while any session is known (opening or running), or
+        when a spare is there already."""
         if (self._spare is not None or self._by_sid or self.withdrawing or self._stopping
                 or not self.confinement.sandboxed or not self.settings.spare_sandboxes):
             return

@@ -160,3 +160,27 @@ def test_no_spare_sandboxes_keeps_none() -> None:
                    "the session's end in the worker's log")
         assert launched(c) == set()
         assert "started for the next session" not in log_path.read_text()
+
+
+def launch_order(cluster: LocalCluster, process: Process) -> int:
+    """The pid of the launcher the worker started for ``process`` (launchers are started
+    one after another, so their pids give the engine's order of its children)."""
+    worker = cluster.workers[0].pid
+    proc = psutil.Process(process[0])
+    while proc.ppid() != worker:
+        proc = psutil.Process(proc.ppid())
+    return proc.pid
+
+
+def test_a_session_taking_fewer_slots_keeps_a_live_spare_process(
+        cluster: LocalCluster) -> None:
+    """The first of two spare processes died while idle: a one-slot session keeps the
+    live one (no sandbox to start for it).  The worker usually sees the death between the
+    Accept and the Open (and replaces the process at the end of the list); the engine's
+    configure keeps live processes first for a death it has not seen yet."""
+    spare = spare_of(cluster, 2)
+    first = min(spare, key=lambda p: launch_order(cluster, p))
+    os.kill(first[0], signal.SIGKILL)
+    with pool(cluster, 1) as p:
+        assert p.map(abs, [-5]) == [5]
+        assert task_processes(cluster) == spare - {first}

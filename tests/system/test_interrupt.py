@@ -3,10 +3,12 @@ the processes and peers that run it, and leaves the Pool usable (issue 12, item 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -180,3 +182,40 @@ def wait_for_start(directory: Path) -> None:
     deadline = time.monotonic() + 10
     while not list(directory.glob("started-*")) and time.monotonic() < deadline:
         time.sleep(0.01)  # a task process's file: no event to wait on
+
+
+def test_a_withdrawn_generator_stream_ends_its_feeder() -> None:
+    """The feeder of a withdrawn stream reads no more of its input and ends (else it waits
+    for a read-ahead token forever, holding the iterable)."""
+    with Pool(1) as pool:
+        stream = pool.imap(abs, itertools.count())
+        assert next(stream) == 0
+        feeders = [t for t in threading.enumerate()
+                   if t.name.startswith("p2ppool-imap-feeder-")]
+        assert len(feeders) == 1
+        stream._withdraw()  # type: ignore[attr-defined]  # what an interrupted next() does
+        feeders[0].join(10)
+        assert not feeders[0].is_alive()
+
+
+def test_a_withdraw_interrupted_before_its_post_is_made_by_the_next_one() -> None:
+    """Two quick interrupts: the first withdraws from get's wait and is interrupted before
+    its post by the second; the caller's handler then withdraws (once)."""
+    posted: list[int] = []
+
+    class Inbox:
+        calls = 0
+
+        def post(self, fn: Any, *args: Any) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt
+            posted.append(args[0])
+
+    manager = types.SimpleNamespace(inbox=Inbox(), cancel_job=lambda *a: None)
+    result = ApplyResult(types.SimpleNamespace(_manager=manager), None, None)
+    with pytest.raises(KeyboardInterrupt):
+        result._withdraw()
+    result._withdraw()
+    result._withdraw()
+    assert posted == [result._job]
