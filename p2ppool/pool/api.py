@@ -190,7 +190,7 @@ class Pool:
               kwds: Mapping[str, Any] = {}) -> Any:  # noqa: B006 - mirrors multiprocessing
         """Call ``func(*args, **kwds)`` in a worker process and return its result."""
         manager, result, job, chunks = self._apply_job(func, args, kwds, None, None)
-        return _submit_and_get(manager, result, manager.submit, job, chunks)
+        return _submit_and_get(manager, result, job, chunks)
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},  # noqa: B006
@@ -247,7 +247,7 @@ class Pool:
     def _map(self, func: Callable[..., Any], iterable: Iterable[Any], how: int,
              chunksize: int | None) -> List[Any]:
         manager, result, job, chunks = self._map_job(func, iterable, how, chunksize, None, None)
-        return _submit_and_get(manager, result, manager.submit, job, chunks)  # type: ignore[no-any-return]
+        return _submit_and_get(manager, result, job, chunks)  # type: ignore[no-any-return]
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], how: int,
                    chunksize: int | None = None,
@@ -364,8 +364,8 @@ class Pool:
             self._manager.thread.join()
 
 
-def _submit_and_get(manager: _Manager, result: ApplyResult, submit: Callable[..., None],
-                    *args: Any) -> Any:
+def _submit_and_get(manager: _Manager, result: ApplyResult, job: _Job,
+                    chunks: List[Tuple[Any, int]]) -> Any:
     """Post a job and wait for its result (``apply``, ``map``, ``starmap``).
 
     A KeyboardInterrupt can land between any two bytecodes: after the job was posted but
@@ -375,7 +375,7 @@ def _submit_and_get(manager: _Manager, result: ApplyResult, submit: Callable[...
     that lands before the post withdraws a job the manager never sees: a no-op.)
     """
     try:
-        manager.inbox.post(submit, *args)
+        manager.inbox.post(manager.submit, job, chunks)
         return result.get()
     except KeyboardInterrupt:
         if not result.ready():

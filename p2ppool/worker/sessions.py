@@ -137,7 +137,7 @@ class Sessions:
         self._closers: List[threading.Thread] = []
         self.withdrawing = False
         self._spare: _Sandboxes | None = None  # see keep_spare
-        self._stopping = False  # end_all or stop_all: no spare any more
+        self._stopping = False  # stop_all, end_all or close: no spare any more
         self._spare_numbers = itertools.count(1)
 
     # -- sessions: opening -------------------------------------------------------------------
@@ -363,27 +363,27 @@ class Sessions:
                      self.settings.processes)
 
     def _take_spare(self, session: _ClientSession) -> bool:
-        """Give ``session`` the spare sandboxes, if there are enough of them (its Open
-        keeps only the processes it uses).  True if it got them."""
+        """Give ``session`` the spare sandboxes (one per slot of the worker: at least as
+        many as it took; its Open keeps only the processes it uses).  True if it got them."""
         spare, self._spare = self._spare, None
         if spare is None:
-            return False
-        engine = spare[3]
-        if engine.processes < session.slots:  # (the worker's slots grew?) not enough
-            self._drop_spare(spare)
             return False
         session.job_dir, session.view_root, session.cgroup, session.engine = spare
         log.debug("session %d takes the spare sandboxes", session.sid)
         return True
 
-    def _drop_spare(self, spare: _Sandboxes | None = None) -> None:
-        """Stop the spare sandboxes (or ``spare``) and remove what they held."""
-        if spare is None:
-            spare, self._spare = self._spare, None
+    def _drop_spare(self) -> None:
+        """Stop the spare sandboxes, if any, and remove what they held."""
+        spare, self._spare = self._spare, None
         if spare is not None:
             job_dir, view_root, cgroup, engine = spare
             engine.terminate(timeout=_KILL_WAIT_S)
             self.confinement.release(job_dir, view_root, cgroup)
+
+    def _no_more_spares(self) -> None:
+        """The worker is stopping: stop the spare and make none again."""
+        self._stopping = True
+        self._drop_spare()
 
     def _install_code(self, session: _ClientSession, bundle: Any) -> bool:
         """Unpack the client's modules for this session's task processes; on failure
@@ -691,8 +691,7 @@ class Sessions:
 
     def stop_all(self) -> None:
         """Stop now: kill every child, report in-flight tasks lost (retry elsewhere)."""
-        self._stopping = True
-        self._drop_spare()
+        self._no_more_spares()
         for session in list(self._by_sid.values()):
             if session.state == RUNNING:
                 self._lose_all(session, f"worker {self.settings.name} was stopped")
@@ -709,8 +708,7 @@ class Sessions:
     def end_all(self) -> None:
         """End every session (engines first), saying goodbye to those still open, and stop
         the spare sandboxes."""
-        self._stopping = True
-        self._drop_spare()
+        self._no_more_spares()
         for session in list(self._by_sid.values()):
             if session.engine is not None:
                 session.engine.terminate(timeout=_KILL_WAIT_S)
@@ -721,8 +719,7 @@ class Sessions:
         """After :meth:`end_all`: wait (bounded) for the goodbyes to be closed, then remove
         the code cache and the jobs directory."""
         deadline = time.monotonic() + defaults.SESSION_CLOSE_TIMEOUT_S + 2.0
-        self._stopping = True
-        self._drop_spare()
+        self._no_more_spares()
         for closer in self._closers:
             closer.join(max(0.0, deadline - time.monotonic()))
         self.code_cache.close()
