@@ -26,6 +26,7 @@ from p2ppool.board.client import BoardClient, State, run_command
 from p2ppool.board.protocol import Hello
 from p2ppool.board.sshconfig import SSHConnection, SSHTarget
 from p2ppool.errors import BoardAuthError
+from tests.fixtures.cluster import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -59,14 +60,6 @@ def exit_code_in_fork(target: Callable[..., None], *args: Any) -> int | None:
         child.kill()
         child.join(WAIT)
     return child.exitcode
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Wait for a state this test cannot be told about (bounded; checks every millisecond)."""
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.001)
 
 
 @pytest.fixture(autouse=True)
@@ -200,7 +193,8 @@ def test_concurrent_connects_wait_for_one_handshake(
     for thread in threads:
         thread.start()
     # All five are in: one is making the connection, four wait for its handshake.
-    wait_until(lambda: users_of(made[0].target) == 5, "five users of one connection")
+    wait_until(lambda: users_of(made[0].target) == 5, "five users of one connection",
+               timeout=WAIT, every=0.001)
     assert gated_connect.calls == 1
     gated_connect.gate.set()
     for thread in threads:
@@ -229,7 +223,8 @@ def test_a_refused_key_reaches_every_concurrent_connector_and_is_not_cached(
     threads = [threading.Thread(target=run, args=(c,)) for c in made]
     for thread in threads:
         thread.start()
-    wait_until(lambda: users_of(made[0].target) == 3, "three users waiting")
+    wait_until(lambda: users_of(made[0].target) == 3, "three users waiting",
+               timeout=WAIT, every=0.001)
     gated_connect.gate.set()
     for thread in threads:
         thread.join(WAIT)
@@ -275,11 +270,13 @@ def test_waiters_connect_themselves_when_the_opener_is_interrupted(
 
     threads = [threading.Thread(target=open_first)]
     threads[0].start()
-    wait_until(lambda: users_of(opener.target) == 1, "the opener connecting")
+    wait_until(lambda: users_of(opener.target) == 1, "the opener connecting",
+               timeout=WAIT, every=0.001)
     threads += [threading.Thread(target=w.connect) for w in waiters]
     for thread in threads[1:]:
         thread.start()
-    wait_until(lambda: users_of(opener.target) == 4, "three waiters")
+    wait_until(lambda: users_of(opener.target) == 4, "three waiters",
+               timeout=WAIT, every=0.001)
     gate.set()
     for thread in threads:
         thread.join(WAIT)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Set, Tuple
+from typing import Any, Iterator, Set, Tuple
 
 import psutil
 import pytest
 
 from p2ppool import Pool
 from p2ppool.local.cluster import LocalCluster
+from tests.fixtures.cluster import is_running, wait_until
 
 pytestmark = [
     pytest.mark.system,
@@ -61,15 +61,6 @@ def launched(cluster: LocalCluster) -> Set[int]:
         except psutil.Error:
             continue
     return pids
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll the process table (there is no event to wait on for another process's child)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.02)
 
 
 def spare_of(cluster: LocalCluster, count: int) -> Set[Process]:
@@ -142,9 +133,9 @@ def test_a_withdrawing_worker_stops_its_spare() -> None:
 
 
 def alive(pid: int, created: float) -> bool:
+    """The process noted as ``(pid, created)`` still runs (not another one with its pid)."""
     try:
-        proc = psutil.Process(pid)
-        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).create_time() == created and is_running(pid)
     except psutil.NoSuchProcess:
         return False
 
