@@ -118,9 +118,7 @@ def test_a_withdrawn_map_leaves_the_engine_at_once_none_of_it_placed_on_a_fresh_
     with Pool(2) as pool:
         result = pool.map_async(started_then_wait, [(str(tmp_path), i) for i in range(8)],
                                 chunksize=1)
-        deadline = time.monotonic() + 30
-        while not list(tmp_path.glob("started-*")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_start(tmp_path, timeout=30)
         doomed = set(submitted)
         given.clear()
         result._withdraw()  # what an interrupted get does
@@ -178,8 +176,9 @@ def interrupt_in_post(pool: Pool, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(type(inbox), "post", post)
 
 
-def wait_for_start(directory: Path) -> None:
-    deadline = time.monotonic() + 10
+def wait_for_start(directory: Path, timeout: float = 10) -> None:
+    """Until a task has said it started (or ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
     while not list(directory.glob("started-*")) and time.monotonic() < deadline:
         time.sleep(0.01)  # a task process's file: no event to wait on
 
