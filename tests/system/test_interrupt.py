@@ -39,9 +39,7 @@ def cluster() -> Iterator[LocalCluster]:
 def interrupt_when_started(directory: Path) -> threading.Thread:
     """SIGINT to this process (its main thread) once a task has said it started."""
     def watch() -> None:
-        deadline = time.monotonic() + 30
-        while not list(directory.glob("started-*")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_start(directory, timeout=30)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
