@@ -27,6 +27,9 @@ pytestmark = [
                        reason="bubblewrap is not installed (.ci/run installs it)"),
 ]
 
+#: Workers keep spares only when asked (off by default, see defaults.WORKER_SPARE_SANDBOXES).
+SPARES = ["--spare-sandboxes"]
+
 #: What a sandboxed task process's command line (and its launcher's and bwrap's) contains.
 TASK_LOOP = "p2ppool.execution.sandbox_child"
 
@@ -82,7 +85,8 @@ def pid_and_square(x: int) -> Tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(workers=1, processes_per_worker=2, sandbox="bwrap") as c:
+    with LocalCluster(workers=1, processes_per_worker=2, sandbox="bwrap",
+                      worker_args=SPARES) as c:
         yield c
 
 
@@ -122,7 +126,8 @@ def test_a_spare_process_that_died_is_replaced(cluster: LocalCluster) -> None:
 
 
 def test_a_withdrawing_worker_stops_its_spare() -> None:
-    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap") as c:
+    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap",
+                      worker_args=SPARES) as c:
         spare = spare_of(c, 1)
         c.workers[0].process.send_signal(signal.SIGTERM)
         assert c.workers[0].process.wait(timeout=20) == 0
@@ -140,9 +145,8 @@ def alive(pid: int, created: float) -> bool:
         return False
 
 
-def test_no_spare_sandboxes_keeps_none() -> None:
-    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap",
-                      worker_args=["--no-spare-sandboxes"]) as c:
+def test_without_spare_sandboxes_none_is_kept() -> None:
+    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap") as c:
         with pool(c, 1) as p:
             assert p.map(abs, [-4]) == [4]
         # The spare would be launched before the worker logs its slots free.
