@@ -53,11 +53,12 @@ import collections
 import fcntl
 import itertools
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -735,7 +736,16 @@ class _LaunchedProcess:
     """A launched child (``subprocess.Popen``) with the parts of ``multiprocessing.Process``
     the engine uses: ``pid``, ``sentinel`` (a pidfd), ``exitcode``, ``join``, ``terminate``,
     ``kill``.  bwrap reports a child killed by signal N as exit status 128 + N: that becomes
-    -N, as multiprocessing reports it."""
+    -N, as multiprocessing reports it.
+
+    Signals go to the child's whole process group (it leads its own, ``start_new_session``),
+    and once it has exited its group is killed before it is reaped: bwrap's sandbox half,
+    cloned early, waits for the launcher half's go-ahead (an eventfd) before it can tie itself
+    to its parent or leave the group; a launcher half killed in between leaves it blocked
+    there for good, orphaned (seen: about one in eight sandboxes stopped right after their
+    start).  Still in the group, it goes with it.  The pid (and so the group's id) stays
+    reserved until the child is reaped here, so the group signalled is always the child's.
+    """
 
     def __init__(self, popen: Any) -> None:
         self._popen = popen
@@ -744,27 +754,51 @@ class _LaunchedProcess:
 
     @property
     def exitcode(self) -> int | None:
-        code = self._popen.poll()
+        code = self._popen.returncode
         if code is None:
-            return None
+            if not self._exited(0.0):
+                return None
+            code = self._reap()
         return -(code - 128) if 128 < code < 128 + 65 else int(code)
 
     def join(self, timeout: float | None = None) -> None:
-        try:
-            self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return
+        if self._popen.returncode is None:
+            if not self._exited(timeout):
+                return
+            self._reap()
         if self.sentinel >= 0:
             os.close(self.sentinel)
             self.sentinel = -1
 
     def terminate(self) -> None:
-        if self._popen.poll() is None:
-            self._popen.terminate()
+        self._signal_group(signal.SIGTERM)
 
     def kill(self) -> None:
-        if self._popen.poll() is None:
-            self._popen.kill()
+        self._signal_group(signal.SIGKILL)
+
+    def _exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (not reaped yet), waiting up to ``timeout``."""
+        if self.sentinel < 0:
+            return True
+        poller = select.poll()  # not select.select: a busy worker's fds may pass 1024
+        poller.register(self.sentinel, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+
+    def _reap(self) -> int:
+        """The exited child's status, after its group's stragglers were killed."""
+        self._signal_group(signal.SIGKILL)
+        return int(self._popen.wait())
+
+    def _signal_group(self, sig: int) -> None:
+        if self._popen.returncode is not None:
+            return  # reaped: its pid may belong to someone else now
+        try:
+            os.killpg(self.pid, sig)
+        except OSError:  # no group left (ESRCH), or not ours to signal
+            try:
+                os.kill(self.pid, sig)
+            except OSError:
+                pass
 
 
 def _grow_pipe(fd: int) -> None:
