@@ -79,11 +79,6 @@ TASK_S = bench_pool.TASK_S
 MB = 1_000_000
 
 
-#: The workers keep spare sandboxes (``--spare-sandboxes``, off by default): what the
-#: README's table was measured with.
-SPARES = ["--spare-sandboxes"]
-
-
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
@@ -205,7 +200,7 @@ class Bench:
         workers, tasks, task_s = 16, 320, 0.1
         info: Dict[str, Any] = {}
         started = time.perf_counter()
-        with LocalCluster(workers=workers, processes_per_worker=1, worker_args=SPARES,
+        with LocalCluster(workers=workers, processes_per_worker=1,
                           start_timeout=120) as cluster:
             info["scale_cluster_start_s"] = round(time.perf_counter() - started, 2)
             pools: Dict[str, Any] = {}
@@ -396,7 +391,7 @@ def main(argv: List[str] | None = None) -> int:
     bench.alone_s = statistics.median(
         [_timed(bench_pool.burn, TASK_S) for _ in range(3)])
     started = time.perf_counter()
-    with LocalCluster(workers=2, processes_per_worker=1, worker_args=SPARES) as cluster:
+    with LocalCluster(workers=2, processes_per_worker=1) as cluster:
         cluster_start_s = time.perf_counter() - started
         bench.cluster = cluster
         for run in range(args.runs + 1):  # run 0: warm-up, discarded
@@ -415,7 +410,7 @@ def main(argv: List[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     run_row = {
         "summary": "run", "runs": args.runs, "processes": PROCESSES,
-        "cluster": "LocalCluster(workers=2, processes_per_worker=1, worker_args=SPARES)",
+        "cluster": "LocalCluster(workers=2, processes_per_worker=1)",
         "cluster_start_s": round(cluster_start_s, 2), **scale_info,
         "task_alone_s": round(bench.alone_s, 4),
         "median_relative_spread": round(statistics.median(spreads), 3) if spreads else None,

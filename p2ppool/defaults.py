@@ -55,10 +55,8 @@ WORKER_INSTALL_RETRY_S: float = 300.0
 WORKER_MAX_TASK_PROCESSES: int = 256
 #: An idle sandboxed worker keeps its task processes started for the next session (as many
 #: as it has slots; they wait for their settings): a session then does not wait the tens of
-#: milliseconds a sandboxed interpreter takes to start.  Off by default (``--spare-sandboxes``
-#: turns it on): in 1 of 3 full test runs one spare's bwrap outlived its worker, not yet
-#: understood.
-WORKER_SPARE_SANDBOXES: bool = False
+#: milliseconds a sandboxed interpreter takes to start (``--no-spare-sandboxes``: none).
+WORKER_SPARE_SANDBOXES: bool = True
 #: Default per-task time limit on a worker (None: unlimited).
 MAX_TASK_S: float | None = None
 #: How long a worker announces itself for by default (None: until stopped).

@@ -27,9 +27,6 @@ pytestmark = [
                        reason="bubblewrap is not installed (.ci/run installs it)"),
 ]
 
-#: Workers keep spares only when asked (off by default, see defaults.WORKER_SPARE_SANDBOXES).
-SPARES = ["--spare-sandboxes"]
-
 #: What a sandboxed task process's command line (and its launcher's and bwrap's) contains.
 TASK_LOOP = "p2ppool.execution.sandbox_child"
 
@@ -85,8 +82,7 @@ def pid_and_square(x: int) -> Tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(workers=1, processes_per_worker=2, sandbox="bwrap",
-                      worker_args=SPARES) as c:
+    with LocalCluster(workers=1, processes_per_worker=2, sandbox="bwrap") as c:
         yield c
 
 
@@ -126,8 +122,7 @@ def test_a_spare_process_that_died_is_replaced(cluster: LocalCluster) -> None:
 
 
 def test_a_withdrawing_worker_stops_its_spare() -> None:
-    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap",
-                      worker_args=SPARES) as c:
+    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap") as c:
         spare = spare_of(c, 1)
         c.workers[0].process.send_signal(signal.SIGTERM)
         assert c.workers[0].process.wait(timeout=20) == 0
@@ -146,7 +141,8 @@ def alive(pid: int, created: float) -> bool:
 
 
 def test_without_spare_sandboxes_none_is_kept() -> None:
-    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap") as c:
+    with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap",
+                      worker_args=["--no-spare-sandboxes"]) as c:
         with pool(c, 1) as p:
             assert p.map(abs, [-4]) == [4]
         # The spare would be launched before the worker logs its slots free.
