@@ -176,7 +176,7 @@ class RemoteTaskDone:
     executor_id: str
     task_id: int
     ok: bool
-    blob: bytes | memoryview
+    blob: bytes | bytearray | memoryview
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,7 +92,7 @@ class TaskDone:
 
     task_id: int
     ok: bool
-    blob: bytes
+    blob: bytes | bytearray
     unloadable: bytes | None = None
 
 
@@ -639,7 +639,7 @@ class ProcessEngine:
         if check_exit and child.process.exitcode is not None and child in self._children:
             self._died(child)
 
-    def _handle(self, child: _Child, message: bytes) -> None:
+    def _handle(self, child: _Child, message: bytes | bytearray) -> None:
         kind = message[:1]
         if kind in (b"R", b"r"):
             task_id, ok = RESULT.unpack_from(message, 1)
@@ -652,13 +652,14 @@ class ProcessEngine:
             blob = message[start + size:] if kind == b"U" else recv_message(child.fd)
             self._finished(child, task_id, False, blob, info)
         elif kind == b"E":
-            self._init_failed(child, message[1:])
+            self._init_failed(child, bytes(message[1:]))
         elif kind == b"L":
             (size,) = INFO.unpack_from(message, 1)
             start = 1 + INFO.size
-            self._init_failed(child, message[start + size:], bytes(message[start:start + size]))
+            self._init_failed(child, bytes(message[start + size:]),
+                              bytes(message[start:start + size]))
 
-    def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes,
+    def _finished(self, child: _Child, task_id: int, ok: bool, blob: bytes | bytearray,
                   unloadable: bytes | None = None) -> None:
         now = time.monotonic()
         if child.head_since is not None:

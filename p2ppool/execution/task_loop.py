@@ -92,7 +92,7 @@ def child_main(rx: Any, conn: Any, initializer_blob: bytes | None, maxtasks: int
     rx_fd = rx.fileno()
     tx_fd = conn.fileno()
 
-    def recv() -> bytes:
+    def recv() -> bytes | bytearray:
         return recv_message(rx_fd)
     while maxtasks is None or completed < maxtasks:
         try:

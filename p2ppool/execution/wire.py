@@ -25,7 +25,7 @@ import os
 import struct
 
 __all__ = ["CLAIMED", "INFO", "INLINE_MAX", "KEY", "RESULT", "RING", "TASK", "UNLOADABLE",
-           "read_exact", "recv_message", "send", "write_all", "write_message"]
+           "read_exact", "read_into", "recv_message", "send", "write_all", "write_message"]
 
 KEY = struct.Struct(">I")
 TASK = struct.Struct(">QI")
@@ -72,11 +72,16 @@ def write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-def recv_message(fd: int) -> bytes:
-    """Read one message (blocking); EOFError when the other side has closed the pipe."""
+def recv_message(fd: int) -> bytes | bytearray:
+    """Read one message (blocking); EOFError when the other side has closed the pipe.
+
+    A message over :data:`INLINE_MAX` comes as a ``bytearray`` read straight into place
+    (pickle, ``memoryview`` and the session's ``send_parts`` take it as they take bytes)."""
     (size,) = _LENGTH.unpack(read_exact(fd, 4))
     if size == -1:  # pragma: no cover - messages over 2 GiB
         (size,) = _LONG_LENGTH.unpack(read_exact(fd, 8))
+    if size > INLINE_MAX:
+        return read_into(fd, size)
     return read_exact(fd, size)
 
 
@@ -95,3 +100,15 @@ def read_exact(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
+def read_into(fd: int, size: int) -> bytearray:
+    """``size`` bytes read into one buffer: no ``size``-byte allocation per read (a pipe
+    gives at most its capacity at a time) and no join of the pieces afterwards."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = os.readv(fd, [view[got:]])
+        if not count:
+            raise EOFError
+        got += count
+    return buffer

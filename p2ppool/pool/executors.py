@@ -28,7 +28,7 @@ class ChunkDone:
 
     __slots__ = ("chunk_id", "ok", "blob", "value")
 
-    def __init__(self, chunk_id: int, ok: bool, blob: bytes | memoryview | None,
+    def __init__(self, chunk_id: int, ok: bool, blob: bytes | bytearray | memoryview | None,
                  value: Any = None) -> None:
         self.chunk_id, self.ok, self.blob, self.value = chunk_id, ok, blob, value
 
@@ -53,7 +53,8 @@ class BatchDone:
 
     __slots__ = ("chunk_ids", "ok", "blob")
 
-    def __init__(self, chunk_ids: Sequence[int], ok: bool, blob: bytes | memoryview) -> None:
+    def __init__(self, chunk_ids: Sequence[int], ok: bool,
+                 blob: bytes | bytearray | memoryview) -> None:
         self.chunk_ids, self.ok, self.blob = list(chunk_ids), ok, blob
 
 

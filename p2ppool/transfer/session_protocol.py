@@ -73,7 +73,7 @@ _U32 = struct.Struct("!I")
 #: A pickled payload: ``bytes`` when encoding; :func:`decode_frame` returns a read-only
 #: ``memoryview`` of the received frame instead of a copy (pickle.loads, os.write and
 #: ``TransferSession.send_parts`` take either).
-Blob = Union[bytes, memoryview]
+Blob = Union[bytes, bytearray, memoryview]
 
 
 @dataclasses.dataclass(frozen=True)
