@@ -25,7 +25,8 @@ Figures (issue 6):
 * ``cpu_efficiency``: 20 tasks of ~0.2 s (chunksize 1): ideal (20 x one task timed alone / 2)
   over measured;
 * ``payload_mb_per_s``: 10 payloads of 10 MB echoed back, MB moved both ways per second;
-* ``imap_first_ms`` / ``imap_total_s``: ``imap`` of 5000 items, chunksize 50;
+* ``imap_first_ms`` / ``imap_total_s``: ``imap`` of 5000 items, chunksize 50 (the median
+  of ``IMAP_REPEATS`` per run, kinds alternating: one sample alone was mostly noise);
 * ``scale_efficiency`` (``--no-scale`` skips it): 16 processes (cluster: a second
   LocalCluster of 16 workers x 1 process), 320 tasks of ``sleep(0.1)``, chunksize 1;
   efficiency against the 16-way ideal of 2.0 s (medians of ``--scale-runs`` runs);
@@ -114,6 +115,21 @@ def small_map_blocks(pools: Dict[str, Any], maps: int = 100, block: int = 10
     return {kind: statistics.median(values) * 1000 for kind, values in times.items()}
 
 
+#: imaps per pool and run for ``imap_first_ms`` / ``imap_total_s`` (their medians).
+IMAP_REPEATS = 5
+
+
+def imap_blocks(pools: Dict[str, Any], repeats: int = IMAP_REPEATS
+                ) -> Dict[str, Tuple[float, float]]:
+    """Median first-result ms and total s of ``repeats`` imaps per pool, kinds alternating."""
+    times: Dict[str, List[Tuple[float, float]]] = {kind: [] for kind in pools}
+    for _ in range(repeats):
+        for kind, pool in pools.items():
+            times[kind].append(bench_pool.imap_times(pool))
+    return {kind: (statistics.median(f for f, _ in values), statistics.median(t for _, t in values))
+            for kind, values in times.items()}
+
+
 def cpu_efficiency(pool: Any, alone_s: float) -> float:
     return bench_pool.cpu_efficiency(pool, PROCESSES, alone_s)
 
@@ -187,8 +203,7 @@ class Bench:
             for kind, pool in pools.items():
                 self.add(kind, "payload_mb_per_s", bench_pool.payload_rate(pool), keep)
                 gc.collect()
-            for kind, pool in pools.items():
-                first, total = bench_pool.imap_times(pool)
+            for kind, (first, total) in imap_blocks(pools).items():
                 self.add(kind, "imap_first_ms", first, keep)
                 self.add(kind, "imap_total_s", total, keep)
         finally:
