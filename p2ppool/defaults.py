@@ -138,9 +138,12 @@ WORKER_OPEN_FRAME_TIMEOUT_S: float = 30.0
 RECRUIT_WANT_REPEAT_S: float = 5.0
 #: Least seconds between two Wants (a new worker's Hello or a higher demand asks sooner).
 RECRUIT_WANT_MIN_INTERVAL_S: float = 0.5
-#: Seconds to gather offers before choosing among them (larger offers win).  Every pool
-#: waits this long for its first peer (issue 6: 0.1 s was a third of opening a pool).
+#: Most seconds to gather offers before choosing among them (larger offers win): a pool
+#: may wait this long for its first peer (issue 6: 0.1 s was a third of opening a pool).
 RECRUIT_OFFER_WINDOW_S: float = 0.03
+#: ... but it chooses as soon as no offer has come for this long (the burst of answers to
+#: its Want is over: on one machine or a LAN they all come within a few milliseconds).
+RECRUIT_OFFER_QUIET_S: float = 0.01
 #: Seconds an accepted worker has to open the session and answer Ready.
 RECRUIT_ACCEPT_TIMEOUT_S: float = 15.0
 #: An offer is accepted only while it has at least this many seconds to live.

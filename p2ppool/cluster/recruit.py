@@ -4,7 +4,9 @@ Client-side matchmaking for one job.  Pure: no sockets, threads or clock; every 
 ``now`` (seconds, any monotonic origin) and returns the commands to carry out, in order::
 
     set_demand(n) ──> PublishWant(slots) ──board──> workers answer with Offer(slots, key)
-                                                         │ gathered for ``offer_window_s``
+                                                         │ gathered until none came for
+                                                         │ ``offer_quiet_s``, at most for
+                                                         │ ``offer_window_s``
     AcceptOffer(worker, key) <── largest offers first ───┘
         │ the edge seals a fresh code to ``key``, publishes Accept, opens the session
         ├── session_ready(worker)    its slots count as recruited until the pool is told
@@ -34,8 +36,10 @@ asked for at once.
 
 **Which offers are accepted.**  Offers for the job are remembered until they expire (less
 ``offer_margin_s``, so that the Accept reaches the worker in time).  Once
-slots are wanted and the oldest usable offer is ``offer_window_s`` old (so that a burst of
-answers to one Want is compared as a whole), the largest offers are accepted first (ties:
+slots are wanted and either no usable offer came for ``offer_quiet_s`` or the oldest is
+``offer_window_s`` old (so that a burst of answers to one Want is compared as a whole, and
+a burst that is over is not waited for: on one machine or a LAN every answer comes within
+a few milliseconds), the largest offers are accepted first (ties:
 the earlier offer, then the worker id) until the wanted slots are covered: this is the
 fewest sessions that cover the demand; of the last offer, only the slots still wanted are
 taken (the session's Open tells the worker, which frees the rest), so a job never holds more
@@ -145,7 +149,8 @@ class Recruiter:
         want_repeat_s: seconds between repeated Wants while slots are still wanted.
         want_min_interval_s: least seconds between two Wants (except the first after a
             Withdraw or at start, which goes out at once).
-        offer_window_s: seconds to gather offers before choosing among them.
+        offer_window_s: most seconds to gather offers before choosing among them.
+        offer_quiet_s: choose sooner, once no offer has come for this long.
         accept_timeout_s: seconds an accepted worker has to make its session Ready.
         offer_margin_s: an offer is accepted only while it has at least this long to live
             (the Accept must reach the worker before the offer expires there).
@@ -164,6 +169,7 @@ class Recruiter:
         want_repeat_s: float = defaults.RECRUIT_WANT_REPEAT_S,
         want_min_interval_s: float = defaults.RECRUIT_WANT_MIN_INTERVAL_S,
         offer_window_s: float = defaults.RECRUIT_OFFER_WINDOW_S,
+        offer_quiet_s: float = defaults.RECRUIT_OFFER_QUIET_S,
         accept_timeout_s: float = defaults.RECRUIT_ACCEPT_TIMEOUT_S,
         offer_margin_s: float = defaults.RECRUIT_OFFER_MARGIN_S,
         retry_first_s: float = defaults.RECRUIT_RETRY_FIRST_S,
@@ -176,6 +182,7 @@ class Recruiter:
         self._repeat = want_repeat_s
         self._min_interval = want_min_interval_s
         self._window = offer_window_s
+        self._quiet = offer_quiet_s
         self._accept_timeout = accept_timeout_s
         self._margin = offer_margin_s
         self._retry_first = retry_first_s
@@ -241,12 +248,13 @@ class Recruiter:
                   for w in self._workers.values() if w.state == _PENDING]
         if self.wanted > 0:
             times.append(self._next_want_at())
-            for worker in self._workers.values():
-                offer = worker.offer
-                if offer is None or offer.expires - self._margin <= now \
-                        or not self._may_use(worker):
-                    continue
-                times.append(max(offer.received + self._window, worker.retry_at))
+            waiting = [worker for worker in self._workers.values()
+                       if worker.offer is not None and worker.offer.expires - self._margin > now
+                       and self._may_use(worker)]
+            usable = [w.offer for w in waiting if w.retry_at <= now and w.offer is not None]
+            if usable:
+                times.append(self._choose_at(usable))
+            times += [w.retry_at for w in waiting if w.retry_at > now]
         return min(times) if times else None
 
     # --- inputs -------------------------------------------------------------------------------
@@ -438,6 +446,12 @@ class Recruiter:
             and (worker.python is None or worker.python == self.python)
         )
 
+    def _choose_at(self, offers: List[_Offer]) -> float:
+        """When to choose among ``offers``: no new one for ``offer_quiet_s``, or the oldest
+        ``offer_window_s`` old, whichever comes first."""
+        received = [offer.received for offer in offers]
+        return min(min(received) + self._window, max(received) + self._quiet)
+
     def _next_want_at(self) -> float:
         if not self._want_out:
             return self._last_want_at  # at once
@@ -479,7 +493,7 @@ class Recruiter:
             if w.offer is not None and w.offer.expires - self._margin > now and self._may_use(w)
             and w.retry_at <= now
         ]
-        if not usable or min(o.received for _, o in usable) + self._window > now:
+        if not usable or self._choose_at([offer for _, offer in usable]) > now:
             return []
         usable.sort(key=lambda item: (-item[1].slots, item[1].received, item[0]))
         commands: List[Command] = []

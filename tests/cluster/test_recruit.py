@@ -70,7 +70,7 @@ def test_higher_demand_asks_again_lower_does_not() -> None:
 
 
 def test_offers_are_gathered_for_the_window_then_largest_first() -> None:
-    r = make()
+    r = make(offer_quiet_s=1.0)  # answers keep coming: the window decides
     r.set_demand(3, 100.0)
     assert r.got_offer("w-small", 1, K1, 200.0, 100.01) == []
     assert r.got_offer("w-big", 4, K2, 200.0, 100.05) == []
@@ -81,6 +81,28 @@ def test_offers_are_gathered_for_the_window_then_largest_first() -> None:
     assert r.timer_expired(100.11) == [AcceptOffer("w-big", K2, 3), PublishWithdraw()]
     assert r.outstanding == 3 and r.wanted == 0
     assert r.pending() == ["w-big"]
+
+
+def test_a_burst_of_offers_that_is_over_is_chosen_from_before_the_window_ends() -> None:
+    r = make(offer_window_s=0.1, offer_quiet_s=0.02)
+    r.set_demand(3, 100.0)
+    assert r.got_offer("w-small", 1, K1, 200.0, 100.01) == []
+    assert r.got_offer("w-big", 4, K2, 200.0, 100.015) == []
+    # No offer for 20 ms after the last one: the burst is over, 75 ms before the window ends.
+    assert r.next_wakeup(100.015) == pytest.approx(100.035)
+    assert r.timer_expired(100.034) == []
+    assert r.timer_expired(100.035) == [AcceptOffer("w-big", K2, 3), PublishWithdraw()]
+
+
+def test_offers_that_keep_coming_are_chosen_from_when_the_window_ends() -> None:
+    r = make(offer_window_s=0.1, offer_quiet_s=0.02)
+    r.set_demand(5, 100.0)
+    for i in range(7):  # one every 15 ms: never 20 ms without one
+        assert r.got_offer(f"w{i}", 1, f"key-{i}", 200.0, 100.0 + 0.015 * i) == []
+        assert r.next_wakeup(100.0 + 0.015 * i) == pytest.approx(
+            min(100.1, 100.0 + 0.015 * i + 0.02))
+    assert r.timer_expired(100.1) == [AcceptOffer(f"w{i}", f"key-{i}", 1) for i in range(5)] + [
+        PublishWithdraw()]
 
 
 def test_fewest_sessions_that_cover_the_demand() -> None:
