@@ -64,7 +64,7 @@ with nothing under way is forgotten first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Union
+from typing import Dict, List, Tuple, Union
 
 from .. import defaults
 
@@ -248,13 +248,11 @@ class Recruiter:
                   for w in self._workers.values() if w.state == _PENDING]
         if self.wanted > 0:
             times.append(self._next_want_at())
-            waiting = [worker for worker in self._workers.values()
-                       if worker.offer is not None and worker.offer.expires - self._margin > now
-                       and self._may_use(worker)]
-            usable = [w.offer for w in waiting if w.retry_at <= now and w.offer is not None]
+            offering = self._offering(now)
+            usable = [offer for _, worker, offer in offering if worker.retry_at <= now]
             if usable:
                 times.append(self._choose_at(usable))
-            times += [w.retry_at for w in waiting if w.retry_at > now]
+            times += [worker.retry_at for _, worker, _ in offering if worker.retry_at > now]
         return min(times) if times else None
 
     # --- inputs -------------------------------------------------------------------------------
@@ -446,6 +444,13 @@ class Recruiter:
             and (worker.python is None or worker.python == self.python)
         )
 
+    def _offering(self, now: float) -> List[Tuple[str, _Worker, _Offer]]:
+        """The workers with a live offer (``offer_margin_s`` to spare) that may be used,
+        backoff or not: ``(name, worker, offer)``."""
+        return [(name, worker, worker.offer) for name, worker in self._workers.items()
+                if worker.offer is not None and worker.offer.expires - self._margin > now
+                and self._may_use(worker)]
+
     def _choose_at(self, offers: List[_Offer]) -> float:
         """When to choose among ``offers``: no new one for ``offer_quiet_s``, or the oldest
         ``offer_window_s`` old, whichever comes first."""
@@ -488,11 +493,8 @@ class Recruiter:
         wanted = self.wanted
         if wanted <= 0:
             return []
-        usable = [
-            (name, w.offer) for name, w in self._workers.items()
-            if w.offer is not None and w.offer.expires - self._margin > now and self._may_use(w)
-            and w.retry_at <= now
-        ]
+        usable = [(name, offer) for name, worker, offer in self._offering(now)
+                  if worker.retry_at <= now]
         if not usable or self._choose_at([offer for _, offer in usable]) > now:
             return []
         usable.sort(key=lambda item: (-item[1].slots, item[1].received, item[0]))
