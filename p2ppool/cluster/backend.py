@@ -252,6 +252,9 @@ class _Remote:
         self.func_bytes = 0
         self.max_function_bytes: int | None = None
         self.inflight: Set[int] = set()
+        # task id -> who takes its Result straight from the reactor thread (see submit);
+        # the reactor pops entries, the owner adds them and drops those of lost tasks
+        self.direct: Dict[int, Callable[[bool, Any], None]] = {}
         self.code_digest: str | None = None  # the code bundle the worker has from us
         self.declined = False  # it lacks a module the job needs: closed, never used again
         self.abandoned = False
@@ -405,10 +408,17 @@ class ClusterBackend:
         self._code = self._shipper.current()
 
     def submit(
-        self, executor_id: str, task_id: int, func_key: int, func_blob: bytes, args_blob: bytes
+        self, executor_id: str, task_id: int, func_key: int, func_blob: bytes, args_blob: bytes,
+        deliver: Callable[[bool, Any], None] | None = None,
     ) -> None:
         """Send a task to an executor (its function first, once per session).  Non-blocking:
-        the frames are queued on the session, which the reactor thread writes."""
+        the frames are queued on the session, which the reactor thread writes.
+
+        ``deliver(ok, blob)``: called on the reactor thread with the task's Result, still
+        pickled, before the owner hears of it (a RemoteTaskDone follows as always), so that
+        a caller waiting for that one result is woken without the owner's turn in between
+        (issue 16).  It must be quick and must not raise.
+        """
         remote = self._remotes.get(executor_id)
         if remote is None or remote.state != _READY:
             cause = "its session has ended"  # an ended remote is forgotten: None too
@@ -430,6 +440,8 @@ class ClusterBackend:
             frames.append(encode_frame_parts(Func(func_key, func_blob)))
         frames.append(encode_frame_parts(Task(task_id, func_key, args_blob)))
         remote.inflight.add(task_id)
+        if deliver is not None:  # before the Task goes: its Result may come at once
+            remote.direct[task_id] = deliver
         try:
             for parts in frames:
                 remote.session.send_parts(parts)
@@ -443,6 +455,8 @@ class ClusterBackend:
             return
         ids = tuple(t for t in task_ids if t in remote.inflight)
         remote.inflight.difference_update(ids)
+        for task_id in ids:
+            remote.direct.pop(task_id, None)
         if ids:
             try:
                 remote.session.send(encode_frame(Cancel(ids)))
@@ -703,6 +717,26 @@ class ClusterBackend:
         log.info("gave up on worker %s: %s", worker, cause)
         self._close_in_background(remote, "not ready in time")
 
+    def _frame_arrived(self, remote: _Remote, data: bytes) -> None:
+        """Reactor thread: one frame from a worker.  A Result that a caller waits for
+        directly (see :meth:`submit`) is handed to it here; the owner handles every frame."""
+        if not remote.direct:
+            self._post(self._got_frame, remote, data)
+            return
+        try:
+            frame = decode_frame(data)
+        except ProtocolError:
+            self._post(self._got_frame, remote, data)  # the owner reports it
+            return
+        if isinstance(frame, Result):
+            deliver = remote.direct.pop(frame.task_id, None)
+            if deliver is not None:
+                try:
+                    deliver(frame.ok, frame.blob)
+                except Exception:  # noqa: BLE001 - the owner's RemoteTaskDone still follows
+                    log.exception("handing over the result of task %d failed", frame.task_id)
+        self._post(self._got_decoded, remote, frame)
+
     def _got_frame(self, remote: _Remote, data: bytes) -> None:
         """Owner: one frame from a worker (posted by the reactor thread)."""
         try:
@@ -710,10 +744,15 @@ class ClusterBackend:
         except ProtocolError as exc:
             self._close_remote(remote, f"sent a malformed frame ({exc})")
             return
+        self._got_decoded(remote, frame)
+
+    def _got_decoded(self, remote: _Remote, frame: Any) -> None:
+        """Owner: one decoded frame from a worker."""
         if isinstance(frame, Result):
             if self._known(remote, frame.task_id):
                 self._emit(RemoteTaskDone(remote.executor_id, frame.task_id, frame.ok, frame.blob))
         elif isinstance(frame, Lost):
+            remote.direct.pop(frame.task_id, None)
             if self._known(remote, frame.task_id):
                 cause = frame.cause
                 # Workers usually name themselves already (by name: "<name>~<key>" is their id).
@@ -746,6 +785,7 @@ class ClusterBackend:
         and decline the worker for this job (once: its other tasks fail the same way)."""
         known = frame.task_id in remote.inflight
         remote.inflight.discard(frame.task_id)
+        remote.direct.pop(frame.task_id, None)
         first, remote.declined = not remote.declined, True
         if known:
             self._emit(TaskUnloadable(remote.executor_id, frame.task_id, remote.worker,
@@ -942,7 +982,7 @@ class ClusterBackend:
         try:
             session = TransferSession.open(
                 code, self.options.relay, self.options.transit, role=CLIENT,
-                on_frame=lambda data: self._post(self._got_frame, remote, data),
+                on_frame=lambda data: self._frame_arrived(remote, data),
                 on_lost=lambda cause: self._post(self._lost, remote, cause),
                 loopback_only=self.options.loopback_only,
                 timeout=defaults.RECRUIT_ACCEPT_TIMEOUT_S,

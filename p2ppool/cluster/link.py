@@ -46,7 +46,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence
 from .. import defaults
 from ..config import Options
 from ..errors import P2PPoolError, TaskLimitExceeded
-from ..pool.executors import BatchDone, BatchLedger, ChunkDone, ChunkLost, batch_lost
+from ..pool.executors import (
+    BatchDone,
+    BatchLedger,
+    ChunkDone,
+    ChunkLost,
+    Deliver,
+    batch_lost,
+)
 from .backend import (
     BoardTrouble,
     ClusterBackend,
@@ -109,10 +116,11 @@ class RemoteExecutor:
     def next_deadline(self) -> float | None:
         return None
 
-    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes,
+            deliver: Deliver | None = None) -> None:
         self._sent_at[chunk_id] = time.monotonic()
         self._link.backend.submit(
-            self.name, chunk_id, self._link.func_key(func_blob), func_blob, call_blob
+            self.name, chunk_id, self._link.func_key(func_blob), func_blob, call_blob, deliver
         )
 
     def batch_width(self) -> int:

@@ -12,6 +12,8 @@ the cluster's worker sessions through a :class:`~.executors.PoolLink`)::
     Pool.map ──inbox──▶  chunking ─▶ Scheduler ─Assign─▶ executor.run(chunk)
                                         ▲                        │
     AsyncResult ◀─_set── results ◀─Resolve── ChunkDone/ChunkLost ◀┘
+         ▲
+         └─_arrive── a peer's Result, for a lone apply (the session's reactor thread)
 
 May import: the base modules (errors, defaults, payload, config) and the execution plane;
 only :mod:`.api` imports the cluster plane (to wire a pool's :class:`ClusterLink`).  Pure:

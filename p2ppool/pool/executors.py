@@ -60,6 +60,9 @@ class BatchDone:
 
 ExecutorEvent = Union[ChunkDone, ChunkLost, BatchDone]
 
+#: ``deliver(ok, blob)``: a chunk's pickled outcome, for its waiter (see Executor.run)
+Deliver = Callable[[bool, Any], None]
+
 
 def batch_lost(chunk_ids: Sequence[int], cause: str) -> List[ChunkLost]:
     """A batch lost or failed as a whole: each of its chunks lost without charge (they run
@@ -119,7 +122,15 @@ class Executor(Protocol):
 
     def next_deadline(self) -> float | None: ...
 
-    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes,
+            deliver: Deliver | None = None) -> None:
+        """Run one chunk; report a :class:`ChunkDone` or :class:`ChunkLost` for it.
+
+        ``deliver(ok, blob)``, when given, may be called with the chunk's pickled outcome
+        from whichever thread receives it, before that event is reported (the caller's
+        waiter takes it from there: see ``ApplyResult._arrive``); an executor whose
+        results reach only the manager's thread anyway ignores it.
+        """
         ...
 
     def batch_width(self) -> int:
@@ -225,7 +236,9 @@ class LocalExecutor:
     def slots(self) -> int:
         return self.engine.capacity
 
-    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes) -> None:
+    def run(self, chunk_id: int, func_key: Hashable, func_blob: bytes, call_blob: bytes,
+            deliver: Deliver | None = None) -> None:
+        # deliver: the manager's own thread reads these results; there is no hop to spare
         task_id = next(self._task_ids)
         self._chunk_of[task_id] = chunk_id
         self._task_of[chunk_id] = task_id

@@ -28,6 +28,7 @@ from .executors import (
     BatchDone,
     ChunkDone,
     ChunkLost,
+    Deliver,
     Executor,
     ExecutorEvent,
     PoolLink,
@@ -35,7 +36,7 @@ from .executors import (
 )
 from .inbox import Inbox, Waiter
 from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
-from .results import IMapIterator, Outcome, _Result
+from .results import ApplyResult, IMapIterator, Outcome, _Result
 from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
 
 RUN = "RUN"
@@ -465,7 +466,8 @@ class _Manager:
             return
         # The blob is the function's key: a child keeps what it unpickled, so calls of the
         # same module function (200 applies) send it once per process, not once per job.
-        self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob)
+        self.executors[command.executor].run(chunk_id, func_blob, func_blob, chunk.call_blob,
+                                             _waiter_takes(chunk.job))
 
     def _claim(self, command: Assign) -> Tuple[int, _Chunk, bytes] | None:
         """The chunk an Assign starts and its pickled function; None when it does not run:
@@ -531,6 +533,11 @@ class _Manager:
         assert isinstance(result, ChunkDone)
         if result.blob is None:  # decoded already (a chunk of a batch)
             self._resolve_outcome(chunk_id, (result.ok, result.value))
+            return
+        chunk = self.chunks.get(chunk_id)
+        if chunk is not None and chunk.job.result._arrived:
+            # Its waiter has it (see _waiter_takes) and unpickles it: only the bookkeeping.
+            self._resolve_outcome(chunk_id, (result.ok, None))
             return
         try:
             value = payload.loads(result.blob)
@@ -644,6 +651,18 @@ class _Manager:
         job.failed = True
         if job.slots is not None:
             job.slots.put(None)  # wakes its feeder, which then sees `failed` and ends
+
+
+def _waiter_takes(job: _Job) -> Deliver | None:
+    """Who may take ``job``'s one result from the thread that receives it: an ``apply``
+    with no callbacks and no progress bar (those run on the manager's thread), whose waiter
+    then unpickles it itself; None for every other job (issue 16: the apply round trip
+    loses a thread hop)."""
+    result = job.result
+    if (type(result) is ApplyResult and result._callback is None
+            and result._error_callback is None and job.progress is None):
+        return result._arrive
+    return None
 
 
 def _cid(chunk_id: Hashable) -> int:

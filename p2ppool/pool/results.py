@@ -1,8 +1,11 @@
 """What the Pool's calls return, as ``multiprocessing.pool``'s: :class:`ApplyResult` (alias
 :class:`AsyncResult`), :class:`MapResult`, :class:`IMapIterator`, :class:`IMapUnorderedIterator`.
 
-Callers wait on them (``get``, ``wait``, ``next``); only the manager thread
-(:mod:`p2ppool.pool.manager`) fills them, through ``_set`` and ``_abort``.
+Callers wait on them (``get``, ``wait``, ``next``); the manager thread
+(:mod:`p2ppool.pool.manager`) fills them, through ``_set`` and ``_abort``.  One shortcut
+(issue 16): the result of an ``apply`` with no callback that runs on a cluster peer is handed
+to its waiters by the thread that received it (:meth:`ApplyResult._arrive`), still pickled,
+and the waiter unpickles it; the manager's own delivery of it is then a no-op.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import threading
 import types
 from typing import Any, Callable, Deque, Dict, Tuple
 
-from ..errors import PoolNotRunning, TimeoutError
+from .. import payload
+from ..errors import MaybeEncodingError, PoolNotRunning, TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 
 _job_counter = itertools.count()
 
 Outcome = Tuple[bool, Any]  # (success, value or exception), as multiprocessing's results
+
+#: Makes the first outcome of an ApplyResult the only one (see ``_arrive``): held for two
+#: loads and a store, so one lock serves every result.
+_FIRST_OUTCOME = _thread.allocate_lock()
 
 
 class _Ready:
@@ -78,6 +86,7 @@ class _Result:
     _job: int
     _pool: object | None
     _withdrawn = False  # _withdraw posted its cancel already
+    _arrived = False  # an outcome was taken already (only ApplyResult takes one early)
 
     def _set(self, i: int, obj: Outcome) -> None:
         raise NotImplementedError
@@ -120,6 +129,8 @@ class ApplyResult(_Result):
         self._error_callback = error_callback
         self._success = False
         self._value: Any = None
+        self._blob: Any = None  # the pickled value or exception, until a waiter loads it
+        self._loading = _thread.allocate_lock()  # held by the waiter that loads it
 
     def ready(self) -> bool:
         """True once the call has finished (successfully or not)."""
@@ -133,6 +144,8 @@ class ApplyResult(_Result):
         """
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
+        if self._blob is not None:
+            self._load()
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
@@ -156,13 +169,50 @@ class ApplyResult(_Result):
         self.wait(timeout)
         if not self.ready():
             raise TimeoutError
+        if self._blob is not None:
+            self._load()
         if self._success:
             return self._value
         raise self._value
 
     def _set(self, i: int, obj: Outcome) -> None:
+        with _FIRST_OUTCOME:
+            first, self._arrived = not self._arrived, True
+        if not first:  # handed to the waiters already (see _arrive): nothing more to do
+            self._pool = None
+            return
         self._success, self._value = obj
         self._finish()
+
+    def _arrive(self, ok: bool, blob: Any) -> None:
+        """Any thread: the call's outcome came back, pickled (``ok``: a value, else an
+        exception).  Unless the result has an outcome already (the manager failed it,
+        the pool was terminated), wake the waiters now: the first of them unpickles it.
+
+        Only for a result without callbacks (they run on the manager's thread): a peer's
+        session thread hands the result of a lone ``apply`` over this way, which spares it
+        the hop through the manager (issue 16).  The manager still resolves the call; its
+        ``_set`` of the same result is then a no-op.
+        """
+        with _FIRST_OUTCOME:
+            first, self._arrived = not self._arrived, True
+        if first:
+            self._success, self._blob = ok, blob
+            self._event.set()
+
+    def _load(self) -> None:
+        """Unpickle what :meth:`_arrive` kept (the first waiter to look does, the others
+        wait for it; an unreadable result fails as the manager's unpickling fails it)."""
+        with self._loading:
+            blob = self._blob
+            if blob is None:
+                return  # another waiter loaded it meanwhile
+            try:
+                self._value = payload.loads(blob)
+            except Exception as exc:
+                self._success = False
+                self._value = MaybeEncodingError(exc, "<a result that could not be unpickled>")
+            self._blob = None  # last: a waiter that sees None finds the value
 
     def _finish(self) -> None:
         """Run the callback or error callback, then wake the waiters (even if it raised)."""

@@ -7,9 +7,18 @@ from typing import Any, List
 
 import pytest
 
-from p2ppool.cluster.backend import _OPENING, BoardTrouble, ClusterBackend, _Remote
+from p2ppool.cluster.backend import (
+    _OPENING,
+    _READY,
+    BoardTrouble,
+    ClusterBackend,
+    RemoteTaskDone,
+    RemoteTaskLost,
+    _Remote,
+)
 from p2ppool.config import resolve_options
 from p2ppool.transfer import session as session_mod
+from p2ppool.transfer.session_protocol import Lost, Result, encode_frame
 
 
 class _FakeSession:
@@ -66,3 +75,49 @@ def test_a_session_opened_after_close_is_closed_by_its_opener(
     backend.close(timeout=0.1)  # the owner drains no more
     backend._open(remote, "1-code")
     assert session.closed == ["not needed any more"]
+
+
+class _ReadySession(_FakeSession):
+    def send_parts(self, parts: Any) -> None:
+        self.sent.append(b"".join(bytes(p) for p in parts))
+
+
+def _ready(backend: ClusterBackend) -> _Remote:
+    remote = _opening(backend)
+    remote.state = _READY
+    remote.session = _ReadySession()
+    return remote
+
+
+def test_a_result_taken_by_its_waiter_is_handed_over_on_the_reactor_thread_once() -> None:
+    """Issue 16: submit(deliver=...) hands that task's Result to ``deliver`` where the
+    frame arrives, before the owner's turn; the owner still reports it; a cancelled or
+    lost task's entry goes, so a late Result reaches nobody but the owner's drop count."""
+    backend = _backend()
+    remote = _ready(backend)
+    handed: List[Any] = []
+    for task_id in (1, 2, 3):
+        backend.submit(remote.executor_id, task_id, 7, b"func", b"args",
+                       lambda ok, blob, t=task_id: handed.append((t, ok, bytes(blob))))
+    backend.submit(remote.executor_id, 4, 7, b"func", b"args")  # nobody waits on it
+    assert set(remote.direct) == {1, 2, 3}
+
+    backend._frame_arrived(remote, encode_frame(Result(1, True, b"one")))
+    assert handed == [(1, True, b"one")] and set(remote.direct) == {2, 3}
+    backend.cancel(remote.executor_id, [2])
+    backend._frame_arrived(remote, encode_frame(Lost(3, True, "its child died")))
+    backend._frame_arrived(remote, encode_frame(Result(2, True, b"late")))
+    backend._frame_arrived(remote, encode_frame(Result(4, False, b"err")))
+    assert handed == [(1, True, b"one")] and set(remote.direct) == {3}
+    events = backend.collect()
+    assert remote.direct == {}  # the owner dropped the lost task's
+    done = [(e.task_id, e.ok, bytes(e.blob)) for e in events if isinstance(e, RemoteTaskDone)]
+    assert done == [(1, True, b"one"), (4, False, b"err")]
+    assert [e.task_id for e in events if isinstance(e, RemoteTaskLost)] == [3]
+    assert backend.dropped_frames == 1  # the cancelled task's late Result
+
+    backend.submit(remote.executor_id, 5, 7, b"func", b"args", handed.append)
+    backend._frame_arrived(remote, b"\xff not a frame")  # the owner reports it, as before
+    assert handed == [(1, True, b"one")]
+    backend.collect()
+    assert remote.end_cause is not None and "malformed frame" in remote.end_cause

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -29,7 +30,13 @@ from p2ppool import BrokenPool
 from p2ppool.local.cluster import LocalCluster
 from tests.fixtures import pool as fx
 from tests.fixtures import pool_cluster_tasks as tasks
-from tests.fixtures.cluster import OldPythonWorker, assert_gone, descendants, wait_until_idle
+from tests.fixtures.cluster import (
+    OldPythonWorker,
+    assert_gone,
+    descendants,
+    wait_until,
+    wait_until_idle,
+)
 
 pytestmark = pytest.mark.system
 
@@ -351,6 +358,54 @@ def test_a_worker_exception_keeps_its_type_and_remote_traceback(
     assert f'fixtures/pool.py", line {line}, in raise_custom' in text, text
     assert "CustomError: custom 5" in text
     assert "in fail_on" in str(mapped.value.__cause__)
+
+
+def test_an_applys_result_reaches_its_caller_while_the_manager_is_busy(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: a lone apply's result goes from the thread that received it to its
+    caller, without waiting for the manager's turn; the manager resolves it afterwards
+    (once), and an apply with a callback still goes through the manager."""
+    from p2ppool.cluster.backend import ClusterBackend
+
+    with local_cluster.pool(2, fallback=None) as pool:
+        assert pool.apply(tasks.cube, (2,)) == 8  # the peers have joined
+        manager = pool._manager
+        assert manager is not None
+        busy, free = threading.Event(), threading.Event()
+
+        def keep_the_manager_busy() -> None:
+            busy.set()
+            free.wait(20)
+
+        sent = ClusterBackend.submit
+
+        def submit_then_block(self: Any, *args: Any) -> None:
+            sent(self, *args)
+            manager.inbox.post(keep_the_manager_busy)  # its next turn, the Task already out
+
+        monkeypatch.setattr(ClusterBackend, "submit", submit_then_block)
+        try:
+            plain = pool.apply_async(tasks.cube, (3,))
+            assert busy.wait(10)
+            assert plain.get(timeout=10) == 27  # the manager is still held
+            assert plain.successful() and manager.jobs  # it has not resolved the job yet
+        finally:
+            free.set()
+        busy.clear()
+        free.clear()
+        called: List[int] = []
+        try:
+            with_callback = pool.apply_async(tasks.cube, (4,), callback=called.append)
+            assert busy.wait(10)
+            with pytest.raises(multiprocessing.TimeoutError):  # the callback comes first
+                with_callback.get(timeout=0.5)
+        finally:
+            free.set()
+        assert with_callback.get(timeout=10) == 64 and called == [64]
+        monkeypatch.undo()
+        wait_until(lambda: not manager.jobs, "the manager resolving both jobs", timeout=10)
+        assert manager.chunks == {} and plain.get(0) == 27
 
 
 def test_the_progress_bar_shows_the_peers_at_work(
