@@ -1,17 +1,16 @@
 """How a pool's manager thread is woken: an :class:`Inbox` of calls with a wakeup pipe, and a
-:class:`Waiter` that waits on the pipe and the executors' readables with one lasting poll."""
+:class:`~p2ppool.execution.waiter.Waiter` that waits on the pipe and the executors' readables
+with one lasting poll."""
 
 from __future__ import annotations
 
 import collections
-import math
-import multiprocessing.connection
 import os
-import select
 import threading
-from typing import Any, Callable, Deque, Dict, List, Tuple
+from typing import Any, Callable, Deque, List, Tuple
 
 from ..errors import PoolNotRunning
+from ..execution.waiter import Waiter
 
 __all__ = ["Inbox", "Waiter"]
 
@@ -86,31 +85,3 @@ class Inbox:
                 os.close(self._reader)
                 os.close(self._writer)
         return self.drain(False)
-
-
-
-class Waiter:
-    """``multiprocessing.connection.wait`` with one lasting ``poll`` object.
-
-    ``connection.wait`` builds and fills a new selector on every call (about as long as a
-    whole round trip to a child); the manager waits on nearly the same objects every turn.
-    """
-
-    def __init__(self) -> None:
-        self._poll = select.poll() if hasattr(select, "poll") else None
-        self._objects: Dict[int, Any] = {}
-
-    def wait(self, objects: List[Any], timeout: float | None, changed: bool = True) -> List[Any]:
-        """Like ``connection.wait``; ``changed=False`` promises the same objects as last time."""
-        if self._poll is None:  # pragma: no cover - platforms without poll()
-            return list(multiprocessing.connection.wait(objects, timeout))
-        if changed:
-            wanted = {(o if isinstance(o, int) else o.fileno()): o for o in objects}
-            for fd in self._objects.keys() - wanted.keys():
-                self._poll.unregister(fd)
-            for fd in wanted.keys() - self._objects.keys():
-                self._poll.register(fd, select.POLLIN)
-            self._objects = wanted
-        millis = None if timeout is None else math.ceil(timeout * 1000)
-        objects_by_fd = self._objects
-        return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]
