@@ -53,6 +53,7 @@ from .._version import __version__
 from ..board.auth import BoardIdentity
 from ..errors import P2PPoolError
 from ..execution.limits import ProcessLimit
+from ..execution.waiter import Waiter
 from ..payload import WORKER_NAME_ENV  # re-exported: it has always been named here
 from ..shipping.environments import Environments
 from .events import (
@@ -179,11 +180,14 @@ class Worker:
         if s.ttl is not None:
             self._ttl_deadline = time.monotonic() + s.ttl
         self._execute(self.peer.start(time.time()))
+        wait = Waiter().wait  # one lasting poll: the objects rarely change between turns
+        watched: List[Any] = []
         try:
             self.sessions.keep_spare()  # inside: an interrupt here still shuts down
             while not self._finished():
-                ready = multiprocessing.connection.wait(
-                    [self.inbox.read_fd, *self.sessions.readables()], self._timeout())
+                objects = [self.inbox.read_fd, *self.sessions.readables()]
+                changed, watched = objects != watched, objects
+                ready = wait(objects, self._timeout(), changed)
                 self._step(ready)
         finally:
             self._shutdown()
