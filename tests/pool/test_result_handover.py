@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pickle
 import threading
-from typing import Any, List
+from typing import Any
 
 import pytest
 
 from p2ppool.errors import MaybeEncodingError
 from p2ppool.pool.results import ApplyResult
+from tests.fixtures.pool import waiting_threads
 
 
 class _Counted:
@@ -76,19 +77,13 @@ def test_an_arrived_exception_is_raised_and_a_bad_blob_fails_as_unreadable() -> 
 def test_many_waiters_get_one_value_unpickled_once() -> None:
     result = _result()
     _Counted.loads = 0
-    got: List[Any] = []
-    lock = threading.Lock()
     start = threading.Barrier(8)
 
-    def waiter() -> None:
+    def waiter() -> Any:
         start.wait(10)
-        value = result.get(10)
-        with lock:
-            got.append(value)
+        return result.get(10)
 
-    threads = [threading.Thread(target=waiter) for _ in range(7)]
-    for thread in threads:
-        thread.start()
+    threads, got = waiting_threads(7, waiter)
     start.wait(10)  # the eighth: every waiter is about to wait
     result._arrive(True, pickle.dumps(_Counted()))
     for thread in threads:

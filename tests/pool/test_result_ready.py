@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 from p2ppool.pool.results import _Ready
+from tests.fixtures.pool import waiting_threads
 
 
 def test_wait_times_out_until_set() -> None:
@@ -26,17 +26,7 @@ def test_wait_times_out_until_set() -> None:
 
 def test_set_wakes_every_waiter() -> None:
     ready = _Ready()
-    woke: list[bool] = []
-    lock = threading.Lock()
-
-    def waiter() -> None:
-        got = ready.wait(10)
-        with lock:
-            woke.append(got)
-
-    threads = [threading.Thread(target=waiter) for _ in range(5)]
-    for thread in threads:
-        thread.start()
+    threads, woke = waiting_threads(5, lambda: ready.wait(10))
     time.sleep(0.05)  # not synchronisation: gives the waiters a chance to block first
     assert woke == []
     ready.set()
