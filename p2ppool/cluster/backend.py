@@ -253,7 +253,8 @@ class _Remote:
         self.max_function_bytes: int | None = None
         self.inflight: Set[int] = set()
         # task id -> who takes its Result straight from the reactor thread (see submit);
-        # the reactor pops entries, the owner adds them and drops those of lost tasks
+        # the reactor pops entries; the owner adds them, and drops those of tasks cancelled
+        # or lost, and all of them when the session ends or the worker is declined
         self.direct: Dict[int, Callable[[bool, Any], None]] = {}
         self.code_digest: str | None = None  # the code bundle the worker has from us
         self.declined = False  # it lacks a module the job needs: closed, never used again
@@ -415,9 +416,10 @@ class ClusterBackend:
         the frames are queued on the session, which the reactor thread writes.
 
         ``deliver(ok, blob)``: called on the reactor thread with the task's Result, still
-        pickled, before the owner hears of it (a RemoteTaskDone follows as always), so that
-        a caller waiting for that one result is woken without the owner's turn in between
-        (issue 16).  It must be quick and must not raise.
+        pickled, before the owner hears of it (its RemoteTaskDone follows, unless the task
+        was cancelled meanwhile), so that a caller waiting for that one result is woken
+        without the owner's turn in between (issue 16).  It must be quick and must not
+        raise.
         """
         remote = self._remotes.get(executor_id)
         if remote is None or remote.state != _READY:
@@ -785,8 +787,10 @@ class ClusterBackend:
         and decline the worker for this job (once: its other tasks fail the same way)."""
         known = frame.task_id in remote.inflight
         remote.inflight.discard(frame.task_id)
-        remote.direct.pop(frame.task_id, None)
         first, remote.declined = not remote.declined, True
+        # Its tasks run elsewhere now, and a late Result from it counts for nothing (the
+        # scheduler ignores a run it wrote off): none may reach a caller.
+        remote.direct.clear()
         if known:
             self._emit(TaskUnloadable(remote.executor_id, frame.task_id, remote.worker,
                                       frame.host, frame.phase, frame.module, frame.error))
@@ -835,6 +839,7 @@ class ClusterBackend:
         """Owner: the session ended, for any reason (posted by the reactor thread)."""
         state, remote.state = remote.state, _GONE
         remote.inflight.clear()
+        remote.direct.clear()
         cause = remote.end_cause or cause
         self._forget(remote)
         if state == _READY:

@@ -38,6 +38,6 @@ class Waiter:
             for fd in wanted.keys() - self._objects.keys():
                 self._poll.register(fd, select.POLLIN)
             self._objects = wanted
-        millis = None if timeout is None else math.ceil(timeout * 1000)
+        millis = None if timeout is None else max(0, math.ceil(timeout * 1000))
         objects_by_fd = self._objects
         return [objects_by_fd[fd] for fd, _ in self._poll.poll(millis)]

@@ -20,11 +20,11 @@ The manager is the only owner of the scheduler and job state, so nothing there n
 Callers only append to the inbox and, if the manager sleeps, write one byte to the wake
 pipe.  Results are handed over (callbacks, then the waiter's Event) last in each turn, just
 before the manager blocks again, so a woken caller finds the interpreter lock free.  One
-shortcut (issue 16): an ``apply`` without callbacks that runs on a peer gets its result,
-still pickled, from the session's reactor thread (``ApplyResult._arrive``), and its caller
-unpickles it; the manager's turn follows, and its own delivery is then a no-op.  The
-thread holds the Pool through a weak reference; an exit hook terminates pools left open, so
-interpreter exit never hangs (as ``multiprocessing`` terminates them at exit).
+shortcut (issue 16): an ``apply`` without callbacks or progress bar that runs on a peer
+gets its result, still pickled, from the session's reactor thread (``ApplyResult._arrive``),
+and its caller unpickles it; the manager's turn follows, and its own delivery is then a
+no-op.  The thread holds the Pool through a weak reference; an exit hook terminates pools
+left open, so interpreter exit never hangs (as ``multiprocessing`` terminates them at exit).
 
 Executors are the seam for remote peers: anything with the
 :class:`~p2ppool.pool.executors.Executor` methods can be added with

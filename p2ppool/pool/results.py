@@ -3,9 +3,10 @@
 
 Callers wait on them (``get``, ``wait``, ``next``); the manager thread
 (:mod:`p2ppool.pool.manager`) fills them, through ``_set`` and ``_abort``.  One shortcut
-(issue 16): the result of an ``apply`` with no callback that runs on a cluster peer is handed
-to its waiters by the thread that received it (:meth:`ApplyResult._arrive`), still pickled,
-and the waiter unpickles it; the manager's own delivery of it is then a no-op.
+(issue 16): the result of an ``apply`` with no callback and no progress bar that runs on a
+cluster peer is handed to its waiters by the thread that received it
+(:meth:`ApplyResult._arrive`), still pickled, and the waiter unpickles it; the manager's own
+delivery of it is then a no-op.
 """
 
 from __future__ import annotations
@@ -26,14 +27,10 @@ _job_counter = itertools.count()
 
 Outcome = Tuple[bool, Any]  # (success, value or exception), as multiprocessing's results
 
-#: Makes the first outcome of an ApplyResult the only one (see ``_arrive``): held for two
-#: loads and a store, so one lock serves every result.
-_FIRST_OUTCOME = _thread.allocate_lock()
-
 
 class _Ready:
-    """A one-shot ``threading.Event`` for a result: set once (by the manager), waited on by
-    any number of callers.
+    """A one-shot ``threading.Event`` for a result: set once (by the manager, or by the
+    thread that hands over an apply's result), waited on by any number of callers.
 
     A plain lock, held until the result is set: ``set`` is one release and ``wait`` one
     acquire and release, where an Event runs a Condition (a new lock per waiter and several
@@ -131,6 +128,15 @@ class ApplyResult(_Result):
         self._value: Any = None
         self._blob: Any = None  # the pickled value or exception, until a waiter loads it
         self._loading = _thread.allocate_lock()  # held by the waiter that loads it
+        # Taken, never released, by whoever gives the first outcome (the manager's _set or
+        # _arrive): a non-blocking acquire, so nothing ever waits on it (not even in a child
+        # forked while another thread took it).
+        self._claim = _thread.allocate_lock()
+
+    @property
+    def _arrived(self) -> bool:  # type: ignore[override]
+        """An outcome was given already (by :meth:`_set` or :meth:`_arrive`)."""
+        return self._claim.locked()
 
     def ready(self) -> bool:
         """True once the call has finished (successfully or not)."""
@@ -176,9 +182,7 @@ class ApplyResult(_Result):
         raise self._value
 
     def _set(self, i: int, obj: Outcome) -> None:
-        with _FIRST_OUTCOME:
-            first, self._arrived = not self._arrived, True
-        if not first:  # handed to the waiters already (see _arrive): nothing more to do
+        if not self._claim.acquire(False):  # handed to the waiters already (see _arrive)
             self._pool = None
             return
         self._success, self._value = obj
@@ -194,11 +198,10 @@ class ApplyResult(_Result):
         the hop through the manager (issue 16).  The manager still resolves the call; its
         ``_set`` of the same result is then a no-op.
         """
-        with _FIRST_OUTCOME:
-            first, self._arrived = not self._arrived, True
-        if first:
+        if self._claim.acquire(False):
             self._success, self._blob = ok, blob
             self._event.set()
+            self._pool = None  # the waiters have it: nothing needs the pool alive for them
 
     def _load(self) -> None:
         """Unpickle what :meth:`_arrive` kept (the first waiter to look does, the others

@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import sys

@@ -18,7 +18,7 @@ from p2ppool.cluster.backend import (
 )
 from p2ppool.config import resolve_options
 from p2ppool.transfer import session as session_mod
-from p2ppool.transfer.session_protocol import Lost, Result, encode_frame
+from p2ppool.transfer.session_protocol import Lost, Result, Unable, encode_frame
 
 
 class _FakeSession:
@@ -82,8 +82,10 @@ class _ReadySession(_FakeSession):
         self.sent.append(b"".join(bytes(p) for p in parts))
 
 
-def _ready(backend: ClusterBackend) -> _Remote:
-    remote = _opening(backend)
+def _ready(backend: ClusterBackend, executor_id: str = "w1#1", worker: str = "w1") -> _Remote:
+    remote = _Remote(executor_id, worker, 2)
+    backend._remotes[executor_id] = remote
+    backend._by_worker[worker] = remote
     remote.state = _READY
     remote.session = _ReadySession()
     return remote
@@ -121,3 +123,26 @@ def test_a_result_taken_by_its_waiter_is_handed_over_on_the_reactor_thread_once(
     assert handed == [(1, True, b"one")]
     backend.collect()
     assert remote.end_cause is not None and "malformed frame" in remote.end_cause
+
+
+def test_a_declined_or_ended_session_hands_over_nothing_more() -> None:
+    """A worker that cannot load the job is declined: its other tasks run elsewhere, so a
+    late Result of one reaches no caller directly (only the owner, which drops it).  An
+    ended session keeps no entry either."""
+    backend = _backend()
+    remote = _ready(backend)
+    handed: List[Any] = []
+    for task_id in (1, 2):
+        backend.submit(remote.executor_id, task_id, 7, b"func", b"args",
+                       lambda ok, blob: handed.append(blob))
+    backend._frame_arrived(remote, encode_frame(Unable(1, "function", "numpy",
+                                                       "No module named 'numpy'", "h")))
+    backend.collect()
+    assert remote.direct == {}
+    backend._frame_arrived(remote, encode_frame(Result(2, True, b"late")))
+    assert handed == []
+
+    other = _ready(backend, "w2#2", "w2")
+    backend.submit(other.executor_id, 3, 7, b"func", b"args", handed.append)
+    backend._lost(other, "the connection was lost")
+    assert other.direct == {} and handed == []

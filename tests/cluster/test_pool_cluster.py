@@ -364,8 +364,8 @@ def test_an_applys_result_reaches_its_caller_while_the_manager_is_busy(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 16: a lone apply's result goes from the thread that received it to its
-    caller, without waiting for the manager's turn; the manager resolves it afterwards
-    (once), and an apply with a callback still goes through the manager."""
+    caller, without waiting for the manager's turn; the manager resolves its job afterwards,
+    and an apply with a callback still goes through the manager."""
     from p2ppool.cluster.backend import ClusterBackend
 
     with local_cluster.pool(2, fallback=None) as pool:
@@ -398,7 +398,8 @@ def test_an_applys_result_reaches_its_caller_while_the_manager_is_busy(
         try:
             with_callback = pool.apply_async(tasks.cube, (4,), callback=called.append)
             assert busy.wait(10)
-            with pytest.raises(multiprocessing.TimeoutError):  # the callback comes first
+            # Its callback runs on the manager's thread before it is ready: held, not ready.
+            with pytest.raises(multiprocessing.TimeoutError):
                 with_callback.get(timeout=0.5)
         finally:
             free.set()

@@ -42,6 +42,7 @@ def pipes() -> Iterator[List[int]]:
 
 def test_nothing_ready_times_out_empty(wait: Wait, pipes: List[int]) -> None:
     assert wait([pipes[0], pipes[2]], 0.01) == []
+    assert wait([pipes[0]], -1) == []  # a deadline already past does not block
 
 
 def test_the_ready_objects_come_back_as_given(wait: Wait, pipes: List[int]) -> None:

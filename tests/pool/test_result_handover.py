@@ -48,9 +48,11 @@ def test_an_arrived_value_is_unpickled_by_the_waiter_and_the_managers_set_change
     assert not result.ready()
     result._arrive(True, pickle.dumps({"x": 1}))
     assert result.ready() and result.successful()
+    assert result._pool is None  # its waiters have it: the pool need not be kept alive
     result._set(0, (True, None))  # the manager's later delivery: a no-op
     assert result.get(0) == {"x": 1}
-    assert result._pool is None  # the manager's delivery still lets go of the pool
+    result._arrive(True, pickle.dumps("again"))  # and so is a second hand-over
+    assert result.get(0) == {"x": 1}
 
 
 def test_an_outcome_the_manager_gave_first_is_kept() -> None:
