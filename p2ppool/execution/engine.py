@@ -152,6 +152,7 @@ class _Child:
         self.head_since: float | None = None  # when the running task started
         self.broken = False  # a send failed: it is dying; wait for its sentinel
         self.stale = False  # started with an older code bundle: retire once idle
+        self.exited_unconfigured = False  # reaped before configure (see reap_exited)
 
 
 class ProcessEngine:
@@ -327,6 +328,25 @@ class ProcessEngine:
             ready.extend(c.sentinel for c in self._retired)
             self._readables = ready
         return self._readables
+
+    def sentinels(self) -> List[Any]:
+        """The exit sentinels of the children not seen exiting yet: what the owner of a
+        deferred engine (a worker's spare, before :meth:`configure`) waits on, so that a
+        child that dies meanwhile is noticed and :meth:`reap_exited` at once."""
+        return [child.sentinel for child in self._children if not child.exited_unconfigured]
+
+    def reap_exited(self) -> List[int]:
+        """Before :meth:`configure`: reap the children that have exited and return their
+        exit codes.  Their places stay: ``configure`` keeps the live children first and a
+        dead one left in use is replaced as any child that died."""
+        codes = []
+        for child in self._children:
+            if not child.exited_unconfigured:
+                code = child.process.exitcode  # reaps an exited child
+                if code is not None:
+                    child.exited_unconfigured = True
+                    codes.append(code)
+        return codes
 
     def has_events(self) -> bool:
         """True if :meth:`collect` has something without waiting."""

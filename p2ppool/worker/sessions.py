@@ -501,7 +501,14 @@ class Sessions:
     # -- sessions: engine events ---------------------------------------------------------------
 
     def collect(self, ready: Sequence[Any]) -> None:
-        """Every session's engine events (``ready``: what the loop's wait returned)."""
+        """Every session's engine events (``ready``: what the loop's wait returned); a
+        spare process that exited while the worker was idle is reaped."""
+        spare = self._spare
+        if spare is not None and ready:
+            # Reaped now, not when a session takes the spare (which replaces it then).
+            for code in spare[3].reap_exited():
+                log.warning("a spare sandboxed task process exited while the worker was "
+                            "idle (exit code %s); the next session replaces it", code)
         for session in list(self._by_sid.values()):
             if session.engine is not None:
                 self._collect(session, ready)
@@ -624,11 +631,14 @@ class Sessions:
     # -- what the loop asks every turn -------------------------------------------------------
 
     def readables(self) -> List[Any]:
-        """Every engine's pipes and sentinels, for the loop's wait."""
+        """Every engine's pipes and sentinels, and the spare's sentinels, for the loop's
+        wait."""
         readables: List[Any] = []
         for session in self._by_sid.values():
             if session.engine is not None:
                 readables.extend(session.engine.readables())
+        if self._spare is not None:
+            readables.extend(self._spare[3].sentinels())
         return readables
 
     def deadlines(self) -> List[float]:

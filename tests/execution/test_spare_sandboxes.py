@@ -121,6 +121,29 @@ def test_a_spare_process_that_died_is_replaced(cluster: LocalCluster) -> None:
         assert victim not in now and len(now) == 2
 
 
+def test_a_spare_process_that_dies_while_idle_is_reaped_at_once(cluster: LocalCluster) -> None:
+    """The idle worker watches its spare: one of its processes killed is reaped at once
+    (no zombie until a session comes), the other stays; the next session replaces the dead
+    one and runs."""
+    spare = spare_of(cluster, 2)
+    victim = min(spare)
+    os.kill(victim[0], signal.SIGKILL)
+    worker = psutil.Process(cluster.workers[0].pid)
+
+    def reaped() -> bool:
+        try:
+            zombies = [c for c in worker.children() if c.status() == psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            return False
+        return not zombies and task_processes(cluster) == spare - {victim}
+
+    wait_until(reaped, "the dead spare process reaped, the other still there", timeout=10)
+    with pool(cluster, 2) as p:
+        assert p.map(abs, range(-6, 0), chunksize=1) == list(range(6, 0, -1))
+        now = task_processes(cluster)
+        assert victim not in now and len(now) == 2
+
+
 def test_a_withdrawing_worker_stops_its_spare() -> None:
     with LocalCluster(workers=1, processes_per_worker=1, sandbox="bwrap") as c:
         spare = spare_of(c, 1)
