@@ -22,7 +22,7 @@ import weakref
 from typing import Any, Deque, Dict, Hashable, List, Mapping, Sequence, Tuple
 
 from .. import defaults, payload
-from ..errors import BrokenPool, MaybeEncodingError, PoolNotRunning
+from ..errors import BrokenPool, PoolNotRunning
 from .chunking import InputError
 from .executors import (
     BatchDone,
@@ -36,7 +36,7 @@ from .executors import (
 )
 from .inbox import Inbox, Waiter
 from .jobs import _call_for, _Chunk, _Failed, _FunctionBlobs, _Job
-from .results import ApplyResult, IMapIterator, Outcome, _Result
+from .results import ApplyResult, IMapIterator, Outcome, _Result, unpickled
 from .scheduler import Assign, Cancel, Command, Fail, Resolve, Scheduler
 
 RUN = "RUN"
@@ -539,14 +539,7 @@ class _Manager:
             # Its waiter has it (see _waiter_takes) and unpickles it: only the bookkeeping.
             self._resolve_outcome(chunk_id, (result.ok, None))
             return
-        try:
-            value = payload.loads(result.blob)
-        except Exception as exc:
-            unreadable = MaybeEncodingError(exc, "<a result that could not be unpickled>")
-            outcome: Outcome = (False, unreadable)
-        else:
-            outcome = (result.ok, value)
-        self._resolve_outcome(chunk_id, outcome)
+        self._resolve_outcome(chunk_id, unpickled(result.ok, result.blob))
 
     def _resolve_outcome(self, chunk_id: int, outcome: Outcome) -> None:
         chunk = self.chunks.pop(chunk_id, None)

@@ -28,6 +28,15 @@ _job_counter = itertools.count()
 Outcome = Tuple[bool, Any]  # (success, value or exception), as multiprocessing's results
 
 
+def unpickled(ok: bool, blob: Any) -> Outcome:
+    """A chunk's outcome from its pickled value (``ok``) or exception; a blob that does not
+    unpickle here fails it with a MaybeEncodingError."""
+    try:
+        return ok, payload.loads(blob)
+    except Exception as exc:
+        return False, MaybeEncodingError(exc, "<a result that could not be unpickled>")
+
+
 class _Ready:
     """A one-shot ``threading.Event`` for a result: set once (by the manager, or by the
     thread that hands over an apply's result), waited on by any number of callers.
@@ -210,11 +219,7 @@ class ApplyResult(_Result):
             blob = self._blob
             if blob is None:
                 return  # another waiter loaded it meanwhile
-            try:
-                self._value = payload.loads(blob)
-            except Exception as exc:
-                self._success = False
-                self._value = MaybeEncodingError(exc, "<a result that could not be unpickled>")
+            self._success, self._value = unpickled(self._success, blob)
             self._blob = None  # last: a waiter that sees None finds the value
 
     def _finish(self) -> None:
