@@ -504,7 +504,7 @@ class Sessions:
         """Every session's engine events (``ready``: what the loop's wait returned); a
         spare process that exited while the worker was idle is reaped."""
         spare = self._spare
-        if spare is not None and ready:
+        if spare is not None and not set(spare[3].sentinels()).isdisjoint(ready):
             # Reaped now, not when a session takes the spare (which replaces it then).
             for code in spare[3].reap_exited():
                 log.warning("a spare sandboxed task process exited while the worker was "
